@@ -1,0 +1,144 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub api: ApiConfig,
+    pub raft: RaftConfig,
+    pub tls: TlsConfig,
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: NodeConfig::default(),
+            api: ApiConfig::default(),
+            raft: RaftConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// Identity and storage of this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Raft node id, unique in the cluster and never reused after a node leaves.
+    pub id: u64,
+    /// Directory holding the node's sled database. Created if absent.
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { id: 1, data_dir: PathBuf::from("custos-data") }
+    }
+}
+
+/// The client-facing HTTPS API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address the API listens on. Port 0 picks a free port.
+    pub listen_addr: SocketAddr,
+    /// Address other nodes and clients use to reach this API; defaults to the bound address.
+    pub advertise_addr: Option<SocketAddr>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen_addr: SocketAddr::from(([127, 0, 0, 1], 7443)), advertise_addr: None }
+    }
+}
+
+/// Node-to-node Raft transport and timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Address the mutual-TLS Raft transport listens on. Port 0 picks a free port.
+    pub listen_addr: SocketAddr,
+    /// Address peers use to reach this node; defaults to the bound address.
+    pub advertise_addr: Option<SocketAddr>,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// Build a snapshot after this many entries were applied since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot so slow followers catch up without one.
+    pub log_entries_kept_after_snapshot: u64,
+    /// Size of one snapshot chunk on the wire.
+    pub snapshot_chunk_bytes: u64,
+    /// Time a follower may take to receive and install one snapshot chunk.
+    pub install_snapshot_timeout_ms: u64,
+    /// Most entries sent in one append-entries RPC.
+    pub max_entries_per_append: u64,
+    /// Deadline for one ordinary node-to-node RPC.
+    pub rpc_timeout_ms: u64,
+    /// How many retried client requests the state machine remembers, for exactly-once apply.
+    pub dedup_window_entries: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            advertise_addr: None,
+            heartbeat_interval_ms: 100,
+            election_timeout_ms_min: 500,
+            election_timeout_ms_max: 1000,
+            snapshot_after_entries: 10_000,
+            log_entries_kept_after_snapshot: 5_000,
+            snapshot_chunk_bytes: 3 * 1024 * 1024,
+            install_snapshot_timeout_ms: 10_000,
+            max_entries_per_append: 512,
+            rpc_timeout_ms: 2_000,
+            dedup_window_entries: 100_000,
+        }
+    }
+}
+
+/// TLS material. The node certificate serves the API and authenticates the node to its peers;
+/// peers must present a certificate signed by `ca_file`. All three are required unless the node
+/// runs under `custos dev`, which generates them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Bounds on the work one node accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted request body on the API.
+    pub max_body_bytes: usize,
+    /// Most items returned in one page of a list.
+    pub max_batch: usize,
+    /// Requests served at once by one node's API; more get 429.
+    pub max_in_flight: usize,
+    /// Deadline for one API request, forwarding and Raft commit included.
+    pub request_timeout_ms: u64,
+    /// Attempts to reach the leader for one forwarded request before giving up with 503.
+    pub forward_attempts: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+            max_in_flight: 1024,
+            request_timeout_ms: 10_000,
+            forward_attempts: 10,
+        }
+    }
+}

@@ -1,0 +1,114 @@
+use crate::{Config, ConfigError};
+
+impl Config {
+    /// Checks the rules that span fields or need more than a type to express. Returns every
+    /// violation; an empty list means the configuration is usable.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut check = |ok: bool, path: &str, reason: String| {
+            if !ok {
+                errors.push(ConfigError::new(path, reason));
+            }
+        };
+        let r = &self.raft;
+        let l = &self.limits;
+
+        check(self.node.id > 0, "node.id", "must be a positive integer".into());
+        check(!self.node.data_dir.as_os_str().is_empty(), "node.data_dir", "must not be empty".into());
+
+        check(r.heartbeat_interval_ms >= 10, "raft.heartbeat_interval_ms", "must be at least 10".into());
+        check(
+            r.election_timeout_ms_min >= 3 * r.heartbeat_interval_ms,
+            "raft.election_timeout_ms_min",
+            format!(
+                "must be at least three heartbeat intervals ({} ms) so followers do not start elections between heartbeats",
+                3 * r.heartbeat_interval_ms
+            ),
+        );
+        check(
+            r.election_timeout_ms_max > r.election_timeout_ms_min,
+            "raft.election_timeout_ms_max",
+            format!("must be greater than raft.election_timeout_ms_min ({})", r.election_timeout_ms_min),
+        );
+        check(r.snapshot_after_entries >= 1, "raft.snapshot_after_entries", "must be at least 1".into());
+        check(
+            (64 * 1024..=64 * 1024 * 1024).contains(&r.snapshot_chunk_bytes),
+            "raft.snapshot_chunk_bytes",
+            "must be between 64 KiB and 64 MiB".into(),
+        );
+        check(
+            r.install_snapshot_timeout_ms >= r.rpc_timeout_ms,
+            "raft.install_snapshot_timeout_ms",
+            format!("must be at least raft.rpc_timeout_ms ({})", r.rpc_timeout_ms),
+        );
+        check(
+            (1..=10_000).contains(&r.max_entries_per_append),
+            "raft.max_entries_per_append",
+            "must be between 1 and 10000".into(),
+        );
+        check(
+            r.rpc_timeout_ms >= r.heartbeat_interval_ms,
+            "raft.rpc_timeout_ms",
+            format!("must be at least raft.heartbeat_interval_ms ({})", r.heartbeat_interval_ms),
+        );
+        check(
+            (1_000..=10_000_000).contains(&r.dedup_window_entries),
+            "raft.dedup_window_entries",
+            "must be between 1000 and 10000000".into(),
+        );
+        check(
+            self.api.listen_addr != r.listen_addr || r.listen_addr.port() == 0,
+            "raft.listen_addr",
+            "must differ from api.listen_addr".into(),
+        );
+
+        let tls = &self.tls;
+        let given = [&tls.ca_file, &tls.cert_file, &tls.key_file].iter().filter(|f| f.is_some()).count();
+        check(given == 0 || given == 3, "tls", "ca_file, cert_file and key_file must be given together".into());
+        for (path, file) in
+            [("tls.ca_file", &tls.ca_file), ("tls.cert_file", &tls.cert_file), ("tls.key_file", &tls.key_file)]
+        {
+            if let Some(file) = file {
+                check(file.is_file(), path, format!("file {} does not exist", file.display()));
+            }
+        }
+
+        check(
+            (1024..=64 * 1024 * 1024).contains(&l.max_body_bytes),
+            "limits.max_body_bytes",
+            "must be between 1 KiB and 64 MiB".into(),
+        );
+        check((1..=100_000).contains(&l.max_batch), "limits.max_batch", "must be between 1 and 100000".into());
+        check(
+            (1..=1_000_000).contains(&l.max_in_flight),
+            "limits.max_in_flight",
+            "must be between 1 and 1000000".into(),
+        );
+        check(
+            l.request_timeout_ms >= r.election_timeout_ms_max,
+            "limits.request_timeout_ms",
+            format!(
+                "must be at least raft.election_timeout_ms_max ({}) so a request can outlive one election",
+                r.election_timeout_ms_max
+            ),
+        );
+        check((1..=100).contains(&l.forward_attempts), "limits.forward_attempts", "must be between 1 and 100".into());
+        errors
+    }
+
+    /// True when the TLS files are configured; otherwise only `custos dev` can run the node.
+    pub fn has_tls_files(&self) -> bool {
+        self.tls.ca_file.is_some() && self.tls.cert_file.is_some() && self.tls.key_file.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn defaults_are_valid() {
+        // The built-in defaults must run `custos dev` without a file.
+        assert_eq!(Config::default().validate(), vec![]);
+    }
+}

@@ -1,0 +1,456 @@
+//! [`Cluster`]: this node's handle on the replicated governance state. Writes and
+//! linearizable reads reach the leader from any node; membership changes run on the leader.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, Raft, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Proposal, Response};
+use crate::network::{path, CallError, Network, PeerClient};
+use crate::store::{self, GovernanceReader, LogStore};
+use crate::types::{NodeId, NodeInfo, RequestId};
+use crate::TypeConfig;
+
+/// Why a cluster operation failed. Each variant tells the API edge which status to use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ClusterError {
+    #[error("this node is not part of an initialised cluster yet")]
+    NotInitialized,
+    #[error("this node already belongs to a cluster")]
+    AlreadyInitialized,
+    #[error("no leader could be reached: {0}")]
+    NoLeader(String),
+    #[error("the cluster cannot serve this now: {0}")]
+    Unavailable(String),
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    #[error("the Raft node stopped: {0}")]
+    Fatal(String),
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read started, on any node.
+    #[default]
+    Linearizable,
+    /// Whatever this node has applied; may lag the leader.
+    Stale,
+}
+
+/// Work that must run on the leader, sent there by whichever node received it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderOp {
+    Write(Proposal),
+    /// Confirms leadership with a quorum and returns the index a linearizable read must see.
+    ReadIndex,
+    AddVoter {
+        id: NodeId,
+        info: NodeInfo,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+    Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderOutput {
+    Written(Response),
+    ReadIndex(u64),
+    MembershipChanged,
+    Status(ClusterStatus),
+}
+
+/// Why the leader (or the node that believed it was) could not run an operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderFailure {
+    /// Leadership moved; try again where the metrics point.
+    NotLeader,
+    Failed(ClusterError),
+}
+
+/// The cluster as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub committed_index: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub voter: bool,
+    /// Last log index the leader knows this member holds (leader's view only).
+    pub matched_index: Option<u64>,
+    /// Entries this member is behind the leader's log.
+    pub lag: Option<u64>,
+}
+
+/// One node's own view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub state: String,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub committed_index: u64,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// Flushes to disk since the node started: divide by committed writes for fsyncs/write.
+    pub fsyncs: u64,
+}
+
+/// How a node starts its Raft part.
+pub struct ClusterOptions<'a> {
+    pub node_id: NodeId,
+    pub info: NodeInfo,
+    pub raft: &'a custos_config::RaftConfig,
+    pub data_dir: &'a Path,
+    /// TLS for calls to peers: this node's certificate and the cluster CA as the only root.
+    pub peer_tls: rustls::ClientConfig,
+    /// Attempts to reach a leader before an operation fails with [`ClusterError::NoLeader`].
+    pub leader_attempts: u32,
+}
+
+/// Cheap to clone; every clone drives the same Raft node.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    info: NodeInfo,
+    raft: Raft<TypeConfig>,
+    reader: GovernanceReader,
+    log: LogStore,
+    peers: PeerClient,
+    rpc_timeout: Duration,
+    leader_attempts: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("opening storage: {0}")]
+    Storage(#[from] store::EngineError),
+    #[error("invalid Raft configuration: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("building the peer client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("starting Raft: {0}")]
+    Raft(#[from] openraft::error::Fatal<NodeId>),
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((25u64 << attempt.min(5)).min(800))
+}
+
+impl Cluster {
+    pub async fn start(options: ClusterOptions<'_>) -> Result<Cluster, StartError> {
+        let r = options.raft;
+        let dir = options.data_dir.join("raft");
+        let dedup = r.dedup_window_entries;
+        let (log, sm, reader) = tokio::task::spawn_blocking(move || store::open(&dir, dedup))
+            .await
+            .map_err(|e| store::EngineError(format!("storage open task failed: {e}")))??;
+        let config = openraft::Config {
+            cluster_name: "custos".into(),
+            heartbeat_interval: r.heartbeat_interval_ms,
+            election_timeout_min: r.election_timeout_ms_min,
+            election_timeout_max: r.election_timeout_ms_max,
+            install_snapshot_timeout: r.install_snapshot_timeout_ms,
+            max_payload_entries: r.max_entries_per_append,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
+            snapshot_max_chunk_size: r.snapshot_chunk_bytes,
+            max_in_snapshot_log_to_keep: r.log_entries_kept_after_snapshot,
+            ..Default::default()
+        }
+        .validate()?;
+        let peers = PeerClient::new(options.peer_tls)?;
+        let raft = Raft::new(options.node_id, Arc::new(config), Network::new(peers.clone()), log.clone(), sm).await?;
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                id: options.node_id,
+                info: options.info,
+                raft,
+                reader,
+                log,
+                peers,
+                rpc_timeout: Duration::from_millis(r.rpc_timeout_ms),
+                leader_attempts: options.leader_attempts,
+            }),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn info(&self) -> &NodeInfo {
+        &self.inner.info
+    }
+
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
+    /// Applied state, for reads after [`Cluster::read_barrier`].
+    pub fn reader(&self) -> &GovernanceReader {
+        &self.inner.reader
+    }
+
+    /// True once this node holds any membership (it was initialised or joined).
+    pub fn is_member(&self) -> bool {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let member = metrics.membership_config.membership().nodes().next().is_some();
+        member
+    }
+
+    /// Makes this pristine node a one-member cluster and records the admin token hash.
+    pub async fn initialize(&self, admin_token_sha256: [u8; 32], now_ms: u64) -> Result<(), ClusterError> {
+        let members = BTreeMap::from([(self.inner.id, self.inner.info.clone())]);
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => {}
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => return Err(ClusterError::AlreadyInitialized),
+            Err(RaftError::APIError(e)) => return Err(ClusterError::Membership(e.to_string())),
+            Err(RaftError::Fatal(e)) => return Err(ClusterError::Fatal(e.to_string())),
+        }
+        let proposal = Proposal {
+            // Fixed id: a retried init replays instead of failing.
+            request_id: RequestId::new("cluster-init-admin-token").expect("constant id is valid"),
+            proposed_at_ms: now_ms,
+            command: Command::SetAdminToken { token_sha256: admin_token_sha256 },
+        };
+        let response = self.write(proposal).await?;
+        response.outcome.map(|_| ()).map_err(|e| ClusterError::Membership(e.to_string()))
+    }
+
+    /// Replicates a write through the leader and returns what applying it produced.
+    pub async fn write(&self, proposal: Proposal) -> Result<Response, ClusterError> {
+        match self.on_leader(LeaderOp::Write(proposal)).await? {
+            LeaderOutput::Written(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Returns once a read of local state reflects every write acknowledged before the call.
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), ClusterError> {
+        if consistency == Consistency::Stale {
+            return Ok(());
+        }
+        let index = match self.on_leader(LeaderOp::ReadIndex).await? {
+            LeaderOutput::ReadIndex(index) => index,
+            other => return Err(unexpected(other)),
+        };
+        self.inner
+            .raft
+            .wait(Some(self.inner.rpc_timeout * 4))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| {
+                ClusterError::Unavailable(format!("this node did not catch up to the read index {index}: {e}"))
+            })?;
+        Ok(())
+    }
+
+    /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
+    pub async fn add_voter(&self, id: NodeId, info: NodeInfo) -> Result<(), ClusterError> {
+        self.on_leader(LeaderOp::AddVoter { id, info }).await.map(|_| ())
+    }
+
+    /// Removes a node from the membership (voter and learner alike).
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ClusterError> {
+        self.on_leader(LeaderOp::RemoveNode { id }).await.map(|_| ())
+    }
+
+    /// The leader's view of the cluster.
+    pub async fn status(&self) -> Result<ClusterStatus, ClusterError> {
+        match self.on_leader(LeaderOp::Status).await? {
+            LeaderOutput::Status(status) => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// This node's own view, without asking anyone.
+    pub fn node_status(&self) -> NodeStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        NodeStatus {
+            id: self.inner.id,
+            state: server_state(m.state, m.membership_config.membership().voter_ids().any(|v| v == self.inner.id))
+                .into(),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            last_log_index: m.last_log_index,
+            committed_index: self.inner.log.committed_index(),
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            fsyncs: self.inner.log.flush_count(),
+        }
+    }
+
+    /// Stops Raft. Storage is closed when the last clone is dropped.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown reported an error");
+        }
+    }
+
+    /// Runs `op` on the leader: here if this node leads, otherwise on the leader over the
+    /// transport. Retries with backoff while leadership is unknown or moving.
+    async fn on_leader(&self, op: LeaderOp) -> Result<LeaderOutput, ClusterError> {
+        let mut last_problem = String::from("no leader known");
+        for attempt in 0..self.inner.leader_attempts {
+            let (leader, leader_info, member) = {
+                let m = self.inner.raft.metrics().borrow().clone();
+                let membership = m.membership_config.membership();
+                let leader_info = m.current_leader.and_then(|l| membership.get_node(&l).cloned());
+                let member = membership.nodes().next().is_some();
+                (m.current_leader, leader_info, member)
+            };
+            if !member {
+                return Err(ClusterError::NotInitialized);
+            }
+            let reply = match (leader, leader_info) {
+                (Some(leader), _) if leader == self.inner.id => self.execute_as_leader(op.clone()).await,
+                (Some(leader), Some(info)) => {
+                    let timeout = match &op {
+                        // Adding a voter waits for the learner to catch up, which may take a
+                        // snapshot transfer; the API's request deadline bounds it instead.
+                        LeaderOp::AddVoter { .. } => Duration::from_secs(3600),
+                        _ => self.inner.rpc_timeout * 2,
+                    };
+                    match self
+                        .inner
+                        .peers
+                        .call::<_, Result<LeaderOutput, LeaderFailure>>(&info.raft_addr, path::LEADER_OP, &op, timeout)
+                        .await
+                    {
+                        Ok(reply) => reply,
+                        Err(e) => {
+                            last_problem = format!("leader {leader}: {e}");
+                            if let CallError::Codec { .. } = e {
+                                return Err(ClusterError::Unavailable(last_problem));
+                            }
+                            Err(LeaderFailure::NotLeader)
+                        }
+                    }
+                }
+                _ => Err(LeaderFailure::NotLeader),
+            };
+            match reply {
+                Ok(output) => return Ok(output),
+                Err(LeaderFailure::Failed(e)) => return Err(e),
+                Err(LeaderFailure::NotLeader) => tokio::time::sleep(backoff(attempt)).await,
+            }
+        }
+        Err(ClusterError::NoLeader(last_problem))
+    }
+
+    /// Runs `op` on this node, which must be the leader. Called locally and by the transport.
+    pub async fn execute_as_leader(&self, op: LeaderOp) -> Result<LeaderOutput, LeaderFailure> {
+        let raft = &self.inner.raft;
+        match op {
+            LeaderOp::Write(proposal) => match raft.client_write(proposal).await {
+                Ok(reply) => Ok(LeaderOutput::Written(reply.data)),
+                Err(e) => Err(write_failure(e)),
+            },
+            LeaderOp::ReadIndex => match raft.get_read_log_id().await {
+                Ok((read_log_id, _)) => Ok(LeaderOutput::ReadIndex(read_log_id.map(|l| l.index).unwrap_or(0))),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(LeaderFailure::NotLeader),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(LeaderFailure::Failed(
+                    ClusterError::Unavailable(format!("no quorum confirmed leadership: {q}")),
+                )),
+                Err(RaftError::Fatal(e)) => Err(LeaderFailure::Failed(ClusterError::Fatal(e.to_string()))),
+            },
+            LeaderOp::AddVoter { id, info } => {
+                raft.add_learner(id, info, true).await.map_err(write_failure)?;
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(write_failure)?;
+                Ok(LeaderOutput::MembershipChanged)
+            }
+            LeaderOp::RemoveNode { id } => {
+                let is_voter = raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+                if is_voter {
+                    raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(write_failure)?;
+                }
+                raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(write_failure)?;
+                Ok(LeaderOutput::MembershipChanged)
+            }
+            LeaderOp::Status => {
+                let m = raft.metrics().borrow().clone();
+                if m.current_leader != Some(self.inner.id) {
+                    return Err(LeaderFailure::NotLeader);
+                }
+                let membership = m.membership_config.membership();
+                let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+                let last = m.last_log_index.unwrap_or(0);
+                let members = membership
+                    .nodes()
+                    .map(|(id, info)| {
+                        let matched_index = if *id == self.inner.id {
+                            m.last_log_index
+                        } else {
+                            m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index)
+                        };
+                        MemberStatus {
+                            id: *id,
+                            raft_addr: info.raft_addr.clone(),
+                            api_addr: info.api_addr.clone(),
+                            voter: voters.contains(id),
+                            matched_index,
+                            lag: Some(last.saturating_sub(matched_index.unwrap_or(0))),
+                        }
+                    })
+                    .collect();
+                Ok(LeaderOutput::Status(ClusterStatus {
+                    leader_id: m.current_leader,
+                    term: m.current_term,
+                    committed_index: self.inner.log.committed_index(),
+                    members,
+                }))
+            }
+        }
+    }
+}
+
+fn write_failure(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> LeaderFailure {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => LeaderFailure::NotLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            LeaderFailure::Failed(ClusterError::Membership(e.to_string()))
+        }
+        RaftError::Fatal(e) => LeaderFailure::Failed(ClusterError::Fatal(e.to_string())),
+    }
+}
+
+fn unexpected(output: LeaderOutput) -> ClusterError {
+    ClusterError::Unavailable(format!("leader answered with an unexpected reply {output:?}"))
+}
+
+fn server_state(state: ServerState, voter: bool) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Candidate => "candidate",
+        ServerState::Follower if voter => "follower",
+        ServerState::Follower | ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}

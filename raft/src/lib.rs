@@ -1,0 +1,49 @@
+//! Custos' replicated governance: openraft on sled, the governance state machine, and the
+//! node-to-node transport.
+//!
+//! Governance state (tenants, the admin credential, and later identity-provider bindings,
+//! roles, API keys and the key registry) is a Raft-replicated state machine. Every node holds
+//! a full copy; writes go through the leader and reads are linearizable unless a caller asks
+//! for a stale read.
+//!
+//! # Layout
+//! - `types.rs` — identifiers ([`TenantId`], [`RequestId`], [`NodeId`]) and [`NodeInfo`].
+//! - `command.rs` — [`Proposal`], [`Command`] and their outcomes ([`Response`], [`Rejection`]).
+//! - `state.rs` — the data model ([`Tenant`]).
+//! - `store/` — the only code that touches the storage engine: the storage trait
+//!   (`engine.rs`), its sled implementation (`sled_engine.rs`, the only file importing sled),
+//!   the value codec (`codec.rs`), the log store, the state machine with snapshots, and the
+//!   read-only [`GovernanceReader`].
+//! - `network/` — bincode-over-HTTPS client and server for Raft RPCs and leader operations.
+//! - `cluster.rs` — [`Cluster`], the handle the node uses: start, init, write, read barrier,
+//!   membership, status.
+//!
+//! This crate never imports ractor: actors learn about changes from the node, not from Raft
+//! internals.
+
+pub mod cluster;
+pub mod command;
+pub mod network;
+pub mod state;
+pub mod store;
+pub mod types;
+
+pub use cluster::{
+    Cluster, ClusterError, ClusterOptions, ClusterStatus, Consistency, MemberStatus, NodeStatus, StartError,
+};
+pub use command::{Command, Output, Proposal, Rejection, Response};
+pub use state::{Tenant, TenantStatus};
+pub use store::GovernanceReader;
+pub use types::{InvalidId, NodeId, NodeInfo, RegionLabel, RequestId, TenantId};
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of the governance group.
+    pub TypeConfig:
+        D = Proposal,
+        R = Response,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);

@@ -1,0 +1,31 @@
+//! Durable storage of the Raft log and the governance state machine. Only this module touches
+//! the storage engine, and only `sled_engine.rs` imports sled.
+
+pub mod codec;
+pub mod engine;
+mod log_store;
+mod reader;
+mod sled_engine;
+mod state_machine;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use engine::{EngineError, KvEngine, Space};
+pub use log_store::LogStore;
+pub use reader::GovernanceReader;
+pub use state_machine::{SnapshotBuilder, StateMachineStore};
+
+/// Opens the node's storage in `dir` and returns the log store, the state machine and a reader
+/// over the same engine.
+pub fn open(
+    dir: &Path,
+    dedup_window_entries: u64,
+) -> Result<(LogStore, StateMachineStore, GovernanceReader), EngineError> {
+    let engine: Arc<dyn KvEngine> = Arc::new(sled_engine::SledEngine::open(dir)?);
+    Ok((
+        LogStore::new(engine.clone()),
+        StateMachineStore::new(engine.clone(), dedup_window_entries),
+        GovernanceReader::new(engine),
+    ))
+}

@@ -1,0 +1,69 @@
+//! Read access to applied governance state for the API. It never writes.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::codec::decode;
+use super::engine::{EngineError, KvEngine, Space};
+use super::state_machine::{tenant_key, ADMIN_KEY, TENANT_PREFIX};
+use crate::state::Tenant;
+use crate::types::TenantId;
+
+/// A read failure: the engine failed or a stored value is corrupt.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("corrupt value under {key}: {source}")]
+    Corrupt { key: String, source: super::codec::CodecError },
+}
+
+/// Reads the locally applied state machine. Whether a read is linearizable is decided by the
+/// caller (see [`crate::Cluster::read_barrier`]) before it reads through here.
+#[derive(Clone)]
+pub struct GovernanceReader {
+    engine: Arc<dyn KvEngine>,
+}
+
+impl GovernanceReader {
+    pub(crate) fn new(engine: Arc<dyn KvEngine>) -> Self {
+        GovernanceReader { engine }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ReadError> {
+        match self.engine.get(Space::State, key)? {
+            Some(bytes) => decode(&bytes)
+                .map(Some)
+                .map_err(|source| ReadError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source }),
+            None => Ok(None),
+        }
+    }
+
+    pub fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, ReadError> {
+        self.get(&tenant_key(id))
+    }
+
+    /// Up to `limit` tenants with ids strictly after `after`, in id order.
+    pub fn tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<Tenant>, ReadError> {
+        let from = match after {
+            Some(id) => Bound::Excluded(tenant_key(id)),
+            None => Bound::Included(TENANT_PREFIX.to_vec()),
+        };
+        let mut end = TENANT_PREFIX.to_vec();
+        // The byte after '/' bounds the tenant prefix.
+        *end.last_mut().expect("prefix is not empty") += 1;
+        self.engine
+            .range(Space::State, from, Bound::Excluded(end), limit)?
+            .into_iter()
+            .map(|(key, value)| {
+                decode(&value)
+                    .map_err(|source| ReadError::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source })
+            })
+            .collect()
+    }
+
+    /// SHA-256 of the bootstrap admin token, once the cluster was initialised.
+    pub fn admin_token_sha256(&self) -> Result<Option<[u8; 32]>, ReadError> {
+        self.get(ADMIN_KEY)
+    }
+}

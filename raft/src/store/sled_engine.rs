@@ -1,0 +1,112 @@
+//! [`KvEngine`] on sled. This is the only file of Custos that imports sled.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::engine::{Batch, EngineError, Key, KvEngine, Space, Value};
+
+/// sled database with one tree per [`Space`].
+pub struct SledEngine {
+    db: sled::Db,
+    trees: [sled::Tree; 4],
+    flushes: AtomicU64,
+}
+
+fn err(e: impl std::fmt::Display) -> EngineError {
+    EngineError(e.to_string())
+}
+
+impl SledEngine {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, EngineError> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Durability comes from explicit flushes; the background flush only bounds how much
+            // unflushed state-machine work a crash can lose (it is replayed from the log).
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(err)?;
+        let open = |s: Space| db.open_tree(s.name()).map_err(err);
+        let trees = [open(Space::ALL[0])?, open(Space::ALL[1])?, open(Space::ALL[2])?, open(Space::ALL[3])?];
+        Ok(SledEngine { db, trees, flushes: AtomicU64::new(0) })
+    }
+
+    fn tree(&self, space: Space) -> &sled::Tree {
+        let index = Space::ALL.iter().position(|s| *s == space);
+        // Space::ALL lists every variant, so the position always exists.
+        &self.trees[index.expect("every Space is in Space::ALL")]
+    }
+}
+
+impl KvEngine for SledEngine {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Value>, EngineError> {
+        Ok(self.tree(space).get(key).map_err(err)?.map(|v| v.to_vec()))
+    }
+
+    fn write(&self, space: Space, batch: Batch) -> Result<(), EngineError> {
+        let mut b = sled::Batch::default();
+        for (key, value) in batch.ops {
+            match value {
+                Some(value) => b.insert(key, value),
+                None => b.remove(key),
+            }
+        }
+        self.tree(space).apply_batch(b).map_err(err)
+    }
+
+    fn range(
+        &self,
+        space: Space,
+        from: Bound<Key>,
+        to: Bound<Key>,
+        limit: usize,
+    ) -> Result<Vec<(Key, Value)>, EngineError> {
+        self.tree(space)
+            .range::<Key, _>((from, to))
+            .take(limit)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
+            .collect()
+    }
+
+    fn range_rev_keys(
+        &self,
+        space: Space,
+        from: Bound<Key>,
+        to: Bound<Key>,
+        limit: usize,
+    ) -> Result<Vec<Key>, EngineError> {
+        self.tree(space)
+            .range::<Key, _>((from, to))
+            .rev()
+            .take(limit)
+            .map(|r| r.map(|(k, _)| k.to_vec()).map_err(err))
+            .collect()
+    }
+
+    fn last(&self, space: Space) -> Result<Option<(Key, Value)>, EngineError> {
+        Ok(self.tree(space).last().map_err(err)?.map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+
+    fn replace_all(&self, space: Space, entries: Vec<(Key, Value)>) -> Result<(), EngineError> {
+        let tree = self.tree(space);
+        let mut b = sled::Batch::default();
+        for key in tree.iter().keys() {
+            b.remove(key.map_err(err)?);
+        }
+        for (key, value) in entries {
+            b.insert(key, value);
+        }
+        tree.apply_batch(b).map_err(err)
+    }
+
+    fn flush(&self) -> Result<(), EngineError> {
+        self.db.flush().map_err(err)?;
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+}
