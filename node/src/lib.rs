@@ -1,1 +1,148 @@
-pub fn x() {}
+//! The Custos node: wiring, the HTTPS client API, TLS, and the `custos` command line.
+//!
+//! [`run`] is the one entry point: it opens storage, starts Raft, serves the Raft transport
+//! (mutual TLS) and the client API (TLS) and returns when its shutdown future completes, after
+//! a graceful drain. The binary, `custos dev` and the tests all go through it.
+//!
+//! # Layout
+//! - `lib.rs` — [`run`] and the [`NodeError`] type.
+//! - `tls.rs` — PEM loading, rustls configurations, cluster CA generation.
+//! - `api/` — the client API: admission, auth, handlers, error mapping.
+//! - `client.rs` — the API client used by the CLI.
+//! - `dev.rs` — `custos dev`: a local one- or multi-node cluster with generated certificates.
+//! - `main.rs`, `cli/` — the command line (binary only).
+
+pub mod api;
+pub mod client;
+pub mod dev;
+pub mod tls;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use custos_config::Config;
+use custos_raft::{Cluster, ClusterOptions, NodeInfo};
+use serde::{Deserialize, Serialize};
+
+/// How long in-flight requests may take to finish once shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("the node has no TLS files: set tls.ca_file, tls.cert_file and tls.key_file (or use `custos dev`)")]
+    TlsNotConfigured,
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("binding {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Start(#[from] custos_raft::StartError),
+    #[error("serving {what}: {source}")]
+    Serve { what: &'static str, source: std::io::Error },
+}
+
+/// The addresses a running node bound, written to `<data_dir>/node.json` once it serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeAddrs {
+    pub node_id: u64,
+    pub api_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+}
+
+pub const NODE_FILE: &str = "node.json";
+
+fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    let listener = TcpListener::bind(addr).map_err(|source| NodeError::Bind { what, addr, source })?;
+    listener.set_nonblocking(true).map_err(|source| NodeError::Bind { what, addr, source })?;
+    Ok(listener)
+}
+
+fn write_node_file(dir: &Path, addrs: &NodeAddrs) -> Result<(), NodeError> {
+    let path = dir.join(NODE_FILE);
+    let tmp = dir.join(format!("{NODE_FILE}.tmp"));
+    let wrap = |source| NodeError::DataDir { path: path.clone(), source };
+    // serde_json cannot fail on this plain struct.
+    let text = serde_json::to_vec_pretty(addrs).expect("NodeAddrs serialises");
+    std::fs::write(&tmp, text).map_err(wrap)?;
+    std::fs::rename(&tmp, &path).map_err(wrap)
+}
+
+/// Runs one node until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    tls::install_crypto_provider();
+    let (Some(ca), Some(cert), Some(key)) =
+        (config.tls.ca_file.clone(), config.tls.cert_file.clone(), config.tls.key_file.clone())
+    else {
+        return Err(NodeError::TlsNotConfigured);
+    };
+    let tls = tls::NodeTls::load(&tls::TlsFiles { ca, cert, key })?;
+    let data_dir = config.node.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| NodeError::DataDir { path: data_dir.clone(), source })?;
+
+    let api_listener = bind("the client API", config.api.listen_addr)?;
+    let raft_listener = bind("the Raft transport", config.raft.listen_addr)?;
+    let local =
+        |l: &TcpListener, addr| l.local_addr().map_err(|source| NodeError::Bind { what: "a listener", addr, source });
+    let api_bound = local(&api_listener, config.api.listen_addr)?;
+    let raft_bound = local(&raft_listener, config.raft.listen_addr)?;
+    let info = NodeInfo {
+        api_addr: config.api.advertise_addr.unwrap_or(api_bound).to_string(),
+        raft_addr: config.raft.advertise_addr.unwrap_or(raft_bound).to_string(),
+    };
+
+    let node_id = config.node.id;
+    let cluster = Cluster::start(ClusterOptions {
+        node_id,
+        info: info.clone(),
+        raft: &config.raft,
+        data_dir: &data_dir,
+        peer_tls: tls.peer_client,
+        leader_attempts: config.limits.forward_attempts,
+    })
+    .await?;
+
+    // Raft bodies carry append batches and snapshot chunks: allow a chunk plus framing.
+    let raft_body_limit = config.raft.snapshot_chunk_bytes as usize * 2 + 1024 * 1024;
+    let raft_app = custos_raft::network::router(cluster.clone(), raft_body_limit);
+    let api_app = api::router(api::AppState::new(cluster.clone(), config.limits.clone()));
+
+    let raft_handle = axum_server::Handle::new();
+    let api_handle = axum_server::Handle::new();
+    let raft_server = axum_server::from_tcp_rustls(
+        raft_listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls.raft_server),
+    )
+    .handle(raft_handle.clone())
+    .serve(raft_app.into_make_service());
+    let api_server =
+        axum_server::from_tcp_rustls(api_listener, axum_server::tls_rustls::RustlsConfig::from_config(tls.api_server))
+            .handle(api_handle.clone())
+            .serve(api_app.into_make_service());
+    let raft_task = tokio::spawn(raft_server);
+    let api_task = tokio::spawn(api_server);
+
+    write_node_file(&data_dir, &NodeAddrs { node_id, api_addr: api_bound, raft_addr: raft_bound })?;
+    tracing::info!(node_id, api = %api_bound, raft = %raft_bound, "custos node serving");
+
+    shutdown.await;
+    tracing::info!(node_id, "shutting down: draining requests");
+    // Client requests drain first: they may still need Raft and the transport to finish.
+    api_handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
+    let api_result = api_task.await;
+    cluster.shutdown().await;
+    raft_handle.graceful_shutdown(Some(Duration::from_secs(1)));
+    let served = [("the client API", api_result), ("the Raft transport", raft_task.await)];
+    for (what, result) in served {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => return Err(NodeError::Serve { what, source }),
+            Err(join) => return Err(NodeError::Serve { what, source: std::io::Error::other(join.to_string()) }),
+        }
+    }
+    tracing::info!(node_id, "stopped");
+    Ok(())
+}

@@ -227,6 +227,15 @@ impl Cluster {
             Err(RaftError::APIError(e)) => return Err(ClusterError::Membership(e.to_string())),
             Err(RaftError::Fatal(e)) => return Err(ClusterError::Fatal(e.to_string())),
         }
+        // A one-member cluster elects itself at once; wait for that before the first write so
+        // it is not refused as coming from a non-member.
+        let id = self.inner.id;
+        self.inner
+            .raft
+            .wait(Some(self.inner.rpc_timeout * 5))
+            .metrics(|m| m.current_leader == Some(id), "leadership after initialize")
+            .await
+            .map_err(|e| ClusterError::Unavailable(format!("no leader after initialize: {e}")))?;
         let proposal = Proposal {
             // Fixed id: a retried init replays instead of failing.
             request_id: RequestId::new("cluster-init-admin-token").expect("constant id is valid"),

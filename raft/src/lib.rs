@@ -32,7 +32,7 @@ pub use cluster::{
     Cluster, ClusterError, ClusterOptions, ClusterStatus, Consistency, MemberStatus, NodeStatus, StartError,
 };
 pub use command::{Command, Output, Proposal, Rejection, Response};
-pub use state::{Tenant, TenantStatus};
+pub use state::{check_display_name, Tenant, TenantStatus};
 pub use store::GovernanceReader;
 pub use types::{InvalidId, NodeId, NodeInfo, RegionLabel, RequestId, TenantId};
 

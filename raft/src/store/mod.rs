@@ -4,7 +4,7 @@
 pub mod codec;
 pub mod engine;
 mod log_store;
-mod reader;
+pub mod reader;
 mod sled_engine;
 mod state_machine;
 

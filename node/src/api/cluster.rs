@@ -1,0 +1,112 @@
+//! `/v1/cluster`: init, self, status, members.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use custos_raft::{ClusterStatus, NodeId, NodeInfo, NodeStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::auth::{new_admin_token, token_sha256, Admin};
+use super::error::ApiError;
+use super::{now_ms, AppState};
+
+/// Makes this pristine node a one-member cluster. The admin token is in this response only.
+pub async fn init(State(state): State<AppState>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let token = new_admin_token();
+    state.cluster.initialize(token_sha256(&token), now_ms()).await?;
+    tracing::info!(node_id = state.cluster.id(), "cluster initialised");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "node_id": state.cluster.id(),
+            "admin_token": token.as_str(),
+            "note": "store the admin token now: it is shown once and only its hash is kept",
+        })),
+    ))
+}
+
+#[derive(Serialize)]
+pub struct SelfView {
+    node_id: NodeId,
+    raft_addr: String,
+    api_addr: String,
+    member: bool,
+}
+
+/// Who this node is; used by `custos cluster join` before the node is a member.
+pub async fn node_self(State(state): State<AppState>) -> Json<SelfView> {
+    let info = state.cluster.info();
+    Json(SelfView {
+        node_id: state.cluster.id(),
+        raft_addr: info.raft_addr.clone(),
+        api_addr: info.api_addr.clone(),
+        member: state.cluster.is_member(),
+    })
+}
+
+#[derive(Serialize)]
+pub struct StatusView {
+    /// The leader's view, or absent when no leader could be reached.
+    cluster: Option<ClusterStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_error: Option<String>,
+    node: NodeStatus,
+}
+
+pub async fn status(_: Admin, State(state): State<AppState>) -> Json<StatusView> {
+    let node = state.cluster.node_status();
+    let (cluster, cluster_error) = match state.cluster.status().await {
+        Ok(status) => (Some(status), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Json(StatusView { cluster, cluster_error, node })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    node_id: NodeId,
+    raft_addr: String,
+    api_addr: String,
+}
+
+fn check_addr(field: &str, value: &str) -> Result<(), ApiError> {
+    let ok = value.len() <= 255
+        && value
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("invalid_field", format!("{field} must be host:port with a non-zero port")))
+    }
+}
+
+/// Adds a node: learner first, then voter once it has caught up.
+pub async fn add_member(
+    _: Admin,
+    State(state): State<AppState>,
+    body: Result<Json<AddMember>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body?;
+    if body.node_id == 0 {
+        return Err(ApiError::bad_request("invalid_field", "node_id must be a positive integer"));
+    }
+    check_addr("raft_addr", &body.raft_addr)?;
+    check_addr("api_addr", &body.api_addr)?;
+    let info = NodeInfo { raft_addr: body.raft_addr, api_addr: body.api_addr };
+    state.cluster.add_voter(body.node_id, info).await?;
+    Ok(Json(json!({ "node_id": body.node_id, "voter": true })))
+}
+
+pub async fn remove_member(
+    _: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<NodeId>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = path?;
+    state.cluster.remove_node(id).await?;
+    Ok(Json(json!({ "node_id": id, "removed": true })))
+}

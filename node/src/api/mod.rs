@@ -1,0 +1,134 @@
+//! The client API: HTTPS JSON under `/v1/`, plus `/healthz` and `/readyz`.
+//!
+//! The path of a request reads like this folder: `mod.rs` admits it (in-flight bound, body
+//! limit, deadline), `auth.rs` checks the admin token, a handler in `tenants.rs`, `cluster.rs`
+//! or `health.rs` turns it into a [`custos_raft::Proposal`] or a read, and `error.rs` turns
+//! every failure into a JSON error with a machine-readable code.
+
+pub mod auth;
+mod cluster;
+pub mod error;
+mod health;
+mod tenants;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use custos_config::LimitsConfig;
+use custos_raft::{Cluster, Consistency, RequestId};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use self::error::ApiError;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: Cluster,
+    pub limits: Arc<LimitsConfig>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(cluster: Cluster, limits: LimitsConfig) -> Self {
+        let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
+        AppState { cluster, limits: Arc::new(limits), in_flight }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/tenants", post(tenants::create).get(tenants::list))
+        .route("/tenants/{id}", get(tenants::get).delete(tenants::delete))
+        .route("/tenants/{id}/suspend", post(tenants::suspend))
+        .route("/tenants/{id}/resume", post(tenants::resume))
+        .route("/cluster/init", post(cluster::init))
+        .route("/cluster/self", get(cluster::node_self))
+        .route("/cluster/status", get(cluster::status))
+        .route("/cluster/members", post(cluster::add_member))
+        .route("/cluster/members/{id}", delete(cluster::remove_member));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
+}
+
+/// Admission control: a bounded number of requests in flight (excess gets 429 at once) and a
+/// deadline per request (504; a write may still commit, so clients retry with the same
+/// Idempotency-Key).
+async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!("more than {} requests in flight on this node", state.limits.max_in_flight),
+        ));
+    };
+    let deadline = Duration::from_millis(state.limits.request_timeout_ms);
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => Ok(response),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the request did not complete in time; a write may still be applied, retry it with the same Idempotency-Key",
+        )),
+    }
+}
+
+/// `?consistency=` on reads.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadConsistency {
+    #[default]
+    Linearizable,
+    Stale,
+}
+
+impl From<ReadConsistency> for Consistency {
+    fn from(c: ReadConsistency) -> Self {
+        match c {
+            ReadConsistency::Linearizable => Consistency::Linearizable,
+            ReadConsistency::Stale => Consistency::Stale,
+        }
+    }
+}
+
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// The request id of a write: the client's Idempotency-Key, or a fresh one. Generated here, at
+/// the first node, so forwarding and internal retries reuse it.
+pub fn request_id(headers: &HeaderMap) -> Result<RequestId, ApiError> {
+    match headers.get(IDEMPOTENCY_HEADER) {
+        Some(value) => {
+            let text = value.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be printable ASCII")
+            })?;
+            RequestId::new(text).map_err(|e| ApiError::bad_request("invalid_idempotency_key", e.to_string()))
+        }
+        None => Ok(RequestId::new(uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid request id")),
+    }
+}
+
+pub fn now_ms() -> u64 {
+    // A clock before 1970 is a broken host; 0 keeps the state machine deterministic regardless.
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,196 @@
+//! `/v1/tenants`: create, list, get, suspend, resume, delete.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use custos_raft::{check_display_name, Command, Output, Proposal, RegionLabel, Tenant, TenantId, TenantStatus};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Admin;
+use super::error::ApiError;
+use super::{now_ms, request_id, AppState, ReadConsistency};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    id: String,
+    display_name: String,
+    region: String,
+}
+
+/// A tenant as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct TenantView {
+    id: String,
+    display_name: String,
+    region: String,
+    status: &'static str,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+    revision: u64,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(t: Tenant) -> Self {
+        TenantView {
+            id: t.id.to_string(),
+            display_name: t.display_name,
+            region: t.region.to_string(),
+            status: t.status.as_str(),
+            created_at_ms: t.created_at_ms,
+            updated_at_ms: t.updated_at_ms,
+            revision: t.revision,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    #[serde(default)]
+    consistency: ReadConsistency,
+    limit: Option<usize>,
+    after: Option<String>,
+    #[serde(default)]
+    include_deleted: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GetParams {
+    #[serde(default)]
+    consistency: ReadConsistency,
+}
+
+#[derive(Debug, Serialize)]
+struct TenantList {
+    tenants: Vec<TenantView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<String>,
+}
+
+/// Replicates a command and renders its tenant, marking replays of an earlier attempt.
+async fn write(
+    state: &AppState,
+    headers: &HeaderMap,
+    command: Command,
+    created: StatusCode,
+) -> Result<Response, ApiError> {
+    let proposal = Proposal { request_id: request_id(headers)?, proposed_at_ms: now_ms(), command };
+    let response = state.cluster.write(proposal).await?;
+    match response.outcome? {
+        Output::Tenant(tenant) => {
+            let mut http = (created, Json(TenantView::from(tenant))).into_response();
+            if response.replayed {
+                http.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            Ok(http)
+        }
+        Output::Done => Err(ApiError::internal("the state machine returned no tenant for a tenant command")),
+    }
+}
+
+fn tenant_id(path: Result<Path<String>, PathRejection>) -> Result<TenantId, ApiError> {
+    let Path(id) = path?;
+    Ok(TenantId::new(id)?)
+}
+
+pub async fn create(
+    _: Admin,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<CreateTenant>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let id = TenantId::new(body.id)?;
+    let region = RegionLabel::new(body.region)?;
+    check_display_name(&body.display_name)
+        .map_err(|reason| ApiError::bad_request("invalid_field", format!("display_name {reason}")))?;
+    write(&state, &headers, Command::CreateTenant { id, display_name: body.display_name, region }, StatusCode::CREATED)
+        .await
+}
+
+pub async fn list(
+    _: Admin,
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<impl Serialize>, ApiError> {
+    let Query(params) = params?;
+    let max = state.limits.max_batch;
+    let limit = params.limit.unwrap_or(max.min(100));
+    if limit == 0 || limit > max {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {max}")));
+    }
+    let mut after = params.after.map(TenantId::new).transpose()?;
+    state.cluster.read_barrier(params.consistency.into()).await?;
+    // Deleted tenants may be filtered out, so scan pages until `limit` tenants are found.
+    let mut tenants = Vec::with_capacity(limit);
+    let more;
+    loop {
+        let page = state.cluster.reader().tenants(after.as_ref(), limit)?;
+        let full = page.len() == limit;
+        for tenant in page {
+            after = Some(tenant.id.clone());
+            if params.include_deleted || tenant.status != TenantStatus::Deleted {
+                tenants.push(TenantView::from(tenant));
+                if tenants.len() == limit {
+                    break;
+                }
+            }
+        }
+        if tenants.len() == limit || !full {
+            more = tenants.len() == limit;
+            break;
+        }
+    }
+    let next_after = if more { after.map(|id| id.to_string()) } else { None };
+    Ok(Json(TenantList { tenants, next_after }))
+}
+
+pub async fn get(
+    _: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<GetParams>, QueryRejection>,
+) -> Result<Json<TenantView>, ApiError> {
+    let id = tenant_id(path)?;
+    let Query(params) = params?;
+    state.cluster.read_barrier(params.consistency.into()).await?;
+    match state.cluster.reader().tenant(&id)? {
+        Some(tenant) => Ok(Json(tenant.into())),
+        None => Err(custos_raft::Rejection::TenantNotFound(id).into()),
+    }
+}
+
+pub async fn suspend(
+    _: Admin,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = tenant_id(path)?;
+    write(&state, &headers, Command::SetTenantStatus { id, status: TenantStatus::Suspended }, StatusCode::OK).await
+}
+
+pub async fn resume(
+    _: Admin,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = tenant_id(path)?;
+    write(&state, &headers, Command::SetTenantStatus { id, status: TenantStatus::Active }, StatusCode::OK).await
+}
+
+pub async fn delete(
+    _: Admin,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = tenant_id(path)?;
+    write(&state, &headers, Command::DeleteTenant { id }, StatusCode::OK).await
+}

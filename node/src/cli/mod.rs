@@ -1,0 +1,179 @@
+//! Command-line parsing and dispatch. Client commands talk to any node over the HTTPS API.
+
+mod cluster;
+mod output;
+mod tenant;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use custos_node::client::ApiClient;
+
+#[derive(Debug, Parser)]
+#[command(name = "custos", version, about = "Custos: a clustered, multi-tenant trust plane")]
+pub struct Args {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// API address of any node.
+    #[arg(long, global = true, env = "CUSTOS_ADDR", default_value = "https://127.0.0.1:7443")]
+    pub addr: String,
+    /// PEM file of the cluster CA to trust.
+    #[arg(long, global = true, env = "CUSTOS_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Admin token (shown once by `custos cluster init`).
+    #[arg(long, global = true, env = "CUSTOS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+    /// Log filter for the node (tracing EnvFilter syntax).
+    #[arg(long, global = true, env = "CUSTOS_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node from a configuration file (plus CUSTOS_<SECTION>__<KEY> overrides).
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run a local cluster with generated certificates: no configuration needed.
+    Dev {
+        /// Number of nodes (1 to 7).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=7))]
+        nodes: u64,
+        /// Where the nodes keep their data, certificates and the admin token.
+        #[arg(long, default_value = "custos-dev")]
+        data_dir: PathBuf,
+        /// API port of node 1; node i uses base + 2(i-1) for its API and the next port for Raft.
+        #[arg(long, default_value_t = 7443)]
+        base_port: u16,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Certificate tools.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+    /// Cluster membership and status.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
+    /// Tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: tenant::TenantCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file; exits non-zero listing every error with its key path.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Create a cluster CA and node certificates (existing files are kept).
+    Generate {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Extra DNS names or IP addresses for every node certificate.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+}
+
+pub fn init_tracing(args: &Args) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.global.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+pub fn client(global: &Global, with_token: bool) -> anyhow::Result<ApiClient> {
+    let token = if with_token {
+        Some(global.token.clone().context("no admin token: pass --token or set CUSTOS_TOKEN")?)
+    } else {
+        None
+    };
+    Ok(ApiClient::new(&global.addr, global.ca_cert.as_deref(), token)?)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+            // If Ctrl-C cannot be awaited either, stopping at once is the only safe choice.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
+    let global = args.global;
+    match args.command {
+        Command::Run { config } => {
+            let config = match custos_config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            custos_node::run(config, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev { nodes, data_dir, base_port } => {
+            let options = custos_node::dev::DevOptions { root: data_dir, nodes, base_port };
+            custos_node::dev::run(options, shutdown_signal(), output::dev_banner).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command: ConfigCommand::Check { file } } => match custos_config::load(Some(&file)) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprintln!("{}: {errors}", file.display());
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Tls { command: TlsCommand::Generate { dir, nodes, hosts } } => {
+            custos_node::tls::generate_cluster_pki(&dir, nodes, &hosts)?;
+            println!("cluster CA and {nodes} node certificate(s) in {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster { command } => cluster::run(&global, command).await,
+        Command::Tenant { command } => tenant::run(&global, command).await,
+    }
+}

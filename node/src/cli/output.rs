@@ -1,0 +1,59 @@
+//! Human and JSON rendering of API answers.
+
+use serde_json::Value;
+
+use super::Output;
+use custos_node::dev::DevCluster;
+
+pub fn print(output: Output, value: &Value, human: impl FnOnce(&Value) -> String) {
+    match output {
+        // Value always serialises.
+        Output::Json => println!("{}", serde_json::to_string_pretty(value).expect("JSON value serialises")),
+        Output::Human => println!("{}", human(value)),
+    }
+}
+
+pub fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn tenant_line(t: &Value) -> String {
+    format!(
+        "{:<24} {:<10} {:<16} rev {:<8} {}",
+        text(&t["id"]),
+        text(&t["status"]),
+        text(&t["region"]),
+        text(&t["revision"]),
+        text(&t["display_name"])
+    )
+}
+
+pub fn dev_banner(cluster: &DevCluster) {
+    let first = &cluster.api_urls[0];
+    let ca = cluster.ca_file.display();
+    println!();
+    println!(
+        "Custos dev cluster is running ({} node(s)). Ctrl-C stops it; the next run reuses its data.",
+        cluster.api_urls.len()
+    );
+    for (i, url) in cluster.api_urls.iter().enumerate() {
+        println!("  node {}: {url}", i + 1);
+    }
+    println!();
+    println!("Admin token (kept in the dev data dir only because this is dev mode):");
+    println!("  {}", cluster.admin_token);
+    println!();
+    println!("Try it:");
+    println!("  export CUSTOS_ADDR={first} CUSTOS_CA_CERT={ca} CUSTOS_TOKEN={}", cluster.admin_token);
+    println!("  custos tenant create acme --name \"Acme Corp\" --region eu-west");
+    println!("  custos tenant list");
+    println!("  curl --cacert {ca} -H \"Authorization: Bearer $CUSTOS_TOKEN\" \\");
+    println!("       -H 'Content-Type: application/json' -d '{{\"id\":\"globex\",\"display_name\":\"Globex\",\"region\":\"us-east\"}}' \\");
+    println!("       {first}/v1/tenants");
+    println!("  curl --cacert {ca} -H \"Authorization: Bearer $CUSTOS_TOKEN\" {first}/v1/cluster/status");
+    println!();
+}
