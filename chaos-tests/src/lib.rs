@@ -1,1 +1,15 @@
-pub fn x() {}
+//! Multi-process cluster tests for Custos: a harness that runs real `custos` processes on
+//! loopback, each with its own data directory, and kills, stops and restarts them the way
+//! an operator or a crash would.
+//!
+//! # Layout
+//! - `cluster.rs` — [`ProcessCluster`]: certificates, per-node configuration files, process
+//!   control (start, SIGTERM, SIGKILL, restart) and an HTTPS client for the API of each node.
+//!
+//! The harness talks to nodes only through their public API and their process, so what it
+//! checks is what a client and an operator see. It takes the path of the `custos` binary from
+//! the caller (integration tests of `custos-node` pass `CARGO_BIN_EXE_custos`).
+
+mod cluster;
+
+pub use cluster::{ApiReply, ProcessCluster};

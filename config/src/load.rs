@@ -90,7 +90,7 @@ fn collect_leaves(prefix: String, dict: &figment::value::Dict, out: &mut Vec<(St
 fn to_error(e: figment::Error) -> ConfigError {
     let mut path = e.path.join(".");
     if let Kind::UnknownField(field, _) = &e.kind {
-        if !e.path.last().is_some_and(|last| last == field) {
+        if e.path.last().is_none_or(|last| last != field) {
             if !path.is_empty() {
                 path.push('.');
             }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of one node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub node: NodeConfig,
@@ -12,18 +12,6 @@ pub struct Config {
     pub raft: RaftConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            node: NodeConfig::default(),
-            api: ApiConfig::default(),
-            raft: RaftConfig::default(),
-            tls: TlsConfig::default(),
-            limits: LimitsConfig::default(),
-        }
-    }
 }
 
 /// Identity and storage of this node.

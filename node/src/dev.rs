@@ -31,7 +31,7 @@ pub enum DevError {
     #[error("{0}")]
     Config(String),
     #[error("node {node}: {source}")]
-    Node { node: u64, source: crate::NodeError },
+    Node { node: u64, source: Box<crate::NodeError> },
     #[error("setting up the cluster: {0}")]
     Client(#[from] ClientError),
     #[error("admin token file {path}: {source}")]
@@ -164,7 +164,7 @@ pub async fn run(
     for (node, task) in tasks {
         match task.await {
             Ok(Ok(())) => {}
-            Ok(Err(source)) => return Err(DevError::Node { node, source }),
+            Ok(Err(source)) => return Err(DevError::Node { node, source: Box::new(source) }),
             Err(join) => return Err(DevError::Config(format!("node {node} task failed: {join}"))),
         }
     }

@@ -39,8 +39,8 @@ pub enum NodeError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
-    #[error(transparent)]
-    Start(#[from] custos_raft::StartError),
+    #[error("{0}")]
+    Start(Box<custos_raft::StartError>),
     #[error("serving {what}: {source}")]
     Serve { what: &'static str, source: std::io::Error },
 }
@@ -103,7 +103,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         peer_tls: tls.peer_client,
         leader_attempts: config.limits.forward_attempts,
     })
-    .await?;
+    .await
+    .map_err(|e| NodeError::Start(Box::new(e)))?;
 
     // Raft bodies carry append batches and snapshot chunks: allow a chunk plus framing.
     let raft_body_limit = config.raft.snapshot_chunk_bytes as usize * 2 + 1024 * 1024;

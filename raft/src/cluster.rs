@@ -150,7 +150,7 @@ pub enum StartError {
     #[error("building the peer client: {0}")]
     Client(#[from] reqwest::Error),
     #[error("starting Raft: {0}")]
-    Raft(#[from] openraft::error::Fatal<NodeId>),
+    Raft(Box<openraft::error::Fatal<NodeId>>),
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -179,7 +179,9 @@ impl Cluster {
         }
         .validate()?;
         let peers = PeerClient::new(options.peer_tls)?;
-        let raft = Raft::new(options.node_id, Arc::new(config), Network::new(peers.clone()), log.clone(), sm).await?;
+        let raft = Raft::new(options.node_id, Arc::new(config), Network::new(peers.clone()), log.clone(), sm)
+            .await
+            .map_err(|e| StartError::Raft(Box::new(e)))?;
         Ok(Cluster {
             inner: Arc::new(Inner {
                 id: options.node_id,

@@ -168,7 +168,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.engine.write(Space::Log, batch).map_err(|e| StorageIOError::write_logs(&e))?;
         let flushed = self.flush().await.map_err(|e| std::io::Error::other(e.to_string()));
-        let failed = flushed.as_ref().err().map(|e| StorageIOError::write_logs(e));
+        let failed = flushed.as_ref().err().map(StorageIOError::write_logs);
         callback.log_io_completed(flushed);
         match failed {
             Some(e) => Err(e.into()),

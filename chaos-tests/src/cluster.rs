@@ -1,0 +1,324 @@
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use reqwest::Method;
+use serde_json::Value;
+
+/// One node process and its files.
+struct NodeProcess {
+    api_addr: SocketAddr,
+    raft_addr: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// An HTTP answer from a node.
+#[derive(Debug, Clone)]
+pub struct ApiReply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl ApiReply {
+    /// The machine-readable error code, if this is an error answer.
+    pub fn code(&self) -> Option<&str> {
+        self.body["error"]["code"].as_str()
+    }
+}
+
+/// A cluster of `custos` processes on loopback. Dropping it kills every process.
+pub struct ProcessCluster {
+    binary: PathBuf,
+    root: tempfile::TempDir,
+    nodes: BTreeMap<u64, NodeProcess>,
+    env: Vec<(String, String)>,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+/// Reserves `count` distinct free loopback ports. The listeners are held together and then
+/// released, so the ports are distinct; another process could still take one in between.
+fn free_ports(count: usize) -> Result<Vec<SocketAddr>> {
+    let listeners = (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<Vec<_>>>()?;
+    Ok(listeners.iter().map(|l| l.local_addr()).collect::<std::io::Result<Vec<_>>>()?)
+}
+
+impl ProcessCluster {
+    /// Prepares `nodes` nodes (ids 1..=nodes) without starting them. `env` is passed to every
+    /// node process, e.g. `CUSTOS_RAFT__SNAPSHOT_AFTER_ENTRIES`.
+    pub fn new(binary: &Path, nodes: u64, env: &[(&str, &str)]) -> Result<Self> {
+        let root = tempfile::Builder::new().prefix("custos-cluster-").tempdir()?;
+        let tls = root.path().join("tls");
+        let status = Command::new(binary)
+            .args(["tls", "generate", "--nodes", &nodes.to_string(), "--dir"])
+            .arg(&tls)
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", binary.display()))?;
+        if !status.success() {
+            bail!("custos tls generate failed: {status}");
+        }
+        let ports = free_ports(2 * nodes as usize)?;
+        let mut processes = BTreeMap::new();
+        for id in 1..=nodes {
+            let dir = root.path().join(format!("node-{id}"));
+            fs::create_dir_all(&dir)?;
+            let (api_addr, raft_addr) = (ports[2 * (id as usize - 1)], ports[2 * (id as usize - 1) + 1]);
+            let config = dir.join("custos.toml");
+            fs::write(
+                &config,
+                format!(
+                    "[node]\nid = {id}\ndata_dir = \"{data}\"\n[api]\nlisten_addr = \"{api_addr}\"\n[raft]\nlisten_addr = \"{raft_addr}\"\n\
+                     [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n",
+                    data = dir.join("data").display(),
+                    ca = tls.join("ca.pem").display(),
+                    cert = tls.join(format!("node-{id}.pem")).display(),
+                    key = tls.join(format!("node-{id}-key.pem")).display(),
+                ),
+            )?;
+            processes.insert(id, NodeProcess { api_addr, raft_addr, config, log: dir.join("node.log"), child: None });
+        }
+        let pem = fs::read(tls.join("ca.pem"))?;
+        // Err only means a provider is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile_certs(&pem)? {
+            roots.add(cert)?;
+        }
+        let tls_config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let http =
+            reqwest::Client::builder().use_preconfigured_tls(tls_config).timeout(Duration::from_secs(30)).build()?;
+        Ok(ProcessCluster {
+            binary: binary.to_path_buf(),
+            root,
+            nodes: processes,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            http,
+            token: None,
+        })
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    fn node(&self, id: u64) -> Result<&NodeProcess> {
+        self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))
+    }
+
+    /// Starts node `id` (again, after a stop or kill) from its data directory.
+    pub fn start(&mut self, id: u64) -> Result<()> {
+        let binary = self.binary.clone();
+        let env = self.env.clone();
+        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        if node.child.is_some() {
+            bail!("node {id} is already running");
+        }
+        let log = fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let child = Command::new(binary)
+            .args(["run", "--config"])
+            .arg(&node.config)
+            .envs(env)
+            .env("CUSTOS_LOG", "info,openraft=warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: the node loses whatever a real crash loses.
+    pub fn kill(&mut self, id: u64) -> Result<()> {
+        self.signal_and_wait(id, Signal::SIGKILL)
+    }
+
+    /// SIGTERM: graceful shutdown.
+    pub fn stop(&mut self, id: u64) -> Result<()> {
+        self.signal_and_wait(id, Signal::SIGTERM)
+    }
+
+    fn signal_and_wait(&mut self, id: u64, signal: Signal) -> Result<()> {
+        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let mut child = node.child.take().ok_or_else(|| anyhow!("node {id} is not running"))?;
+        kill(Pid::from_raw(child.id() as i32), signal)?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// The node's log so far, for failure messages.
+    pub fn log(&self, id: u64) -> String {
+        self.node(id).ok().and_then(|n| fs::read_to_string(&n.log).ok()).unwrap_or_default()
+    }
+
+    pub fn url(&self, id: u64, path: &str) -> Result<String> {
+        Ok(format!("https://{}{}", self.node(id)?.api_addr, path))
+    }
+
+    /// The admin token from [`ProcessCluster::init`].
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Sends exactly the given bytes and headers (no admin token unless a header carries it).
+    pub async fn call_raw(
+        &self,
+        id: u64,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Result<ApiReply> {
+        let mut request = self.http.request(method, self.url(id, path)?).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        reply(request.send().await?).await
+    }
+
+    /// Sends a request to node `id` with the admin token (if known) and extra headers.
+    pub async fn call(
+        &self,
+        id: u64,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<ApiReply> {
+        let mut request = self.http.request(method, self.url(id, path)?);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        reply(request.send().await?).await
+    }
+
+    pub async fn get(&self, id: u64, path: &str) -> Result<ApiReply> {
+        self.call(id, Method::GET, path, None, &[]).await
+    }
+
+    /// Waits until node `id` answers `/healthz`.
+    pub async fn wait_healthy(&self, id: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(reply) = self.get(id, "/healthz").await {
+                if reply.status == 200 {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("node {id} not healthy after {timeout:?}; log:\n{}", self.log(id))
+    }
+
+    /// Initialises node `id` as a one-member cluster and keeps the admin token.
+    pub async fn init(&mut self, id: u64) -> Result<String> {
+        let reply = self.call(id, Method::POST, "/v1/cluster/init", None, &[]).await?;
+        if reply.status != 201 {
+            bail!("init on node {id} failed: {} {}", reply.status, reply.body);
+        }
+        let token = reply.body["admin_token"].as_str().ok_or_else(|| anyhow!("init returned no token"))?.to_string();
+        self.token = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Adds node `id` to the cluster through member `via`.
+    pub async fn join(&self, id: u64, via: u64) -> Result<()> {
+        let node = self.node(id)?;
+        let body = serde_json::json!({
+            "node_id": id,
+            "raft_addr": node.raft_addr.to_string(),
+            "api_addr": node.api_addr.to_string(),
+        });
+        let reply = self.call(via, Method::POST, "/v1/cluster/members", Some(&body), &[]).await?;
+        if reply.status != 200 {
+            bail!("join of node {id} via {via} failed: {} {}", reply.status, reply.body);
+        }
+        Ok(())
+    }
+
+    /// Starts every node, initialises the first and joins the rest through it.
+    pub async fn form(&mut self) -> Result<()> {
+        for id in self.ids() {
+            self.start(id)?;
+        }
+        for id in self.ids() {
+            self.wait_healthy(id, Duration::from_secs(30)).await?;
+        }
+        let first = self.ids()[0];
+        self.init(first).await?;
+        for id in self.ids().into_iter().skip(1) {
+            self.join(id, first).await?;
+        }
+        Ok(())
+    }
+
+    /// This node's own status (`node` of `/v1/cluster/status`).
+    pub async fn node_status(&self, id: u64) -> Result<Value> {
+        let reply = self.get(id, "/v1/cluster/status").await?;
+        if reply.status != 200 {
+            bail!("status of node {id}: {} {}", reply.status, reply.body);
+        }
+        Ok(reply.body["node"].clone())
+    }
+
+    /// Polls until some running node in `among` reports a leader that is also in `among`.
+    pub async fn wait_leader(&self, among: &[u64], timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            for id in among {
+                if let Ok(status) = self.node_status(*id).await {
+                    if let Some(leader) = status["leader_id"].as_u64() {
+                        if among.contains(&leader) && status["state"] != "candidate" {
+                            return Ok(leader);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("no leader among {among:?} after {timeout:?}")
+    }
+}
+
+async fn reply(response: reqwest::Response) -> Result<ApiReply> {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await?;
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+    Ok(ApiReply { status, body, headers })
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    Ok(rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                // Best effort during teardown: the process may already have exited.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
