@@ -47,7 +47,7 @@ pub struct ProcessCluster {
 
 /// Reserves `count` distinct free loopback ports. The listeners are held together and then
 /// released, so the ports are distinct; another process could still take one in between.
-fn free_ports(count: usize) -> Result<Vec<SocketAddr>> {
+pub fn free_ports(count: usize) -> Result<Vec<SocketAddr>> {
     let listeners = (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<Vec<_>>>()?;
     Ok(listeners.iter().map(|l| l.local_addr()).collect::<std::io::Result<Vec<_>>>()?)
 }
@@ -131,8 +131,8 @@ impl ProcessCluster {
         let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(&node.config)
-            .envs(env)
             .env("CUSTOS_LOG", "info,openraft=warn")
+            .envs(env)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;

@@ -12,4 +12,4 @@
 
 mod cluster;
 
-pub use cluster::{ApiReply, ProcessCluster};
+pub use cluster::{free_ports, ApiReply, ProcessCluster};

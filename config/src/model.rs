@@ -69,8 +69,16 @@ pub struct RaftConfig {
     pub max_entries_per_append: u64,
     /// Deadline for one ordinary node-to-node RPC.
     pub rpc_timeout_ms: u64,
-    /// How many retried client requests the state machine remembers, for exactly-once apply.
+    /// How many log entries back the state machine remembers request ids, for exactly-once
+    /// apply of retries.
     pub dedup_window_entries: u64,
+    /// Most client proposals the leader batches into one log entry.
+    pub max_proposals_per_entry: usize,
+    /// Approximate byte bound of one batched entry (a single larger proposal goes alone).
+    pub max_entry_bytes: usize,
+    /// Batches a node keeps in flight at once (forwarded to the leader, and on the leader
+    /// appended to the log); later proposals wait and join the next batch.
+    pub max_batches_in_flight: usize,
 }
 
 impl Default for RaftConfig {
@@ -85,9 +93,12 @@ impl Default for RaftConfig {
             log_entries_kept_after_snapshot: 5_000,
             snapshot_chunk_bytes: 3 * 1024 * 1024,
             install_snapshot_timeout_ms: 10_000,
-            max_entries_per_append: 512,
+            max_entries_per_append: 64,
             rpc_timeout_ms: 2_000,
             dedup_window_entries: 100_000,
+            max_proposals_per_entry: 256,
+            max_entry_bytes: 1024 * 1024,
+            max_batches_in_flight: 2,
         }
     }
 }

@@ -42,9 +42,9 @@ impl Config {
             format!("must be at least raft.rpc_timeout_ms ({})", r.rpc_timeout_ms),
         );
         check(
-            (1..=10_000).contains(&r.max_entries_per_append),
+            (1..=1_000).contains(&r.max_entries_per_append),
             "raft.max_entries_per_append",
-            "must be between 1 and 10000".into(),
+            "must be between 1 and 1000".into(),
         );
         check(
             r.rpc_timeout_ms >= r.heartbeat_interval_ms,
@@ -55,6 +55,21 @@ impl Config {
             (1_000..=10_000_000).contains(&r.dedup_window_entries),
             "raft.dedup_window_entries",
             "must be between 1000 and 10000000".into(),
+        );
+        check(
+            (1..=10_000).contains(&r.max_proposals_per_entry),
+            "raft.max_proposals_per_entry",
+            "must be between 1 and 10000".into(),
+        );
+        check(
+            (64 * 1024..=16 * 1024 * 1024).contains(&r.max_entry_bytes),
+            "raft.max_entry_bytes",
+            "must be between 64 KiB and 16 MiB".into(),
+        );
+        check(
+            (1..=64).contains(&r.max_batches_in_flight),
+            "raft.max_batches_in_flight",
+            "must be between 1 and 64".into(),
         );
         check(
             self.api.listen_addr != r.listen_addr || r.listen_addr.port() == 0,

@@ -9,10 +9,12 @@
 //! - `tls.rs` — PEM loading, rustls configurations, cluster CA generation.
 //! - `api/` — the client API: admission, auth, handlers, error mapping.
 //! - `client.rs` — the API client used by the CLI.
+//! - `bench/` — `custos bench`: benchmarks against a peer, printing figures.
 //! - `dev.rs` — `custos dev`: a local one- or multi-node cluster with generated certificates.
 //! - `main.rs`, `cli/` — the command line (binary only).
 
 pub mod api;
+pub mod bench;
 pub mod client;
 pub mod dev;
 pub mod tls;
@@ -106,8 +108,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     .await
     .map_err(|e| NodeError::Start(Box::new(e)))?;
 
-    // Raft bodies carry append batches and snapshot chunks: allow a chunk plus framing.
-    let raft_body_limit = config.raft.snapshot_chunk_bytes as usize * 2 + 1024 * 1024;
+    // Raft bodies carry append batches and snapshot chunks: allow the larger plus framing.
+    let append_bytes = config.raft.max_entries_per_append as usize * config.raft.max_entry_bytes;
+    let raft_body_limit = append_bytes.max(config.raft.snapshot_chunk_bytes as usize * 2) + 1024 * 1024;
     let raft_app = custos_raft::network::router(cluster.clone(), raft_body_limit);
     let api_app = api::router(api::AppState::new(cluster.clone(), config.limits.clone()));
 

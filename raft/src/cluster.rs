@@ -10,7 +10,8 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, Raf
 use openraft::{ChangeMembers, Raft, ServerState};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, Proposal, Response};
+use crate::batcher::{BatchLimits, Batcher, Executor};
+use crate::command::{Command, Proposal, Proposals, Response};
 use crate::network::{path, CallError, Network, PeerClient};
 use crate::store::{self, GovernanceReader, LogStore};
 use crate::types::{NodeId, NodeInfo, RequestId};
@@ -46,7 +47,8 @@ pub enum Consistency {
 /// Work that must run on the leader, sent there by whichever node received it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderOp {
-    Write(Proposal),
+    /// A batch of proposals, appended as one log entry.
+    Write(Proposals),
     /// Confirms leadership with a quorum and returns the index a linearizable read must see.
     ReadIndex,
     AddVoter {
@@ -61,7 +63,7 @@ pub enum LeaderOp {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderOutput {
-    Written(Response),
+    Written(Vec<Response>),
     ReadIndex(u64),
     MembershipChanged,
     Status(ClusterStatus),
@@ -139,6 +141,10 @@ struct Inner {
     peers: PeerClient,
     rpc_timeout: Duration,
     leader_attempts: u32,
+    /// Batches this node's writes on their way to the leader.
+    forward: Batcher<ClusterError>,
+    /// On the leader: merges incoming batches into one log entry.
+    entries: Batcher<LeaderFailure>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,16 +188,45 @@ impl Cluster {
         let raft = Raft::new(options.node_id, Arc::new(config), Network::new(peers.clone()), log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(Box::new(e)))?;
+        let limits = BatchLimits {
+            max_proposals: r.max_proposals_per_entry,
+            max_bytes: r.max_entry_bytes,
+            max_in_flight: r.max_batches_in_flight,
+        };
+        // The forwarding batcher holds the cluster weakly, so dropping the last Cluster still
+        // closes storage.
+        let entry_raft = raft.clone();
+        let to_log: Executor<LeaderFailure> = Arc::new(move |proposals| {
+            let raft = entry_raft.clone();
+            Box::pin(
+                async move { raft.client_write(Proposals(proposals)).await.map(|w| w.data).map_err(write_failure) },
+            )
+        });
+        let entries = Batcher::start(to_log, limits);
         Ok(Cluster {
-            inner: Arc::new(Inner {
-                id: options.node_id,
-                info: options.info,
-                raft,
-                reader,
-                log,
-                peers,
-                rpc_timeout: Duration::from_millis(r.rpc_timeout_ms),
-                leader_attempts: options.leader_attempts,
+            inner: Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
+                let weak = weak.clone();
+                let to_leader: Executor<ClusterError> = Arc::new(move |proposals| {
+                    let weak = weak.clone();
+                    Box::pin(async move {
+                        match weak.upgrade() {
+                            Some(inner) => Cluster { inner }.write_batch(proposals).await,
+                            None => Err(ClusterError::Fatal("the node is shutting down".into())),
+                        }
+                    })
+                });
+                Inner {
+                    id: options.node_id,
+                    info: options.info,
+                    raft,
+                    reader,
+                    log,
+                    peers,
+                    rpc_timeout: Duration::from_millis(r.rpc_timeout_ms),
+                    leader_attempts: options.leader_attempts,
+                    forward: Batcher::start(to_leader, limits),
+                    entries,
+                }
             }),
         })
     }
@@ -248,10 +283,20 @@ impl Cluster {
         response.outcome.map(|_| ()).map_err(|e| ClusterError::Membership(e.to_string()))
     }
 
-    /// Replicates a write through the leader and returns what applying it produced.
+    /// Replicates a write through the leader (batched with concurrent writes) and returns what
+    /// applying it produced.
     pub async fn write(&self, proposal: Proposal) -> Result<Response, ClusterError> {
-        match self.on_leader(LeaderOp::Write(proposal)).await? {
-            LeaderOutput::Written(response) => Ok(response),
+        let stopped = ClusterError::Fatal("the write batcher has stopped".into());
+        let mut responses = self.inner.forward.submit(vec![proposal], stopped).await?;
+        // The batcher returns exactly one response per submitted proposal.
+        assert_eq!(responses.len(), 1, "one response for one proposal");
+        Ok(responses.remove(0))
+    }
+
+    /// Replicates one batch through the leader; used by the batcher.
+    async fn write_batch(&self, proposals: Vec<Proposal>) -> Result<Vec<Response>, ClusterError> {
+        match self.on_leader(LeaderOp::Write(Proposals(proposals))).await? {
+            LeaderOutput::Written(responses) => Ok(responses),
             other => Err(unexpected(other)),
         }
     }
@@ -325,11 +370,14 @@ impl Cluster {
         let mut last_problem = String::from("no leader known");
         for attempt in 0..self.inner.leader_attempts {
             let (leader, leader_info, member) = {
-                let m = self.inner.raft.metrics().borrow().clone();
-                let membership = m.membership_config.membership();
-                let leader_info = m.current_leader.and_then(|l| membership.get_node(&l).cloned());
-                let member = membership.nodes().next().is_some();
-                (m.current_leader, leader_info, member)
+                let metrics = self.inner.raft.metrics();
+                let m = metrics.borrow();
+                let membership = m.membership_config.clone();
+                let leader = m.current_leader;
+                drop(m);
+                let leader_info = leader.and_then(|l| membership.membership().get_node(&l).cloned());
+                let member = membership.membership().nodes().next().is_some();
+                (leader, leader_info, member)
             };
             if !member {
                 return Err(ClusterError::NotInitialized);
@@ -374,10 +422,10 @@ impl Cluster {
     pub async fn execute_as_leader(&self, op: LeaderOp) -> Result<LeaderOutput, LeaderFailure> {
         let raft = &self.inner.raft;
         match op {
-            LeaderOp::Write(proposal) => match raft.client_write(proposal).await {
-                Ok(reply) => Ok(LeaderOutput::Written(reply.data)),
-                Err(e) => Err(write_failure(e)),
-            },
+            LeaderOp::Write(proposals) => {
+                let stopped = LeaderFailure::Failed(ClusterError::Fatal("the entry batcher has stopped".into()));
+                self.inner.entries.submit(proposals.0, stopped).await.map(LeaderOutput::Written)
+            }
             LeaderOp::ReadIndex => match raft.get_read_log_id().await {
                 Ok((read_log_id, _)) => Ok(LeaderOutput::ReadIndex(read_log_id.map(|l| l.index).unwrap_or(0))),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(LeaderFailure::NotLeader),

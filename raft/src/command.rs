@@ -18,6 +18,25 @@ pub struct Proposal {
     pub command: Command,
 }
 
+/// The application data of one Raft log entry: proposals the leader batched together. They are
+/// applied in order, atomically, each with its own outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposals(pub Vec<Proposal>);
+
+impl Proposal {
+    /// A cheap upper estimate of the encoded size, used to bound batches.
+    pub fn approx_bytes(&self) -> usize {
+        let strings = match &self.command {
+            Command::SetAdminToken { .. } => 32,
+            Command::CreateTenant { id, display_name, region } => {
+                id.as_str().len() + display_name.len() + region.as_str().len()
+            }
+            Command::SetTenantStatus { id, .. } | Command::DeleteTenant { id } => id.as_str().len(),
+        };
+        64 + self.request_id.as_str().len() + strings
+    }
+}
+
 /// Every change to governance state. Variants are verbs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -58,12 +77,6 @@ pub struct Response {
     pub outcome: Result<Output, Rejection>,
     /// True when this request id had already been applied and the stored outcome was returned.
     pub replayed: bool,
-}
-
-impl Response {
-    pub(crate) fn done() -> Self {
-        Response { outcome: Ok(Output::Done), replayed: false }
-    }
 }
 
 /// The successful result of a command.

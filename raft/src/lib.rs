@@ -15,6 +15,7 @@
 //!   the value codec (`codec.rs`), the log store, the state machine with snapshots, and the
 //!   read-only [`GovernanceReader`].
 //! - `network/` — bincode-over-HTTPS client and server for Raft RPCs and leader operations.
+//! - `batcher.rs` — leader-side batching of concurrent proposals into one log entry.
 //! - `cluster.rs` — [`Cluster`], the handle the node uses: start, init, write, read barrier,
 //!   membership, status.
 //!
@@ -25,6 +26,7 @@
 // storage call would only add allocations on the apply path.
 #![allow(clippy::result_large_err)]
 
+mod batcher;
 pub mod cluster;
 pub mod command;
 pub mod network;
@@ -35,7 +37,7 @@ pub mod types;
 pub use cluster::{
     Cluster, ClusterError, ClusterOptions, ClusterStatus, Consistency, MemberStatus, NodeStatus, StartError,
 };
-pub use command::{Command, Output, Proposal, Rejection, Response};
+pub use command::{Command, Output, Proposal, Proposals, Rejection, Response};
 pub use state::{check_display_name, Tenant, TenantStatus};
 pub use store::GovernanceReader;
 pub use types::{InvalidId, NodeId, NodeInfo, RegionLabel, RequestId, TenantId};
@@ -43,8 +45,8 @@ pub use types::{InvalidId, NodeId, NodeInfo, RegionLabel, RequestId, TenantId};
 openraft::declare_raft_types!(
     /// The openraft type configuration of the governance group.
     pub TypeConfig:
-        D = Proposal,
-        R = Response,
+        D = Proposals,
+        R = Vec<Response>,
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,

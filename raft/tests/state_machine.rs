@@ -1,19 +1,25 @@
 //! The governance state machine applies each request once and enforces tenant lifecycle rules.
 
 use custos_raft::store::{self, StateMachineStore};
-use custos_raft::{Command, Output, Proposal, RegionLabel, Rejection, RequestId, TenantId, TenantStatus, TypeConfig};
+use custos_raft::{
+    Command, Output, Proposal, Proposals, RegionLabel, Rejection, RequestId, TenantId, TenantStatus, TypeConfig,
+};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
-fn entry(index: u64, request_id: &str, command: Command) -> Entry<TypeConfig> {
+fn proposal(index: u64, request_id: &str, command: Command) -> Proposal {
+    Proposal { request_id: RequestId::new(request_id).unwrap(), proposed_at_ms: 1_000 + index, command }
+}
+
+fn batch(index: u64, proposals: Vec<Proposal>) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Proposal {
-            request_id: RequestId::new(request_id).unwrap(),
-            proposed_at_ms: 1_000 + index,
-            command,
-        }),
+        payload: EntryPayload::Normal(Proposals(proposals)),
     }
+}
+
+fn entry(index: u64, request_id: &str, command: Command) -> Entry<TypeConfig> {
+    batch(index, vec![proposal(index, request_id, command)])
 }
 
 fn tenant(id: &str) -> TenantId {
@@ -29,7 +35,9 @@ fn create(id: &str) -> Command {
 }
 
 async fn apply(sm: &mut StateMachineStore, e: Entry<TypeConfig>) -> custos_raft::Response {
-    sm.apply([e]).await.expect("apply").pop().expect("one response")
+    let mut responses = sm.apply([e]).await.expect("apply").pop().expect("one entry");
+    assert_eq!(responses.len(), 1);
+    responses.pop().expect("one response")
 }
 
 #[tokio::test]
@@ -99,4 +107,27 @@ async fn request_records_expire_after_the_window() {
     }
     let late = apply(&mut sm, entry(1_011, "old", Command::DeleteTenant { id: tenant("t1") })).await;
     assert!(!late.replayed);
+}
+
+#[tokio::test]
+async fn proposals_batched_in_one_entry_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let suspend = Command::SetTenantStatus { id: tenant("acme"), status: TenantStatus::Suspended };
+    // Create, then suspend the same tenant, then a retry of the create, all in one entry.
+    let responses = sm
+        .apply([batch(
+            1,
+            vec![proposal(1, "c", create("acme")), proposal(1, "s", suspend), proposal(1, "c", create("acme"))],
+        )])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(responses.len(), 3);
+    assert!(matches!(responses[0].outcome, Ok(Output::Tenant(ref t)) if t.status == TenantStatus::Active));
+    assert!(matches!(responses[1].outcome, Ok(Output::Tenant(ref t)) if t.status == TenantStatus::Suspended));
+    assert!(responses[2].replayed, "the retry inside the same entry replays the first outcome");
+    assert_eq!(responses[2].outcome, responses[0].outcome);
+    assert_eq!(reader.tenant(&tenant("acme")).unwrap().unwrap().status, TenantStatus::Suspended);
 }

@@ -79,6 +79,11 @@ pub enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Benchmarks that print figures next to a peer system.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Tenants.
     Tenant {
         #[command(subcommand)]
@@ -90,6 +95,25 @@ pub enum Command {
 pub enum ConfigCommand {
     /// Validate a configuration file; exits non-zero listing every error with its key path.
     Check { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Durable governance writes on a 3-node loopback cluster vs a 3-member etcd cluster.
+    Governance {
+        /// Seconds per run (one run per client count and system).
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// Concurrent clients, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        /// Bytes of payload (tenant display name) per write.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// The etcd server binary (Debian package etcd-server).
+        #[arg(long, default_value = "etcd")]
+        etcd_bin: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +195,16 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
         Command::Tls { command: TlsCommand::Generate { dir, nodes, hosts } } => {
             custos_node::tls::generate_cluster_pki(&dir, nodes, &hosts)?;
             println!("cluster CA and {nodes} node certificate(s) in {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Governance { duration_secs, clients, value_bytes, etcd_bin } } => {
+            let options = custos_node::bench::governance::Options {
+                duration: std::time::Duration::from_secs(duration_secs),
+                clients,
+                value_bytes,
+                etcd_binary: etcd_bin,
+            };
+            custos_node::bench::governance::run(options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster { command } => cluster::run(&global, command).await,

@@ -2,8 +2,8 @@
 //!
 //! Durability contract (openraft storage v2): `save_vote` returns only after the vote is
 //! flushed; `append` makes entries readable at once and reports them flushed through the
-//! callback only after the engine's flush returned. Appends arrive one call at a time, so a
-//! burst of client writes that openraft batched into one call costs one flush.
+//! callback only after an engine flush that started after the write has returned (group
+//! commit, see `flusher.rs`). Truncation waits for earlier appends' flushes and is flushed.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -15,6 +15,7 @@ use openraft::{Entry, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader, S
 
 use super::codec::{decode, encode};
 use super::engine::{Batch, KvEngine, Space};
+use super::flusher::GroupFlusher;
 use crate::types::NodeId;
 use crate::TypeConfig;
 
@@ -44,11 +45,14 @@ pub struct LogStore {
     engine: Arc<dyn KvEngine>,
     /// Highest committed index this node has recorded; read by cluster status.
     committed_index: Arc<AtomicU64>,
+    flusher: GroupFlusher,
 }
 
 impl LogStore {
+    /// Must be called on a tokio runtime: it starts the group-commit flusher.
     pub fn new(engine: Arc<dyn KvEngine>) -> Self {
-        LogStore { engine, committed_index: Arc::new(AtomicU64::new(0)) }
+        let flusher = GroupFlusher::start(engine.clone());
+        LogStore { engine, committed_index: Arc::new(AtomicU64::new(0)), flusher }
     }
 
     /// The committed index as last recorded by Raft (0 before the first commit).
@@ -61,12 +65,9 @@ impl LogStore {
         self.engine.flush_count()
     }
 
+    /// Returns once every write made so far is durable, after every earlier append.
     async fn flush(&self) -> Result<(), super::engine::EngineError> {
-        let engine = self.engine.clone();
-        match tokio::task::spawn_blocking(move || engine.flush()).await {
-            Ok(result) => result,
-            Err(join) => Err(super::engine::EngineError(format!("flush task failed: {join}"))),
-        }
+        self.flusher.barrier().await
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageIOError<NodeId>> {
@@ -167,13 +168,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put(index_key(index), encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?);
         }
         self.engine.write(Space::Log, batch).map_err(|e| StorageIOError::write_logs(&e))?;
-        let flushed = self.flush().await.map_err(|e| std::io::Error::other(e.to_string()));
-        let failed = flushed.as_ref().err().map(StorageIOError::write_logs);
-        callback.log_io_completed(flushed);
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        // Readable now; durable (and reported so through the callback) after the next group
+        // flush. Returning early lets openraft queue more appends behind this flush.
+        self.flusher.complete_after_flush(callback).await.map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod engine;
+mod flusher;
 mod log_store;
 pub mod reader;
 mod sled_engine;
@@ -16,7 +17,7 @@ pub use log_store::LogStore;
 pub use reader::GovernanceReader;
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 
-/// Opens the node's storage in `dir` and returns the log store, the state machine and a reader
+/// Opens the node's storage in `dir` (on a tokio runtime: the log store starts its flusher) and returns the log store, the state machine and a reader
 /// over the same engine.
 pub fn open(
     dir: &Path,

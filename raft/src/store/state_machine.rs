@@ -1,6 +1,7 @@
 //! The governance state machine on a [`KvEngine`], with snapshots.
 //!
-//! Each log entry is applied as one atomic batch that also advances the applied log id, so the
+//! A normal entry carries a batch of proposals (see `Cluster`'s batcher). Each log entry is
+//! applied as one atomic batch that also advances the applied log id, so the
 //! stored state always corresponds to exactly one applied prefix of the log. Applied state is
 //! not flushed per entry: it becomes durable with the next log flush (the engine recovers a
 //! prefix), and anything lost is re-applied from the durable log on restart.
@@ -12,6 +13,7 @@
 //! - `r/<request id>` — outcomes of applied requests, for exactly-once apply;
 //! - `q/<index be><request id>` — the same requests by log index, to expire them.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +72,51 @@ struct SnapshotFile {
     entries: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// The writes of one log entry: visible to later reads of the same entry (a batch of
+/// proposals may create a tenant and then change it), and written as one atomic batch.
+struct Txn<'a> {
+    engine: &'a dyn KvEngine,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Txn<'a> {
+    fn new(engine: &'a dyn KvEngine) -> Self {
+        Txn { engine, writes: BTreeMap::new() }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
+        let bytes = match self.writes.get(key) {
+            Some(pending) => pending.clone(),
+            None => self.engine.get(Space::State, key).map_err(sm_read_err)?,
+        };
+        bytes.map(|b| decode(&b).map_err(sm_read_err)).transpose()
+    }
+
+    fn put<T: Serialize>(&mut self, key: impl Into<Vec<u8>>, value: &T) -> Result<(), StorageError<NodeId>> {
+        self.writes.insert(key.into(), Some(encode(value).map_err(sm_write_err)?));
+        Ok(())
+    }
+
+    fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    fn commit(self) -> Result<(), StorageError<NodeId>> {
+        let mut batch = Batch::default();
+        for (key, value) in self.writes {
+            match value {
+                Some(value) => batch.put(key, value),
+                None => batch.delete(key),
+            }
+        }
+        self.engine.write(Space::State, batch).map_err(sm_write_err)
+    }
+}
+
 /// The state machine handed to openraft. Reads for clients go through
 /// [`crate::GovernanceReader`] on the same engine.
 #[derive(Clone)]
@@ -99,36 +146,34 @@ impl StateMachineStore {
         }
     }
 
-    fn put<T: Serialize>(batch: &mut Batch, key: impl Into<Vec<u8>>, value: &T) -> Result<(), StorageError<NodeId>> {
-        batch.put(key, encode(value).map_err(sm_write_err)?);
-        Ok(())
-    }
-
-    fn apply_entry(&self, entry: &Entry<TypeConfig>) -> Result<Response, StorageError<NodeId>> {
+    fn apply_entry(&self, entry: &Entry<TypeConfig>) -> Result<Vec<Response>, StorageError<NodeId>> {
         let log_id = *entry.get_log_id();
-        let mut batch = Batch::default();
-        let response = match &entry.payload {
-            EntryPayload::Blank => Response::done(),
+        let mut txn = Txn::new(self.engine.as_ref());
+        let responses = match &entry.payload {
+            EntryPayload::Blank => Vec::new(),
             EntryPayload::Membership(membership) => {
-                Self::put(&mut batch, MEMBERSHIP_KEY, &StoredMembership::new(Some(log_id), membership.clone()))?;
-                Response::done()
+                txn.put(MEMBERSHIP_KEY, &StoredMembership::new(Some(log_id), membership.clone()))?;
+                Vec::new()
             }
-            EntryPayload::Normal(proposal) => self.apply_proposal(log_id.index, proposal, &mut batch)?,
+            EntryPayload::Normal(proposals) => {
+                let responses = proposals
+                    .0
+                    .iter()
+                    .map(|proposal| self.apply_proposal(log_id.index, proposal, &mut txn))
+                    .collect::<Result<Vec<_>, _>>()?;
+                assert_eq!(responses.len(), proposals.0.len(), "one response per proposal");
+                responses
+            }
         };
-        self.expire_requests(log_id.index, &mut batch)?;
-        Self::put(&mut batch, APPLIED_KEY, &Some(log_id))?;
-        self.engine.write(Space::State, batch).map_err(sm_write_err)?;
-        Ok(response)
+        self.expire_requests(log_id.index, &mut txn)?;
+        txn.put(APPLIED_KEY, &Some(log_id))?;
+        txn.commit()?;
+        Ok(responses)
     }
 
-    fn apply_proposal(
-        &self,
-        index: u64,
-        proposal: &Proposal,
-        batch: &mut Batch,
-    ) -> Result<Response, StorageError<NodeId>> {
+    fn apply_proposal(&self, index: u64, proposal: &Proposal, txn: &mut Txn) -> Result<Response, StorageError<NodeId>> {
         let id = proposal.request_id.as_str();
-        if let Some(record) = self.get::<RequestRecord>(&request_key(id))? {
+        if let Some(record) = txn.get::<RequestRecord>(&request_key(id))? {
             let outcome = if record.command == proposal.command {
                 record.outcome
             } else {
@@ -136,10 +181,10 @@ impl StateMachineStore {
             };
             return Ok(Response { outcome, replayed: true });
         }
-        let outcome = self.execute(index, proposal, batch)?;
+        let outcome = self.execute(index, proposal, txn)?;
         let record = RequestRecord { command: proposal.command.clone(), outcome: outcome.clone() };
-        Self::put(batch, request_key(id), &record)?;
-        batch.put(request_index_key(index, id), Vec::new());
+        txn.put(request_key(id), &record)?;
+        txn.put_raw(request_index_key(index, id), Vec::new());
         Ok(Response { outcome, replayed: false })
     }
 
@@ -147,20 +192,20 @@ impl StateMachineStore {
         &self,
         index: u64,
         proposal: &Proposal,
-        batch: &mut Batch,
+        txn: &mut Txn,
     ) -> Result<Result<Output, Rejection>, StorageError<NodeId>> {
         let now = proposal.proposed_at_ms;
         Ok(match &proposal.command {
             Command::SetAdminToken { token_sha256 } => {
-                if self.get::<[u8; 32]>(ADMIN_KEY)?.is_some() {
+                if txn.get::<[u8; 32]>(ADMIN_KEY)?.is_some() {
                     Err(Rejection::AdminTokenAlreadySet)
                 } else {
-                    Self::put(batch, ADMIN_KEY, token_sha256)?;
+                    txn.put(ADMIN_KEY, token_sha256)?;
                     Ok(Output::Done)
                 }
             }
             Command::CreateTenant { id, display_name, region } => {
-                if self.get::<Tenant>(&tenant_key(id))?.is_some() {
+                if txn.get::<Tenant>(&tenant_key(id))?.is_some() {
                     Err(Rejection::TenantExists(id.clone()))
                 } else {
                     let tenant = Tenant {
@@ -172,11 +217,11 @@ impl StateMachineStore {
                         updated_at_ms: now,
                         revision: index,
                     };
-                    Self::put(batch, tenant_key(id), &tenant)?;
+                    txn.put(tenant_key(id), &tenant)?;
                     Ok(Output::Tenant(tenant))
                 }
             }
-            Command::SetTenantStatus { id, status } => match self.get::<Tenant>(&tenant_key(id))? {
+            Command::SetTenantStatus { id, status } => match txn.get::<Tenant>(&tenant_key(id))? {
                 None => Err(Rejection::TenantNotFound(id.clone())),
                 Some(t) if t.status == TenantStatus::Deleted => Err(Rejection::TenantDeleted(id.clone())),
                 Some(_) if *status == TenantStatus::Deleted => Err(Rejection::InvalidStatus(*status)),
@@ -185,18 +230,18 @@ impl StateMachineStore {
                     t.status = *status;
                     t.updated_at_ms = now;
                     t.revision = index;
-                    Self::put(batch, tenant_key(id), &t)?;
+                    txn.put(tenant_key(id), &t)?;
                     Ok(Output::Tenant(t))
                 }
             },
-            Command::DeleteTenant { id } => match self.get::<Tenant>(&tenant_key(id))? {
+            Command::DeleteTenant { id } => match txn.get::<Tenant>(&tenant_key(id))? {
                 None => Err(Rejection::TenantNotFound(id.clone())),
                 Some(t) if t.status == TenantStatus::Deleted => Ok(Output::Tenant(t)),
                 Some(mut t) => {
                     t.status = TenantStatus::Deleted;
                     t.updated_at_ms = now;
                     t.revision = index;
-                    Self::put(batch, tenant_key(id), &t)?;
+                    txn.put(tenant_key(id), &t)?;
                     Ok(Output::Tenant(t))
                 }
             },
@@ -204,7 +249,7 @@ impl StateMachineStore {
     }
 
     /// Forgets request records older than the dedup window, a few at a time.
-    fn expire_requests(&self, index: u64, batch: &mut Batch) -> Result<(), StorageError<NodeId>> {
+    fn expire_requests(&self, index: u64, txn: &mut Txn) -> Result<(), StorageError<NodeId>> {
         let Some(horizon) = index.checked_sub(self.dedup_window_entries) else {
             return Ok(());
         };
@@ -213,8 +258,8 @@ impl StateMachineStore {
         let expired = self.engine.range(Space::State, from, to, MAX_EXPIRED_PER_APPLY).map_err(sm_read_err)?;
         for (key, _) in expired {
             let id = &key[REQUEST_INDEX_PREFIX.len() + 8..];
-            batch.delete(request_key(&String::from_utf8_lossy(id)));
-            batch.delete(key);
+            txn.delete(request_key(&String::from_utf8_lossy(id)));
+            txn.delete(key);
         }
         Ok(())
     }
@@ -285,7 +330,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,

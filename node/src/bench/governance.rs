@@ -1,0 +1,141 @@
+//! `custos bench governance`: durable governance writes on a 3-node loopback cluster at several
+//! client counts, side by side with a 3-member etcd cluster given the same payloads, TLS and
+//! client counts. Prints ops/s, p50/p99 latency, fsyncs per committed write, and the ratios.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use custos_chaos_tests::ProcessCluster;
+use reqwest::Method;
+use serde_json::json;
+
+use super::etcd::{self, EtcdCluster};
+use super::load::{drive, RunStats};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub duration: Duration,
+    pub clients: Vec<usize>,
+    /// Length of the tenant display name, the bulk of each written value (at most 200).
+    pub value_bytes: usize,
+    pub etcd_binary: PathBuf,
+}
+
+struct Row {
+    system: &'static str,
+    clients: usize,
+    stats: RunStats,
+    /// Largest per-node number of fsyncs divided by committed writes.
+    fsyncs_per_write: f64,
+}
+
+fn fsyncs_per_write(before: &[u64], after: &[u64], writes: u64) -> f64 {
+    let most = before.iter().zip(after).map(|(b, a)| a.saturating_sub(*b)).max().unwrap_or(0);
+    most as f64 / writes.max(1) as f64
+}
+
+async fn custos_fsyncs(cluster: &ProcessCluster) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for id in cluster.ids() {
+        out.push(cluster.node_status(id).await?["fsyncs"].as_u64().context("status without fsyncs")?);
+    }
+    Ok(out)
+}
+
+fn print_row(row: &Row) {
+    println!(
+        "{:<8} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>13.2}",
+        row.system,
+        row.clients,
+        row.stats.ops_per_sec(),
+        row.stats.latency_ms(0.50),
+        row.stats.latency_ms(0.99),
+        row.stats.errors,
+        row.fsyncs_per_write
+    );
+}
+
+pub async fn run(options: Options) -> Result<()> {
+    if options.value_bytes == 0 || options.value_bytes > 200 {
+        bail!("--value-bytes must be between 1 and 200 (the display-name limit)");
+    }
+    let exe = std::env::current_exe().context("locating the custos binary")?;
+    eprintln!("starting 3 custos nodes and 3 etcd members on 127.0.0.1 …");
+    let mut cluster = ProcessCluster::new(&exe, 3, &[("CUSTOS_LOG", "warn")])?;
+    cluster.form().await?;
+    cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await?;
+    let cluster = Arc::new(cluster);
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in crate::tls::load_certs(&cluster.root().join("tls/ca.pem"))? {
+        roots.add(cert)?;
+    }
+    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let http = reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(30)).build()?;
+    let etcd = Arc::new(EtcdCluster::start(&options.etcd_binary, &cluster.root().join("tls"), 3).await?);
+    etcd.wait_healthy(&http).await?;
+
+    println!(
+        "governance writes: 3 nodes on loopback, TLS, {} s per run, {}-byte display name, clients spread over all nodes",
+        options.duration.as_secs(),
+        options.value_bytes
+    );
+    println!(
+        "{:<8} {:>7} {:>10} {:>9} {:>9} {:>8} {:>13}",
+        "system", "clients", "ops/s", "p50 ms", "p99 ms", "errors", "fsyncs/write"
+    );
+    let name = "n".repeat(options.value_bytes);
+    let mut rows = Vec::new();
+    for (run, &clients) in options.clients.iter().enumerate() {
+        let before = custos_fsyncs(&cluster).await?;
+        let c = cluster.clone();
+        let n = name.clone();
+        let stats = drive(clients, options.duration, move |client, seq| {
+            let c = c.clone();
+            let body = json!({ "id": format!("r{run}-{client}-{seq}"), "display_name": n, "region": "bench" });
+            async move {
+                let node = (client % 3) as u64 + 1;
+                matches!(c.call(node, Method::POST, "/v1/tenants", Some(&body), &[]).await, Ok(r) if r.status == 201)
+            }
+        })
+        .await;
+        let after = custos_fsyncs(&cluster).await?;
+        let row =
+            Row { system: "custos", clients, fsyncs_per_write: fsyncs_per_write(&before, &after, stats.ok), stats };
+        print_row(&row);
+        rows.push(row);
+
+        let before = etcd.fsyncs(&http).await?;
+        let (e, h, n) = (etcd.clone(), http.clone(), name.clone());
+        let stats = drive(clients, options.duration, move |client, seq| {
+            let (e, h) = (e.clone(), h.clone());
+            let value =
+                json!({ "id": format!("r{run}-{client}-{seq}"), "display_name": n, "region": "bench" }).to_string();
+            async move {
+                let url = &e.client_urls[client % e.client_urls.len()];
+                etcd::put(&h, url, &format!("/tenants/r{run}-{client}-{seq}"), value.as_bytes()).await
+            }
+        })
+        .await;
+        let after = etcd.fsyncs(&http).await?;
+        let row = Row { system: "etcd", clients, fsyncs_per_write: fsyncs_per_write(&before, &after, stats.ok), stats };
+        print_row(&row);
+        rows.push(row);
+    }
+
+    println!();
+    println!("{:>7} {:>16} {:>16} {:>16}", "clients", "ops/s custos/etcd", "p50 custos/etcd", "p99 custos/etcd");
+    for pair in rows.chunks(2) {
+        let (c, e) = (&pair[0], &pair[1]);
+        println!(
+            "{:>7} {:>16.2} {:>16.2} {:>16.2}",
+            c.clients,
+            c.stats.ops_per_sec() / e.stats.ops_per_sec(),
+            c.stats.latency_ms(0.5) / e.stats.latency_ms(0.5),
+            c.stats.latency_ms(0.99) / e.stats.latency_ms(0.99)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! A closed-loop load generator: `clients` tasks, each sending its next request as soon as the
+//! previous one answered, for a fixed duration.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Figures of one run.
+#[derive(Debug, Clone)]
+pub struct RunStats {
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latencies of successful requests, sorted, in microseconds.
+    latencies_us: Vec<u64>,
+}
+
+impl RunStats {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` quantile (0..=1) of latency, in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
+        self.latencies_us[rank] as f64 / 1000.0
+    }
+}
+
+/// Runs `clients` concurrent loops for `duration`. `request(client, seq)` performs one request
+/// and says whether it succeeded. Each client records at most `max_samples` latencies.
+pub async fn drive<F, Fut>(clients: usize, duration: Duration, request: F) -> RunStats
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    const MAX_SAMPLES_PER_CLIENT: usize = 1_000_000;
+    let request = Arc::new(request);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for client in 0..clients {
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut ok = 0u64;
+            let mut errors = 0u64;
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                if request(client, seq).await {
+                    ok += 1;
+                    if latencies.len() < MAX_SAMPLES_PER_CLIENT {
+                        latencies.push(sent.elapsed().as_micros() as u64);
+                    }
+                } else {
+                    errors += 1;
+                }
+                seq += 1;
+            }
+            (latencies, ok, errors)
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    let (mut ok, mut errors) = (0, 0);
+    for task in tasks {
+        // A panicking request closure is a bug in the benchmark itself; count its loop as lost.
+        if let Ok((mut l, o, e)) = task.await {
+            latencies_us.append(&mut l);
+            ok += o;
+            errors += e;
+        }
+    }
+    let elapsed = start.elapsed();
+    latencies_us.sort_unstable();
+    RunStats { ok, errors, elapsed, latencies_us }
+}

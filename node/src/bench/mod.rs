@@ -1,0 +1,10 @@
+//! `custos bench`: benchmarks that print figures, side by side with a peer in the same run.
+//!
+//! - `governance.rs` — durable governance writes on a 3-node loopback cluster of `custos`
+//!   processes against a 3-member etcd cluster, at several client counts.
+//! - `etcd.rs` — starting and reading an etcd cluster (the peer).
+//! - `load.rs` — the closed-loop load generator and its statistics.
+
+mod etcd;
+pub mod governance;
+mod load;
