@@ -22,4 +22,4 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, load_from_str, ENV_PREFIX};
-pub use model::{ApiConfig, Config, LimitsConfig, NodeConfig, RaftConfig, TlsConfig};
+pub use model::{ActorsConfig, ApiConfig, Config, LimitsConfig, NodeConfig, RaftConfig, TlsConfig};

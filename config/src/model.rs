@@ -12,6 +12,7 @@ pub struct Config {
     pub raft: RaftConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
+    pub actors: ActorsConfig,
 }
 
 /// Identity and storage of this node.
@@ -138,6 +139,29 @@ impl Default for LimitsConfig {
             max_in_flight: 1024,
             request_timeout_ms: 10_000,
             forward_attempts: 10,
+        }
+    }
+}
+
+/// Supervision of the per-tenant actors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorsConfig {
+    /// Failures of one tenant's actor tolerated within the window before it is degraded.
+    pub max_restarts: usize,
+    pub restart_window_ms: u64,
+    /// First restart delay; doubles per failure in the window up to `restart_backoff_max_ms`.
+    pub restart_backoff_ms: u64,
+    pub restart_backoff_max_ms: u64,
+}
+
+impl Default for ActorsConfig {
+    fn default() -> Self {
+        ActorsConfig {
+            max_restarts: 5,
+            restart_window_ms: 60_000,
+            restart_backoff_ms: 100,
+            restart_backoff_max_ms: 10_000,
         }
     }
 }

@@ -108,6 +108,15 @@ impl Config {
             ),
         );
         check((1..=100).contains(&l.forward_attempts), "limits.forward_attempts", "must be between 1 and 100".into());
+        let a = &self.actors;
+        check((1..=1000).contains(&a.max_restarts), "actors.max_restarts", "must be between 1 and 1000".into());
+        check(a.restart_window_ms >= 1000, "actors.restart_window_ms", "must be at least 1000".into());
+        check(a.restart_backoff_ms >= 1, "actors.restart_backoff_ms", "must be at least 1".into());
+        check(
+            a.restart_backoff_max_ms >= a.restart_backoff_ms,
+            "actors.restart_backoff_max_ms",
+            format!("must be at least actors.restart_backoff_ms ({})", a.restart_backoff_ms),
+        );
         errors
     }
 

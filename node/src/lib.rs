@@ -8,6 +8,7 @@
 //! - `lib.rs` — [`run`] and the [`NodeError`] type.
 //! - `tls.rs` — PEM loading, rustls configurations, cluster CA generation.
 //! - `api/` — the client API: admission, auth, handlers, error mapping.
+//! - `tenants.rs` — feeds applied tenant state to the per-tenant actor supervisor.
 //! - `client.rs` — the API client used by the CLI.
 //! - `bench/` — `custos bench`: benchmarks against a peer, printing figures.
 //! - `dev.rs` — `custos dev`: a local one- or multi-node cluster with generated certificates.
@@ -17,6 +18,7 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod dev;
+mod tenants;
 pub mod tls;
 
 use std::future::Future;
@@ -43,6 +45,8 @@ pub enum NodeError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Start(Box<custos_raft::StartError>),
+    #[error("starting the tenant actor supervisor: {0}")]
+    Actors(String),
     #[error("serving {what}: {source}")]
     Serve { what: &'static str, source: std::io::Error },
 }
@@ -112,7 +116,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let append_bytes = config.raft.max_entries_per_append as usize * config.raft.max_entry_bytes;
     let raft_body_limit = append_bytes.max(config.raft.snapshot_chunk_bytes as usize * 2) + 1024 * 1024;
     let raft_app = custos_raft::network::router(cluster.clone(), raft_body_limit);
-    let api_app = api::router(api::AppState::new(cluster.clone(), config.limits.clone()));
+    let a = &config.actors;
+    let supervisor_args = custos_actors::SupervisorArgs {
+        node_id,
+        max_restarts: a.max_restarts,
+        restart_window: Duration::from_millis(a.restart_window_ms),
+        backoff_base: Duration::from_millis(a.restart_backoff_ms),
+        backoff_max: Duration::from_millis(a.restart_backoff_max_ms),
+    };
+    let (supervisor, _) = ractor::Actor::spawn(None, custos_actors::NodeSupervisor, supervisor_args)
+        .await
+        .map_err(|e| NodeError::Actors(e.to_string()))?;
+    let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
+    let sync_task = tokio::spawn(tenants::sync(cluster.clone(), supervisor.clone(), sync_stopped));
+    let api_app = api::router(api::AppState::new(cluster.clone(), supervisor.clone(), config.limits.clone()));
 
     let raft_handle = axum_server::Handle::new();
     let api_handle = axum_server::Handle::new();
@@ -137,6 +154,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Client requests drain first: they may still need Raft and the transport to finish.
     api_handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
     let api_result = api_task.await;
+    // Nothing waits on the sync task's result; it only stops.
+    let _ = stop_sync.send(true);
+    let _ = sync_task.await;
+    if let Err(e) = supervisor.stop_and_wait(Some("node stopping".into()), Some(DRAIN_TIMEOUT)).await {
+        tracing::warn!(node_id, error = %e, "tenant actors did not stop in time");
+    }
     cluster.shutdown().await;
     raft_handle.graceful_shutdown(Some(Duration::from_secs(1)));
     let served = [("the client API", api_result), ("the Raft transport", raft_task.await)];

@@ -167,4 +167,33 @@ async fn three_node_cluster_survives_failover_and_catches_up() {
     wait_converged(&cluster, &[1, 2, 3], &acked, &attempted).await;
     let caught_up = cluster.node_status(lagging).await.unwrap();
     assert!(caught_up["snapshot_index"].as_u64().unwrap_or(0) > lagging_last, "{caught_up}");
+
+    // Every node runs one tenant actor per active tenant; a suspension made through one node
+    // stops that tenant's actor on every node.
+    let suspended = acked.iter().next().unwrap().clone();
+    let reply =
+        cluster.call(lagging, Method::POST, &format!("/v1/tenants/{suspended}/suspend"), None, &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let mut expected: BTreeSet<String> = local_tenants(&cluster, current).await;
+    expected.remove(&suspended);
+    for node in [1, 2, 3] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = cluster.get(node, "/v1/cluster/status").await.unwrap().body;
+            let running: BTreeSet<String> = status["tenant_actors"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|t| t["state"] == "running")
+                        .map(|t| t["tenant_id"].as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if running == expected {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {node} runs actors for {running:?}, expected {expected:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

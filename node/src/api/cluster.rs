@@ -4,6 +4,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use custos_actors::{NodeMsg, TenantHealth};
 use custos_raft::{ClusterStatus, NodeId, NodeInfo, NodeStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -53,6 +54,8 @@ pub struct StatusView {
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster_error: Option<String>,
     node: NodeStatus,
+    /// This node's tenant actors, or absent if the supervisor did not answer in time.
+    tenant_actors: Option<Vec<TenantHealth>>,
 }
 
 pub async fn status(_: Admin, State(state): State<AppState>) -> Json<StatusView> {
@@ -61,7 +64,8 @@ pub async fn status(_: Admin, State(state): State<AppState>) -> Json<StatusView>
         Ok(status) => (Some(status), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    Json(StatusView { cluster, cluster_error, node })
+    let tenant_actors = ractor::call_t!(state.supervisor, NodeMsg::Health, 1000).ok();
+    Json(StatusView { cluster, cluster_error, node, tenant_actors })
 }
 
 #[derive(Debug, Deserialize)]

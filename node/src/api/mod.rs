@@ -20,8 +20,10 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
+use custos_actors::NodeMsg;
 use custos_config::LimitsConfig;
 use custos_raft::{Cluster, Consistency, RequestId};
+use ractor::ActorRef;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
@@ -31,14 +33,16 @@ use self::error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub cluster: Cluster,
+    /// This node's per-tenant actor supervisor.
+    pub supervisor: ActorRef<NodeMsg>,
     pub limits: Arc<LimitsConfig>,
     in_flight: Arc<Semaphore>,
 }
 
 impl AppState {
-    pub fn new(cluster: Cluster, limits: LimitsConfig) -> Self {
+    pub fn new(cluster: Cluster, supervisor: ActorRef<NodeMsg>, limits: LimitsConfig) -> Self {
         let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
-        AppState { cluster, limits: Arc::new(limits), in_flight }
+        AppState { cluster, supervisor, limits: Arc::new(limits), in_flight }
     }
 }
 

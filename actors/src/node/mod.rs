@@ -1,0 +1,2 @@
+pub mod actor;
+pub mod msg;
