@@ -33,15 +33,16 @@ pub fn tenant_line(t: &Value) -> String {
 }
 
 pub fn dev_banner(cluster: &DevCluster) {
-    let first = &cluster.api_urls[0];
+    let first = &cluster.nodes[0].api_url;
     let ca = cluster.ca_file.display();
+    let exe = cluster.binary.display();
     println!();
     println!(
         "Custos dev cluster is running ({} node(s)). Ctrl-C stops it; the next run reuses its data.",
-        cluster.api_urls.len()
+        cluster.nodes.len()
     );
-    for (i, url) in cluster.api_urls.iter().enumerate() {
-        println!("  node {}: {url}", i + 1);
+    for node in &cluster.nodes {
+        println!("  node {}: {}  pid {}  log {}", node.id, node.api_url, node.pid, node.log.display());
     }
     println!();
     println!("Admin token (kept in the dev data dir only because this is dev mode):");
@@ -49,11 +50,19 @@ pub fn dev_banner(cluster: &DevCluster) {
     println!();
     println!("Try it:");
     println!("  export CUSTOS_ADDR={first} CUSTOS_CA_CERT={ca} CUSTOS_TOKEN={}", cluster.admin_token);
-    println!("  custos tenant create acme --name \"Acme Corp\" --region eu-west");
-    println!("  custos tenant list");
+    println!("  {exe} tenant create acme --name \"Acme Corp\" --region eu-west");
+    println!("  {exe} tenant list");
+    println!("  {exe} cluster status");
     println!("  curl --cacert {ca} -H \"Authorization: Bearer $CUSTOS_TOKEN\" \\");
     println!("       -H 'Content-Type: application/json' -d '{{\"id\":\"globex\",\"display_name\":\"Globex\",\"region\":\"us-east\"}}' \\");
     println!("       {first}/v1/tenants");
-    println!("  curl --cacert {ca} -H \"Authorization: Bearer $CUSTOS_TOKEN\" {first}/v1/cluster/status");
+    if cluster.nodes.len() > 1 {
+        let last = cluster.nodes.last().expect("more than one node");
+        println!();
+        println!("Failover: kill the leader shown by `cluster status` (kill -9 <pid>), then ask another node:");
+        println!("  {exe} cluster status --addr {}", last.api_url);
+        println!("Bring a killed node back (it catches up from its data dir):");
+        println!("  {exe} run --config <the node's custos.toml, e.g. {}>", last.config.display());
+    }
     println!();
 }
