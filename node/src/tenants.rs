@@ -1,6 +1,7 @@
-//! Keeps the per-tenant actors in step with governance state as it is applied on this node:
-//! whenever the applied index moves, the full tenant list is read and sent to the supervisor.
-//! Every node does this, so a change made through any node reaches every node's actors.
+//! Keeps the per-tenant actors in step with governance state as it is applied on this node: a
+//! full tenant list at start, then, whenever the applied index moves, the tenants changed since
+//! (from the state machine's change index). Every node does this, so a change made through any
+//! node reaches every node's actors.
 
 use std::time::Duration;
 
@@ -29,16 +30,26 @@ fn all_tenants(cluster: &Cluster) -> Result<Vec<Tenant>, custos_raft::store::rea
 
 pub async fn sync(cluster: Cluster, supervisor: ActorRef<NodeMsg>, mut stop: watch::Receiver<bool>) {
     let mut metrics = cluster.raft().metrics();
-    let mut synced: Option<Option<u64>> = None;
+    // Revision up to which every change has been sent; None until the first full sync.
+    let mut cursor: Option<u64> = None;
+    let mut seen_applied: Option<u64> = None;
     loop {
         let applied = metrics.borrow_and_update().last_applied.map(|l| l.index);
-        if synced != Some(applied) {
-            match all_tenants(&cluster) {
-                Ok(tenants) => {
-                    if supervisor.cast(NodeMsg::Sync(tenants)).is_err() {
+        if cursor.is_none() || applied != seen_applied {
+            // Everything up to `applied` is in the store before the read below starts, so every
+            // change with a revision up to it is seen; later ones may be seen twice, harmlessly.
+            let upto = applied.unwrap_or(0);
+            let sent = match cursor {
+                None => all_tenants(&cluster).map(NodeMsg::Sync),
+                Some(from) => changed_tenants(&cluster, from).map(NodeMsg::Changed),
+            };
+            match sent {
+                Ok(message) => {
+                    if supervisor.cast(message).is_err() {
                         return;
                     }
-                    synced = Some(applied);
+                    cursor = Some(upto);
+                    seen_applied = applied;
                 }
                 Err(e) => tracing::error!(error = %e, "reading tenants for the actor supervisor failed"),
             }
@@ -48,5 +59,21 @@ pub async fn sync(cluster: Cluster, supervisor: ActorRef<NodeMsg>, mut stop: wat
             _ = stop.changed() => return,
         }
         tokio::time::sleep(SYNC_INTERVAL).await;
+    }
+}
+
+fn changed_tenants(cluster: &Cluster, after: u64) -> Result<Vec<Tenant>, custos_raft::store::reader::ReadError> {
+    let mut tenants: Vec<Tenant> = Vec::new();
+    let mut cursor: (u64, Option<TenantId>) = (after, None);
+    loop {
+        let page = cluster.reader().tenants_changed_after(cursor.0, cursor.1.as_ref(), PAGE)?;
+        let full = page.len() == PAGE;
+        if let Some(last) = page.last() {
+            cursor = (last.revision, Some(last.id.clone()));
+        }
+        tenants.extend(page);
+        if !full {
+            return Ok(tenants);
+        }
     }
 }

@@ -131,3 +131,31 @@ async fn proposals_batched_in_one_entry_see_each_other() {
     assert_eq!(responses[2].outcome, responses[0].outcome);
     assert_eq!(reader.tenant(&tenant("acme")).unwrap().unwrap().status, TenantStatus::Suspended);
 }
+
+#[tokio::test]
+async fn change_feed_lists_each_tenant_once_at_its_latest_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    apply(&mut sm, entry(1, "a", create("alpha"))).await;
+    apply(&mut sm, entry(2, "b", create("beta"))).await;
+    apply(&mut sm, entry(3, "s", Command::SetTenantStatus { id: tenant("alpha"), status: TenantStatus::Suspended }))
+        .await;
+
+    // From the start: beta (2), then alpha at its newer revision (3); no stale alpha entry.
+    let all: Vec<(String, u64)> = reader
+        .tenants_changed_after(0, None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.id.to_string(), t.revision))
+        .collect();
+    assert_eq!(all, [("beta".to_string(), 2), ("alpha".to_string(), 3)]);
+    // After revision 2 only the later change remains; the limit bounds a page.
+    let later: Vec<String> =
+        reader.tenants_changed_after(2, None, 100).unwrap().into_iter().map(|t| t.id.to_string()).collect();
+    assert_eq!(later, ["alpha"]);
+    let first = reader.tenants_changed_after(0, None, 1).unwrap();
+    assert_eq!(first.len(), 1);
+    let next = reader.tenants_changed_after(first[0].revision, Some(&first[0].id), 1).unwrap();
+    assert_eq!(next[0].id.as_str(), "alpha", "paging resumes after the last tenant returned");
+    assert!(reader.tenants_changed_after(3, None, 100).unwrap().is_empty());
+}

@@ -56,6 +56,46 @@ async fn spawn_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, i
     }
 }
 
+fn stop_tenant(state: &mut SupervisorState, id: &TenantId) {
+    if let Some(Slot { actor: Some(actor), .. }) = state.slots.remove(id) {
+        actor.stop(Some("tenant no longer active".into()));
+    }
+}
+
+/// Brings one tenant's actor in line with its record: started, updated or stopped.
+async fn apply_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, tenant: Tenant) {
+    let id = tenant.id.clone();
+    if tenant.status != TenantStatus::Active {
+        stop_tenant(state, &id);
+        return;
+    }
+    match state.slots.get_mut(&id) {
+        Some(slot) if slot.record.revision >= tenant.revision => {}
+        Some(slot) => {
+            slot.record = tenant.clone();
+            match (&slot.actor, slot.state) {
+                (Some(actor), _) => {
+                    // The actor may be stopping after a failure; the restart then starts from
+                    // the new record anyway.
+                    let _ = actor.cast(TenantMsg::Update(tenant));
+                }
+                (None, TenantActorState::Degraded) => {
+                    // A changed tenant gets a fresh chance.
+                    slot.failures.clear();
+                    spawn_tenant(myself, state, &id).await;
+                }
+                (None, _) => {}
+            }
+        }
+        None => {
+            let slot =
+                Slot { record: tenant, actor: None, failures: VecDeque::new(), state: TenantActorState::Restarting };
+            state.slots.insert(id.clone(), slot);
+            spawn_tenant(myself, state, &id).await;
+        }
+    }
+}
+
 /// Counts a failure of `slot`'s actor and schedules a restart, or marks it degraded.
 fn record_failure(myself: &ActorRef<NodeMsg>, args: &SupervisorArgs, id: &TenantId, slot: &mut Slot) {
     let now = Instant::now();
@@ -110,47 +150,18 @@ impl Actor for NodeSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             NodeMsg::Sync(tenants) => {
-                let desired: BTreeMap<TenantId, Tenant> = tenants
-                    .into_iter()
-                    .filter(|t| t.status == TenantStatus::Active)
-                    .map(|t| (t.id.clone(), t))
-                    .collect();
-                let gone: Vec<TenantId> = state.slots.keys().filter(|id| !desired.contains_key(*id)).cloned().collect();
+                let listed: std::collections::BTreeSet<TenantId> = tenants.iter().map(|t| t.id.clone()).collect();
+                let gone: Vec<TenantId> = state.slots.keys().filter(|id| !listed.contains(*id)).cloned().collect();
                 for id in gone {
-                    if let Some(Slot { actor: Some(actor), .. }) = state.slots.remove(&id) {
-                        actor.stop(Some("tenant no longer active".into()));
-                    }
+                    stop_tenant(state, &id);
                 }
-                for (id, tenant) in desired {
-                    match state.slots.get_mut(&id) {
-                        Some(slot) if slot.record.revision == tenant.revision => {}
-                        Some(slot) => {
-                            slot.record = tenant.clone();
-                            match (&slot.actor, slot.state) {
-                                (Some(actor), _) => {
-                                    // The actor may be stopping after a failure; the restart then
-                                    // starts from the new record anyway.
-                                    let _ = actor.cast(TenantMsg::Update(tenant));
-                                }
-                                (None, TenantActorState::Degraded) => {
-                                    // A changed tenant gets a fresh chance.
-                                    slot.failures.clear();
-                                    spawn_tenant(&myself, state, &id).await;
-                                }
-                                (None, _) => {}
-                            }
-                        }
-                        None => {
-                            let slot = Slot {
-                                record: tenant,
-                                actor: None,
-                                failures: VecDeque::new(),
-                                state: TenantActorState::Restarting,
-                            };
-                            state.slots.insert(id.clone(), slot);
-                            spawn_tenant(&myself, state, &id).await;
-                        }
-                    }
+                for tenant in tenants {
+                    apply_tenant(&myself, state, tenant).await;
+                }
+            }
+            NodeMsg::Changed(tenants) => {
+                for tenant in tenants {
+                    apply_tenant(&myself, state, tenant).await;
                 }
             }
             NodeMsg::Restart(id) => {

@@ -6,8 +6,10 @@ use serde::Serialize;
 #[derive(Debug)]
 pub enum NodeMsg {
     /// Every tenant in the applied governance state (any status). Active tenants get an actor;
-    /// the others lose theirs.
+    /// the others, and tenants not listed, lose theirs.
     Sync(Vec<Tenant>),
+    /// Tenants that changed since the last message: each is started, updated or stopped.
+    Changed(Vec<Tenant>),
     /// Restart a failed tenant actor once its backoff has passed.
     Restart(TenantId),
     /// The state of every tenant actor on this node.

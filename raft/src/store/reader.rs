@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::codec::decode;
 use super::engine::{EngineError, KvEngine, Space};
-use super::state_machine::{tenant_key, ADMIN_KEY, TENANT_PREFIX};
+use super::state_machine::{tenant_key, tenant_revision_key, ADMIN_KEY, TENANT_PREFIX, TENANT_REVISION_PREFIX};
 use crate::state::Tenant;
 use crate::types::TenantId;
 
@@ -60,6 +60,33 @@ impl GovernanceReader {
                     .map_err(|source| ReadError::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source })
             })
             .collect()
+    }
+
+    /// Up to `limit` tenants whose last change comes after (`revision`, `after_id`) — after
+    /// every change at `revision` when `after_id` is None — in (revision, id) order: a change
+    /// feed for followers of governance state on this node. Page with the last tenant returned.
+    pub fn tenants_changed_after(
+        &self,
+        revision: u64,
+        after_id: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<Tenant>, ReadError> {
+        // Ids use only bytes below 0x7f, so "\x7f" sorts after every id of a revision.
+        let from = Bound::Excluded(tenant_revision_key(revision, after_id.map_or("\u{7f}", |id| id.as_str())));
+        let mut end = TENANT_REVISION_PREFIX.to_vec();
+        // The byte after '/' bounds the prefix.
+        *end.last_mut().expect("prefix is not empty") += 1;
+        let mut tenants = Vec::new();
+        for (key, _) in self.engine.range(Space::State, from, Bound::Excluded(end), limit)? {
+            let raw_id = &key[TENANT_REVISION_PREFIX.len() + 8..];
+            let corrupt = || ReadError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                source: super::codec::CodecError::Decode("change index names an invalid or missing tenant".into()),
+            };
+            let id = TenantId::new(String::from_utf8_lossy(raw_id).into_owned()).map_err(|_| corrupt())?;
+            tenants.push(self.tenant(&id)?.ok_or_else(corrupt)?);
+        }
+        Ok(tenants)
     }
 
     /// SHA-256 of the bootstrap admin token, once the cluster was initialised.

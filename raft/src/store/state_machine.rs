@@ -10,6 +10,7 @@
 //! - `m/applied`, `m/membership` — the applied log id and membership;
 //! - `m/admin` — the admin token hash;
 //! - `t/<tenant id>` — tenant records;
+//! - `v/<revision be><tenant id>` — the same tenants by last change, for change feeds;
 //! - `r/<request id>` — outcomes of applied requests, for exactly-once apply;
 //! - `q/<index be><request id>` — the same requests by log index, to expire them.
 
@@ -37,6 +38,7 @@ pub(crate) const APPLIED_KEY: &[u8] = b"m/applied";
 pub(crate) const MEMBERSHIP_KEY: &[u8] = b"m/membership";
 pub(crate) const ADMIN_KEY: &[u8] = b"m/admin";
 pub(crate) const TENANT_PREFIX: &[u8] = b"t/";
+pub(crate) const TENANT_REVISION_PREFIX: &[u8] = b"v/";
 const REQUEST_PREFIX: &[u8] = b"r/";
 const REQUEST_INDEX_PREFIX: &[u8] = b"q/";
 const SNAPSHOT_KEY: &[u8] = b"current";
@@ -47,6 +49,20 @@ const MAX_EXPIRED_PER_APPLY: usize = 64;
 
 pub(crate) fn tenant_key(id: &TenantId) -> Vec<u8> {
     [TENANT_PREFIX, id.as_str().as_bytes()].concat()
+}
+
+/// Key of the change index: tenants ordered by the log index of their last change.
+pub(crate) fn tenant_revision_key(revision: u64, id: &str) -> Vec<u8> {
+    [TENANT_REVISION_PREFIX, &revision.to_be_bytes()[..], id.as_bytes()].concat()
+}
+
+/// Writes a tenant record and moves its entry in the change index.
+fn put_tenant(txn: &mut Txn, tenant: &Tenant, previous_revision: Option<u64>) -> Result<(), StorageError<NodeId>> {
+    if let Some(previous) = previous_revision {
+        txn.delete(tenant_revision_key(previous, tenant.id.as_str()));
+    }
+    txn.put_raw(tenant_revision_key(tenant.revision, tenant.id.as_str()), Vec::new());
+    txn.put(tenant_key(&tenant.id), tenant)
 }
 
 fn request_key(id: &str) -> Vec<u8> {
@@ -217,7 +233,7 @@ impl StateMachineStore {
                         updated_at_ms: now,
                         revision: index,
                     };
-                    txn.put(tenant_key(id), &tenant)?;
+                    put_tenant(txn, &tenant, None)?;
                     Ok(Output::Tenant(tenant))
                 }
             }
@@ -227,10 +243,11 @@ impl StateMachineStore {
                 Some(_) if *status == TenantStatus::Deleted => Err(Rejection::InvalidStatus(*status)),
                 Some(t) if t.status == *status => Ok(Output::Tenant(t)),
                 Some(mut t) => {
+                    let previous = t.revision;
                     t.status = *status;
                     t.updated_at_ms = now;
                     t.revision = index;
-                    txn.put(tenant_key(id), &t)?;
+                    put_tenant(txn, &t, Some(previous))?;
                     Ok(Output::Tenant(t))
                 }
             },
@@ -238,10 +255,11 @@ impl StateMachineStore {
                 None => Err(Rejection::TenantNotFound(id.clone())),
                 Some(t) if t.status == TenantStatus::Deleted => Ok(Output::Tenant(t)),
                 Some(mut t) => {
+                    let previous = t.revision;
                     t.status = TenantStatus::Deleted;
                     t.updated_at_ms = now;
                     t.revision = index;
-                    txn.put(tenant_key(id), &t)?;
+                    put_tenant(txn, &t, Some(previous))?;
                     Ok(Output::Tenant(t))
                 }
             },
