@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use custos_raft::network::error_chain;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -93,15 +94,4 @@ impl ApiClient {
         // MAX_ATTEMPTS > 0, so the loop ran and recorded an error.
         Err(last.expect("at least one attempt was made"))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

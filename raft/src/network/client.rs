@@ -74,7 +74,9 @@ impl PeerClient {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and all its sources on one line: transport errors from reqwest and hyper say what
+/// actually failed (refused, TLS, timeout) only in their sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

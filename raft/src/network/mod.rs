@@ -5,7 +5,7 @@
 mod client;
 mod server;
 
-pub use client::{CallError, Network, PeerClient};
+pub use client::{error_chain, CallError, Network, PeerClient};
 pub use server::router;
 
 /// Request paths on the Raft listener.
