@@ -2,7 +2,8 @@
 //! and queues its completion callback here; one background task flushes the engine and then
 //! completes every callback queued before that flush started. While a flush runs, later
 //! appends queue up and share the next one, so concurrent writes cost far less than one fsync
-//! each. Requests are completed strictly in the order they were queued.
+//! each. Requests are completed strictly in the order they were queued. The flusher runs on a
+//! thread of its own.
 
 use std::sync::Arc;
 
@@ -29,11 +30,15 @@ pub(crate) struct GroupFlusher {
 }
 
 impl GroupFlusher {
-    /// Starts the flusher task on the current tokio runtime.
-    pub(crate) fn start(engine: Arc<dyn KvEngine>) -> Self {
+    /// Starts the flusher on a thread of its own: flushing blocks, and a dedicated thread
+    /// spares each flush a hand-off through the runtime's blocking pool.
+    pub(crate) fn start(engine: Arc<dyn KvEngine>) -> Result<Self, EngineError> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(engine, rx));
-        GroupFlusher { tx }
+        std::thread::Builder::new()
+            .name("custos-log-flush".into())
+            .spawn(move || run(engine, rx))
+            .map_err(|e| EngineError(format!("starting the log flusher thread: {e}")))?;
+        Ok(GroupFlusher { tx })
     }
 
     /// Completes `callback` once a flush that started after this call has finished.
@@ -52,16 +57,20 @@ impl GroupFlusher {
     }
 }
 
-async fn run(engine: Arc<dyn KvEngine>, mut rx: mpsc::Receiver<Request>) {
+fn run(engine: Arc<dyn KvEngine>, mut rx: mpsc::Receiver<Request>) {
     let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, QUEUE_CAPACITY).await > 0 {
+    // Ends when every sender (every LogStore clone) is gone.
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < QUEUE_CAPACITY {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
         // Every request in `batch` was queued after its writes reached the engine, so one flush
         // started now covers all of them.
-        let engine = engine.clone();
-        let result = match tokio::task::spawn_blocking(move || engine.flush()).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(join) => Err(format!("flush task failed: {join}")),
-        };
+        let result = engine.flush().map_err(|e| e.to_string());
         for request in batch.drain(..) {
             match request {
                 Request::Append(callback) => callback.log_io_completed(result.clone().map_err(std::io::Error::other)),

@@ -49,10 +49,10 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Must be called on a tokio runtime: it starts the group-commit flusher.
-    pub fn new(engine: Arc<dyn KvEngine>) -> Self {
-        let flusher = GroupFlusher::start(engine.clone());
-        LogStore { engine, committed_index: Arc::new(AtomicU64::new(0)), flusher }
+    /// Starts the group-commit flusher thread.
+    pub fn new(engine: Arc<dyn KvEngine>) -> Result<Self, super::engine::EngineError> {
+        let flusher = GroupFlusher::start(engine.clone())?;
+        Ok(LogStore { engine, committed_index: Arc::new(AtomicU64::new(0)), flusher })
     }
 
     /// The committed index as last recorded by Raft (0 before the first commit).

@@ -17,7 +17,7 @@ pub use log_store::LogStore;
 pub use reader::GovernanceReader;
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 
-/// Opens the node's storage in `dir` (on a tokio runtime: the log store starts its flusher) and returns the log store, the state machine and a reader
+/// Opens the node's storage in `dir` (the log store starts its flusher thread) and returns the log store, the state machine and a reader
 /// over the same engine.
 pub fn open(
     dir: &Path,
@@ -25,7 +25,7 @@ pub fn open(
 ) -> Result<(LogStore, StateMachineStore, GovernanceReader), EngineError> {
     let engine: Arc<dyn KvEngine> = Arc::new(sled_engine::SledEngine::open(dir)?);
     Ok((
-        LogStore::new(engine.clone()),
+        LogStore::new(engine.clone())?,
         StateMachineStore::new(engine.clone(), dedup_window_entries),
         GovernanceReader::new(engine),
     ))
