@@ -91,7 +91,7 @@ impl ProcessCluster {
         // Err only means a provider is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile_certs(&pem)? {
+        for cert in pem_certs(&pem)? {
             roots.add(cert)?;
         }
         let tls_config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
@@ -306,7 +306,7 @@ async fn reply(response: reqwest::Response) -> Result<ApiReply> {
     Ok(ApiReply { status, body, headers })
 }
 
-fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+fn pem_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
     use rustls::pki_types::pem::PemObject;
     Ok(rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect::<std::result::Result<Vec<_>, _>>()?)
 }

@@ -51,7 +51,14 @@ pub async fn sync(cluster: Cluster, supervisor: ActorRef<NodeMsg>, mut stop: wat
                     cursor = Some(upto);
                     seen_applied = applied;
                 }
-                Err(e) => tracing::error!(error = %e, "reading tenants for the actor supervisor failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading tenants for the actor supervisor failed; retrying");
+                    // Retry without waiting for another apply: the actors must not stay stale.
+                    tokio::select! {
+                        () = tokio::time::sleep(SYNC_INTERVAL) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
             }
         }
         tokio::select! {

@@ -18,6 +18,14 @@ pub enum ReadError {
     Corrupt { key: String, source: super::codec::CodecError },
 }
 
+/// The exclusive upper bound of a `x/` key prefix: the byte after '/' ends it.
+fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    // Every prefix here is a non-empty constant ending in '/'.
+    *end.last_mut().expect("prefix is not empty") += 1;
+    Bound::Excluded(end)
+}
+
 /// Reads the locally applied state machine. Whether a read is linearizable is decided by the
 /// caller (see [`crate::Cluster::read_barrier`]) before it reads through here.
 #[derive(Clone)]
@@ -49,11 +57,8 @@ impl GovernanceReader {
             Some(id) => Bound::Excluded(tenant_key(id)),
             None => Bound::Included(TENANT_PREFIX.to_vec()),
         };
-        let mut end = TENANT_PREFIX.to_vec();
-        // The byte after '/' bounds the tenant prefix.
-        *end.last_mut().expect("prefix is not empty") += 1;
         self.engine
-            .range(Space::State, from, Bound::Excluded(end), limit)?
+            .range(Space::State, from, prefix_end(TENANT_PREFIX), limit)?
             .into_iter()
             .map(|(key, value)| {
                 decode(&value)
@@ -73,11 +78,8 @@ impl GovernanceReader {
     ) -> Result<Vec<Tenant>, ReadError> {
         // Ids use only bytes below 0x7f, so "\x7f" sorts after every id of a revision.
         let from = Bound::Excluded(tenant_revision_key(revision, after_id.map_or("\u{7f}", |id| id.as_str())));
-        let mut end = TENANT_REVISION_PREFIX.to_vec();
-        // The byte after '/' bounds the prefix.
-        *end.last_mut().expect("prefix is not empty") += 1;
         let mut tenants = Vec::new();
-        for (key, _) in self.engine.range(Space::State, from, Bound::Excluded(end), limit)? {
+        for (key, _) in self.engine.range(Space::State, from, prefix_end(TENANT_REVISION_PREFIX), limit)? {
             let raw_id = &key[TENANT_REVISION_PREFIX.len() + 8..];
             let corrupt = || ReadError::Corrupt {
                 key: String::from_utf8_lossy(&key).into_owned(),
