@@ -358,9 +358,14 @@ impl Cluster {
     }
 
     /// Stops Raft. Storage is closed when the last clone is dropped.
+    /// Stops Raft, then flushes storage so the applied state on disk is current: a restart
+    /// need not re-apply, and tools reading a stopped node's store see what it served.
     pub async fn shutdown(&self) {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown reported an error");
+        }
+        if let Err(e) = self.inner.log.flush().await {
+            tracing::warn!(error = %e, "flushing storage at shutdown failed");
         }
     }
 

@@ -66,7 +66,7 @@ impl LogStore {
     }
 
     /// Returns once every write made so far is durable, after every earlier append.
-    async fn flush(&self) -> Result<(), super::engine::EngineError> {
+    pub(crate) async fn flush(&self) -> Result<(), super::engine::EngineError> {
         self.flusher.barrier().await
     }
 
