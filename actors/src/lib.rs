@@ -1,25 +1,70 @@
-//! Per-tenant supervised actors (ractor).
+//! Per-tenant supervised actors (ractor) and key custody.
 //!
-//! Each node runs one [`NodeSupervisor`] that keeps exactly one tenant actor alive for every
-//! *active* tenant in the replicated governance state, as that state is applied on this node.
-//! A tenant actor that fails is restarted with exponential backoff; a tenant whose actor fails
-//! more than `max_restarts` times within `restart_window` is marked degraded and left stopped,
-//! so one tenant's failure never spreads to others. Suspending or deleting a tenant stops its
-//! actor. The session, policy, custody and telemetry children of a tenant grow under the
-//! tenant actor in later work.
+//! Each node runs one [`NodeSupervisor`] that keeps exactly one tenant supervisor alive for
+//! every *active* tenant in the replicated governance state, as that state is applied on this
+//! node. A tenant supervisor has four children — session, policy, custody and telemetry — and
+//! restarts a failed child with exponential backoff; more failures than the restart policy
+//! allows within its window stop the tenant's children and mark the tenant degraded on this
+//! node (its requests get 503) while every other tenant keeps serving. Suspending or deleting
+//! a tenant stops its tree. The [`TenantDirectory`] is where the API learns whether a tenant
+//! is serving here and admits its requests under a per-tenant in-flight bound.
+//!
+//! Key custody ([`custody`]) implements the key hierarchy and envelope encryption. Its
+//! operations run in the request's own task against the node's [`custody::Custody`]; each
+//! tenant's custody actor owns that tenant's cached keys (evicted when it restarts or stops)
+//! and runs its key schedule.
 //!
 //! # Layout
 //! - `node/` — the node-level supervisor: `msg.rs` (its closed message enum), `actor.rs`.
-//! - `tenant/` — the tenant actor: `msg.rs`, `actor.rs`.
+//! - `tenant/` — the tenant supervisor (`supervisor.rs`), its messages (`msg.rs`) and the
+//!   session/policy/telemetry actors (`component.rs`).
+//! - `custody/` — `crypto.rs` (AES-256-GCM, [`custody::SecretKey`]), `ciphertext.rs` (the
+//!   versioned format and AAD), `master.rs` (the cluster master key), `provider/` (core
+//!   storage providers), `edge/` (edge caches), `service.rs` (the operations), `actor.rs`.
+//! - `restart.rs` — the backoff and failure-window rule both supervisors use.
+//! - `directory.rs` — [`TenantDirectory`].
 //!
 //! Actors learn about governance changes only from state applied through Raft (the node sends
 //! [`NodeMsg::Sync`]); they never message actors on other nodes. Actor names carry the node id
-//! and the tenant id, because ractor's registry is process-wide and `custos dev` runs several
-//! nodes in one process.
+//! and the tenant id, because ractor's registry is process-wide and tests run several nodes in
+//! one process.
 
+pub mod custody;
+mod directory;
 mod node;
+mod restart;
 mod tenant;
 
-pub use node::actor::{NodeSupervisor, SupervisorArgs};
-pub use node::msg::{NodeMsg, TenantActorState, TenantHealth};
-pub use tenant::msg::TenantMsg;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custos_raft::Proposal;
+
+pub use custody::actor::CustodyMsg;
+pub use directory::{Refusal, TenantActorState, TenantDirectory, TenantHealth};
+pub use node::actor::NodeSupervisor;
+pub use node::msg::NodeMsg;
+pub use restart::RestartPolicy;
+pub use tenant::msg::{ChildHealth, ChildKind, ComponentMsg, TenantMsg};
+
+/// How actors write to governance state: the node hands in its Raft cluster.
+#[async_trait::async_trait]
+pub trait Proposer: Send + Sync {
+    /// Whether this node leads now; scheduled work runs on the leader only.
+    fn is_leader(&self) -> bool;
+    /// Replicates one proposal; the error says why it was not applied.
+    async fn propose(&self, proposal: Proposal) -> Result<(), String>;
+}
+
+/// What every supervisor and tenant actor of a node shares.
+#[derive(Clone)]
+pub struct ActorDeps {
+    pub node_id: u64,
+    pub policy: RestartPolicy,
+    pub directory: Arc<TenantDirectory>,
+    pub custody: Arc<custody::Custody>,
+    /// None where nothing may be proposed (tests of supervision alone).
+    pub proposer: Option<Arc<dyn Proposer>>,
+    /// Period of each custody actor's key-schedule tick.
+    pub maintenance_interval: Duration,
+}

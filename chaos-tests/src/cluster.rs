@@ -45,10 +45,30 @@ pub struct ProcessCluster {
     token: Option<String>,
 }
 
-/// Reserves `count` distinct free loopback ports. The listeners are held together and then
-/// released, so the ports are distinct; another process could still take one in between.
+/// Ports handed out by [`free_ports`]: below Linux's ephemeral range (32768 and up), so the
+/// outgoing connections of other tests and processes never take one between its check and
+/// the node's bind.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+/// Random probes before giving up on finding free ports.
+const PORT_ATTEMPTS: usize = 1_000;
+
+/// Reserves `count` distinct free loopback ports, picked at random outside the ephemeral
+/// range. The listeners are held together and then released, so the ports are distinct.
 pub fn free_ports(count: usize) -> Result<Vec<SocketAddr>> {
-    let listeners = (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<Vec<_>>>()?;
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..PORT_ATTEMPTS {
+        if listeners.len() == count {
+            break;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", rng.gen_range(PORT_RANGE))) {
+            listeners.push(listener);
+        }
+    }
+    if listeners.len() < count {
+        bail!("found only {} free ports in {PORT_RANGE:?}", listeners.len());
+    }
     Ok(listeners.iter().map(|l| l.local_addr()).collect::<std::io::Result<Vec<_>>>()?)
 }
 
@@ -67,6 +87,16 @@ impl ProcessCluster {
         if !status.success() {
             bail!("custos tls generate failed: {status}");
         }
+        let master_key = root.path().join("master.key");
+        let status = Command::new(binary)
+            .args(["custody", "master-key", "--out"])
+            .arg(&master_key)
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", binary.display()))?;
+        if !status.success() {
+            bail!("custos custody master-key failed: {status}");
+        }
         let ports = free_ports(2 * nodes as usize)?;
         let mut processes = BTreeMap::new();
         for id in 1..=nodes {
@@ -78,11 +108,13 @@ impl ProcessCluster {
                 &config,
                 format!(
                     "[node]\nid = {id}\ndata_dir = \"{data}\"\n[api]\nlisten_addr = \"{api_addr}\"\n[raft]\nlisten_addr = \"{raft_addr}\"\n\
-                     [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n",
+                     [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
+                     [custody]\nmaster_key_file = \"{master}\"\n",
                     data = dir.join("data").display(),
                     ca = tls.join("ca.pem").display(),
                     cert = tls.join(format!("node-{id}.pem")).display(),
                     key = tls.join(format!("node-{id}-key.pem")).display(),
+                    master = master_key.display(),
                 ),
             )?;
             processes.insert(id, NodeProcess { api_addr, raft_addr, config, log: dir.join("node.log"), child: None });

@@ -13,7 +13,7 @@
 //! - `error.rs` — [`ConfigError`] and [`ConfigErrors`].
 //!
 //! This crate does no I/O beyond reading the file it is given and checking that configured
-//! TLS files exist; it has no async runtime.
+//! TLS and master key files exist; it has no async runtime.
 
 mod error;
 mod load;
@@ -22,4 +22,7 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, load_from_str, ENV_PREFIX};
-pub use model::{ActorsConfig, ApiConfig, Config, LimitsConfig, NodeConfig, RaftConfig, TlsConfig};
+pub use model::{
+    ActorsConfig, ApiConfig, Config, CoreProvider, CustodyConfig, EdgeProvider, LimitsConfig, NodeConfig, RaftConfig,
+    TlsConfig,
+};

@@ -108,6 +108,36 @@ impl Config {
             ),
         );
         check((1..=100).contains(&l.forward_attempts), "limits.forward_attempts", "must be between 1 and 100".into());
+        check(
+            (1..=l.max_in_flight).contains(&l.tenant_max_in_flight),
+            "limits.tenant_max_in_flight",
+            format!("must be between 1 and limits.max_in_flight ({})", l.max_in_flight),
+        );
+        let c = &self.custody;
+        let sources = [c.master_key_file.is_some(), c.master_key_env.is_some(), c.master_key_command.is_some()];
+        check(
+            sources.iter().filter(|given| **given).count() <= 1,
+            "custody",
+            "give only one of master_key_file, master_key_env and master_key_command".into(),
+        );
+        if let Some(file) = &c.master_key_file {
+            check(file.is_file(), "custody.master_key_file", format!("file {} does not exist", file.display()));
+        }
+        if let Some(argv) = &c.master_key_command {
+            check(!argv.is_empty(), "custody.master_key_command", "must name a program".into());
+        }
+        check(c.key_cache_ttl_ms >= 1000, "custody.key_cache_ttl_ms", "must be at least 1000".into());
+        check(
+            (16..=10_000_000).contains(&c.key_cache_max_entries),
+            "custody.key_cache_max_entries",
+            "must be between 16 and 10000000".into(),
+        );
+        check(c.schedule_interval_ms >= 100, "custody.schedule_interval_ms", "must be at least 100".into());
+        check(
+            (1..=l.max_batch).contains(&c.max_batch_items),
+            "custody.max_batch_items",
+            format!("must be between 1 and limits.max_batch ({})", l.max_batch),
+        );
         let a = &self.actors;
         check((1..=1000).contains(&a.max_restarts), "actors.max_restarts", "must be between 1 and 1000".into());
         check(a.restart_window_ms >= 1000, "actors.restart_window_ms", "must be at least 1000".into());
@@ -118,6 +148,12 @@ impl Config {
             format!("must be at least actors.restart_backoff_ms ({})", a.restart_backoff_ms),
         );
         errors
+    }
+
+    /// True when a master key source is configured.
+    pub fn has_master_key(&self) -> bool {
+        let c = &self.custody;
+        c.master_key_file.is_some() || c.master_key_env.is_some() || c.master_key_command.is_some()
     }
 
     /// True when the TLS files are configured; otherwise only `custos dev` can run the node.

@@ -72,6 +72,7 @@ pub fn node_config(options: &DevOptions, node: u64) -> Result<Config, DevError> 
     config.tls.ca_file = Some(files.ca);
     config.tls.cert_file = Some(files.cert);
     config.tls.key_file = Some(files.key);
+    config.custody.master_key_file = Some(master_key_path(&options.root));
     let errors = config.validate();
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -98,6 +99,11 @@ fn token_path(root: &Path) -> PathBuf {
     root.join("admin-token")
 }
 
+/// The master key every dev node shares, generated on the first run.
+pub fn master_key_path(root: &Path) -> PathBuf {
+    root.join("master.key")
+}
+
 /// How long a node may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -121,6 +127,8 @@ pub async fn run(
     let options = DevOptions { root, ..options };
     let tls_dir = options.root.join("tls");
     tls::generate_cluster_pki(&tls_dir, options.nodes, &[])?;
+    let master_key = master_key_path(&options.root);
+    crate::custody::write_master_key(&master_key).map_err(|source| DevError::File { path: master_key, source })?;
     let ca_file = tls::ca_cert_path(&tls_dir);
     let configs: Vec<Config> = (1..=options.nodes).map(|n| node_config(&options, n)).collect::<Result<_, _>>()?;
 

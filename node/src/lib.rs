@@ -9,6 +9,8 @@
 //! - `tls.rs` — PEM loading, rustls configurations, cluster CA generation.
 //! - `api/` — the client API: admission, auth, handlers, error mapping.
 //! - `tenants.rs` — feeds applied tenant state to the per-tenant actor supervisor.
+//! - `custody.rs` — key custody from configuration, the actors' proposer, log compaction
+//!   after crypto-shredding.
 //! - `client.rs` — the API client used by the CLI.
 //! - `bench/` — `custos bench`: benchmarks against a peer, printing figures.
 //! - `dev.rs` — `custos dev`: a local one- or multi-node cluster with generated certificates.
@@ -17,6 +19,7 @@
 pub mod api;
 pub mod bench;
 pub mod client;
+pub mod custody;
 pub mod dev;
 mod tenants;
 pub mod tls;
@@ -24,6 +27,7 @@ pub mod tls;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use custos_config::Config;
@@ -45,6 +49,10 @@ pub enum NodeError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Start(Box<custos_raft::StartError>),
+    #[error("the node has no master key: set custody.master_key_file, master_key_env or master_key_command (or use `custos dev`)")]
+    MasterKeyNotConfigured,
+    #[error("loading the master key: {0}")]
+    MasterKey(String),
     #[error("starting the tenant actor supervisor: {0}")]
     Actors(String),
     #[error("serving {what}: {source}")]
@@ -116,20 +124,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let append_bytes = config.raft.max_entries_per_append as usize * config.raft.max_entry_bytes;
     let raft_body_limit = append_bytes.max(config.raft.snapshot_chunk_bytes as usize * 2) + 1024 * 1024;
     let raft_app = custos_raft::network::router(cluster.clone(), raft_body_limit);
+    let custody = custody::build(&config.custody, &cluster)?;
+    let directory = Arc::new(custos_actors::TenantDirectory::new(config.limits.tenant_max_in_flight));
     let a = &config.actors;
-    let supervisor_args = custos_actors::SupervisorArgs {
+    let deps = custos_actors::ActorDeps {
         node_id,
-        max_restarts: a.max_restarts,
-        restart_window: Duration::from_millis(a.restart_window_ms),
-        backoff_base: Duration::from_millis(a.restart_backoff_ms),
-        backoff_max: Duration::from_millis(a.restart_backoff_max_ms),
+        policy: custos_actors::RestartPolicy {
+            max_restarts: a.max_restarts,
+            window: Duration::from_millis(a.restart_window_ms),
+            backoff_base: Duration::from_millis(a.restart_backoff_ms),
+            backoff_max: Duration::from_millis(a.restart_backoff_max_ms),
+        },
+        directory: directory.clone(),
+        custody: custody.clone(),
+        proposer: Some(Arc::new(custody::ClusterProposer(cluster.clone()))),
+        maintenance_interval: Duration::from_millis(config.custody.schedule_interval_ms),
     };
-    let (supervisor, _) = ractor::Actor::spawn(None, custos_actors::NodeSupervisor, supervisor_args)
+    let (supervisor, _) = ractor::Actor::spawn(None, custos_actors::NodeSupervisor, deps)
         .await
         .map_err(|e| NodeError::Actors(e.to_string()))?;
     let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
     let sync_task = tokio::spawn(tenants::sync(cluster.clone(), supervisor.clone(), sync_stopped));
-    let api_app = api::router(api::AppState::new(cluster.clone(), supervisor.clone(), config.limits.clone()));
+    let api_app = api::router(api::AppState::new(
+        cluster.clone(),
+        supervisor.clone(),
+        directory,
+        custody,
+        config.limits.clone(),
+        config.custody.max_batch_items,
+    ));
 
     let raft_handle = axum_server::Handle::new();
     let api_handle = axum_server::Handle::new();

@@ -1,12 +1,13 @@
 //! Keeps the per-tenant actors in step with governance state as it is applied on this node: a
 //! full tenant list at start, then, whenever the applied index moves, the tenants changed since
 //! (from the state machine's change index). Every node does this, so a change made through any
-//! node reaches every node's actors.
+//! node reaches every node's actors. A tenant deletion seen here also compacts this node's log
+//! past it, so the shredded key roots leave the log.
 
 use std::time::Duration;
 
 use custos_actors::NodeMsg;
-use custos_raft::{Cluster, Tenant, TenantId};
+use custos_raft::{Cluster, Tenant, TenantId, TenantStatus};
 use ractor::ActorRef;
 use tokio::sync::watch;
 
@@ -41,7 +42,13 @@ pub async fn sync(cluster: Cluster, supervisor: ActorRef<NodeMsg>, mut stop: wat
             let upto = applied.unwrap_or(0);
             let sent = match cursor {
                 None => all_tenants(&cluster).map(NodeMsg::Sync),
-                Some(from) => changed_tenants(&cluster, from).map(NodeMsg::Changed),
+                Some(from) => changed_tenants(&cluster, from).map(|changed| {
+                    for tenant in changed.iter().filter(|t| t.status == TenantStatus::Deleted) {
+                        // Crypto-shredding reaches this node's log and snapshot too.
+                        tokio::spawn(crate::custody::compact_after_shred(cluster.clone(), tenant.revision));
+                    }
+                    NodeMsg::Changed(changed)
+                }),
             };
             match sent {
                 Ok(message) => {

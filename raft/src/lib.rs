@@ -1,15 +1,16 @@
 //! Custos' replicated governance: openraft on sled, the governance state machine, and the
 //! node-to-node transport.
 //!
-//! Governance state (tenants, the admin credential, and later identity-provider bindings,
-//! roles, API keys and the key registry) is a Raft-replicated state machine. Every node holds
+//! Governance state (tenants, the admin credential, the key registry — tenant key roots and
+//! L3 key metadata with wrapped material — and later identity-provider bindings, roles and API
+//! keys) is a Raft-replicated state machine. Every node holds
 //! a full copy; writes go through the leader and reads are linearizable unless a caller asks
 //! for a stale read.
 //!
 //! # Layout
 //! - `types.rs` — identifiers ([`TenantId`], [`RequestId`], [`NodeId`]) and [`NodeInfo`].
 //! - `command.rs` — [`Proposal`], [`Command`] and their outcomes ([`Response`], [`Rejection`]).
-//! - `state.rs` — the data model ([`Tenant`]).
+//! - `state.rs` — the data model: [`Tenant`], [`TenantCustody`], [`KeyRecord`], [`KeyVersion`].
 //! - `store/` — the only code that touches the storage engine: the storage trait
 //!   (`engine.rs`), its sled implementation (`sled_engine.rs`, the only file importing sled),
 //!   the value codec (`codec.rs`), the log store, the state machine with snapshots, and the
@@ -37,10 +38,13 @@ pub mod types;
 pub use cluster::{
     Cluster, ClusterError, ClusterOptions, ClusterStatus, Consistency, MemberStatus, NodeStatus, StartError,
 };
-pub use command::{Command, Output, Proposal, Proposals, Rejection, Response};
-pub use state::{check_display_name, Tenant, TenantStatus};
+pub use command::{Command, Output, Proposal, Proposals, Rejection, Response, MAX_KEYS_PER_TENANT, MAX_KEY_VERSIONS};
+pub use state::{
+    check_display_name, CoreProviderKind, KeyAlgorithm, KeyChange, KeyPurpose, KeyRecord, KeyState, KeyVersion, Tenant,
+    TenantCustody, TenantStatus,
+};
 pub use store::GovernanceReader;
-pub use types::{InvalidId, NodeId, NodeInfo, RegionLabel, RequestId, TenantId};
+pub use types::{InvalidId, KeyId, NodeId, NodeInfo, RegionLabel, RequestId, TenantId};
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of the governance group.

@@ -94,6 +94,11 @@ label_newtype!(
     "tenant id"
 );
 label_newtype!(
+    /// A key's identifier, unique within its tenant and never reused, even after destruction.
+    KeyId,
+    "key id"
+);
+label_newtype!(
     /// A residency or region label such as `eu-central` or `on-prem-paris`.
     RegionLabel,
     "region"

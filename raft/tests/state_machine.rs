@@ -2,7 +2,8 @@
 
 use custos_raft::store::{self, StateMachineStore};
 use custos_raft::{
-    Command, Output, Proposal, Proposals, RegionLabel, Rejection, RequestId, TenantId, TenantStatus, TypeConfig,
+    Command, CoreProviderKind, KeyAlgorithm, KeyChange, KeyId, KeyPurpose, KeyState, Output, Proposal, Proposals,
+    RegionLabel, Rejection, RequestId, TenantCustody, TenantId, TenantStatus, TypeConfig,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -31,7 +32,41 @@ fn create(id: &str) -> Command {
         id: tenant(id),
         display_name: format!("Tenant {id}"),
         region: RegionLabel::new("eu-west").unwrap(),
+        custody: TenantCustody {
+            provider: CoreProviderKind::SealedLocal,
+            root: format!("root of {id}").into_bytes(),
+            kek_wrapped: format!("kek of {id}").into_bytes(),
+            keys_created: 0,
+        },
     }
+}
+
+fn key(id: &str) -> KeyId {
+    KeyId::new(id).unwrap()
+}
+
+fn create_key(tenant_id: &str, key_id: &str, material: &[u8]) -> Command {
+    Command::CreateKey {
+        tenant: tenant(tenant_id),
+        key: key(key_id),
+        purpose: KeyPurpose::EncryptDecrypt,
+        algorithm: KeyAlgorithm::Aes256Gcm,
+        rotation_period_ms: None,
+        material: material.to_vec(),
+    }
+}
+
+fn rotate(tenant_id: &str, key_id: &str, expected_latest: u32) -> Command {
+    Command::RotateKey {
+        tenant: tenant(tenant_id),
+        key: key(key_id),
+        expected_latest,
+        material: format!("v{}", expected_latest + 1).into_bytes(),
+    }
+}
+
+fn change(tenant_id: &str, key_id: &str, change: KeyChange) -> Command {
+    Command::ChangeKey { tenant: tenant(tenant_id), key: key(key_id), change }
 }
 
 async fn apply(sm: &mut StateMachineStore, e: Entry<TypeConfig>) -> custos_raft::Response {
@@ -158,4 +193,141 @@ async fn change_feed_lists_each_tenant_once_at_its_latest_revision() {
     let next = reader.tenants_changed_after(first[0].revision, Some(&first[0].id), 1).unwrap();
     assert_eq!(next[0].id.as_str(), "alpha", "paging resumes after the last tenant returned");
     assert!(reader.tenants_changed_after(3, None, 100).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_retried_create_with_fresh_material_replays_and_remembers_no_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    apply(&mut sm, entry(1, "t", create("acme"))).await;
+    let first = apply(&mut sm, entry(2, "k", create_key("acme", "orders", b"material-one"))).await;
+    // The retry went through another node, which generated other material: same request.
+    let retry = apply(&mut sm, entry(3, "k", create_key("acme", "orders", b"material-two"))).await;
+    assert!(retry.replayed);
+    assert_eq!(retry.outcome, first.outcome);
+    assert_eq!(reader.key_version(&tenant("acme"), &key("orders"), 1).unwrap().unwrap().wrapped, b"material-one");
+    // A reused id for another key is still refused.
+    let reused = apply(&mut sm, entry(4, "k", create_key("acme", "invoices", b"m"))).await;
+    assert_eq!(reused.outcome, Err(Rejection::RequestIdReused(RequestId::new("k").unwrap())));
+}
+
+#[tokio::test]
+async fn key_lifecycle_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    apply(&mut sm, entry(1, "t", create("acme"))).await;
+    let created = apply(&mut sm, entry(2, "k1", create_key("acme", "orders", b"v1"))).await;
+    assert!(matches!(created.outcome, Ok(Output::Key(ref k)) if k.latest_version == 1 && k.state == KeyState::Enabled));
+    let dup = apply(&mut sm, entry(3, "k2", create_key("acme", "orders", b"x"))).await;
+    assert_eq!(dup.outcome, Err(Rejection::KeyExists(key("orders"))));
+
+    // Rotation is a compare-and-set on the latest version: a second rotation from the same
+    // starting point adds nothing.
+    let rotated = apply(&mut sm, entry(4, "r1", rotate("acme", "orders", 1))).await;
+    assert!(matches!(rotated.outcome, Ok(Output::Key(ref k)) if k.latest_version == 2));
+    let stale = apply(&mut sm, entry(5, "r2", rotate("acme", "orders", 1))).await;
+    assert_eq!(stale.outcome, Err(Rejection::StaleKeyVersion { key: key("orders"), expected: 1, latest: 2 }));
+
+    // Minimum decryption version stays within the versions that exist.
+    let too_high = apply(
+        &mut sm,
+        entry(
+            6,
+            "m1",
+            change(
+                "acme",
+                "orders",
+                KeyChange::Configure { min_decryption_version: Some(3), rotation_period_ms: None },
+            ),
+        ),
+    )
+    .await;
+    assert!(matches!(too_high.outcome, Err(Rejection::InvalidKeyChange(_))));
+    let min = apply(
+        &mut sm,
+        entry(
+            7,
+            "m2",
+            change(
+                "acme",
+                "orders",
+                KeyChange::Configure { min_decryption_version: Some(2), rotation_period_ms: None },
+            ),
+        ),
+    )
+    .await;
+    assert!(matches!(min.outcome, Ok(Output::Key(ref k)) if k.min_decryption_version == 2));
+
+    // A disabled key refuses rotation; enabling brings it back.
+    apply(&mut sm, entry(8, "d", change("acme", "orders", KeyChange::Disable))).await;
+    let refused = apply(&mut sm, entry(9, "r3", rotate("acme", "orders", 2))).await;
+    assert_eq!(refused.outcome, Err(Rejection::KeyNotEnabled { key: key("orders"), state: "disabled".into() }));
+    apply(&mut sm, entry(10, "e", change("acme", "orders", KeyChange::Enable))).await;
+
+    // Destruction only once scheduled and due (entry 11 is proposed at 1011 ms).
+    let early =
+        apply(&mut sm, entry(11, "x0", Command::DestroyKey { tenant: tenant("acme"), key: key("orders") })).await;
+    assert!(matches!(early.outcome, Err(Rejection::KeyNotEnabled { .. })));
+    apply(&mut sm, entry(12, "s", change("acme", "orders", KeyChange::ScheduleDestroy { at_ms: 1_014 }))).await;
+    let not_due =
+        apply(&mut sm, entry(13, "x1", Command::DestroyKey { tenant: tenant("acme"), key: key("orders") })).await;
+    assert_eq!(not_due.outcome, Err(Rejection::DestroyNotDue { key: key("orders"), at_ms: 1_014 }));
+    let destroyed =
+        apply(&mut sm, entry(14, "x2", Command::DestroyKey { tenant: tenant("acme"), key: key("orders") })).await;
+    assert!(matches!(destroyed.outcome, Ok(Output::Key(ref k)) if k.state == KeyState::Destroyed));
+    for version in 1..=2 {
+        assert!(reader.key_version(&tenant("acme"), &key("orders"), version).unwrap().is_none());
+    }
+    let after = apply(&mut sm, entry(15, "e2", change("acme", "orders", KeyChange::Enable))).await;
+    assert_eq!(after.outcome, Err(Rejection::KeyDestroyed(key("orders"))));
+    let recreate = apply(&mut sm, entry(16, "k3", create_key("acme", "orders", b"x"))).await;
+    assert_eq!(recreate.outcome, Err(Rejection::KeyExists(key("orders"))), "key ids are never reused");
+}
+
+#[tokio::test]
+async fn keys_need_an_active_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, _reader) = store::open(dir.path(), 100_000).unwrap();
+    let none = apply(&mut sm, entry(1, "k0", create_key("ghost", "k", b"m"))).await;
+    assert_eq!(none.outcome, Err(Rejection::TenantNotFound(tenant("ghost"))));
+    apply(&mut sm, entry(2, "t", create("acme"))).await;
+    apply(&mut sm, entry(3, "s", Command::SetTenantStatus { id: tenant("acme"), status: TenantStatus::Suspended }))
+        .await;
+    let suspended = apply(&mut sm, entry(4, "k1", create_key("acme", "k", b"m"))).await;
+    assert_eq!(suspended.outcome, Err(Rejection::TenantNotActive(tenant("acme"))));
+}
+
+#[tokio::test]
+async fn deleting_a_tenant_shreds_its_roots_then_purges_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    apply(&mut sm, entry(1, "t", create("acme"))).await;
+    apply(&mut sm, entry(2, "u", create("other"))).await;
+    let mut index = 3;
+    for k in 0..40 {
+        apply(&mut sm, entry(index, &format!("k{k}"), create_key("acme", &format!("key-{k}"), b"m"))).await;
+        index += 1;
+        apply(&mut sm, entry(index, &format!("r{k}"), rotate("acme", &format!("key-{k}"), 1))).await;
+        index += 1;
+    }
+    apply(&mut sm, entry(index, "o", create_key("other", "kept", b"m"))).await;
+    index += 1;
+    assert!(reader.custody(&tenant("acme")).unwrap().is_some());
+
+    apply(&mut sm, entry(index, "d", Command::DeleteTenant { id: tenant("acme") })).await;
+    index += 1;
+    // The roots are gone with the delete itself.
+    assert!(reader.custody(&tenant("acme")).unwrap().is_none());
+    // 120 key records (40 keys, 80 versions) go 64 per entry; later entries finish the job.
+    for _ in 0..3 {
+        sm.apply([Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }])
+            .await
+            .unwrap();
+        index += 1;
+    }
+    assert!(reader.keys(&tenant("acme"), None, 1000).unwrap().is_empty());
+    assert!(reader.key_version(&tenant("acme"), &key("key-0"), 1).unwrap().is_none());
+    // Other tenants keep theirs.
+    assert!(reader.custody(&tenant("other")).unwrap().is_some());
+    assert_eq!(reader.keys(&tenant("other"), None, 10).unwrap().len(), 1);
 }

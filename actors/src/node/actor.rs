@@ -1,68 +1,61 @@
-use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
 
 use custos_raft::{Tenant, TenantId, TenantStatus};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::msg::{NodeMsg, TenantActorState, TenantHealth};
-use crate::tenant::actor::TenantActor;
+use super::msg::NodeMsg;
+use crate::directory::TenantActorState;
+use crate::restart::{FailureWindow, Verdict};
 use crate::tenant::msg::TenantMsg;
+use crate::tenant::supervisor::{TenantArgs, TenantSupervisor};
+use crate::ActorDeps;
 
-/// Restart policy and naming of the node supervisor.
-#[derive(Debug, Clone)]
-pub struct SupervisorArgs {
-    pub node_id: u64,
-    /// Failures tolerated within `restart_window` before a tenant is marked degraded.
-    pub max_restarts: usize,
-    pub restart_window: Duration,
-    /// First restart delay; doubles with each failure in the window, up to `backoff_max`.
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-}
-
-/// Keeps one supervised tenant actor per active tenant on this node.
+/// Keeps one supervised tenant supervisor per active tenant on this node.
 pub struct NodeSupervisor;
 
 struct Slot {
     record: Tenant,
     actor: Option<ActorRef<TenantMsg>>,
-    failures: VecDeque<Instant>,
-    state: TenantActorState,
+    failures: FailureWindow,
+    degraded: bool,
 }
 
 pub struct SupervisorState {
-    args: SupervisorArgs,
+    deps: ActorDeps,
     slots: BTreeMap<TenantId, Slot>,
 }
 
 impl SupervisorState {
     fn actor_name(&self, id: &TenantId) -> String {
-        format!("custos/node-{}/tenant/{id}", self.args.node_id)
+        format!("custos/node-{}/tenant/{id}", self.deps.node_id)
     }
 }
 
 async fn spawn_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, id: &TenantId) {
     let name = state.actor_name(id);
+    let deps = state.deps.clone();
     let Some(slot) = state.slots.get_mut(id) else { return };
-    match Actor::spawn_linked(Some(name), TenantActor, slot.record.clone(), myself.get_cell()).await {
+    let args = TenantArgs { tenant: slot.record.clone(), deps: deps.clone() };
+    match Actor::spawn_linked(Some(name), TenantSupervisor, args, myself.get_cell()).await {
         Ok((actor, _)) => {
             slot.actor = Some(actor);
-            slot.state = TenantActorState::Running;
+            slot.degraded = false;
         }
         Err(e) => {
-            tracing::warn!(tenant_id = %id, error = %e, "spawning tenant actor failed");
-            record_failure(myself, &state.args, id, slot);
+            tracing::warn!(tenant_id = %id, error = %e, "spawning tenant supervisor failed");
+            record_failure(myself, &deps, id, slot);
         }
     }
 }
 
 fn stop_tenant(state: &mut SupervisorState, id: &TenantId) {
+    state.deps.directory.remove(id);
     if let Some(Slot { actor: Some(actor), .. }) = state.slots.remove(id) {
         actor.stop(Some("tenant no longer active".into()));
     }
 }
 
-/// Brings one tenant's actor in line with its record: started, updated or stopped.
+/// Brings one tenant's actors in line with its record: started, updated or stopped.
 async fn apply_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, tenant: Tenant) {
     let id = tenant.id.clone();
     if tenant.status != TenantStatus::Active {
@@ -73,60 +66,56 @@ async fn apply_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, t
         Some(slot) if slot.record.revision >= tenant.revision => {}
         Some(slot) => {
             slot.record = tenant.clone();
-            match (&slot.actor, slot.state) {
+            match (&slot.actor, slot.degraded) {
                 (Some(actor), _) => {
                     // The actor may be stopping after a failure; the restart then starts from
                     // the new record anyway.
                     let _ = actor.cast(TenantMsg::Update(tenant));
                 }
-                (None, TenantActorState::Degraded) => {
+                (None, true) => {
                     // A changed tenant gets a fresh chance.
                     slot.failures.clear();
                     spawn_tenant(myself, state, &id).await;
                 }
-                (None, _) => {}
+                (None, false) => {}
             }
         }
         None => {
-            let slot =
-                Slot { record: tenant, actor: None, failures: VecDeque::new(), state: TenantActorState::Restarting };
+            let slot = Slot { record: tenant, actor: None, failures: FailureWindow::default(), degraded: false };
             state.slots.insert(id.clone(), slot);
             spawn_tenant(myself, state, &id).await;
         }
     }
 }
 
-/// Counts a failure of `slot`'s actor and schedules a restart, or marks it degraded.
-fn record_failure(myself: &ActorRef<NodeMsg>, args: &SupervisorArgs, id: &TenantId, slot: &mut Slot) {
-    let now = Instant::now();
+/// Counts a failure of `slot`'s supervisor and schedules a restart, or marks it degraded.
+fn record_failure(myself: &ActorRef<NodeMsg>, deps: &ActorDeps, id: &TenantId, slot: &mut Slot) {
     slot.actor = None;
-    slot.failures.push_back(now);
-    while slot.failures.front().is_some_and(|t| now.duration_since(*t) > args.restart_window) {
-        slot.failures.pop_front();
+    match slot.failures.record(&deps.policy) {
+        Verdict::GiveUp => {
+            slot.degraded = true;
+            deps.directory.publish(id, TenantActorState::Degraded, slot.failures.recent());
+            tracing::error!(tenant_id = %id, failures = slot.failures.recent(), "tenant supervisor failed too often; tenant degraded");
+        }
+        Verdict::RestartAfter(delay) => {
+            deps.directory.publish(id, TenantActorState::Restarting, slot.failures.recent());
+            let id = id.clone();
+            myself.send_after(delay, move || NodeMsg::Restart(id));
+        }
     }
-    if slot.failures.len() > args.max_restarts {
-        slot.state = TenantActorState::Degraded;
-        tracing::error!(tenant_id = %id, failures = slot.failures.len(), "tenant actor failed too often; tenant degraded");
-        return;
-    }
-    slot.state = TenantActorState::Restarting;
-    let exponent = (slot.failures.len() - 1).min(16) as u32;
-    let delay = args.backoff_base.saturating_mul(2u32.saturating_pow(exponent)).min(args.backoff_max);
-    let id = id.clone();
-    myself.send_after(delay, move || NodeMsg::Restart(id));
 }
 
 impl Actor for NodeSupervisor {
     type Msg = NodeMsg;
     type State = SupervisorState;
-    type Arguments = SupervisorArgs;
+    type Arguments = ActorDeps;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<NodeMsg>,
-        args: SupervisorArgs,
+        deps: ActorDeps,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        Ok(SupervisorState { args, slots: BTreeMap::new() })
+        Ok(SupervisorState { deps, slots: BTreeMap::new() })
     }
 
     async fn post_stop(
@@ -165,22 +154,13 @@ impl Actor for NodeSupervisor {
                 }
             }
             NodeMsg::Restart(id) => {
-                if state.slots.get(&id).is_some_and(|s| s.actor.is_none() && s.state == TenantActorState::Restarting) {
+                if state.slots.get(&id).is_some_and(|s| s.actor.is_none() && !s.degraded) {
                     spawn_tenant(&myself, state, &id).await;
                 }
             }
             NodeMsg::Health(reply) => {
-                let health = state
-                    .slots
-                    .iter()
-                    .map(|(id, s)| TenantHealth {
-                        tenant_id: id.to_string(),
-                        state: s.state,
-                        recent_failures: s.failures.len(),
-                    })
-                    .collect();
                 // The caller may have timed out; nothing to do then.
-                let _ = reply.send(health);
+                let _ = reply.send(state.deps.directory.health());
             }
         }
         Ok(())
@@ -203,10 +183,10 @@ impl Actor for NodeSupervisor {
         let failed = state.slots.iter().find(|(_, s)| s.actor.as_ref().is_some_and(|a| a.get_id() == cell.get_id()));
         if let Some((id, _)) = failed {
             let id = id.clone();
-            tracing::warn!(tenant_id = %id, reason = %reason, "tenant actor exited");
-            let args = state.args.clone();
+            tracing::warn!(tenant_id = %id, reason = %reason, "tenant supervisor exited");
+            let deps = state.deps.clone();
             if let Some(slot) = state.slots.get_mut(&id) {
-                record_failure(&myself, &args, &id, slot);
+                record_failure(&myself, &deps, &id, slot);
             }
         }
         Ok(())
@@ -215,12 +195,20 @@ impl Actor for NodeSupervisor {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
-    use custos_raft::{RegionLabel, Tenant, TenantId, TenantStatus};
+    use custos_raft::{CoreProviderKind, RegionLabel, Tenant, TenantId, TenantStatus};
     use ractor::{call_t, Actor, ActorRef};
 
     use super::*;
+    use crate::custody::edge::MemoryEdge;
+    use crate::custody::master::MasterKey;
+    use crate::custody::provider::SealedLocal;
+    use crate::custody::{Custody, SecretKey};
+    use crate::directory::{TenantDirectory, TenantHealth};
+    use crate::tenant::msg::ComponentMsg;
+    use crate::{CustodyMsg, RestartPolicy};
 
     fn tenant(id: &str, status: TenantStatus, revision: u64) -> Tenant {
         Tenant {
@@ -234,15 +222,27 @@ mod tests {
         }
     }
 
-    async fn start(node_id: u64, max_restarts: usize) -> ActorRef<NodeMsg> {
-        let args = SupervisorArgs {
+    fn deps(node_id: u64, max_restarts: usize, dir: &tempfile::TempDir) -> ActorDeps {
+        let (_log, _sm, reader) = custos_raft::store::open(dir.path(), 1000).unwrap();
+        let provider = Arc::new(SealedLocal::new(MasterKey::new(SecretKey::generate())));
+        let edge = Arc::new(MemoryEdge::new(16, Duration::from_secs(60)));
+        ActorDeps {
             node_id,
-            max_restarts,
-            restart_window: Duration::from_secs(60),
-            backoff_base: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(40),
-        };
-        Actor::spawn(None, NodeSupervisor, args).await.expect("spawn supervisor").0
+            policy: RestartPolicy {
+                max_restarts,
+                window: Duration::from_secs(60),
+                backoff_base: Duration::from_millis(10),
+                backoff_max: Duration::from_millis(40),
+            },
+            directory: Arc::new(TenantDirectory::new(8)),
+            custody: Arc::new(Custody::new(reader, vec![provider], CoreProviderKind::SealedLocal, edge)),
+            proposer: None,
+            maintenance_interval: Duration::from_secs(3600),
+        }
+    }
+
+    async fn start(deps: ActorDeps) -> ActorRef<NodeMsg> {
+        Actor::spawn(None, NodeSupervisor, deps).await.expect("spawn supervisor").0
     }
 
     async fn health(sup: &ActorRef<NodeMsg>) -> Vec<TenantHealth> {
@@ -255,69 +255,125 @@ mod tests {
             .into()
     }
 
+    fn custody_actor(node_id: u64, id: &str) -> Option<ActorRef<CustodyMsg>> {
+        ractor::registry::where_is(format!("custos/node-{node_id}/tenant/{id}/custody")).map(Into::into)
+    }
+
+    /// Waits until `tenant`'s published state is `want` with `failures` recent failures.
+    async fn wait_for(sup: &ActorRef<NodeMsg>, id: &str, want: TenantActorState, failures: usize) -> TenantHealth {
+        let mut last = None;
+        for _ in 0..300 {
+            let h = health(sup).await;
+            if let Some(t) = h.into_iter().find(|t| t.tenant_id == id) {
+                if t.state == want && t.recent_failures == failures {
+                    return t;
+                }
+                last = Some(t);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("tenant {id} never reached {want:?} with {failures} failures; last seen {last:?}");
+    }
+
     #[tokio::test]
-    async fn active_tenants_get_actors_and_others_lose_them() {
-        let sup = start(101, 3).await;
-        // Two active tenants and a suspended one: two actors.
+    async fn active_tenants_get_actor_trees_and_others_lose_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let sup = start(deps(101, 3, &dir)).await;
         sup.cast(NodeMsg::Sync(vec![
             tenant("a", TenantStatus::Active, 1),
             tenant("b", TenantStatus::Active, 2),
             tenant("c", TenantStatus::Suspended, 3),
         ]))
         .unwrap();
-        let h = health(&sup).await;
-        assert_eq!(h.iter().map(|t| t.tenant_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        assert!(h.iter().all(|t| t.state == TenantActorState::Running));
+        wait_for(&sup, "a", TenantActorState::Running, 0).await;
+        wait_for(&sup, "b", TenantActorState::Running, 0).await;
+        assert_eq!(health(&sup).await.len(), 2);
+        // Each tenant has its four children, named with the tenant id, all answering.
+        let children = call_t!(tenant_actor(101, "a"), TenantMsg::Health, 2000).unwrap();
+        assert_eq!(children.len(), 4);
+        assert!(children.iter().all(|c| c.healthy), "{children:?}");
+        for kind in ["session", "policy", "custody", "telemetry"] {
+            assert!(ractor::registry::where_is(format!("custos/node-101/tenant/a/{kind}")).is_some(), "{kind}");
+        }
 
-        // An update reaches the running actor.
-        sup.cast(NodeMsg::Sync(vec![tenant("a", TenantStatus::Active, 9), tenant("b", TenantStatus::Active, 2)]))
-            .unwrap();
+        // An update reaches the running supervisor.
+        sup.cast(NodeMsg::Changed(vec![tenant("a", TenantStatus::Active, 9)])).unwrap();
         let _ = health(&sup).await;
         let revision: u64 = call_t!(tenant_actor(101, "a"), TenantMsg::Revision, 1000).unwrap();
         assert_eq!(revision, 9);
 
-        // Suspending "a" and deleting "b" stops both actors.
+        // Suspending "a" and deleting "b" stops both trees, children included.
         sup.cast(NodeMsg::Sync(vec![tenant("a", TenantStatus::Suspended, 10), tenant("b", TenantStatus::Deleted, 11)]))
             .unwrap();
         assert!(health(&sup).await.is_empty());
+        for _ in 0..100 {
+            if custody_actor(101, "a").is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(custody_actor(101, "a").is_none(), "the suspended tenant's custody actor stopped");
         sup.stop(None);
     }
 
     #[tokio::test]
-    async fn failing_tenant_restarts_then_degrades_without_touching_others() {
-        let sup = start(102, 2).await;
+    async fn custody_faults_restart_then_degrade_only_that_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let deps = deps(102, 2, &dir);
+        let directory = deps.directory.clone();
+        let sup = start(deps).await;
         sup.cast(NodeMsg::Sync(vec![tenant("bad", TenantStatus::Active, 1), tenant("good", TenantStatus::Active, 1)]))
             .unwrap();
-        let _ = health(&sup).await;
+        wait_for(&sup, "bad", TenantActorState::Running, 0).await;
 
-        // Each crash is followed by a restart after backoff, until the third crash exceeds the
-        // limit of two restarts in the window.
+        // Two faults are restarted after backoff; the third exceeds the limit of two.
         for round in 1..=3 {
-            tenant_actor(102, "bad").cast(TenantMsg::Crash).unwrap();
-            let want = if round <= 2 { TenantActorState::Running } else { TenantActorState::Degraded };
-            let mut state = None;
-            for _ in 0..200 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                let h = health(&sup).await;
-                let bad = h.iter().find(|t| t.tenant_id == "bad").expect("bad tenant tracked");
-                state = Some(bad.state);
-                // Wait until this crash was counted and its outcome (restart or degrade) happened.
-                if bad.recent_failures == round && bad.state == want {
+            let mut custody = None;
+            for _ in 0..300 {
+                custody = custody_actor(102, "bad");
+                if custody.is_some() {
                     break;
                 }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            assert_eq!(state, Some(want), "after crash {round}");
+            custody.expect("custody actor running").cast(CustodyMsg::InjectFault).unwrap();
+            let want = if round <= 2 { TenantActorState::Running } else { TenantActorState::Degraded };
+            wait_for(&sup, "bad", want, round).await;
+            // The other tenant serves throughout.
+            assert!(directory.admit(&TenantId::new("good").unwrap()).is_ok(), "after fault {round}");
         }
+        assert!(matches!(directory.admit(&TenantId::new("bad").unwrap()), Err(crate::Refusal::Degraded(_))));
+        // A degraded tenant's children are stopped.
+        assert!(ractor::registry::where_is("custos/node-102/tenant/bad/session").is_none());
 
-        // The other tenant kept running throughout, and the supervisor is alive.
-        let h = health(&sup).await;
-        assert_eq!(h.iter().find(|t| t.tenant_id == "good").map(|t| t.state), Some(TenantActorState::Running));
-
-        // A change to the degraded tenant gives it a fresh start.
-        sup.cast(NodeMsg::Sync(vec![tenant("bad", TenantStatus::Active, 2), tenant("good", TenantStatus::Active, 1)]))
-            .unwrap();
-        let h = health(&sup).await;
-        assert_eq!(h.iter().find(|t| t.tenant_id == "bad").map(|t| t.state), Some(TenantActorState::Running));
+        // Other children count too, and a change to the degraded tenant gives it a fresh start.
+        sup.cast(NodeMsg::Changed(vec![tenant("bad", TenantStatus::Active, 2)])).unwrap();
+        wait_for(&sup, "bad", TenantActorState::Running, 0).await;
+        let session: ActorRef<ComponentMsg> =
+            ractor::registry::where_is("custos/node-102/tenant/bad/session").expect("session").into();
+        session.cast(ComponentMsg::InjectFault).unwrap();
+        wait_for(&sup, "bad", TenantActorState::Running, 1).await;
         sup.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_failing_tenant_supervisor_is_restarted_by_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let sup = start(deps(103, 2, &dir)).await;
+        sup.cast(NodeMsg::Sync(vec![tenant("t", TenantStatus::Active, 1)])).unwrap();
+        wait_for(&sup, "t", TenantActorState::Running, 0).await;
+        tenant_actor(103, "t").cast(TenantMsg::Crash).unwrap();
+        // The node supervisor counts the failure and restarts the tree; the new tree starts
+        // its own count.
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if ractor::registry::where_is("custos/node-103/tenant/t/custody").is_some()
+                && health(&sup).await.iter().any(|t| t.state == TenantActorState::Running)
+            {
+                sup.stop(None);
+                return;
+            }
+        }
+        panic!("the tenant tree was not restarted");
     }
 }

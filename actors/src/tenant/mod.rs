@@ -1,2 +1,3 @@
-pub mod actor;
+pub mod component;
 pub mod msg;
+pub mod supervisor;

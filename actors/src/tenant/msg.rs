@@ -1,14 +1,59 @@
 use custos_raft::Tenant;
 use ractor::RpcReplyPort;
+use serde::Serialize;
 
-/// Messages of a tenant actor.
+/// The four children of a tenant supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildKind {
+    Session,
+    Policy,
+    Custody,
+    Telemetry,
+}
+
+impl ChildKind {
+    pub const ALL: [ChildKind; 4] = [ChildKind::Session, ChildKind::Policy, ChildKind::Custody, ChildKind::Telemetry];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChildKind::Session => "session",
+            ChildKind::Policy => "policy",
+            ChildKind::Custody => "custody",
+            ChildKind::Telemetry => "telemetry",
+        }
+    }
+}
+
+/// One child as its tenant supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChildHealth {
+    pub child: ChildKind,
+    /// The child answered a health probe.
+    pub healthy: bool,
+}
+
+/// Messages of a tenant supervisor.
 #[derive(Debug)]
 pub enum TenantMsg {
     /// The tenant's record changed in governance state.
     Update(Tenant),
-    /// The revision of the record this actor works from.
+    /// The revision of the record this tenant's actors work from.
     Revision(RpcReplyPort<u64>),
-    /// Fails the actor, to exercise supervision in tests.
+    /// Probes every child.
+    Health(RpcReplyPort<Vec<ChildHealth>>),
+    /// Starts the children that are not running, once a restart backoff has passed.
+    RestartChildren,
+    /// Fails the supervisor itself, to exercise the node supervisor in tests.
     #[cfg(test)]
     Crash,
+}
+
+/// Messages of the session, policy and telemetry actors (they grow in later work).
+#[derive(Debug)]
+pub enum ComponentMsg {
+    Health(RpcReplyPort<()>),
+    /// Fails the actor: the test-only fault hook.
+    #[cfg(test)]
+    InjectFault,
 }

@@ -4,6 +4,8 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use custos_actors::custody::edge::EdgeStats;
+use custos_actors::custody::provider::ProviderHealth;
 use custos_actors::{NodeMsg, TenantHealth};
 use custos_raft::{ClusterStatus, NodeId, NodeInfo, NodeStatus};
 use serde::{Deserialize, Serialize};
@@ -56,6 +58,15 @@ pub struct StatusView {
     node: NodeStatus,
     /// This node's tenant actors, or absent if the supervisor did not answer in time.
     tenant_actors: Option<Vec<TenantHealth>>,
+    custody: CustodyView,
+}
+
+/// Key custody on this node: its core providers and its edge cache.
+#[derive(Serialize)]
+pub struct CustodyView {
+    default_provider: &'static str,
+    providers: Vec<ProviderHealth>,
+    edge: EdgeStats,
 }
 
 pub async fn status(_: Admin, State(state): State<AppState>) -> Json<StatusView> {
@@ -65,7 +76,12 @@ pub async fn status(_: Admin, State(state): State<AppState>) -> Json<StatusView>
         Err(e) => (None, Some(e.to_string())),
     };
     let tenant_actors = ractor::call_t!(state.supervisor, NodeMsg::Health, 1000).ok();
-    Json(StatusView { cluster, cluster_error, node, tenant_actors })
+    let custody = CustodyView {
+        default_provider: state.custody.default_provider().as_str(),
+        providers: state.custody.provider_health(),
+        edge: state.custody.edge().stats(),
+    };
+    Json(StatusView { cluster, cluster_error, node, tenant_actors, custody })
 }
 
 #[derive(Debug, Deserialize)]

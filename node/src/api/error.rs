@@ -106,6 +106,17 @@ impl From<Rejection> for ApiError {
             Rejection::InvalidStatus(_) => (StatusCode::CONFLICT, "invalid_status"),
             Rejection::AdminTokenAlreadySet => (StatusCode::CONFLICT, "already_initialized"),
             Rejection::RequestIdReused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            Rejection::TenantNotActive(_) => (StatusCode::CONFLICT, "tenant_not_active"),
+            Rejection::NoCustody(_) => (StatusCode::GONE, "tenant_keys_destroyed"),
+            Rejection::KeyExists(_) => (StatusCode::CONFLICT, "key_exists"),
+            Rejection::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
+            Rejection::KeyDestroyed(_) => (StatusCode::GONE, "key_destroyed"),
+            Rejection::KeyNotEnabled { .. } => (StatusCode::CONFLICT, "key_not_enabled"),
+            Rejection::StaleKeyVersion { .. } => (StatusCode::CONFLICT, "stale_key_version"),
+            Rejection::InvalidKeyChange(_) => (StatusCode::BAD_REQUEST, "invalid_key_change"),
+            Rejection::TooManyKeys(_) => (StatusCode::CONFLICT, "too_many_keys"),
+            Rejection::TooManyVersions(_) => (StatusCode::CONFLICT, "too_many_versions"),
+            Rejection::DestroyNotDue { .. } => (StatusCode::CONFLICT, "destroy_not_due"),
         };
         ApiError::new(status, code, rejection.to_string())
     }
@@ -129,5 +140,50 @@ impl From<custos_raft::store::reader::ReadError> for ApiError {
     fn from(e: custos_raft::store::reader::ReadError) -> Self {
         tracing::error!(error = %e, "reading governance state failed");
         ApiError::internal("reading governance state failed; see the node's log")
+    }
+}
+
+impl From<custos_actors::custody::CustodyError> for ApiError {
+    fn from(e: custos_actors::custody::CustodyError) -> Self {
+        use custos_actors::custody::provider::ProviderError;
+        use custos_actors::custody::CustodyError as E;
+        let (status, code) = match &e {
+            E::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
+            E::KeyNotEnabled { .. } => (StatusCode::CONFLICT, "key_not_enabled"),
+            E::KeyDestroyed(_) => (StatusCode::GONE, "key_destroyed"),
+            E::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_ciphertext"),
+            E::VersionBelowMinimum { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "key_version_retired"),
+            E::UnknownVersion { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_key_version"),
+            E::DecryptFailed => (StatusCode::UNPROCESSABLE_ENTITY, "decryption_failed"),
+            E::NoCustody(_) => (StatusCode::GONE, "tenant_keys_destroyed"),
+            E::InvalidContext(_) => (StatusCode::BAD_REQUEST, "invalid_context"),
+            E::Provider(ProviderError::Unavailable { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "key_provider_unavailable")
+            }
+            E::Provider(ProviderError::NotConfigured(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "key_provider_not_configured")
+            }
+            E::Provider(ProviderError::Unwrap { .. }) | E::CorruptMaterial(_) => {
+                tracing::error!(error = %e, "stored key material does not unwrap");
+                (StatusCode::INTERNAL_SERVER_ERROR, "key_material_unusable")
+            }
+            E::Read(read) => {
+                tracing::error!(error = %read, "reading governance state failed");
+                return ApiError::internal("reading governance state failed; see the node's log");
+            }
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<custos_actors::Refusal> for ApiError {
+    fn from(refusal: custos_actors::Refusal) -> Self {
+        use custos_actors::Refusal;
+        let (status, code) = match &refusal {
+            Refusal::NotRunning(_) => (StatusCode::SERVICE_UNAVAILABLE, "tenant_starting"),
+            Refusal::Degraded(_) => (StatusCode::SERVICE_UNAVAILABLE, "tenant_degraded"),
+            Refusal::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "tenant_busy"),
+        };
+        ApiError::new(status, code, refusal.to_string())
     }
 }

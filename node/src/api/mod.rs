@@ -1,14 +1,18 @@
 //! The client API: HTTPS JSON under `/v1/`, plus `/healthz` and `/readyz`.
 //!
 //! The path of a request reads like this folder: `mod.rs` admits it (in-flight bound, body
-//! limit, deadline), `auth.rs` checks the admin token, a handler in `tenants.rs`, `cluster.rs`
-//! or `health.rs` turns it into a [`custos_raft::Proposal`] or a read, and `error.rs` turns
-//! every failure into a JSON error with a machine-readable code.
+//! limit, deadline), `auth.rs` checks the admin token, a handler in `tenants.rs`, `keys.rs`
+//! (key management), `crypto.rs` (encrypt, decrypt, data keys; per-tenant admission),
+//! `cluster.rs` or `health.rs` turns it into a [`custos_raft::Proposal`], a read or a key
+//! operation, and `error.rs` turns every failure into a JSON error with a machine-readable
+//! code.
 
 pub mod auth;
 mod cluster;
+mod crypto;
 pub mod error;
 mod health;
+mod keys;
 mod tenants;
 
 use std::sync::Arc;
@@ -20,7 +24,8 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use custos_actors::NodeMsg;
+use custos_actors::custody::Custody;
+use custos_actors::{NodeMsg, TenantDirectory};
 use custos_config::LimitsConfig;
 use custos_raft::{Cluster, Consistency, RequestId};
 use ractor::ActorRef;
@@ -35,14 +40,26 @@ pub struct AppState {
     pub cluster: Cluster,
     /// This node's per-tenant actor supervisor.
     pub supervisor: ActorRef<NodeMsg>,
+    /// Which tenants serve on this node, with their admission bounds.
+    pub directory: Arc<TenantDirectory>,
+    pub custody: Arc<Custody>,
     pub limits: Arc<LimitsConfig>,
+    /// Most items in one batch encrypt or decrypt.
+    pub max_batch_items: usize,
     in_flight: Arc<Semaphore>,
 }
 
 impl AppState {
-    pub fn new(cluster: Cluster, supervisor: ActorRef<NodeMsg>, limits: LimitsConfig) -> Self {
+    pub fn new(
+        cluster: Cluster,
+        supervisor: ActorRef<NodeMsg>,
+        directory: Arc<TenantDirectory>,
+        custody: Arc<Custody>,
+        limits: LimitsConfig,
+        max_batch_items: usize,
+    ) -> Self {
         let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
-        AppState { cluster, supervisor, limits: Arc::new(limits), in_flight }
+        AppState { cluster, supervisor, directory, custody, limits: Arc::new(limits), max_batch_items, in_flight }
     }
 }
 
@@ -52,6 +69,19 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{id}", get(tenants::get).delete(tenants::delete))
         .route("/tenants/{id}/suspend", post(tenants::suspend))
         .route("/tenants/{id}/resume", post(tenants::resume))
+        .route("/tenants/{tenant}/keys", post(keys::create).get(keys::list))
+        .route("/tenants/{tenant}/keys/{key}", get(keys::get))
+        .route("/tenants/{tenant}/keys/{key}/rotate", post(keys::rotate))
+        .route("/tenants/{tenant}/keys/{key}/config", post(keys::configure))
+        .route("/tenants/{tenant}/keys/{key}/enable", post(keys::enable))
+        .route("/tenants/{tenant}/keys/{key}/disable", post(keys::disable))
+        .route("/tenants/{tenant}/keys/{key}/destroy", post(keys::schedule_destroy).delete(keys::cancel_destroy))
+        .route("/tenants/{tenant}/keys/{key}/encrypt", post(crypto::encrypt))
+        .route("/tenants/{tenant}/keys/{key}/decrypt", post(crypto::decrypt))
+        .route("/tenants/{tenant}/keys/{key}/rewrap", post(crypto::rewrap))
+        .route("/tenants/{tenant}/keys/{key}/datakey", post(crypto::data_key))
+        .route("/tenants/{tenant}/keys/{key}/encrypt/batch", post(crypto::encrypt_batch))
+        .route("/tenants/{tenant}/keys/{key}/decrypt/batch", post(crypto::decrypt_batch))
         .route("/cluster/init", post(cluster::init))
         .route("/cluster/self", get(cluster::node_self))
         .route("/cluster/status", get(cluster::status))
@@ -117,6 +147,26 @@ impl From<ReadConsistency> for Consistency {
 }
 
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Replicates one command under the request's id and renders what it produced with `render`,
+/// marking replays of an earlier attempt with `Idempotent-Replayed: true`.
+pub async fn replicate<T: serde::Serialize>(
+    state: &AppState,
+    headers: &HeaderMap,
+    command: custos_raft::Command,
+    status: StatusCode,
+    render: impl FnOnce(custos_raft::Output) -> Option<T>,
+) -> Result<Response, ApiError> {
+    let proposal = custos_raft::Proposal { request_id: request_id(headers)?, proposed_at_ms: now_ms(), command };
+    let response = state.cluster.write(proposal).await?;
+    let body = render(response.outcome?)
+        .ok_or_else(|| ApiError::internal("the state machine answered a command with the wrong kind of result"))?;
+    let mut http = axum::response::IntoResponse::into_response((status, axum::Json(body)));
+    if response.replayed {
+        http.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    }
+    Ok(http)
+}
 
 /// The request id of a write: the client's Idempotency-Key, or a fresh one. Generated here, at
 /// the first node, so forwarding and internal retries reuse it.

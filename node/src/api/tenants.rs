@@ -2,15 +2,15 @@
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
-use custos_raft::{check_display_name, Command, Output, Proposal, RegionLabel, Tenant, TenantId, TenantStatus};
+use custos_raft::{check_display_name, Command, Output, RegionLabel, Tenant, TenantId, TenantStatus};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Admin;
 use super::error::ApiError;
-use super::{now_ms, request_id, AppState, ReadConsistency};
+use super::{replicate, AppState, ReadConsistency};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,25 +72,18 @@ struct TenantList {
     next_after: Option<String>,
 }
 
-/// Replicates a command and renders its tenant, marking replays of an earlier attempt.
+/// Replicates a tenant command and renders the tenant.
 async fn write(
     state: &AppState,
     headers: &HeaderMap,
     command: Command,
-    created: StatusCode,
+    status: StatusCode,
 ) -> Result<Response, ApiError> {
-    let proposal = Proposal { request_id: request_id(headers)?, proposed_at_ms: now_ms(), command };
-    let response = state.cluster.write(proposal).await?;
-    match response.outcome? {
-        Output::Tenant(tenant) => {
-            let mut http = (created, Json(TenantView::from(tenant))).into_response();
-            if response.replayed {
-                http.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-            }
-            Ok(http)
-        }
-        Output::Done => Err(ApiError::internal("the state machine returned no tenant for a tenant command")),
-    }
+    replicate(state, headers, command, status, |output| match output {
+        Output::Tenant(tenant) => Some(TenantView::from(tenant)),
+        _ => None,
+    })
+    .await
 }
 
 fn tenant_id(path: Result<Path<String>, PathRejection>) -> Result<TenantId, ApiError> {
@@ -109,8 +102,10 @@ pub async fn create(
     let region = RegionLabel::new(body.region)?;
     check_display_name(&body.display_name)
         .map_err(|reason| ApiError::bad_request("invalid_field", format!("display_name {reason}")))?;
-    write(&state, &headers, Command::CreateTenant { id, display_name: body.display_name, region }, StatusCode::CREATED)
-        .await
+    // The tenant's key roots exist before the tenant does, so it is never without custody.
+    let custody = state.custody.provision_tenant(&id, None).await?;
+    let command = Command::CreateTenant { id, display_name: body.display_name, region, custody };
+    write(&state, &headers, command, StatusCode::CREATED).await
 }
 
 pub async fn list(
@@ -192,5 +187,12 @@ pub async fn delete(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = tenant_id(path)?;
-    write(&state, &headers, Command::DeleteTenant { id }, StatusCode::OK).await
+    let custody = state.cluster.reader().custody(&id)?;
+    let response = write(&state, &headers, Command::DeleteTenant { id: id.clone() }, StatusCode::OK).await?;
+    // Governance state no longer holds the roots; a provider holding them elsewhere destroys
+    // its copy too. Every node drops its cached keys when the tenant's actors stop.
+    if let Some(custody) = custody {
+        state.custody.destroy_tenant_root(&id, &custody).await?;
+    }
+    Ok(response)
 }

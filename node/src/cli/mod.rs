@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Client commands talk to any node over the HTTPS API.
 
 mod cluster;
+mod key;
 mod output;
 mod tenant;
 
@@ -88,6 +89,28 @@ pub enum Command {
     Tenant {
         #[command(subcommand)]
         command: tenant::TenantCommand,
+    },
+    /// A tenant's keys: management, encryption and data keys.
+    Key {
+        /// The tenant whose keys these are.
+        #[arg(long, env = "CUSTOS_TENANT")]
+        tenant: String,
+        #[command(subcommand)]
+        command: key::KeyCommand,
+    },
+    /// Key custody tools.
+    Custody {
+        #[command(subcommand)]
+        command: CustodyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CustodyCommand {
+    /// Write a new random cluster master key (64 hex digits, mode 0600); never overwrites.
+    MasterKey {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -209,5 +232,15 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Cluster { command } => cluster::run(&global, command).await,
         Command::Tenant { command } => tenant::run(&global, command).await,
+        Command::Key { tenant, command } => key::run(&global, &tenant, command).await,
+        Command::Custody { command: CustodyCommand::MasterKey { out } } => {
+            if custos_node::custody::write_master_key(&out).with_context(|| format!("writing {}", out.display()))? {
+                println!("master key written to {}; give every node of the cluster the same file", out.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{} exists; a master key is never overwritten", out.display());
+                Ok(ExitCode::from(1))
+            }
+        }
     }
 }

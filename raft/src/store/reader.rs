@@ -5,9 +5,12 @@ use std::sync::Arc;
 
 use super::codec::decode;
 use super::engine::{EngineError, KvEngine, Space};
-use super::state_machine::{tenant_key, tenant_revision_key, ADMIN_KEY, TENANT_PREFIX, TENANT_REVISION_PREFIX};
-use crate::state::Tenant;
-use crate::types::TenantId;
+use super::state_machine::{
+    custody_key, key_key, key_version_key, prefix_end, tenant_key, tenant_keys_prefix, tenant_revision_key, ADMIN_KEY,
+    TENANT_PREFIX, TENANT_REVISION_PREFIX,
+};
+use crate::state::{KeyRecord, KeyVersion, Tenant, TenantCustody};
+use crate::types::{KeyId, TenantId};
 
 /// A read failure: the engine failed or a stored value is corrupt.
 #[derive(Debug, thiserror::Error)]
@@ -16,14 +19,6 @@ pub enum ReadError {
     Engine(#[from] EngineError),
     #[error("corrupt value under {key}: {source}")]
     Corrupt { key: String, source: super::codec::CodecError },
-}
-
-/// The exclusive upper bound of a `x/` key prefix: the byte after '/' ends it.
-fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    // Every prefix here is a non-empty constant ending in '/'.
-    *end.last_mut().expect("prefix is not empty") += 1;
-    Bound::Excluded(end)
 }
 
 /// Reads the locally applied state machine. Whether a read is linearizable is decided by the
@@ -94,5 +89,36 @@ impl GovernanceReader {
     /// SHA-256 of the bootstrap admin token, once the cluster was initialised.
     pub fn admin_token_sha256(&self) -> Result<Option<[u8; 32]>, ReadError> {
         self.get(ADMIN_KEY)
+    }
+
+    /// The key roots of a tenant; absent once the tenant is deleted.
+    pub fn custody(&self, tenant: &TenantId) -> Result<Option<TenantCustody>, ReadError> {
+        self.get(&custody_key(tenant))
+    }
+
+    pub fn key(&self, tenant: &TenantId, key: &KeyId) -> Result<Option<KeyRecord>, ReadError> {
+        self.get(&key_key(tenant, key))
+    }
+
+    /// One version's wrapped material; absent once the key is destroyed.
+    pub fn key_version(&self, tenant: &TenantId, key: &KeyId, version: u32) -> Result<Option<KeyVersion>, ReadError> {
+        self.get(&key_version_key(tenant, key, version))
+    }
+
+    /// Up to `limit` keys of a tenant with ids strictly after `after`, in id order.
+    pub fn keys(&self, tenant: &TenantId, after: Option<&KeyId>, limit: usize) -> Result<Vec<KeyRecord>, ReadError> {
+        let prefix = tenant_keys_prefix(tenant);
+        let from = match after {
+            Some(key) => Bound::Excluded(key_key(tenant, key)),
+            None => Bound::Included(prefix.clone()),
+        };
+        self.engine
+            .range(Space::State, from, prefix_end(&prefix), limit)?
+            .into_iter()
+            .map(|(key, value)| {
+                decode(&value)
+                    .map_err(|source| ReadError::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source })
+            })
+            .collect()
     }
 }

@@ -12,7 +12,11 @@
 //! - `t/<tenant id>` — tenant records;
 //! - `v/<revision be><tenant id>` — the same tenants by last change, for change feeds;
 //! - `r/<request id>` — outcomes of applied requests, for exactly-once apply;
-//! - `q/<index be><request id>` — the same requests by log index, to expire them.
+//! - `q/<index be><request id>` — the same requests by log index, to expire them;
+//! - `c/<tenant id>` — the tenant's key roots ([`TenantCustody`]);
+//! - `k/<tenant id>/<key id>` — L3 key metadata;
+//! - `x/<tenant id>/<key id>/<version be>` — each key version's wrapped material;
+//! - `p/<tenant id>` — a deleted tenant whose key records are still being removed.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -29,9 +33,9 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
 use super::engine::{Batch, KvEngine, Space};
-use crate::command::{Command, Output, Proposal, Rejection, Response};
-use crate::state::{Tenant, TenantStatus};
-use crate::types::{NodeId, NodeInfo, TenantId};
+use crate::command::{Command, Output, Proposal, Rejection, Response, MAX_KEYS_PER_TENANT, MAX_KEY_VERSIONS};
+use crate::state::{KeyChange, KeyRecord, KeyState, KeyVersion, Tenant, TenantCustody, TenantStatus};
+use crate::types::{KeyId, NodeId, NodeInfo, TenantId};
 use crate::TypeConfig;
 
 pub(crate) const APPLIED_KEY: &[u8] = b"m/applied";
@@ -39,6 +43,10 @@ pub(crate) const MEMBERSHIP_KEY: &[u8] = b"m/membership";
 pub(crate) const ADMIN_KEY: &[u8] = b"m/admin";
 pub(crate) const TENANT_PREFIX: &[u8] = b"t/";
 pub(crate) const TENANT_REVISION_PREFIX: &[u8] = b"v/";
+pub(crate) const CUSTODY_PREFIX: &[u8] = b"c/";
+pub(crate) const KEY_PREFIX: &[u8] = b"k/";
+pub(crate) const KEY_VERSION_PREFIX: &[u8] = b"x/";
+const PURGE_PREFIX: &[u8] = b"p/";
 const REQUEST_PREFIX: &[u8] = b"r/";
 const REQUEST_INDEX_PREFIX: &[u8] = b"q/";
 const SNAPSHOT_KEY: &[u8] = b"current";
@@ -46,6 +54,42 @@ const SNAPSHOT_KEY: &[u8] = b"current";
 /// Largest number of expired request records removed while applying one entry, so one apply
 /// never does unbounded work.
 const MAX_EXPIRED_PER_APPLY: usize = 64;
+/// Largest number of a deleted tenant's key records removed while applying one entry.
+const MAX_PURGED_PER_APPLY: usize = 64;
+
+pub(crate) fn custody_key(tenant: &TenantId) -> Vec<u8> {
+    [CUSTODY_PREFIX, tenant.as_str().as_bytes()].concat()
+}
+
+/// `k/<tenant>/`: every key record of a tenant.
+pub(crate) fn tenant_keys_prefix(tenant: &TenantId) -> Vec<u8> {
+    [KEY_PREFIX, tenant.as_str().as_bytes(), b"/"].concat()
+}
+
+pub(crate) fn key_key(tenant: &TenantId, key: &KeyId) -> Vec<u8> {
+    [&tenant_keys_prefix(tenant)[..], key.as_str().as_bytes()].concat()
+}
+
+/// `x/<tenant>/`: every key version of a tenant.
+fn tenant_versions_prefix(tenant: &TenantId) -> Vec<u8> {
+    [KEY_VERSION_PREFIX, tenant.as_str().as_bytes(), b"/"].concat()
+}
+
+pub(crate) fn key_version_key(tenant: &TenantId, key: &KeyId, version: u32) -> Vec<u8> {
+    [&tenant_versions_prefix(tenant)[..], key.as_str().as_bytes(), b"/", &version.to_be_bytes()[..]].concat()
+}
+
+fn purge_key(tenant: &TenantId) -> Vec<u8> {
+    [PURGE_PREFIX, tenant.as_str().as_bytes()].concat()
+}
+
+/// The exclusive upper bound of every key starting with `prefix` (which ends in '/').
+pub(crate) fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    // Every prefix here ends in '/', so incrementing its last byte cannot overflow.
+    *end.last_mut().expect("prefix is not empty") += 1;
+    Bound::Excluded(end)
+}
 
 pub(crate) fn tenant_key(id: &TenantId) -> Vec<u8> {
     [TENANT_PREFIX, id.as_str().as_bytes()].concat()
@@ -73,10 +117,80 @@ fn request_index_key(index: u64, id: &str) -> Vec<u8> {
     [REQUEST_INDEX_PREFIX, &index.to_be_bytes()[..], id.as_bytes()].concat()
 }
 
+/// Longest accepted rotation period: ten years.
+const MAX_ROTATION_PERIOD_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
+/// Shortest accepted rotation period: one minute.
+const MIN_ROTATION_PERIOD_MS: u64 = 60 * 1000;
+
+fn check_rotation_period(period: Option<u64>) -> Result<(), String> {
+    match period {
+        Some(p) if !(MIN_ROTATION_PERIOD_MS..=MAX_ROTATION_PERIOD_MS).contains(&p) => {
+            Err(format!("rotation period must be between {MIN_ROTATION_PERIOD_MS} ms and {MAX_ROTATION_PERIOD_MS} ms"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Applies a settings or lifecycle change to a key record, or says why it is refused.
+fn change_key(record: &mut KeyRecord, change: &KeyChange, now: u64) -> Result<(), Rejection> {
+    let key = &record.id;
+    if record.state == KeyState::Destroyed {
+        return Err(Rejection::KeyDestroyed(key.clone()));
+    }
+    match change {
+        KeyChange::Enable => match record.state {
+            KeyState::DestroyScheduled { .. } => {
+                return Err(Rejection::InvalidKeyChange(format!(
+                    "key {key} is scheduled for destruction; cancel the destruction to enable it"
+                )))
+            }
+            _ => record.state = KeyState::Enabled,
+        },
+        KeyChange::Disable => match record.state {
+            KeyState::DestroyScheduled { .. } => {
+                return Err(Rejection::InvalidKeyChange(format!("key {key} is scheduled for destruction")))
+            }
+            _ => record.state = KeyState::Disabled,
+        },
+        KeyChange::Configure { min_decryption_version, rotation_period_ms } => {
+            if let Some(version) = min_decryption_version {
+                if *version == 0 || *version > record.latest_version {
+                    return Err(Rejection::InvalidKeyChange(format!(
+                        "minimum decryption version must be between 1 and the latest version {}",
+                        record.latest_version
+                    )));
+                }
+            }
+            if let Some(period) = rotation_period_ms {
+                check_rotation_period(*period).map_err(Rejection::InvalidKeyChange)?;
+            }
+            // Checked above, so both apply or neither.
+            if let Some(version) = min_decryption_version {
+                record.min_decryption_version = *version;
+            }
+            if let Some(period) = rotation_period_ms {
+                record.rotation_period_ms = *period;
+            }
+        }
+        KeyChange::ScheduleDestroy { at_ms } => {
+            if *at_ms < now {
+                return Err(Rejection::InvalidKeyChange("destruction cannot be scheduled in the past".into()));
+            }
+            record.state = KeyState::DestroyScheduled { at_ms: *at_ms };
+        }
+        KeyChange::CancelDestroy => match record.state {
+            KeyState::DestroyScheduled { .. } => record.state = KeyState::Enabled,
+            _ => return Err(Rejection::InvalidKeyChange(format!("key {key} is not scheduled for destruction"))),
+        },
+    }
+    Ok(())
+}
+
 /// What the state machine remembers of an applied request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RequestRecord {
-    /// The command, so a reused id with a different command is refused.
+    /// The command without generated material, so a reused id with a different command is
+    /// refused.
     command: Command,
     outcome: Result<Output, Rejection>,
 }
@@ -182,6 +296,7 @@ impl StateMachineStore {
             }
         };
         self.expire_requests(log_id.index, &mut txn)?;
+        self.purge_deleted_keys(&mut txn)?;
         txn.put(APPLIED_KEY, &Some(log_id))?;
         txn.commit()?;
         Ok(responses)
@@ -190,7 +305,7 @@ impl StateMachineStore {
     fn apply_proposal(&self, index: u64, proposal: &Proposal, txn: &mut Txn) -> Result<Response, StorageError<NodeId>> {
         let id = proposal.request_id.as_str();
         if let Some(record) = txn.get::<RequestRecord>(&request_key(id))? {
-            let outcome = if record.command == proposal.command {
+            let outcome = if record.command == proposal.command.without_material() {
                 record.outcome
             } else {
                 Err(Rejection::RequestIdReused(proposal.request_id.clone()))
@@ -198,7 +313,7 @@ impl StateMachineStore {
             return Ok(Response { outcome, replayed: true });
         }
         let outcome = self.execute(index, proposal, txn)?;
-        let record = RequestRecord { command: proposal.command.clone(), outcome: outcome.clone() };
+        let record = RequestRecord { command: proposal.command.without_material(), outcome: outcome.clone() };
         txn.put(request_key(id), &record)?;
         txn.put_raw(request_index_key(index, id), Vec::new());
         Ok(Response { outcome, replayed: false })
@@ -220,10 +335,11 @@ impl StateMachineStore {
                     Ok(Output::Done)
                 }
             }
-            Command::CreateTenant { id, display_name, region } => {
+            Command::CreateTenant { id, display_name, region, custody } => {
                 if txn.get::<Tenant>(&tenant_key(id))?.is_some() {
                     Err(Rejection::TenantExists(id.clone()))
                 } else {
+                    txn.put(custody_key(id), custody)?;
                     let tenant = Tenant {
                         id: id.clone(),
                         display_name: display_name.clone(),
@@ -260,10 +376,176 @@ impl StateMachineStore {
                     t.updated_at_ms = now;
                     t.revision = index;
                     put_tenant(txn, &t, Some(previous))?;
+                    // Crypto-shredding: without the KEK wrapped under L1, no key below it can be
+                    // unwrapped. The key records themselves go a few per entry.
+                    txn.delete(custody_key(id));
+                    txn.put_raw(purge_key(id), Vec::new());
                     Ok(Output::Tenant(t))
                 }
             },
+            Command::CreateKey { tenant, key, purpose, algorithm, rotation_period_ms, material } => {
+                let mut custody = match self.key_tenant(txn, tenant)? {
+                    Ok(custody) => custody,
+                    Err(rejection) => return Ok(Err(rejection)),
+                };
+                if txn.get::<KeyRecord>(&key_key(tenant, key))?.is_some() {
+                    return Ok(Err(Rejection::KeyExists(key.clone())));
+                }
+                if custody.keys_created >= MAX_KEYS_PER_TENANT {
+                    return Ok(Err(Rejection::TooManyKeys(tenant.clone())));
+                }
+                if let Err(reason) = check_rotation_period(*rotation_period_ms) {
+                    return Ok(Err(Rejection::InvalidKeyChange(reason)));
+                }
+                custody.keys_created += 1;
+                txn.put(custody_key(tenant), &custody)?;
+                let record = KeyRecord {
+                    tenant: tenant.clone(),
+                    id: key.clone(),
+                    purpose: *purpose,
+                    algorithm: *algorithm,
+                    state: KeyState::Enabled,
+                    latest_version: 1,
+                    min_decryption_version: 1,
+                    rotation_period_ms: *rotation_period_ms,
+                    created_at_ms: now,
+                    rotated_at_ms: now,
+                    updated_at_ms: now,
+                    revision: index,
+                };
+                let version = KeyVersion { version: 1, created_at_ms: now, wrapped: material.clone() };
+                txn.put(key_version_key(tenant, key, 1), &version)?;
+                txn.put(key_key(tenant, key), &record)?;
+                Ok(Output::Key(record))
+            }
+            Command::RotateKey { tenant, key, expected_latest, material } => {
+                let mut record = match self.existing_key(txn, tenant, key)? {
+                    Ok(record) => record,
+                    Err(rejection) => return Ok(Err(rejection)),
+                };
+                if let Err(rejection) = record.state.check_enabled(key) {
+                    return Ok(Err(rejection));
+                }
+                if record.latest_version != *expected_latest {
+                    return Ok(Err(Rejection::StaleKeyVersion {
+                        key: key.clone(),
+                        expected: *expected_latest,
+                        latest: record.latest_version,
+                    }));
+                }
+                if record.latest_version >= MAX_KEY_VERSIONS {
+                    return Ok(Err(Rejection::TooManyVersions(key.clone())));
+                }
+                record.latest_version += 1;
+                record.rotated_at_ms = now;
+                record.updated_at_ms = now;
+                record.revision = index;
+                let version =
+                    KeyVersion { version: record.latest_version, created_at_ms: now, wrapped: material.clone() };
+                txn.put(key_version_key(tenant, key, record.latest_version), &version)?;
+                txn.put(key_key(tenant, key), &record)?;
+                Ok(Output::Key(record))
+            }
+            Command::ChangeKey { tenant, key, change } => {
+                let mut record = match self.existing_key(txn, tenant, key)? {
+                    Ok(record) => record,
+                    Err(rejection) => return Ok(Err(rejection)),
+                };
+                if let Err(rejection) = change_key(&mut record, change, now) {
+                    return Ok(Err(rejection));
+                }
+                record.updated_at_ms = now;
+                record.revision = index;
+                txn.put(key_key(tenant, key), &record)?;
+                Ok(Output::Key(record))
+            }
+            Command::DestroyKey { tenant, key } => {
+                let mut record = match self.existing_key(txn, tenant, key)? {
+                    Ok(record) => record,
+                    Err(rejection) => return Ok(Err(rejection)),
+                };
+                match record.state {
+                    KeyState::DestroyScheduled { at_ms } if at_ms <= now => {}
+                    KeyState::DestroyScheduled { at_ms } => {
+                        return Ok(Err(Rejection::DestroyNotDue { key: key.clone(), at_ms }))
+                    }
+                    other => {
+                        return Ok(Err(Rejection::KeyNotEnabled {
+                            key: key.clone(),
+                            state: other.as_str().to_string(),
+                        }))
+                    }
+                }
+                // Bounded by MAX_KEY_VERSIONS.
+                for version in 1..=record.latest_version {
+                    txn.delete(key_version_key(tenant, key, version));
+                }
+                record.state = KeyState::Destroyed;
+                record.updated_at_ms = now;
+                record.revision = index;
+                txn.put(key_key(tenant, key), &record)?;
+                Ok(Output::Key(record))
+            }
         })
+    }
+
+    /// The custody of a tenant that may have keys created: it exists and is active.
+    fn key_tenant(
+        &self,
+        txn: &Txn,
+        tenant: &TenantId,
+    ) -> Result<Result<TenantCustody, Rejection>, StorageError<NodeId>> {
+        Ok(match txn.get::<Tenant>(&tenant_key(tenant))? {
+            None => Err(Rejection::TenantNotFound(tenant.clone())),
+            Some(t) if t.status == TenantStatus::Deleted => Err(Rejection::TenantDeleted(tenant.clone())),
+            Some(t) if t.status != TenantStatus::Active => Err(Rejection::TenantNotActive(tenant.clone())),
+            Some(_) => match txn.get::<TenantCustody>(&custody_key(tenant))? {
+                Some(custody) => Ok(custody),
+                None => Err(Rejection::NoCustody(tenant.clone())),
+            },
+        })
+    }
+
+    /// An existing key of an active tenant.
+    fn existing_key(
+        &self,
+        txn: &Txn,
+        tenant: &TenantId,
+        key: &KeyId,
+    ) -> Result<Result<KeyRecord, Rejection>, StorageError<NodeId>> {
+        if let Err(rejection) = self.key_tenant(txn, tenant)? {
+            return Ok(Err(rejection));
+        }
+        Ok(txn.get::<KeyRecord>(&key_key(tenant, key))?.ok_or_else(|| Rejection::KeyNotFound(key.clone())))
+    }
+
+    /// Removes a few key records of deleted tenants; a tenant is done once none are left.
+    fn purge_deleted_keys(&self, txn: &mut Txn) -> Result<(), StorageError<NodeId>> {
+        let pending = self
+            .engine
+            .range(Space::State, Bound::Included(PURGE_PREFIX.to_vec()), prefix_end(PURGE_PREFIX), 1)
+            .map_err(sm_read_err)?;
+        let Some((marker, _)) = pending.into_iter().next() else {
+            return Ok(());
+        };
+        let raw = String::from_utf8_lossy(&marker[PURGE_PREFIX.len()..]).into_owned();
+        let tenant = TenantId::new(raw).map_err(sm_read_err)?;
+        let mut budget = MAX_PURGED_PER_APPLY;
+        for prefix in [tenant_versions_prefix(&tenant), tenant_keys_prefix(&tenant)] {
+            let found = self
+                .engine
+                .range(Space::State, Bound::Included(prefix.clone()), prefix_end(&prefix), budget)
+                .map_err(sm_read_err)?;
+            budget -= found.len();
+            for (key, _) in found {
+                txn.delete(key);
+            }
+            if budget == 0 {
+                return Ok(());
+            }
+        }
+        txn.delete(marker);
+        Ok(())
     }
 
     /// Forgets request records older than the dedup window, a few at a time.

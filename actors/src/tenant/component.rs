@@ -1,0 +1,43 @@
+use custos_raft::TenantId;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::msg::{ChildKind, ComponentMsg};
+
+/// The session, policy or telemetry actor of one tenant: supervised and answering health.
+/// Their work (sessions, decisions, audit shipping) arrives with the identity and audit
+/// features.
+pub struct ComponentActor {
+    pub kind: ChildKind,
+}
+
+impl Actor for ComponentActor {
+    type Msg = ComponentMsg;
+    type State = TenantId;
+    type Arguments = TenantId;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ComponentMsg>,
+        tenant: TenantId,
+    ) -> Result<TenantId, ActorProcessingErr> {
+        tracing::debug!(tenant_id = %tenant, child = self.kind.as_str(), "tenant actor started");
+        Ok(tenant)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ComponentMsg>,
+        message: ComponentMsg,
+        _tenant: &mut TenantId,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ComponentMsg::Health(reply) => {
+                // The caller may have timed out; nothing to do then.
+                let _ = reply.send(());
+            }
+            #[cfg(test)]
+            ComponentMsg::InjectFault => return Err("fault injected".into()),
+        }
+        Ok(())
+    }
+}

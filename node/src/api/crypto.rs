@@ -1,0 +1,224 @@
+//! Encrypt, decrypt, rewrap, data keys and their batch forms under a tenant's L3 key.
+//!
+//! These run on the node that receives them, against its applied governance state: no Raft
+//! round trip. A key change (rotation, disable, destruction) is in force on a node as soon as
+//! that node has applied it — on followers typically within one heartbeat.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use custos_actors::custody::ciphertext::Ciphertext;
+use custos_actors::custody::EncryptionContext;
+use custos_raft::{KeyId, TenantId};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Admin;
+use super::error::ApiError;
+use super::keys::{admit, key_path};
+use super::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptItem {
+    /// Base64 of the bytes to encrypt.
+    plaintext: String,
+    #[serde(default)]
+    context: EncryptionContext,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CiphertextItem {
+    ciphertext: String,
+    #[serde(default)]
+    context: EncryptionContext,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Sealed {
+    ciphertext: String,
+    key_version: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Opened {
+    /// Base64 of the decrypted bytes.
+    plaintext: String,
+}
+
+impl Sealed {
+    fn new(ciphertext: String) -> Self {
+        // Just produced by this node, so it parses.
+        let key_version = Ciphertext::parse(&ciphertext).map(|c| c.key_version).unwrap_or_default();
+        Sealed { ciphertext, key_version }
+    }
+}
+
+async fn encrypt_one(state: &AppState, tenant: &TenantId, key: &KeyId, item: EncryptItem) -> Result<Sealed, ApiError> {
+    let plaintext = zeroize::Zeroizing::new(
+        STANDARD
+            .decode(item.plaintext.as_bytes())
+            .map_err(|_| ApiError::bad_request("invalid_base64", "plaintext must be standard base64"))?,
+    );
+    Ok(Sealed::new(state.custody.encrypt(tenant, key, &plaintext, &item.context).await?))
+}
+
+async fn decrypt_one(
+    state: &AppState,
+    tenant: &TenantId,
+    key: &KeyId,
+    item: CiphertextItem,
+) -> Result<Opened, ApiError> {
+    let plaintext = state.custody.decrypt(tenant, key, &item.ciphertext, &item.context).await?;
+    Ok(Opened { plaintext: STANDARD.encode(plaintext.as_slice()) })
+}
+
+pub async fn encrypt(
+    _: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<EncryptItem>, JsonRejection>,
+) -> Result<Json<Sealed>, ApiError> {
+    let (tenant, key) = key_path(path)?;
+    let Json(item) = body?;
+    let _permit = admit(&state, &tenant)?;
+    Ok(Json(encrypt_one(&state, &tenant, &key, item).await?))
+}
+
+pub async fn decrypt(
+    _: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<CiphertextItem>, JsonRejection>,
+) -> Result<Json<Opened>, ApiError> {
+    let (tenant, key) = key_path(path)?;
+    let Json(item) = body?;
+    let _permit = admit(&state, &tenant)?;
+    Ok(Json(decrypt_one(&state, &tenant, &key, item).await?))
+}
+
+pub async fn rewrap(
+    _: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<CiphertextItem>, JsonRejection>,
+) -> Result<Json<Sealed>, ApiError> {
+    let (tenant, key) = key_path(path)?;
+    let Json(item) = body?;
+    let _permit = admit(&state, &tenant)?;
+    Ok(Json(Sealed::new(state.custody.rewrap(&tenant, &key, &item.ciphertext, &item.context).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataKeyRequest {
+    #[serde(default)]
+    context: EncryptionContext,
+    /// False returns the wrapped key only, for storing until it is needed.
+    #[serde(default = "yes")]
+    include_plaintext: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Serialize)]
+pub struct DataKeyView {
+    ciphertext: String,
+    key_version: u32,
+    /// Base64 of the 256-bit data key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plaintext: Option<String>,
+}
+
+pub async fn data_key(
+    _: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<DataKeyRequest>, JsonRejection>,
+) -> Result<Json<DataKeyView>, ApiError> {
+    let (tenant, key) = key_path(path)?;
+    let Json(body) = body?;
+    let _permit = admit(&state, &tenant)?;
+    let data_key = state.custody.generate_data_key(&tenant, &key, &body.context).await?;
+    let sealed = Sealed::new(data_key.ciphertext);
+    let plaintext = body.include_plaintext.then(|| STANDARD.encode(data_key.plaintext.expose()));
+    Ok(Json(DataKeyView { ciphertext: sealed.ciphertext, key_version: sealed.key_version, plaintext }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch<T> {
+    items: Vec<T>,
+}
+
+/// One item's outcome in a batch: its result, or its own error.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ItemResult<T> {
+    Ok(T),
+    Err { error: ItemError },
+}
+
+#[derive(Debug, Serialize)]
+pub struct ItemError {
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchResults<T> {
+    results: Vec<ItemResult<T>>,
+}
+
+fn check_batch<T>(state: &AppState, batch: &Batch<T>) -> Result<(), ApiError> {
+    let max = state.max_batch_items;
+    if batch.items.is_empty() || batch.items.len() > max {
+        return Err(ApiError::bad_request("invalid_batch", format!("a batch holds 1 to {max} items")));
+    }
+    Ok(())
+}
+
+fn item<T>(result: Result<T, ApiError>) -> ItemResult<T> {
+    match result {
+        Ok(value) => ItemResult::Ok(value),
+        Err(e) => ItemResult::Err { error: ItemError { code: e.code, message: e.message } },
+    }
+}
+
+pub async fn encrypt_batch(
+    _: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<Batch<EncryptItem>>, JsonRejection>,
+) -> Result<Json<BatchResults<Sealed>>, ApiError> {
+    let (tenant, key) = key_path(path)?;
+    let Json(batch) = body?;
+    check_batch(&state, &batch)?;
+    let _permit = admit(&state, &tenant)?;
+    let mut results = Vec::with_capacity(batch.items.len());
+    for one in batch.items {
+        results.push(item(encrypt_one(&state, &tenant, &key, one).await));
+    }
+    Ok(Json(BatchResults { results }))
+}
+
+pub async fn decrypt_batch(
+    _: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<Batch<CiphertextItem>>, JsonRejection>,
+) -> Result<Json<BatchResults<Opened>>, ApiError> {
+    let (tenant, key) = key_path(path)?;
+    let Json(batch) = body?;
+    check_batch(&state, &batch)?;
+    let _permit = admit(&state, &tenant)?;
+    let mut results = Vec::with_capacity(batch.items.len());
+    for one in batch.items {
+        results.push(item(decrypt_one(&state, &tenant, &key, one).await));
+    }
+    Ok(Json(BatchResults { results }))
+}

@@ -1,0 +1,307 @@
+//! Key custody through the API of a 3-node cluster of real `custos` processes: keys made
+//! through one node work through the others, rotations and retirements reach every node,
+//! bad ciphertexts get clear errors, and deleting a tenant crypto-shreds it everywhere.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use custos_actors::custody::crypto::{labelled_aad, unwrap_key, SecretKey};
+use custos_actors::custody::master::{MasterKey, MasterKeySource};
+use custos_actors::custody::provider::{CoreStorageProvider, SealedLocal};
+use custos_chaos_tests::{ApiReply, ProcessCluster};
+use custos_raft::{KeyId, TenantId};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ENV: &[(&str, &str)] = &[
+    ("CUSTOS_RAFT__HEARTBEAT_INTERVAL_MS", "50"),
+    ("CUSTOS_RAFT__ELECTION_TIMEOUT_MS_MIN", "300"),
+    ("CUSTOS_RAFT__ELECTION_TIMEOUT_MS_MAX", "600"),
+    ("CUSTOS_CUSTODY__SCHEDULE_INTERVAL_MS", "200"),
+    ("CUSTOS_CUSTODY__MAX_BATCH_ITEMS", "4"),
+];
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_custos"))
+}
+
+async fn post(cluster: &ProcessCluster, node: u64, path: impl Into<String>, body: Value) -> ApiReply {
+    cluster.call(node, Method::POST, &path.into(), Some(&body), &[]).await.expect("request")
+}
+
+fn ok(reply: &ApiReply, status: u16) -> &Value {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    &reply.body
+}
+
+fn assert_code(reply: &ApiReply, status: u16, code: &str) {
+    assert_eq!((reply.status, reply.code()), (status, Some(code)), "{}", reply.body);
+}
+
+/// Repeats `call` until `done` accepts its reply (a follower applies within a few heartbeats).
+async fn eventually<F, Fut>(what: &str, mut call: F, done: impl Fn(&ApiReply) -> bool) -> ApiReply
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ApiReply>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = call().await;
+        if done(&reply) || Instant::now() > deadline {
+            assert!(done(&reply), "{what}: {} {}", reply.status, reply.body);
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn setup(cluster: &ProcessCluster, tenant: &str, key: &str) {
+    let body = json!({ "id": tenant, "display_name": tenant, "region": "eu-west" });
+    ok(&post(cluster, 1, "/v1/tenants", body).await, 201);
+    // The tenant's actors start on node 1 right after the apply; until then: 503 tenant_starting.
+    let path = format!("/v1/tenants/{tenant}/keys");
+    eventually("create key", || post(cluster, 1, &path, json!({ "id": key })), |r| r.status == 201).await;
+}
+
+fn b64(s: &str) -> String {
+    STANDARD.encode(s.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_work_through_every_node() {
+    let mut cluster = ProcessCluster::new(binary(), 3, ENV).expect("prepare");
+    cluster.form().await.expect("form");
+    setup(&cluster, "acme", "orders").await;
+    setup(&cluster, "other", "orders").await;
+    let keys = "/v1/tenants/acme/keys/orders";
+    let context = json!({ "table": "orders", "row": "42" });
+
+    // Encrypt through node 1, decrypt through node 3.
+    let sealed =
+        post(&cluster, 1, &format!("{keys}/encrypt"), json!({ "plaintext": b64("4111"), "context": context })).await;
+    let v1 = ok(&sealed, 200)["ciphertext"].as_str().unwrap().to_string();
+    assert!(v1.starts_with("custos:v1:"));
+    assert_eq!(sealed.body["key_version"], 1);
+    let decrypt = json!({ "ciphertext": v1, "context": context });
+    let opened = eventually(
+        "decrypt on node 3",
+        || post(&cluster, 3, format!("{keys}/decrypt"), decrypt.clone()),
+        |r| r.status == 200,
+    )
+    .await;
+    assert_eq!(opened.body["plaintext"], b64("4111"));
+
+    // Wrong context, wrong tenant, tampered and garbage ciphertexts.
+    let wrong_ctx = post(&cluster, 2, &format!("{keys}/decrypt"), json!({ "ciphertext": v1, "context": {} })).await;
+    assert_code(&wrong_ctx, 422, "decryption_failed");
+    let other_tenant = eventually(
+        "decrypt under another tenant",
+        || post(&cluster, 2, "/v1/tenants/other/keys/orders/decrypt", decrypt.clone()),
+        |r| r.status != 503 && r.status != 404,
+    )
+    .await;
+    assert_code(&other_tenant, 422, "decryption_failed");
+    let mut raw = STANDARD.decode(v1.trim_start_matches("custos:v1:")).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 1;
+    let tampered = format!("custos:v1:{}", STANDARD.encode(raw));
+    let reply =
+        post(&cluster, 1, &format!("{keys}/decrypt"), json!({ "ciphertext": tampered, "context": context })).await;
+    assert_code(&reply, 422, "decryption_failed");
+    let reply = post(&cluster, 1, &format!("{keys}/decrypt"), json!({ "ciphertext": "vault:v1:abc" })).await;
+    assert_code(&reply, 400, "malformed_ciphertext");
+
+    // A rotation through node 2 is what node 3 encrypts with next; old ciphertexts still open.
+    let rotated = post(&cluster, 2, &format!("{keys}/rotate"), json!({})).await;
+    assert_eq!(ok(&rotated, 200)["latest_version"], 2);
+    let body = json!({ "plaintext": b64("x"), "context": context });
+    eventually(
+        "node 3 encrypts with version 2",
+        || post(&cluster, 3, format!("{keys}/encrypt"), body.clone()),
+        |r| r.status == 200 && r.body["key_version"] == 2,
+    )
+    .await;
+    let rewrapped = post(&cluster, 3, &format!("{keys}/rewrap"), decrypt.clone()).await;
+    assert_eq!(ok(&rewrapped, 200)["key_version"], 2);
+    let v2 = rewrapped.body["ciphertext"].as_str().unwrap().to_string();
+
+    // Retiring version 1 through node 1 reaches node 3; the rewrapped copy still opens.
+    let body = json!({ "min_decryption_version": 2 });
+    ok(&post(&cluster, 1, &format!("{keys}/config"), body).await, 200);
+    eventually(
+        "node 3 refuses version 1",
+        || post(&cluster, 3, format!("{keys}/decrypt"), decrypt.clone()),
+        |r| r.code() == Some("key_version_retired"),
+    )
+    .await;
+    let reply = post(&cluster, 3, &format!("{keys}/decrypt"), json!({ "ciphertext": v2, "context": context })).await;
+    assert_eq!(ok(&reply, 200)["plaintext"], b64("4111"));
+
+    // Data keys: the ciphertext opens to the plaintext; wrapped-only omits it.
+    let dk = post(&cluster, 1, &format!("{keys}/datakey"), json!({ "context": { "file": "a" } })).await;
+    let dk = ok(&dk, 200).clone();
+    let opened = post(
+        &cluster,
+        1,
+        &format!("{keys}/decrypt"),
+        json!({ "ciphertext": dk["ciphertext"], "context": { "file": "a" } }),
+    )
+    .await;
+    assert_eq!(ok(&opened, 200)["plaintext"], dk["plaintext"]);
+    let wrapped = post(&cluster, 1, &format!("{keys}/datakey"), json!({ "include_plaintext": false })).await;
+    assert!(ok(&wrapped, 200).get("plaintext").is_none());
+
+    // Batches: per-item outcomes, bounded size.
+    let items = json!({ "items": [{ "plaintext": b64("a") }, { "plaintext": "not base64!" }] });
+    let batch = post(&cluster, 1, &format!("{keys}/encrypt/batch"), items).await;
+    let results = ok(&batch, 200)["results"].as_array().unwrap().clone();
+    assert!(results[0]["ciphertext"].is_string());
+    assert_eq!(results[1]["error"]["code"], "invalid_base64");
+    let too_many = json!({ "items": vec![json!({ "plaintext": b64("a") }); 5] });
+    assert_code(&post(&cluster, 1, &format!("{keys}/encrypt/batch"), too_many).await, 400, "invalid_batch");
+
+    // Disabled keys refuse work; scheduled destruction happens on the leader's schedule.
+    ok(&post(&cluster, 2, &format!("{keys}/disable"), json!({})).await, 200);
+    let reply = post(&cluster, 1, &format!("{keys}/encrypt"), json!({ "plaintext": b64("a") })).await;
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    ok(&post(&cluster, 2, &format!("{keys}/enable"), json!({})).await, 200);
+    ok(&post(&cluster, 1, &format!("{keys}/destroy"), json!({ "delay_ms": 0 })).await, 200);
+    eventually(
+        "scheduled destruction",
+        || async { cluster.get(3, keys).await.unwrap() },
+        |r| r.body["state"] == "destroyed",
+    )
+    .await;
+    let reply = post(&cluster, 3, &format!("{keys}/decrypt"), json!({ "ciphertext": v2, "context": context })).await;
+    assert_code(&reply, 410, "key_destroyed");
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The tenant's plaintext L1, L2 and L3 keys, recovered from node 1's stopped store with the
+/// master key, as an attacker holding both would.
+async fn plaintext_keys(cluster: &ProcessCluster, tenant: &TenantId, key: &KeyId) -> Vec<SecretKey> {
+    let master = MasterKey::load(&MasterKeySource::File(cluster.root().join("master.key"))).unwrap();
+    let master_copy = MasterKey::new(master.key().clone());
+    let store_dir = cluster.root().join("node-1/data/raft");
+    let (_log, _sm, reader) = custos_raft::store::open(&store_dir, 100_000).unwrap();
+    let custody = reader.custody(tenant).unwrap().expect("custody before deletion");
+    let l1 = unwrap_key(
+        master_copy.key(),
+        &custody.root[9..],
+        &labelled_aad("custos/l1/sealed-local/v1", &[tenant.as_str().as_bytes()]),
+    )
+    .unwrap();
+    let provider: Arc<dyn CoreStorageProvider> = Arc::new(SealedLocal::new(master));
+    let kek = provider.unwrap(tenant, &custody.root, &custody.kek_wrapped).await.unwrap();
+    let mut keys = vec![l1, kek.clone()];
+    for version in 1..=2u32 {
+        let stored = reader.key_version(tenant, key, version).unwrap().unwrap();
+        let aad = labelled_aad(
+            "custos/l3/v1",
+            &[tenant.as_str().as_bytes(), key.as_str().as_bytes(), &version.to_be_bytes()],
+        );
+        keys.push(unwrap_key(&kek, &stored.wrapped, &aad).unwrap());
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_plaintext_keys_at_rest_and_deletion_shreds_everywhere() {
+    let mut cluster = ProcessCluster::new(binary(), 3, ENV).expect("prepare");
+    cluster.form().await.expect("form");
+    setup(&cluster, "acme", "orders").await;
+    let keys = "/v1/tenants/acme/keys/orders";
+    ok(&post(&cluster, 1, &format!("{keys}/rotate"), json!({})).await, 200);
+    let sealed = post(&cluster, 1, &format!("{keys}/encrypt"), json!({ "plaintext": b64("secret") })).await;
+    let ciphertext = ok(&sealed, 200)["ciphertext"].as_str().unwrap().to_string();
+    let decrypt = json!({ "ciphertext": ciphertext });
+    for node in 1..=3 {
+        eventually("decrypt", || post(&cluster, node, format!("{keys}/decrypt"), decrypt.clone()), |r| r.status == 200)
+            .await;
+    }
+
+    // Stopped, every data dir is scanned for the plaintext of every key in the hierarchy.
+    for node in 1..=3 {
+        cluster.stop(node).unwrap();
+    }
+    let (tenant, key) = (TenantId::new("acme").unwrap(), KeyId::new("orders").unwrap());
+    let secrets = plaintext_keys(&cluster, &tenant, &key).await;
+    assert_eq!(secrets.len(), 4);
+    for file in files(cluster.root()) {
+        let bytes = std::fs::read(&file).unwrap();
+        for secret in &secrets {
+            assert!(
+                !bytes.windows(32).any(|w| w == secret.expose()),
+                "plaintext key material found in {}",
+                file.display()
+            );
+        }
+    }
+
+    // Deletion through node 2 shreds the tenant on every node, and stays so across restarts.
+    for node in 1..=3 {
+        cluster.start(node).unwrap();
+    }
+    for node in 1..=3 {
+        cluster.wait_healthy(node, Duration::from_secs(20)).await.unwrap();
+    }
+    cluster.wait_leader(&[1, 2, 3], Duration::from_secs(20)).await.unwrap();
+    let deleted = eventually(
+        "delete",
+        || async { cluster.call(2, Method::DELETE, "/v1/tenants/acme", None, &[]).await.unwrap() },
+        |r| r.status == 200,
+    )
+    .await;
+    assert_eq!(deleted.body["status"], "deleted");
+    for round in 0..2 {
+        for node in 1..=3 {
+            let reply = eventually(
+                "decrypt after deletion",
+                || post(&cluster, node, format!("{keys}/decrypt"), decrypt.clone()),
+                |r| r.status == 410,
+            )
+            .await;
+            assert_code(&reply, 410, "tenant_deleted");
+        }
+        if round == 0 {
+            // More entries let every node purge the tenant's key records.
+            for i in 0..4 {
+                let body = json!({ "id": format!("later-{i}"), "display_name": "later", "region": "eu" });
+                ok(&post(&cluster, 1, "/v1/tenants", body).await, 201);
+            }
+            for node in 1..=3 {
+                cluster.stop(node).unwrap();
+                cluster.start(node).unwrap();
+            }
+            for node in 1..=3 {
+                cluster.wait_healthy(node, Duration::from_secs(20)).await.unwrap();
+            }
+            cluster.wait_leader(&[1, 2, 3], Duration::from_secs(20)).await.unwrap();
+        }
+    }
+    // Governance state on every node has neither the roots nor the key records.
+    for node in 1..=3 {
+        cluster.stop(node).unwrap();
+        let store_dir = cluster.root().join(format!("node-{node}/data/raft"));
+        let (_log, _sm, reader) = custos_raft::store::open(&store_dir, 100_000).unwrap();
+        assert!(reader.custody(&tenant).unwrap().is_none(), "node {node} still has the tenant's roots");
+        assert!(reader.keys(&tenant, None, 10).unwrap().is_empty(), "node {node} still has key records");
+        assert!(reader.key_version(&tenant, &key, 1).unwrap().is_none());
+    }
+}
