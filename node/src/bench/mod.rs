@@ -3,8 +3,12 @@
 //! - `governance.rs` — durable governance writes on a 3-node loopback cluster of `custos`
 //!   processes against a 3-member etcd cluster, at several client counts.
 //! - `etcd.rs` — starting and reading an etcd cluster (the peer).
+//! - `encrypt.rs` — encrypt/decrypt over HTTPS on one `custos` node against OpenBao transit
+//!   (`openbao.rs` starts and provisions the peer), plus the in-process cost of one call.
 //! - `load.rs` — the closed-loop load generator and its statistics.
 
+pub mod encrypt;
 mod etcd;
 pub mod governance;
 mod load;
+mod openbao;

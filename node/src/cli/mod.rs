@@ -137,6 +137,20 @@ pub enum BenchCommand {
         #[arg(long, default_value = "etcd")]
         etcd_bin: PathBuf,
     },
+    /// Encrypt/decrypt over HTTPS on one node vs OpenBao transit (raft storage) on this machine.
+    Encrypt {
+        /// Seconds per run (one run per client count, operation and system).
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// Concurrent clients, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,64")]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 128)]
+        payload_bytes: usize,
+        /// The script that installs and runs OpenBao (run from the repository root).
+        #[arg(long, default_value = "deploy/scripts/openbao.sh")]
+        openbao_script: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +242,16 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
                 etcd_binary: etcd_bin,
             };
             custos_node::bench::governance::run(options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Encrypt { duration_secs, clients, payload_bytes, openbao_script } } => {
+            let options = custos_node::bench::encrypt::Options {
+                duration: std::time::Duration::from_secs(duration_secs),
+                clients,
+                payload_bytes,
+                openbao_script,
+            };
+            custos_node::bench::encrypt::run(options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster { command } => cluster::run(&global, command).await,

@@ -1,0 +1,259 @@
+//! `custos bench encrypt`: encrypt and decrypt of 128-byte payloads over HTTPS at several
+//! client counts, on one Custos node and on one OpenBao server (raft storage, transit
+//! aes256-gcm96, a non-root token limited to transit) on the same machine in the same run,
+//! with the same TLS CA and HTTP client. Prints ops/s, p50/p99 and the ratios, then the
+//! in-process cost of one encrypt.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use custos_chaos_tests::ProcessCluster;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::load::{drive, RunStats};
+use super::openbao::{self, OpenBao};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub duration: Duration,
+    pub clients: Vec<usize>,
+    pub payload_bytes: usize,
+    /// `deploy/scripts/openbao.sh`, which installs and runs the peer.
+    pub openbao_script: PathBuf,
+}
+
+struct Row {
+    system: &'static str,
+    op: &'static str,
+    clients: usize,
+    stats: RunStats,
+}
+
+fn print_row(row: &Row) {
+    println!(
+        "{:<8} {:<8} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8}",
+        row.system,
+        row.op,
+        row.clients,
+        row.stats.ops_per_sec(),
+        row.stats.latency_ms(0.50),
+        row.stats.latency_ms(0.99),
+        row.stats.errors
+    );
+}
+
+/// One system's endpoint for one operation, with its credentials and request body.
+struct Target {
+    system: &'static str,
+    op: &'static str,
+    url: String,
+    /// Header name and value.
+    token: (&'static str, String),
+    body: Value,
+    /// The response field that shows success.
+    field: &'static str,
+}
+
+impl Target {
+    fn new(system: &'static str, op: &'static str, url: String, token: &(&'static str, String), body: &Value) -> Self {
+        let field = if op == "encrypt" { "ciphertext" } else { "plaintext" };
+        Target { system, op, url, token: token.clone(), body: body.clone(), field }
+    }
+}
+
+/// One request; true when it answered 200 with the field the operation returns.
+async fn post(http: &reqwest::Client, url: &str, token: (&str, &str), body: &Value, field: &str) -> bool {
+    match http.post(url).header(token.0, token.1).json(body).send().await {
+        Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+            Ok(v) => v.get(field).or_else(|| v["data"].get(field)).is_some(),
+            Err(_) => false,
+        },
+        _ => false,
+    }
+}
+
+async fn first_ciphertext(http: &reqwest::Client, url: &str, token: (&str, &str), body: &Value) -> Result<String> {
+    let reply: Value =
+        http.post(url).header(token.0, token.1).json(body).send().await?.error_for_status()?.json().await?;
+    let ct = reply.get("ciphertext").or_else(|| reply["data"].get("ciphertext"));
+    Ok(ct.and_then(Value::as_str).context("encrypt answered without a ciphertext")?.to_string())
+}
+
+pub async fn run(options: Options) -> Result<()> {
+    if options.payload_bytes == 0 || options.payload_bytes > 64 * 1024 {
+        bail!("--payload-bytes must be between 1 and 65536");
+    }
+    let exe = std::env::current_exe().context("locating the custos binary")?;
+    eprintln!("starting 1 custos node and 1 OpenBao server (raft storage) on 127.0.0.1 …");
+    let mut cluster =
+        ProcessCluster::new(&exe, 1, &[("CUSTOS_LOG", "warn"), ("CUSTOS_LIMITS__TENANT_MAX_IN_FLIGHT", "1024")])?;
+    cluster.form().await?;
+    let tls_dir = cluster.root().join("tls");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in crate::tls::load_certs(&tls_dir.join("ca.pem"))? {
+        roots.add(cert)?;
+    }
+    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let http = reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(30)).build()?;
+    let bao = Arc::new(OpenBao::start(&options.openbao_script, &tls_dir, &http).await?);
+
+    let body = json!({ "id": "bench", "display_name": "bench", "region": "bench" });
+    let reply = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await?;
+    if reply.status != 201 {
+        bail!("creating the benchmark tenant: {} {}", reply.status, reply.body);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = cluster.call(1, Method::POST, "/v1/tenants/bench/keys", Some(&json!({ "id": "k" })), &[]).await?;
+        if reply.status == 201 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("creating the benchmark key: {} {}", reply.status, reply.body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let payload = STANDARD.encode(vec![0x5a; options.payload_bytes]);
+    let auth = format!("Bearer {}", cluster.token().context("no admin token")?);
+    let custos_token: (&'static str, String) = ("authorization", auth);
+    let bao_token: (&'static str, String) = ("x-vault-token", bao.token.clone());
+    let custos_base = cluster.url(1, "/v1/tenants/bench/keys/k")?;
+    let bao_base = format!("{}/v1/transit", bao.addr);
+    let encrypt_body = json!({ "plaintext": payload });
+    let custos_ct =
+        first_ciphertext(&http, &format!("{custos_base}/encrypt"), (custos_token.0, &custos_token.1), &encrypt_body)
+            .await?;
+    let bao_ct = first_ciphertext(
+        &http,
+        &format!("{bao_base}/encrypt/{}", openbao::KEY),
+        (bao_token.0, &bao_token.1),
+        &encrypt_body,
+    )
+    .await?;
+
+    println!(
+        "encryption: {}-byte payloads over HTTPS (same CA, same client), {} s per run; custos = 1 node, OpenBao = raft storage, transit aes256-gcm96, transit-only token",
+        options.payload_bytes,
+        options.duration.as_secs()
+    );
+    println!(
+        "{:<8} {:<8} {:>7} {:>10} {:>9} {:>9} {:>8}",
+        "system", "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors"
+    );
+    let custos_decrypt = json!({ "ciphertext": custos_ct });
+    let bao_decrypt = json!({ "ciphertext": bao_ct });
+    let mut rows = Vec::new();
+    for &clients in &options.clients {
+        let runs = [
+            Target::new("custos", "encrypt", format!("{custos_base}/encrypt"), &custos_token, &encrypt_body),
+            Target::new(
+                "openbao",
+                "encrypt",
+                format!("{bao_base}/encrypt/{}", openbao::KEY),
+                &bao_token,
+                &encrypt_body,
+            ),
+            Target::new("custos", "decrypt", format!("{custos_base}/decrypt"), &custos_token, &custos_decrypt),
+            Target::new("openbao", "decrypt", format!("{bao_base}/decrypt/{}", openbao::KEY), &bao_token, &bao_decrypt),
+        ];
+        for target in runs {
+            let (system, op) = (target.system, target.op);
+            let (h, target) = (http.clone(), Arc::new(target));
+            let stats = drive(clients, options.duration, move |_, _| {
+                let (h, t) = (h.clone(), target.clone());
+                async move { post(&h, &t.url, (t.token.0, &t.token.1), &t.body, t.field).await }
+            })
+            .await;
+            let row = Row { system, op, clients, stats };
+            print_row(&row);
+            rows.push(row);
+        }
+    }
+
+    println!();
+    println!("{:<8} {:>7} {:>20} {:>20}", "op", "clients", "ops/s custos/openbao", "p99 custos/openbao");
+    for group in rows.chunks(2) {
+        let (c, b) = (&group[0], &group[1]);
+        println!(
+            "{:<8} {:>7} {:>20.2} {:>20.2}",
+            c.op,
+            c.clients,
+            c.stats.ops_per_sec() / b.stats.ops_per_sec(),
+            c.stats.latency_ms(0.99) / b.stats.latency_ms(0.99)
+        );
+    }
+    println!();
+    let (encrypt_us, decrypt_us) = in_process_cost(options.payload_bytes).await?;
+    println!(
+        "in-process (Custody::encrypt / decrypt, cached key, {} bytes): {encrypt_us:.2} µs / {decrypt_us:.2} µs per call",
+        options.payload_bytes
+    );
+    Ok(())
+}
+
+/// Mean cost of one `Custody::encrypt` and `decrypt` with the key cached, on a store prepared
+/// the way Raft would apply it.
+async fn in_process_cost(payload_bytes: usize) -> Result<(f64, f64)> {
+    use custos_actors::custody::edge::MemoryEdge;
+    use custos_actors::custody::master::MasterKey;
+    use custos_actors::custody::provider::SealedLocal;
+    use custos_actors::custody::{Custody, EncryptionContext, SecretKey};
+    use custos_raft::{
+        Command, CoreProviderKind, KeyAlgorithm, KeyId, KeyPurpose, Proposal, Proposals, RegionLabel, RequestId,
+        TenantId,
+    };
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    const CALLS: u32 = 20_000;
+    let dir = tempfile::tempdir()?;
+    let (_log, mut sm, reader) = custos_raft::store::open(dir.path(), 100_000)?;
+    let provider = Arc::new(SealedLocal::new(MasterKey::new(SecretKey::generate())));
+    let edge = Arc::new(MemoryEdge::new(64, Duration::from_secs(3600)));
+    let custody = Custody::new(reader, vec![provider], CoreProviderKind::SealedLocal, edge);
+    let (tenant, key) = (TenantId::new("bench")?, KeyId::new("k")?);
+    let roots = custody.provision_tenant(&tenant, None).await?;
+    let region = RegionLabel::new("bench")?;
+    let create_tenant =
+        Command::CreateTenant { id: tenant.clone(), display_name: "bench".into(), region, custody: roots };
+    let entry = |index: u64, command: Command| {
+        let proposal =
+            Proposal { request_id: RequestId::new(format!("r{index}")).expect("valid id"), proposed_at_ms: 0, command };
+        Entry::<custos_raft::TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposals(vec![proposal])),
+        }
+    };
+    sm.apply([entry(1, create_tenant)]).await?;
+    let material = custody.new_key_material(&tenant, &key, 1).await?;
+    let create_key = Command::CreateKey {
+        tenant: tenant.clone(),
+        key: key.clone(),
+        purpose: KeyPurpose::EncryptDecrypt,
+        algorithm: KeyAlgorithm::Aes256Gcm,
+        rotation_period_ms: None,
+        material,
+    };
+    sm.apply([entry(2, create_key)]).await?;
+
+    let payload = vec![0x5au8; payload_bytes];
+    let context = EncryptionContext::new();
+    let ct = custody.encrypt(&tenant, &key, &payload, &context).await?;
+    let start = Instant::now();
+    for _ in 0..CALLS {
+        std::hint::black_box(custody.encrypt(&tenant, &key, &payload, &context).await?);
+    }
+    let encrypt = start.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS);
+    let start = Instant::now();
+    for _ in 0..CALLS {
+        std::hint::black_box(custody.decrypt(&tenant, &key, &ct, &context).await?);
+    }
+    let decrypt = start.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS);
+    Ok((encrypt, decrypt))
+}
