@@ -24,5 +24,5 @@ pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, load_from_str, ENV_PREFIX};
 pub use model::{
     ActorsConfig, ApiConfig, Config, CoreProvider, CustodyConfig, EdgeProvider, LimitsConfig, NodeConfig, RaftConfig,
-    TlsConfig,
+    TlsConfig, VaultAuthMethod, VaultConfig,
 };

@@ -178,6 +178,8 @@ pub enum CoreProvider {
     /// Roots sealed by the cluster master key, replicated in governance state.
     #[default]
     SealedLocal,
+    /// A transit key in each tenant's Vault/OpenBao namespace (`custody.vault`).
+    Vault,
 }
 
 /// Where unwrapped working keys are cached on a node.
@@ -210,6 +212,77 @@ pub struct CustodyConfig {
     pub schedule_interval_ms: u64,
     /// Most items in one batch encrypt or decrypt request.
     pub max_batch_items: usize,
+    /// The Vault/OpenBao core provider; enabled when `address` is set.
+    pub vault: VaultConfig,
+}
+
+/// How the Vault adapter authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VaultAuthMethod {
+    /// A token from `token_file` or `token_env`, renewed while renewable.
+    #[default]
+    Token,
+    /// `approle_role_id` and the secret id in `approle_secret_id_file`.
+    Approle,
+    /// The service account JWT in `kubernetes_jwt_file`, for `kubernetes_role`.
+    Kubernetes,
+}
+
+/// Vault or OpenBao as a core storage provider: a namespace per tenant under
+/// `namespace_prefix`, each with a transit mount holding the tenant's L1 root key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// e.g. `https://vault.example:8200`. Unset: no Vault provider on this node.
+    pub address: Option<String>,
+    /// The only CA trusted for the Vault server's certificate (pinned).
+    pub ca_file: Option<PathBuf>,
+    /// Parent namespace of the tenants' namespaces (`<prefix>/<tenant>`).
+    pub namespace_prefix: String,
+    pub transit_mount: String,
+    /// Name of the L1 transit key in each tenant namespace.
+    pub root_key_name: String,
+    pub auth: VaultAuthMethod,
+    pub token_file: Option<PathBuf>,
+    /// Name of an environment variable holding the token.
+    pub token_env: Option<String>,
+    pub approle_mount: String,
+    pub approle_role_id: Option<String>,
+    pub approle_secret_id_file: Option<PathBuf>,
+    pub kubernetes_mount: String,
+    pub kubernetes_role: Option<String>,
+    pub kubernetes_jwt_file: PathBuf,
+    /// Deadline of one Vault request.
+    pub request_timeout_ms: u64,
+    /// Consecutive failures that open the circuit breaker; while open, calls fail at once.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before letting calls try again.
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            address: None,
+            ca_file: None,
+            namespace_prefix: "custos".into(),
+            transit_mount: "transit".into(),
+            root_key_name: "custos-root".into(),
+            auth: VaultAuthMethod::Token,
+            token_file: None,
+            token_env: None,
+            approle_mount: "approle".into(),
+            approle_role_id: None,
+            approle_secret_id_file: None,
+            kubernetes_mount: "kubernetes".into(),
+            kubernetes_role: None,
+            kubernetes_jwt_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+            request_timeout_ms: 5_000,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 10_000,
+        }
+    }
 }
 
 impl Default for CustodyConfig {
@@ -224,6 +297,7 @@ impl Default for CustodyConfig {
             key_cache_max_entries: 10_000,
             schedule_interval_ms: 10_000,
             max_batch_items: 100,
+            vault: VaultConfig::default(),
         }
     }
 }

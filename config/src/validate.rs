@@ -133,6 +133,57 @@ impl Config {
             "must be between 16 and 10000000".into(),
         );
         check(c.schedule_interval_ms >= 100, "custody.schedule_interval_ms", "must be at least 100".into());
+        let v = &c.vault;
+        check(
+            c.provider != crate::CoreProvider::Vault || v.address.is_some(),
+            "custody.vault.address",
+            "is required when custody.provider is \"vault\"".into(),
+        );
+        if let Some(address) = &v.address {
+            check(
+                address.starts_with("https://") || address.starts_with("http://"),
+                "custody.vault.address",
+                "must be an http:// or https:// URL".into(),
+            );
+            match v.auth {
+                crate::VaultAuthMethod::Token => check(
+                    v.token_file.is_some() != v.token_env.is_some(),
+                    "custody.vault",
+                    "token auth needs exactly one of token_file and token_env".into(),
+                ),
+                crate::VaultAuthMethod::Approle => check(
+                    v.approle_role_id.is_some() && v.approle_secret_id_file.is_some(),
+                    "custody.vault",
+                    "approle auth needs approle_role_id and approle_secret_id_file".into(),
+                ),
+                crate::VaultAuthMethod::Kubernetes => check(
+                    v.kubernetes_role.is_some(),
+                    "custody.vault.kubernetes_role",
+                    "is required for kubernetes auth".into(),
+                ),
+            }
+        }
+        if let Some(file) = &v.ca_file {
+            check(file.is_file(), "custody.vault.ca_file", format!("file {} does not exist", file.display()));
+        }
+        for (path, value) in [
+            ("custody.vault.namespace_prefix", &v.namespace_prefix),
+            ("custody.vault.transit_mount", &v.transit_mount),
+            ("custody.vault.root_key_name", &v.root_key_name),
+        ] {
+            check(
+                !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                path,
+                "must be a non-empty name of letters, digits, '-' and '_'".into(),
+            );
+        }
+        check(v.request_timeout_ms >= 100, "custody.vault.request_timeout_ms", "must be at least 100".into());
+        check(
+            (1..=1000).contains(&v.breaker_failures),
+            "custody.vault.breaker_failures",
+            "must be between 1 and 1000".into(),
+        );
+        check(v.breaker_cooldown_ms >= 100, "custody.vault.breaker_cooldown_ms", "must be at least 100".into());
         check(
             (1..=l.max_batch).contains(&c.max_batch_items),
             "custody.max_batch_items",

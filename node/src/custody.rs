@@ -1,40 +1,98 @@
-//! Wires key custody into the node: the providers and edge cache from configuration, the
-//! proposer the custody actors write through, and log compaction after crypto-shredding.
+//! Wires key custody into the node: the providers (sealed-local, Vault) and edge cache from
+//! configuration, the proposer the custody actors write through, and log compaction after
+//! crypto-shredding.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use custos_actors::custody::edge::MemoryEdge;
 use custos_actors::custody::master::{MasterKey, MasterKeySource};
-use custos_actors::custody::provider::{CoreStorageProvider, SealedLocal};
+use custos_actors::custody::provider::vault::{AuthSettings, TokenSource};
+use custos_actors::custody::provider::{CoreStorageProvider, SealedLocal, VaultProvider, VaultSettings, VaultShared};
 use custos_actors::custody::Custody;
 use custos_actors::Proposer;
-use custos_config::{CoreProvider, CustodyConfig, EdgeProvider};
+use custos_config::{CoreProvider, CustodyConfig, EdgeProvider, VaultAuthMethod, VaultConfig};
 use custos_raft::{Cluster, CoreProviderKind, Proposal};
 
 use crate::NodeError;
 
-/// Builds the node's key custody from its configuration.
-pub fn build(config: &CustodyConfig, cluster: &Cluster) -> Result<Arc<Custody>, NodeError> {
-    let source = if let Some(file) = &config.master_key_file {
-        MasterKeySource::File(file.clone())
-    } else if let Some(var) = &config.master_key_env {
-        MasterKeySource::Env(var.clone())
-    } else if let Some(argv) = &config.master_key_command {
-        MasterKeySource::Command(argv.clone())
-    } else {
-        return Err(NodeError::MasterKeyNotConfigured);
+/// Key custody as configured: the operations, and the Vault state the adapter actor keeps
+/// logged in (when Vault is configured).
+pub struct Built {
+    pub custody: Arc<Custody>,
+    pub vault: Option<Arc<VaultShared>>,
+}
+
+fn vault_settings(v: &VaultConfig, address: &str) -> Result<VaultSettings, NodeError> {
+    let missing = |what: &str| NodeError::Vault(format!("custody.vault.{what} is required for its auth method"));
+    let auth = match v.auth {
+        VaultAuthMethod::Token => AuthSettings::Token {
+            source: match (&v.token_file, &v.token_env) {
+                (Some(file), _) => TokenSource::File(file.clone()),
+                (None, Some(var)) => TokenSource::Env(var.clone()),
+                (None, None) => return Err(missing("token_file")),
+            },
+        },
+        VaultAuthMethod::Approle => AuthSettings::AppRole {
+            mount: v.approle_mount.clone(),
+            role_id: v.approle_role_id.clone().ok_or_else(|| missing("approle_role_id"))?,
+            secret_id_file: v.approle_secret_id_file.clone().ok_or_else(|| missing("approle_secret_id_file"))?,
+        },
+        VaultAuthMethod::Kubernetes => AuthSettings::Kubernetes {
+            mount: v.kubernetes_mount.clone(),
+            role: v.kubernetes_role.clone().ok_or_else(|| missing("kubernetes_role"))?,
+            jwt_file: v.kubernetes_jwt_file.clone(),
+        },
     };
-    let master = MasterKey::load(&source).map_err(|e| NodeError::MasterKey(e.to_string()))?;
-    let (providers, default): (Vec<Arc<dyn CoreStorageProvider>>, _) = match config.provider {
-        CoreProvider::SealedLocal => (vec![Arc::new(SealedLocal::new(master))], CoreProviderKind::SealedLocal),
+    Ok(VaultSettings {
+        address: address.to_string(),
+        ca_file: v.ca_file.clone(),
+        namespace_prefix: v.namespace_prefix.clone(),
+        transit_mount: v.transit_mount.clone(),
+        root_key_name: v.root_key_name.clone(),
+        auth,
+        timeout: Duration::from_millis(v.request_timeout_ms),
+        breaker_failures: v.breaker_failures,
+        breaker_cooldown: Duration::from_millis(v.breaker_cooldown_ms),
+    })
+}
+
+/// Builds the node's key custody from its configuration: `sealed-local` whenever a master key
+/// is configured, `vault` whenever `custody.vault.address` is; `custody.provider` picks the
+/// default for new tenants and must be one of them.
+pub fn build(config: &CustodyConfig, cluster: &Cluster) -> Result<Built, NodeError> {
+    let source = if let Some(file) = &config.master_key_file {
+        Some(MasterKeySource::File(file.clone()))
+    } else if let Some(var) = &config.master_key_env {
+        Some(MasterKeySource::Env(var.clone()))
+    } else {
+        config.master_key_command.as_ref().map(|argv| MasterKeySource::Command(argv.clone()))
+    };
+    let mut providers: Vec<Arc<dyn CoreStorageProvider>> = Vec::new();
+    let sealed_local = source.is_some();
+    if let Some(source) = source {
+        let master = MasterKey::load(&source).map_err(|e| NodeError::MasterKey(e.to_string()))?;
+        providers.push(Arc::new(SealedLocal::new(master)));
+    }
+    let mut vault = None;
+    if let Some(address) = &config.vault.address {
+        let shared =
+            VaultShared::new(vault_settings(&config.vault, address)?).map_err(|e| NodeError::Vault(e.to_string()))?;
+        providers.push(Arc::new(VaultProvider::new(shared.clone())));
+        vault = Some(shared);
+    }
+    let default = match config.provider {
+        CoreProvider::SealedLocal if sealed_local => CoreProviderKind::SealedLocal,
+        CoreProvider::SealedLocal => return Err(NodeError::MasterKeyNotConfigured),
+        CoreProvider::Vault if vault.is_some() => CoreProviderKind::Vault,
+        CoreProvider::Vault => return Err(NodeError::Vault("custody.vault.address is not set".into())),
     };
     let edge = match config.edge {
         EdgeProvider::Memory => {
             Arc::new(MemoryEdge::new(config.key_cache_max_entries, Duration::from_millis(config.key_cache_ttl_ms)))
         }
     };
-    Ok(Arc::new(Custody::new(cluster.reader().clone(), providers, default, edge)))
+    Ok(Built { custody: Arc::new(Custody::new(cluster.reader().clone(), providers, default, edge)), vault })
 }
 
 /// The custody actors' way to write: through this node's Raft cluster.

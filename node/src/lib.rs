@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use custos_actors::custody::provider::vault::VaultAdapter;
 use custos_config::Config;
 use custos_raft::{Cluster, ClusterOptions, NodeInfo};
 use serde::{Deserialize, Serialize};
@@ -49,10 +50,12 @@ pub enum NodeError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Start(Box<custos_raft::StartError>),
-    #[error("the node has no master key: set custody.master_key_file, master_key_env or master_key_command (or use `custos dev`)")]
+    #[error("the node has no master key: set custody.master_key_file, master_key_env or master_key_command (or use `custos dev`), or configure custody.vault and custody.provider = \"vault\"")]
     MasterKeyNotConfigured,
     #[error("loading the master key: {0}")]
     MasterKey(String),
+    #[error("configuring the Vault provider: {0}")]
+    Vault(String),
     #[error("starting the tenant actor supervisor: {0}")]
     Actors(String),
     #[error("serving {what}: {source}")]
@@ -124,7 +127,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let append_bytes = config.raft.max_entries_per_append as usize * config.raft.max_entry_bytes;
     let raft_body_limit = append_bytes.max(config.raft.snapshot_chunk_bytes as usize * 2) + 1024 * 1024;
     let raft_app = custos_raft::network::router(cluster.clone(), raft_body_limit);
-    let custody = custody::build(&config.custody, &cluster)?;
+    let custody::Built { custody, vault } = custody::build(&config.custody, &cluster)?;
+    let vault_adapter = match vault {
+        Some(shared) => Some(
+            ractor::Actor::spawn(Some(format!("custos/node-{node_id}/vault")), VaultAdapter, shared)
+                .await
+                .map_err(|e| NodeError::Actors(e.to_string()))?
+                .0,
+        ),
+        None => None,
+    };
     let directory = Arc::new(custos_actors::TenantDirectory::new(config.limits.tenant_max_in_flight));
     let a = &config.actors;
     let deps = custos_actors::ActorDeps {
@@ -182,6 +194,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = sync_task.await;
     if let Err(e) = supervisor.stop_and_wait(Some("node stopping".into()), Some(DRAIN_TIMEOUT)).await {
         tracing::warn!(node_id, error = %e, "tenant actors did not stop in time");
+    }
+    if let Some(adapter) = vault_adapter {
+        // Stopping revokes a token the adapter logged in for.
+        if let Err(e) = adapter.stop_and_wait(Some("node stopping".into()), Some(DRAIN_TIMEOUT)).await {
+            tracing::warn!(node_id, error = %e, "the Vault adapter did not stop in time");
+        }
     }
     cluster.shutdown().await;
     raft_handle.graceful_shutdown(Some(Duration::from_secs(1)));

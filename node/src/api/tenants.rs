@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
-use custos_raft::{check_display_name, Command, Output, RegionLabel, Tenant, TenantId, TenantStatus};
+use custos_raft::{check_display_name, Command, CoreProviderKind, Output, RegionLabel, Tenant, TenantId, TenantStatus};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Admin;
@@ -18,6 +18,8 @@ pub struct CreateTenant {
     id: String,
     display_name: String,
     region: String,
+    /// `sealed-local` or `vault`; the node's `custody.provider` when absent.
+    key_provider: Option<String>,
 }
 
 /// A tenant as the API shows it.
@@ -102,8 +104,19 @@ pub async fn create(
     let region = RegionLabel::new(body.region)?;
     check_display_name(&body.display_name)
         .map_err(|reason| ApiError::bad_request("invalid_field", format!("display_name {reason}")))?;
+    let provider = match body.key_provider.as_deref() {
+        None => None,
+        Some("sealed-local") => Some(CoreProviderKind::SealedLocal),
+        Some("vault") => Some(CoreProviderKind::Vault),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("key_provider {other:?} is not one of \"sealed-local\", \"vault\""),
+            ))
+        }
+    };
     // The tenant's key roots exist before the tenant does, so it is never without custody.
-    let custody = state.custody.provision_tenant(&id, None).await?;
+    let custody = state.custody.provision_tenant(&id, provider).await?;
     let command = Command::CreateTenant { id, display_name: body.display_name, region, custody };
     write(&state, &headers, command, StatusCode::CREATED).await
 }

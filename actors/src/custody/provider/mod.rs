@@ -1,11 +1,13 @@
 //! Core storage providers: where a tenant's L1 root lives and how material is wrapped under it.
 
 mod sealed_local;
+pub mod vault;
 
 use custos_raft::{CoreProviderKind, TenantId};
 use serde::Serialize;
 
 pub use sealed_local::SealedLocal;
+pub use vault::{VaultProvider, VaultSettings, VaultShared};
 
 use super::crypto::SecretKey;
 

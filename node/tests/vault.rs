@@ -1,0 +1,96 @@
+//! A node with the `vault` core provider against a real OpenBao (started by
+//! `deploy/scripts/openbao.sh`; never skipped): a tenant can choose Vault for its root, works
+//! end to end through the API, and its namespace goes with its deletion.
+
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use custos_chaos_tests::{OpenBaoServer, ProcessCluster};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_custos"))
+}
+
+async fn tenant_namespaces(bao: &OpenBaoServer, http: &reqwest::Client) -> Vec<String> {
+    match bao.api(http, "LIST", "custos/sys/namespaces", json!(null)).await {
+        Ok(reply) => {
+            reply["data"]["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect()
+        }
+        // LIST answers 404 once no namespace is left.
+        Err(e) if e.to_string().contains("404") => Vec::new(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_on_vault_works_end_to_end_and_its_namespace_dies_with_it() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/openbao.sh");
+    let bao = OpenBaoServer::start(&script, "start-dev", &[]).expect("OpenBao is required for this test");
+    let addr = bao.addr().unwrap();
+    let token_file = bao.root_token_file().display().to_string();
+    let env =
+        [("CUSTOS_CUSTODY__VAULT__ADDRESS", addr.as_str()), ("CUSTOS_CUSTODY__VAULT__TOKEN_FILE", token_file.as_str())];
+    let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
+    cluster.form().await.expect("form");
+    let http = reqwest::Client::new();
+
+    let bad = json!({ "id": "x", "display_name": "x", "region": "eu", "key_provider": "hsm" });
+    let reply = cluster.call(1, Method::POST, "/v1/tenants", Some(&bad), &[]).await.unwrap();
+    assert_eq!((reply.status, reply.code()), (400, Some("invalid_field")), "{}", reply.body);
+
+    let body = json!({ "id": "bank", "display_name": "Bank", "region": "eu", "key_provider": "vault" });
+    let reply = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await.unwrap();
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(tenant_namespaces(&bao, &http).await, ["bank/"]);
+    let keys = bao.api(&http, "LIST", "custos/bank/transit/keys", json!(null)).await.unwrap();
+    assert_eq!(keys["data"]["keys"], json!(["custos-root"]));
+
+    let mut created = None;
+    for _ in 0..100 {
+        let reply =
+            cluster.call(1, Method::POST, "/v1/tenants/bank/keys", Some(&json!({ "id": "k" })), &[]).await.unwrap();
+        if reply.status == 201 {
+            created = Some(reply);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(created.is_some(), "the key was never created");
+    let plaintext = STANDARD.encode(b"account 42");
+    let sealed = cluster
+        .call(1, Method::POST, "/v1/tenants/bank/keys/k/encrypt", Some(&json!({ "plaintext": plaintext })), &[])
+        .await
+        .unwrap();
+    assert_eq!(sealed.status, 200, "{}", sealed.body);
+    let opened = cluster
+        .call(
+            1,
+            Method::POST,
+            "/v1/tenants/bank/keys/k/decrypt",
+            Some(&json!({ "ciphertext": sealed.body["ciphertext"] })),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(opened.body["plaintext"], Value::String(plaintext));
+
+    let status = cluster.get(1, "/v1/cluster/status").await.unwrap();
+    let providers = status.body["custody"]["providers"].as_array().unwrap().clone();
+    assert!(providers.iter().any(|p| p["provider"] == "vault" && p["healthy"] == true), "{providers:?}");
+
+    let reply = cluster.call(1, Method::DELETE, "/v1/tenants/bank", None, &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let mut left = tenant_namespaces(&bao, &http).await;
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = tenant_namespaces(&bao, &http).await;
+    }
+    assert!(left.is_empty(), "the tenant's namespace survived its deletion: {left:?}");
+}
