@@ -150,3 +150,115 @@ impl Actor for CustodyActor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use custos_raft::store::StateMachineStore;
+    use custos_raft::{
+        CoreProviderKind, KeyAlgorithm, KeyChange, KeyPurpose, Proposals, RegionLabel, TenantId, TypeConfig,
+    };
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::*;
+    use crate::custody::edge::MemoryEdge;
+    use crate::custody::master::MasterKey;
+    use crate::custody::provider::SealedLocal;
+    use crate::custody::SecretKey;
+
+    /// Records proposals instead of replicating them.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Proposal>>);
+
+    #[async_trait::async_trait]
+    impl Proposer for Recorder {
+        fn is_leader(&self) -> bool {
+            true
+        }
+        async fn propose(&self, proposal: Proposal) -> Result<(), String> {
+            self.0.lock().unwrap().push(proposal);
+            Ok(())
+        }
+    }
+
+    async fn apply(sm: &mut StateMachineStore, index: u64, command: Command) {
+        let proposal =
+            Proposal { request_id: RequestId::new(format!("r{index}")).unwrap(), proposed_at_ms: 1_000, command };
+        let entry: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposals(vec![proposal])),
+        };
+        let outcome = sm.apply([entry]).await.unwrap().pop().unwrap().pop().unwrap().outcome;
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn the_leader_rotates_keys_whose_period_has_passed_and_destroys_due_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm, reader) = custos_raft::store::open(dir.path(), 1000).unwrap();
+        let provider = Arc::new(SealedLocal::new(MasterKey::new(SecretKey::generate())));
+        let edge = Arc::new(MemoryEdge::new(16, Duration::from_secs(60)));
+        let custody = Arc::new(Custody::new(reader, vec![provider], CoreProviderKind::SealedLocal, edge));
+        let tenant = TenantId::new("acme").unwrap();
+        let roots = custody.provision_tenant(&tenant, None).await.unwrap();
+        let region = RegionLabel::new("eu").unwrap();
+        apply(
+            &mut sm,
+            1,
+            Command::CreateTenant { id: tenant.clone(), display_name: "A".into(), region, custody: roots },
+        )
+        .await;
+        // Created at 1 000 ms with a one-minute period: long due. Another key has no period,
+        // and a third is scheduled for destruction at 1 000 ms.
+        for (index, (id, period)) in [(2, ("rotating", Some(60_000))), (3, ("steady", None)), (4, ("doomed", None))] {
+            let key = KeyId::new(id).unwrap();
+            let material = custody.new_key_material(&tenant, &key, 1).await.unwrap();
+            let create = Command::CreateKey {
+                tenant: tenant.clone(),
+                key,
+                purpose: KeyPurpose::EncryptDecrypt,
+                algorithm: KeyAlgorithm::Aes256Gcm,
+                rotation_period_ms: period,
+                material,
+            };
+            apply(&mut sm, index, create).await;
+        }
+        let doomed = KeyId::new("doomed").unwrap();
+        let schedule = KeyChange::ScheduleDestroy { at_ms: 1_000 };
+        apply(&mut sm, 5, Command::ChangeKey { tenant: tenant.clone(), key: doomed.clone(), change: schedule }).await;
+
+        let recorder = Arc::new(Recorder::default());
+        let args = CustodyArgs {
+            tenant: tenant.clone(),
+            custody: custody.clone(),
+            proposer: Some(recorder.clone()),
+            interval: Duration::from_secs(3600),
+        };
+        let mut state = CustodyState { args, cursor: None };
+        state.tick().await;
+        state.tick().await;
+
+        let proposals = recorder.0.lock().unwrap().clone();
+        let ids: Vec<&str> = proposals.iter().map(|p| p.request_id.as_str()).collect();
+        // Two ticks propose the same work under the same ids, so it applies once.
+        assert_eq!(
+            ids,
+            [
+                "schedule/destroy/acme/doomed/1000",
+                "schedule/rotate/acme/rotating/1",
+                "schedule/destroy/acme/doomed/1000",
+                "schedule/rotate/acme/rotating/1"
+            ]
+        );
+        let Command::RotateKey { expected_latest, material, .. } = &proposals[1].command else {
+            panic!("not a rotation: {:?}", proposals[1].command);
+        };
+        assert_eq!(*expected_latest, 1);
+        // The new version's material unwraps under the tenant KEK for version 2.
+        let kek = custody.kek(&tenant).await.unwrap();
+        let aad = crate::custody::service::l3_aad(&tenant, &KeyId::new("rotating").unwrap(), 2);
+        assert!(crate::custody::crypto::unwrap_key(&kek, material, &aad).is_ok());
+    }
+}

@@ -61,7 +61,7 @@ pub struct Custody {
     edge: Arc<dyn EdgeStorageProvider>,
 }
 
-fn l3_aad(tenant: &TenantId, key: &KeyId, version: u32) -> Vec<u8> {
+pub(crate) fn l3_aad(tenant: &TenantId, key: &KeyId, version: u32) -> Vec<u8> {
     labelled_aad("custos/l3/v1", &[tenant.as_str().as_bytes(), key.as_str().as_bytes(), &version.to_be_bytes()])
 }
 
