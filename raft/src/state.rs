@@ -187,9 +187,11 @@ pub enum KeyChange {
         /// `Some(None)` turns automatic rotation off.
         rotation_period_ms: Option<Option<u64>>,
     },
-    /// Destroy once `at_ms` has passed; the key refuses operations meanwhile.
+    /// Destroy `delay_ms` after the change is proposed; the key refuses operations meanwhile.
+    /// A delay rather than a time, so the proposal's own clock reading anchors it and a
+    /// retried request is the same command.
     ScheduleDestroy {
-        at_ms: u64,
+        delay_ms: u64,
     },
     /// Back to enabled.
     CancelDestroy,

@@ -268,7 +268,7 @@ async fn key_lifecycle_rules() {
     let early =
         apply(&mut sm, entry(11, "x0", Command::DestroyKey { tenant: tenant("acme"), key: key("orders") })).await;
     assert!(matches!(early.outcome, Err(Rejection::KeyNotEnabled { .. })));
-    apply(&mut sm, entry(12, "s", change("acme", "orders", KeyChange::ScheduleDestroy { at_ms: 1_014 }))).await;
+    apply(&mut sm, entry(12, "s", change("acme", "orders", KeyChange::ScheduleDestroy { delay_ms: 2 }))).await;
     let not_due =
         apply(&mut sm, entry(13, "x1", Command::DestroyKey { tenant: tenant("acme"), key: key("orders") })).await;
     assert_eq!(not_due.outcome, Err(Rejection::DestroyNotDue { key: key("orders"), at_ms: 1_014 }));

@@ -226,7 +226,7 @@ mod tests {
             apply(&mut sm, index, create).await;
         }
         let doomed = KeyId::new("doomed").unwrap();
-        let schedule = KeyChange::ScheduleDestroy { at_ms: 1_000 };
+        let schedule = KeyChange::ScheduleDestroy { delay_ms: 0 };
         apply(&mut sm, 5, Command::ChangeKey { tenant: tenant.clone(), key: doomed.clone(), change: schedule }).await;
 
         let recorder = Arc::new(Recorder::default());

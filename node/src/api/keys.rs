@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::auth::Admin;
 use super::error::ApiError;
-use super::{now_ms, replicate, AppState, ReadConsistency};
+use super::{replicate, AppState, ReadConsistency};
 
 /// Default delay before a scheduled destruction: time to notice a mistake and cancel.
 const DEFAULT_DESTROY_DELAY_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -287,9 +287,8 @@ pub async fn schedule_destroy(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
     };
-    let delay = body.delay_ms.unwrap_or(DEFAULT_DESTROY_DELAY_MS);
-    let at_ms = now_ms().saturating_add(delay);
-    change(state, headers, path, KeyChange::ScheduleDestroy { at_ms }).await
+    let delay_ms = body.delay_ms.unwrap_or(DEFAULT_DESTROY_DELAY_MS);
+    change(state, headers, path, KeyChange::ScheduleDestroy { delay_ms }).await
 }
 
 pub async fn cancel_destroy(

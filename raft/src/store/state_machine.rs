@@ -172,11 +172,8 @@ fn change_key(record: &mut KeyRecord, change: &KeyChange, now: u64) -> Result<()
                 record.rotation_period_ms = *period;
             }
         }
-        KeyChange::ScheduleDestroy { at_ms } => {
-            if *at_ms < now {
-                return Err(Rejection::InvalidKeyChange("destruction cannot be scheduled in the past".into()));
-            }
-            record.state = KeyState::DestroyScheduled { at_ms: *at_ms };
+        KeyChange::ScheduleDestroy { delay_ms } => {
+            record.state = KeyState::DestroyScheduled { at_ms: now.saturating_add(*delay_ms) };
         }
         KeyChange::CancelDestroy => match record.state {
             KeyState::DestroyScheduled { .. } => record.state = KeyState::Enabled,
