@@ -34,9 +34,18 @@ use tokio::sync::Semaphore;
 
 use self::error::ApiError;
 
-/// Shared by every handler.
+/// Shared by every handler; one reference count to clone per request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+pub struct AppInner {
     pub cluster: Cluster,
     /// This node's per-tenant actor supervisor.
     pub supervisor: ActorRef<NodeMsg>,
@@ -59,7 +68,15 @@ impl AppState {
         max_batch_items: usize,
     ) -> Self {
         let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
-        AppState { cluster, supervisor, directory, custody, limits: Arc::new(limits), max_batch_items, in_flight }
+        AppState(Arc::new(AppInner {
+            cluster,
+            supervisor,
+            directory,
+            custody,
+            limits: Arc::new(limits),
+            max_batch_items,
+            in_flight,
+        }))
     }
 }
 
