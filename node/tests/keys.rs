@@ -22,6 +22,7 @@ const ENV: &[(&str, &str)] = &[
     ("CUSTOS_RAFT__ELECTION_TIMEOUT_MS_MAX", "600"),
     ("CUSTOS_CUSTODY__SCHEDULE_INTERVAL_MS", "200"),
     ("CUSTOS_CUSTODY__MAX_BATCH_ITEMS", "4"),
+    ("CUSTOS_LIMITS__TENANT_MAX_IN_FLIGHT", "2"),
 ];
 
 fn binary() -> &'static Path {
@@ -78,6 +79,9 @@ async fn keys_work_through_every_node() {
     setup(&cluster, "other", "orders").await;
     let keys = "/v1/tenants/acme/keys/orders";
     let context = json!({ "table": "orders", "row": "42" });
+
+    let shown = cluster.get(2, "/v1/tenants/acme").await.unwrap();
+    assert_eq!(shown.body["key_provider"], "sealed-local", "{}", shown.body);
 
     // Encrypt through node 1, decrypt through node 3.
     let sealed =
@@ -162,6 +166,16 @@ async fn keys_work_through_every_node() {
     assert_eq!(results[1]["error"]["code"], "invalid_base64");
     let too_many = json!({ "items": vec![json!({ "plaintext": b64("a") }); 5] });
     assert_code(&post(&cluster, 1, &format!("{keys}/encrypt/batch"), too_many).await, 400, "invalid_batch");
+
+    // A tenant's in-flight bound on a node (2 here): concurrent key creations, each held
+    // through its Raft commit, meet 429 tenant_busy; the others succeed.
+    let calls = (0..16).map(|i| post(&cluster, 3, "/v1/tenants/acme/keys", json!({ "id": format!("busy-{i}") })));
+    let replies = futures::future::join_all(calls).await;
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert!(replies.iter().all(|r| r.status == 201 || r.code() == Some("tenant_busy")), "{statuses:?}");
+    assert!(statuses.contains(&429) && statuses.contains(&201), "{statuses:?}");
+    let busy = replies.iter().find(|r| r.status == 429).unwrap();
+    assert!(busy.headers.get("retry-after").is_some(), "429 carries Retry-After");
 
     // Disabled keys refuse work; scheduled destruction happens on the leader's schedule.
     ok(&post(&cluster, 2, &format!("{keys}/disable"), json!({})).await, 200);

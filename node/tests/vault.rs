@@ -46,6 +46,8 @@ async fn a_tenant_on_vault_works_end_to_end_and_its_namespace_dies_with_it() {
     let reply = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await.unwrap();
     assert_eq!(reply.status, 201, "{}", reply.body);
     assert_eq!(tenant_namespaces(&bao, &http).await, ["bank/"]);
+    let shown = cluster.get(1, "/v1/tenants/bank").await.unwrap();
+    assert_eq!(shown.body["key_provider"], "vault", "{}", shown.body);
     let keys = bao.api(&http, "LIST", "custos/bank/transit/keys", json!(null)).await.unwrap();
     assert_eq!(keys["data"]["keys"], json!(["custos-root"]));
 

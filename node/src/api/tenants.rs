@@ -32,6 +32,9 @@ pub struct TenantView {
     created_at_ms: u64,
     updated_at_ms: u64,
     revision: u64,
+    /// Which core provider holds the tenant's root key; shown by get (absent once deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_provider: Option<&'static str>,
 }
 
 impl From<Tenant> for TenantView {
@@ -44,6 +47,7 @@ impl From<Tenant> for TenantView {
             created_at_ms: t.created_at_ms,
             updated_at_ms: t.updated_at_ms,
             revision: t.revision,
+            key_provider: None,
         }
     }
 }
@@ -168,7 +172,11 @@ pub async fn get(
     let Query(params) = params?;
     state.cluster.read_barrier(params.consistency.into()).await?;
     match state.cluster.reader().tenant(&id)? {
-        Some(tenant) => Ok(Json(tenant.into())),
+        Some(tenant) => {
+            let mut view = TenantView::from(tenant);
+            view.key_provider = state.cluster.reader().custody(&id)?.map(|c| c.provider.as_str());
+            Ok(Json(view))
+        }
         None => Err(custos_raft::Rejection::TenantNotFound(id).into()),
     }
 }
