@@ -189,6 +189,9 @@ pub enum EdgeProvider {
     /// Locked memory, zeroized on eviction.
     #[default]
     Memory,
+    /// Wrapped files under `<node.data_dir>/edge/<tenant>/`, surviving restarts; needs the
+    /// master key.
+    EncryptedFs,
 }
 
 /// Key custody: providers, the master key, caches and the key schedule.

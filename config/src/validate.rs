@@ -133,6 +133,11 @@ impl Config {
             "must be between 16 and 10000000".into(),
         );
         check(c.schedule_interval_ms >= 100, "custody.schedule_interval_ms", "must be at least 100".into());
+        check(
+            c.edge != crate::EdgeProvider::EncryptedFs || sources.iter().any(|given| *given),
+            "custody.edge",
+            "\"encrypted-fs\" needs a master key (master_key_file, master_key_env or master_key_command)".into(),
+        );
         let v = &c.vault;
         check(
             c.provider != crate::CoreProvider::Vault || v.address.is_some(),

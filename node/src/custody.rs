@@ -2,10 +2,11 @@
 //! configuration, the proposer the custody actors write through, and log compaction after
 //! crypto-shredding.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use custos_actors::custody::edge::MemoryEdge;
+use custos_actors::custody::edge::{EdgeStorageProvider, EncryptedFsEdge, MemoryEdge};
 use custos_actors::custody::master::{MasterKey, MasterKeySource};
 use custos_actors::custody::provider::vault::{AuthSettings, TokenSource};
 use custos_actors::custody::provider::{CoreStorageProvider, SealedLocal, VaultProvider, VaultSettings, VaultShared};
@@ -60,7 +61,7 @@ fn vault_settings(v: &VaultConfig, address: &str) -> Result<VaultSettings, NodeE
 /// Builds the node's key custody from its configuration: `sealed-local` whenever a master key
 /// is configured, `vault` whenever `custody.vault.address` is; `custody.provider` picks the
 /// default for new tenants and must be one of them.
-pub fn build(config: &CustodyConfig, cluster: &Cluster) -> Result<Built, NodeError> {
+pub fn build(config: &CustodyConfig, data_dir: &Path, cluster: &Cluster) -> Result<Built, NodeError> {
     let source = if let Some(file) = &config.master_key_file {
         Some(MasterKeySource::File(file.clone()))
     } else if let Some(var) = &config.master_key_env {
@@ -69,11 +70,11 @@ pub fn build(config: &CustodyConfig, cluster: &Cluster) -> Result<Built, NodeErr
         config.master_key_command.as_ref().map(|argv| MasterKeySource::Command(argv.clone()))
     };
     let mut providers: Vec<Arc<dyn CoreStorageProvider>> = Vec::new();
-    let sealed_local = source.is_some();
-    if let Some(source) = source {
-        let master = MasterKey::load(&source).map_err(|e| NodeError::MasterKey(e.to_string()))?;
-        providers.push(Arc::new(SealedLocal::new(master)));
-    }
+    let master = match source {
+        Some(source) => Some(MasterKey::load(&source).map_err(|e| NodeError::MasterKey(e.to_string()))?),
+        None => None,
+    };
+    let sealed_local = master.is_some();
     let mut vault = None;
     if let Some(address) = &config.vault.address {
         let shared =
@@ -87,11 +88,18 @@ pub fn build(config: &CustodyConfig, cluster: &Cluster) -> Result<Built, NodeErr
         CoreProvider::Vault if vault.is_some() => CoreProviderKind::Vault,
         CoreProvider::Vault => return Err(NodeError::Vault("custody.vault.address is not set".into())),
     };
-    let edge = match config.edge {
-        EdgeProvider::Memory => {
-            Arc::new(MemoryEdge::new(config.key_cache_max_entries, Duration::from_millis(config.key_cache_ttl_ms)))
-        }
+    let ttl = Duration::from_millis(config.key_cache_ttl_ms);
+    let edge: Arc<dyn EdgeStorageProvider> = match (config.edge, &master) {
+        (EdgeProvider::Memory, _) => Arc::new(MemoryEdge::new(config.key_cache_max_entries, ttl)),
+        (EdgeProvider::EncryptedFs, Some(master)) => Arc::new(
+            EncryptedFsEdge::open(&data_dir.join("edge"), master, config.key_cache_max_entries, ttl)
+                .map_err(|e| NodeError::EdgeCache(e.to_string()))?,
+        ),
+        (EdgeProvider::EncryptedFs, None) => return Err(NodeError::MasterKeyNotConfigured),
     };
+    if let Some(master) = master {
+        providers.insert(0, Arc::new(SealedLocal::new(master)));
+    }
     Ok(Built { custody: Arc::new(Custody::new(cluster.reader().clone(), providers, default, edge)), vault })
 }
 

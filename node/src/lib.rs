@@ -54,6 +54,8 @@ pub enum NodeError {
     MasterKeyNotConfigured,
     #[error("loading the master key: {0}")]
     MasterKey(String),
+    #[error("opening the edge key cache: {0}")]
+    EdgeCache(String),
     #[error("configuring the Vault provider: {0}")]
     Vault(String),
     #[error("starting the tenant actor supervisor: {0}")]
@@ -127,7 +129,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let append_bytes = config.raft.max_entries_per_append as usize * config.raft.max_entry_bytes;
     let raft_body_limit = append_bytes.max(config.raft.snapshot_chunk_bytes as usize * 2) + 1024 * 1024;
     let raft_app = custos_raft::network::router(cluster.clone(), raft_body_limit);
-    let custody::Built { custody, vault } = custody::build(&config.custody, &cluster)?;
+    let custody::Built { custody, vault } = custody::build(&config.custody, &data_dir, &cluster)?;
     let vault_adapter = match vault {
         Some(shared) => Some(
             ractor::Actor::spawn(Some(format!("custos/node-{node_id}/vault")), VaultAdapter, shared)

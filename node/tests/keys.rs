@@ -237,7 +237,10 @@ async fn plaintext_keys(cluster: &ProcessCluster, tenant: &TenantId, key: &KeyId
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_plaintext_keys_at_rest_and_deletion_shreds_everywhere() {
-    let mut cluster = ProcessCluster::new(binary(), 3, ENV).expect("prepare");
+    // The encrypted-fs edge cache puts cached keys on disk too: wrapped, so the scan below
+    // covers it.
+    let env: Vec<(&str, &str)> = ENV.iter().copied().chain([("CUSTOS_CUSTODY__EDGE", "encrypted-fs")]).collect();
+    let mut cluster = ProcessCluster::new(binary(), 3, &env).expect("prepare");
     cluster.form().await.expect("form");
     setup(&cluster, "acme", "orders").await;
     let keys = "/v1/tenants/acme/keys/orders";
@@ -255,6 +258,8 @@ async fn no_plaintext_keys_at_rest_and_deletion_shreds_everywhere() {
         cluster.stop(node).unwrap();
     }
     let (tenant, key) = (TenantId::new("acme").unwrap(), KeyId::new("orders").unwrap());
+    let cached = cluster.root().join("node-1/data/edge/acme");
+    assert!(cached.join("kek").is_file(), "node 1 cached the tenant's KEK on disk");
     let secrets = plaintext_keys(&cluster, &tenant, &key).await;
     assert_eq!(secrets.len(), 4);
     for file in files(cluster.root()) {
@@ -309,9 +314,12 @@ async fn no_plaintext_keys_at_rest_and_deletion_shreds_everywhere() {
             cluster.wait_leader(&[1, 2, 3], Duration::from_secs(20)).await.unwrap();
         }
     }
-    // Governance state on every node has neither the roots nor the key records.
+    // Governance state on every node has neither the roots nor the key records, and no
+    // node keeps cached keys of the tenant.
     for node in 1..=3 {
         cluster.stop(node).unwrap();
+        let cached = cluster.root().join(format!("node-{node}/data/edge/acme"));
+        assert!(!cached.exists(), "node {node} kept {}", cached.display());
         let store_dir = cluster.root().join(format!("node-{node}/data/raft"));
         let (_log, _sm, reader) = custos_raft::store::open(&store_dir, 100_000).unwrap();
         assert!(reader.custody(&tenant).unwrap().is_none(), "node {node} still has the tenant's roots");

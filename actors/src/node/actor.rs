@@ -60,6 +60,9 @@ async fn apply_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, t
     let id = tenant.id.clone();
     if tenant.status != TenantStatus::Active {
         stop_tenant(state, &id);
+        // The custody actor evicts on stop, but this node may have been down when the tenant
+        // was suspended or deleted, and an on-disk edge cache outlives the process.
+        state.deps.custody.edge().evict_tenant(&id);
         return;
     }
     match state.slots.get_mut(&id) {

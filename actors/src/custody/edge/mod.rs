@@ -1,10 +1,14 @@
-//! Edge storage providers (ADR-103): where unwrapped working keys are cached on a node.
+//! Edge storage providers (ADR-103): where working keys are cached on a node — `memory`
+//! (plaintext in locked memory, gone with the process) or `encrypted-fs` (wrapped files in
+//! per-tenant directories, surviving a restart).
 
+mod encrypted_fs;
 mod memory;
 
 use custos_raft::{KeyId, TenantId};
 use serde::Serialize;
 
+pub use encrypted_fs::{EdgeError, EncryptedFsEdge};
 pub use memory::MemoryEdge;
 
 use super::crypto::SecretKey;
