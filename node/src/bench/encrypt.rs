@@ -1,7 +1,8 @@
 //! `custos bench encrypt`: encrypt and decrypt of 128-byte payloads over HTTPS at several
 //! client counts, on one Custos node and on one OpenBao server (raft storage, transit
 //! aes256-gcm96, a non-root token limited to transit) on the same machine in the same run,
-//! with the same TLS CA and HTTP client. Prints ops/s, p50/p99 and the ratios, then the
+//! with the same TLS CA and the same minimal HTTP/1.1 keep-alive client (`wire.rs`), one
+//! connection per load client. Prints ops/s, p50/p99 and the ratios, then the
 //! in-process cost of one encrypt.
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use serde_json::{json, Value};
 
 use super::load::{drive, RunStats};
 use super::openbao::{self, OpenBao};
+use super::wire;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -47,34 +49,60 @@ fn print_row(row: &Row) {
     );
 }
 
-/// One system's endpoint for one operation, with its credentials and request body.
+/// One system's endpoint for one operation: where to connect and the prepared request.
 struct Target {
     system: &'static str,
     op: &'static str,
-    url: String,
-    /// Header name and value.
-    token: (&'static str, String),
-    body: Value,
-    /// The response field that shows success.
-    field: &'static str,
+    server: wire::Target,
+    request: Vec<u8>,
+    /// The response field that shows success, quoted as it appears in the JSON.
+    field: &'static [u8],
 }
 
 impl Target {
-    fn new(system: &'static str, op: &'static str, url: String, token: &(&'static str, String), body: &Value) -> Self {
-        let field = if op == "encrypt" { "ciphertext" } else { "plaintext" };
-        Target { system, op, url, token: token.clone(), body: body.clone(), field }
+    fn new(
+        system: &'static str,
+        op: &'static str,
+        url: &str,
+        token: &(&'static str, String),
+        body: &Value,
+        tls: &rustls::ClientConfig,
+    ) -> Result<Self> {
+        let field: &[u8] = if op == "encrypt" { b"\"ciphertext\"" } else { b"\"plaintext\"" };
+        let (base, path) = url.split_at(url[8..].find('/').map_or(url.len(), |i| i + 8));
+        let server = wire::Target::new(base, tls.clone())?;
+        let addr = base.trim_start_matches("https://").parse().context("a loopback address")?;
+        let request = wire::post(addr, path, (token.0, &token.1), body.to_string().as_bytes());
+        Ok(Target { system, op, server, request, field })
     }
 }
 
-/// One request; true when it answered 200 with the field the operation returns.
-async fn post(http: &reqwest::Client, url: &str, token: (&str, &str), body: &Value, field: &str) -> bool {
-    match http.post(url).header(token.0, token.1).json(body).send().await {
-        Ok(r) if r.status().is_success() => match r.json::<Value>().await {
-            Ok(v) => v.get(field).or_else(|| v["data"].get(field)).is_some(),
-            Err(_) => false,
-        },
-        _ => false,
-    }
+/// Runs one target with `clients` connections, each reused for all its requests; a request
+/// succeeds on 200 with the expected field.
+async fn run_target(target: Target, clients: usize, duration: Duration) -> RunStats {
+    let target = Arc::new(target);
+    let conns: Arc<Vec<tokio::sync::Mutex<Option<wire::Conn>>>> =
+        Arc::new((0..clients).map(|_| tokio::sync::Mutex::new(None)).collect());
+    drive(clients, duration, move |client, _| {
+        let (target, conns) = (target.clone(), conns.clone());
+        async move {
+            let mut slot = conns[client].lock().await;
+            if slot.is_none() {
+                *slot = target.server.connect().await.ok();
+            }
+            let Some(conn) = slot.as_mut() else { return false };
+            match conn.roundtrip(&target.request).await {
+                Ok((200, body)) => body.windows(target.field.len()).any(|w| w == target.field),
+                Ok(_) => false,
+                Err(_) => {
+                    // A broken connection is replaced on the next request.
+                    *slot = None;
+                    false
+                }
+            }
+        }
+    })
+    .await
 }
 
 async fn first_ciphertext(http: &reqwest::Client, url: &str, token: (&str, &str), body: &Value) -> Result<String> {
@@ -99,7 +127,8 @@ pub async fn run(options: Options) -> Result<()> {
         roots.add(cert)?;
     }
     let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let http = reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(30)).build()?;
+    let http =
+        reqwest::Client::builder().use_preconfigured_tls(tls.clone()).timeout(Duration::from_secs(30)).build()?;
     let bao = Arc::new(OpenBao::start(&options.openbao_script, &tls_dir, &http).await?);
 
     let body = json!({ "id": "bench", "display_name": "bench", "region": "bench" });
@@ -138,7 +167,7 @@ pub async fn run(options: Options) -> Result<()> {
     .await?;
 
     println!(
-        "encryption: {}-byte payloads over HTTPS (same CA, same client), {} s per run; custos = 1 node, OpenBao = raft storage, transit aes256-gcm96, transit-only token",
+        "encryption: {}-byte payloads over HTTPS/1.1 keep-alive (same CA, same client, a connection per client), {} s per run; custos = 1 node, OpenBao = raft storage, transit aes256-gcm96, transit-only token",
         options.payload_bytes,
         options.duration.as_secs()
     );
@@ -151,25 +180,28 @@ pub async fn run(options: Options) -> Result<()> {
     let mut rows = Vec::new();
     for &clients in &options.clients {
         let runs = [
-            Target::new("custos", "encrypt", format!("{custos_base}/encrypt"), &custos_token, &encrypt_body),
+            Target::new("custos", "encrypt", &format!("{custos_base}/encrypt"), &custos_token, &encrypt_body, &tls)?,
             Target::new(
                 "openbao",
                 "encrypt",
-                format!("{bao_base}/encrypt/{}", openbao::KEY),
+                &format!("{bao_base}/encrypt/{}", openbao::KEY),
                 &bao_token,
                 &encrypt_body,
-            ),
-            Target::new("custos", "decrypt", format!("{custos_base}/decrypt"), &custos_token, &custos_decrypt),
-            Target::new("openbao", "decrypt", format!("{bao_base}/decrypt/{}", openbao::KEY), &bao_token, &bao_decrypt),
+                &tls,
+            )?,
+            Target::new("custos", "decrypt", &format!("{custos_base}/decrypt"), &custos_token, &custos_decrypt, &tls)?,
+            Target::new(
+                "openbao",
+                "decrypt",
+                &format!("{bao_base}/decrypt/{}", openbao::KEY),
+                &bao_token,
+                &bao_decrypt,
+                &tls,
+            )?,
         ];
         for target in runs {
             let (system, op) = (target.system, target.op);
-            let (h, target) = (http.clone(), Arc::new(target));
-            let stats = drive(clients, options.duration, move |_, _| {
-                let (h, t) = (h.clone(), target.clone());
-                async move { post(&h, &t.url, (t.token.0, &t.token.1), &t.body, t.field).await }
-            })
-            .await;
+            let stats = run_target(target, clients, options.duration).await;
             let row = Row { system, op, clients, stats };
             print_row(&row);
             rows.push(row);
