@@ -42,13 +42,20 @@ impl FromRequestParts<AppState> for Admin {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be: Bearer <admin token>"))?;
-        let expected = state.cluster.reader().admin_token_sha256()?.ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "not_initialized",
-                "this node has no admin credential yet: initialise the cluster or wait until this node has joined",
-            )
-        })?;
+        let expected = match state.admin_sha256.get() {
+            Some(hash) => *hash,
+            None => {
+                let hash = state.cluster.reader().admin_token_sha256()?.ok_or_else(|| {
+                    ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "not_initialized",
+                        "this node has no admin credential yet: initialise the cluster or wait until this node has joined",
+                    )
+                })?;
+                // The state machine accepts the admin hash once and never changes it.
+                *state.admin_sha256.get_or_init(|| hash)
+            }
+        };
         if bool::from(token_sha256(token.trim()).ct_eq(&expected)) {
             Ok(Admin)
         } else {

@@ -55,6 +55,8 @@ pub struct AppInner {
     pub limits: Arc<LimitsConfig>,
     /// Most items in one batch encrypt or decrypt.
     pub max_batch_items: usize,
+    /// The admin token's hash once this node has applied it (it never changes after).
+    pub admin_sha256: std::sync::OnceLock<[u8; 32]>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -75,6 +77,7 @@ impl AppState {
             custody,
             limits: Arc::new(limits),
             max_batch_items,
+            admin_sha256: std::sync::OnceLock::new(),
             in_flight,
         }))
     }
