@@ -96,3 +96,60 @@ async fn a_tenant_on_vault_works_end_to_end_and_its_namespace_dies_with_it() {
     }
     assert!(left.is_empty(), "the tenant's namespace survived its deletion: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_over_tls_trusts_only_the_pinned_ca() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/openbao.sh");
+    // OpenBao serves a certificate from one CA; a second CA is the wrong one to pin.
+    let pki = tempfile::tempdir().unwrap();
+    for name in ["right", "wrong"] {
+        let status = std::process::Command::new(binary())
+            .args(["tls", "generate", "--nodes", "1", "--dir"])
+            .arg(pki.path().join(name))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let right = pki.path().join("right");
+    let env = [
+        ("OPENBAO_TLS_CERT", right.join("node-1.pem")),
+        ("OPENBAO_TLS_KEY", right.join("node-1-key.pem")),
+        ("OPENBAO_TLS_CA", right.join("ca.pem")),
+    ];
+    let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    let bao = OpenBaoServer::start(&script, "start-raft", &env).expect("OpenBao is required for this test");
+    let addr = bao.addr().unwrap();
+    assert!(addr.starts_with("https://"), "{addr}");
+    let token_file = bao.root_token_file().display().to_string();
+
+    for (ca, works) in [("right", true), ("wrong", false)] {
+        let ca_file = pki.path().join(ca).join("ca.pem").display().to_string();
+        let env = [
+            ("CUSTOS_CUSTODY__VAULT__ADDRESS", addr.as_str()),
+            ("CUSTOS_CUSTODY__VAULT__TOKEN_FILE", token_file.as_str()),
+            ("CUSTOS_CUSTODY__VAULT__CA_FILE", ca_file.as_str()),
+            ("CUSTOS_CUSTODY__VAULT__NAMESPACE_PREFIX", ca),
+        ];
+        let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
+        cluster.form().await.expect("form");
+        let body = json!({ "id": "bank", "display_name": "Bank", "region": "eu", "key_provider": "vault" });
+        let reply = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await.unwrap();
+        if works {
+            assert_eq!(reply.status, 201, "{}", reply.body);
+        } else {
+            // Without a certificate it trusts, the node never talks to this Vault: fail closed.
+            assert_eq!((reply.status, reply.code()), (503, Some("key_provider_unavailable")), "{}", reply.body);
+            let status = cluster.get(1, "/v1/cluster/status").await.unwrap();
+            let vault = status.body["custody"]["providers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["provider"] == "vault")
+                .cloned()
+                .unwrap();
+            assert_eq!(vault["healthy"], false, "{vault}");
+        }
+    }
+}
