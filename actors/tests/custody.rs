@@ -166,7 +166,7 @@ async fn deleting_the_tenant_makes_its_ciphertexts_unrecoverable() {
     let ct = f.custody.encrypt(&t, &k, b"secret", &none).await.unwrap();
     let custody = f.custody.reader().custody(&t).unwrap().unwrap();
     f.apply(Command::DeleteTenant { id: t.clone() }).await;
-    f.custody.destroy_tenant_root(&t, &custody).await.unwrap();
+    f.custody.destroy_root(&t, custody.provider, &custody.root).await.unwrap();
     // Purge runs a few records per applied entry; one more entry finishes this small tenant.
     f.apply(Command::DeleteTenant { id: TenantId::new("acme").unwrap() }).await;
     let after = f.custody.decrypt(&t, &k, &ct, &none).await;

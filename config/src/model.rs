@@ -211,7 +211,8 @@ pub struct CustodyConfig {
     pub key_cache_ttl_ms: u64,
     /// Most unwrapped keys cached on a node, all tenants together.
     pub key_cache_max_entries: usize,
-    /// How often each tenant's key schedule (rotation, destruction) runs on the leader.
+    /// How often the leader runs each tenant's key schedule (rotation, destruction) and
+    /// destroys deleted tenants' roots held outside governance state (Vault namespaces).
     pub schedule_interval_ms: u64,
     /// Most items in one batch encrypt or decrypt request.
     pub max_batch_items: usize,

@@ -13,7 +13,7 @@ use custos_actors::custody::provider::{CoreStorageProvider, SealedLocal, VaultPr
 use custos_actors::custody::Custody;
 use custos_actors::Proposer;
 use custos_config::{CoreProvider, CustodyConfig, EdgeProvider, VaultAuthMethod, VaultConfig};
-use custos_raft::{Cluster, CoreProviderKind, Proposal};
+use custos_raft::{Cluster, Command, CoreProviderKind, Proposal, RequestId};
 
 use crate::NodeError;
 
@@ -103,19 +103,71 @@ pub fn build(config: &CustodyConfig, data_dir: &Path, cluster: &Cluster) -> Resu
     Ok(Built { custody: Arc::new(Custody::new(cluster.reader().clone(), providers, default, edge)), vault })
 }
 
+fn is_leader(cluster: &Cluster) -> bool {
+    cluster.raft().metrics().borrow().current_leader == Some(cluster.id())
+}
+
 /// The custody actors' way to write: through this node's Raft cluster.
 pub struct ClusterProposer(pub Cluster);
 
 #[async_trait::async_trait]
 impl Proposer for ClusterProposer {
     fn is_leader(&self) -> bool {
-        let metrics = self.0.raft().metrics().borrow().clone();
-        metrics.current_leader == Some(self.0.id())
+        is_leader(&self.0)
     }
 
     async fn propose(&self, proposal: Proposal) -> Result<(), String> {
         let response = self.0.write(proposal).await.map_err(|e| e.to_string())?;
         response.outcome.map(|_| ()).map_err(|rejection| rejection.to_string())
+    }
+}
+
+/// Pending shreds handled per round.
+const SHREDS_PER_ROUND: usize = 64;
+
+/// On the leader, every `interval`: destroys deleted tenants' roots at their providers (a
+/// Vault namespace) and records each success, so a provider that was down when the tenant
+/// was deleted is shredded once it is back.
+pub async fn shred_pending(
+    cluster: Cluster,
+    custody: Arc<Custody>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        if !is_leader(&cluster) {
+            continue;
+        }
+        let pending = match cluster.reader().pending_shreds(SHREDS_PER_ROUND) {
+            Ok(pending) => pending,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading pending shreds failed");
+                continue;
+            }
+        };
+        for shred in pending {
+            let tenant = shred.tenant.clone();
+            if let Err(e) = custody.destroy_root(&tenant, shred.provider, &shred.root).await {
+                tracing::warn!(tenant_id = %tenant, error = %e, "destroying a deleted tenant's root failed; retrying");
+                continue;
+            }
+            let Ok(request_id) = RequestId::new(format!("shred/{tenant}")) else { continue };
+            let proposal = Proposal {
+                request_id,
+                proposed_at_ms: crate::api::now_ms(),
+                command: Command::RootDestroyed { tenant: tenant.clone() },
+            };
+            match cluster.write(proposal).await {
+                Ok(_) => tracing::info!(tenant_id = %tenant, "deleted tenant's root destroyed at its provider"),
+                Err(e) => {
+                    tracing::warn!(tenant_id = %tenant, error = %e, "recording a destroyed root failed; retrying")
+                }
+            }
+        }
     }
 }
 

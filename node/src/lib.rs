@@ -158,7 +158,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(|e| NodeError::Actors(e.to_string()))?;
     let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
-    let sync_task = tokio::spawn(tenants::sync(cluster.clone(), supervisor.clone(), sync_stopped));
+    let sync_task = tokio::spawn(tenants::sync(cluster.clone(), supervisor.clone(), sync_stopped.clone()));
+    let schedule_interval = Duration::from_millis(config.custody.schedule_interval_ms);
+    let shred_task =
+        tokio::spawn(custody::shred_pending(cluster.clone(), custody.clone(), schedule_interval, sync_stopped));
     let api_app = api::router(api::AppState::new(
         cluster.clone(),
         supervisor.clone(),
@@ -194,6 +197,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Nothing waits on the sync task's result; it only stops.
     let _ = stop_sync.send(true);
     let _ = sync_task.await;
+    let _ = shred_task.await;
     if let Err(e) = supervisor.stop_and_wait(Some("node stopping".into()), Some(DRAIN_TIMEOUT)).await {
         tracing::warn!(node_id, error = %e, "tenant actors did not stop in time");
     }

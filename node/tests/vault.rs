@@ -32,8 +32,11 @@ async fn a_tenant_on_vault_works_end_to_end_and_its_namespace_dies_with_it() {
     let bao = OpenBaoServer::start(&script, "start-dev", &[]).expect("OpenBao is required for this test");
     let addr = bao.addr().unwrap();
     let token_file = bao.root_token_file().display().to_string();
-    let env =
-        [("CUSTOS_CUSTODY__VAULT__ADDRESS", addr.as_str()), ("CUSTOS_CUSTODY__VAULT__TOKEN_FILE", token_file.as_str())];
+    let env = [
+        ("CUSTOS_CUSTODY__VAULT__ADDRESS", addr.as_str()),
+        ("CUSTOS_CUSTODY__VAULT__TOKEN_FILE", token_file.as_str()),
+        ("CUSTOS_CUSTODY__SCHEDULE_INTERVAL_MS", "200"),
+    ];
     let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
     cluster.form().await.expect("form");
     let http = reqwest::Client::new();

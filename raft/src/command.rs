@@ -48,6 +48,7 @@ impl Proposal {
             Command::ChangeKey { tenant, key, .. } | Command::DestroyKey { tenant, key } => {
                 tenant.as_str().len() + key.as_str().len()
             }
+            Command::RootDestroyed { tenant } => tenant.as_str().len(),
         };
         64 + self.request_id.as_str().len() + strings
     }
@@ -105,6 +106,10 @@ pub enum Command {
         tenant: TenantId,
         key: KeyId,
     },
+    /// A deleted tenant's root was destroyed at its provider; forgets the pending shred.
+    RootDestroyed {
+        tenant: TenantId,
+    },
 }
 
 impl Command {
@@ -119,6 +124,7 @@ impl Command {
             Command::RotateKey { .. } => "rotate_key",
             Command::ChangeKey { .. } => "change_key",
             Command::DestroyKey { .. } => "destroy_key",
+            Command::RootDestroyed { .. } => "root_destroyed",
         }
     }
 

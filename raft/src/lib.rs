@@ -40,8 +40,8 @@ pub use cluster::{
 };
 pub use command::{Command, Output, Proposal, Proposals, Rejection, Response, MAX_KEYS_PER_TENANT, MAX_KEY_VERSIONS};
 pub use state::{
-    check_display_name, CoreProviderKind, KeyAlgorithm, KeyChange, KeyPurpose, KeyRecord, KeyState, KeyVersion, Tenant,
-    TenantCustody, TenantStatus,
+    check_display_name, CoreProviderKind, KeyAlgorithm, KeyChange, KeyPurpose, KeyRecord, KeyState, KeyVersion,
+    PendingShred, Tenant, TenantCustody, TenantStatus,
 };
 pub use store::GovernanceReader;
 pub use types::{InvalidId, KeyId, NodeId, NodeInfo, RegionLabel, RequestId, TenantId};

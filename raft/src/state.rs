@@ -94,6 +94,16 @@ impl std::fmt::Debug for TenantCustody {
     }
 }
 
+/// A deleted tenant's root still held by a provider outside governance state (Vault): kept
+/// until the leader has destroyed it there and recorded so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingShred {
+    pub tenant: TenantId,
+    pub provider: CoreProviderKind,
+    /// The provider's reference to the root (for Vault: namespace and key name; no material).
+    pub root: Vec<u8>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyPurpose {
     EncryptDecrypt,

@@ -331,3 +331,27 @@ async fn deleting_a_tenant_shreds_its_roots_then_purges_its_keys() {
     assert!(reader.custody(&tenant("other")).unwrap().is_some());
     assert_eq!(reader.keys(&tenant("other"), None, 10).unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_deleted_tenants_external_root_stays_pending_until_recorded_destroyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let mut on_vault = create("bank");
+    if let Command::CreateTenant { custody, .. } = &mut on_vault {
+        custody.provider = CoreProviderKind::Vault;
+        custody.root = b"{\"namespace\":\"custos/bank\"}".to_vec();
+    }
+    apply(&mut sm, entry(1, "v", on_vault)).await;
+    apply(&mut sm, entry(2, "l", create("local"))).await;
+    apply(&mut sm, entry(3, "d1", Command::DeleteTenant { id: tenant("bank") })).await;
+    apply(&mut sm, entry(4, "d2", Command::DeleteTenant { id: tenant("local") })).await;
+
+    // Only the root held outside governance state waits, with where it is but no key material.
+    let pending = reader.pending_shreds(10).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!((pending[0].tenant.as_str(), pending[0].provider), ("bank", CoreProviderKind::Vault));
+    assert!(reader.custody(&tenant("bank")).unwrap().is_none(), "the wrapped KEK is gone at once");
+
+    apply(&mut sm, entry(5, "x", Command::RootDestroyed { tenant: tenant("bank") })).await;
+    assert!(reader.pending_shreds(10).unwrap().is_empty());
+}

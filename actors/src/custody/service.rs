@@ -110,10 +110,16 @@ impl Custody {
         Ok(TenantCustody { provider: kind, root, kek_wrapped, keys_created: 0 })
     }
 
-    /// Destroys what the tenant's provider holds outside governance state.
-    pub async fn destroy_tenant_root(&self, tenant: &TenantId, custody: &TenantCustody) -> Result<(), CustodyError> {
+    /// Destroys a deleted tenant's root where its provider holds it outside governance state,
+    /// and this node's cached keys of the tenant.
+    pub async fn destroy_root(
+        &self,
+        tenant: &TenantId,
+        provider: CoreProviderKind,
+        root: &[u8],
+    ) -> Result<(), CustodyError> {
         self.edge.evict_tenant(tenant);
-        Ok(self.provider(custody.provider)?.destroy(tenant, &custody.root).await?)
+        Ok(self.provider(provider)?.destroy(tenant, root).await?)
     }
 
     /// The tenant KEK, from the cache or unwrapped by the provider.

@@ -208,12 +208,8 @@ pub async fn delete(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = tenant_id(path)?;
-    let custody = state.cluster.reader().custody(&id)?;
-    let response = write(&state, &headers, Command::DeleteTenant { id: id.clone() }, StatusCode::OK).await?;
-    // Governance state no longer holds the roots; a provider holding them elsewhere destroys
-    // its copy too. Every node drops its cached keys when the tenant's actors stop.
-    if let Some(custody) = custody {
-        state.custody.destroy_tenant_root(&id, &custody).await?;
-    }
-    Ok(response)
+    // Governance state drops the roots in this write; a root held by a provider elsewhere is
+    // destroyed there by the leader (`custody::shred_pending`), and every node drops its
+    // cached keys when the tenant's actors stop.
+    write(&state, &headers, Command::DeleteTenant { id }, StatusCode::OK).await
 }

@@ -7,9 +7,9 @@ use super::codec::decode;
 use super::engine::{EngineError, KvEngine, Space};
 use super::state_machine::{
     custody_key, key_key, key_version_key, prefix_end, tenant_key, tenant_keys_prefix, tenant_revision_key, ADMIN_KEY,
-    TENANT_PREFIX, TENANT_REVISION_PREFIX,
+    PENDING_SHRED_PREFIX, TENANT_PREFIX, TENANT_REVISION_PREFIX,
 };
-use crate::state::{KeyRecord, KeyVersion, Tenant, TenantCustody};
+use crate::state::{KeyRecord, KeyVersion, PendingShred, Tenant, TenantCustody};
 use crate::types::{KeyId, TenantId};
 
 /// A read failure: the engine failed or a stored value is corrupt.
@@ -42,6 +42,23 @@ impl GovernanceReader {
         }
     }
 
+    /// Up to `limit` values from `from` to `to`, decoded.
+    fn decode_range<T: serde::de::DeserializeOwned>(
+        &self,
+        from: Bound<Vec<u8>>,
+        to: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<T>, ReadError> {
+        self.engine
+            .range(Space::State, from, to, limit)?
+            .into_iter()
+            .map(|(key, value)| {
+                decode(&value)
+                    .map_err(|source| ReadError::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source })
+            })
+            .collect()
+    }
+
     pub fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, ReadError> {
         self.get(&tenant_key(id))
     }
@@ -52,14 +69,7 @@ impl GovernanceReader {
             Some(id) => Bound::Excluded(tenant_key(id)),
             None => Bound::Included(TENANT_PREFIX.to_vec()),
         };
-        self.engine
-            .range(Space::State, from, prefix_end(TENANT_PREFIX), limit)?
-            .into_iter()
-            .map(|(key, value)| {
-                decode(&value)
-                    .map_err(|source| ReadError::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source })
-            })
-            .collect()
+        self.decode_range(from, prefix_end(TENANT_PREFIX), limit)
     }
 
     /// Up to `limit` tenants whose last change comes after (`revision`, `after_id`) — after
@@ -91,6 +101,12 @@ impl GovernanceReader {
         self.get(ADMIN_KEY)
     }
 
+    /// Up to `limit` deleted tenants whose roots are still to be destroyed at their provider.
+    pub fn pending_shreds(&self, limit: usize) -> Result<Vec<PendingShred>, ReadError> {
+        let from = Bound::Included(PENDING_SHRED_PREFIX.to_vec());
+        self.decode_range(from, prefix_end(PENDING_SHRED_PREFIX), limit)
+    }
+
     /// The key roots of a tenant; absent once the tenant is deleted.
     pub fn custody(&self, tenant: &TenantId) -> Result<Option<TenantCustody>, ReadError> {
         self.get(&custody_key(tenant))
@@ -112,13 +128,6 @@ impl GovernanceReader {
             Some(key) => Bound::Excluded(key_key(tenant, key)),
             None => Bound::Included(prefix.clone()),
         };
-        self.engine
-            .range(Space::State, from, prefix_end(&prefix), limit)?
-            .into_iter()
-            .map(|(key, value)| {
-                decode(&value)
-                    .map_err(|source| ReadError::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source })
-            })
-            .collect()
+        self.decode_range(from, prefix_end(&prefix), limit)
     }
 }

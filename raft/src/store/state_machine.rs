@@ -16,7 +16,8 @@
 //! - `c/<tenant id>` — the tenant's key roots ([`TenantCustody`]);
 //! - `k/<tenant id>/<key id>` — L3 key metadata;
 //! - `x/<tenant id>/<key id>/<version be>` — each key version's wrapped material;
-//! - `p/<tenant id>` — a deleted tenant whose key records are still being removed.
+//! - `p/<tenant id>` — a deleted tenant whose key records are still being removed;
+//! - `s/<tenant id>` — a deleted tenant's root still to be destroyed at its provider.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -34,7 +35,9 @@ use serde::{Deserialize, Serialize};
 use super::codec::{decode, encode};
 use super::engine::{Batch, KvEngine, Space};
 use crate::command::{Command, Output, Proposal, Rejection, Response, MAX_KEYS_PER_TENANT, MAX_KEY_VERSIONS};
-use crate::state::{KeyChange, KeyRecord, KeyState, KeyVersion, Tenant, TenantCustody, TenantStatus};
+use crate::state::{
+    CoreProviderKind, KeyChange, KeyRecord, KeyState, KeyVersion, PendingShred, Tenant, TenantCustody, TenantStatus,
+};
 use crate::types::{KeyId, NodeId, NodeInfo, TenantId};
 use crate::TypeConfig;
 
@@ -47,6 +50,7 @@ pub(crate) const CUSTODY_PREFIX: &[u8] = b"c/";
 pub(crate) const KEY_PREFIX: &[u8] = b"k/";
 pub(crate) const KEY_VERSION_PREFIX: &[u8] = b"x/";
 const PURGE_PREFIX: &[u8] = b"p/";
+pub(crate) const PENDING_SHRED_PREFIX: &[u8] = b"s/";
 const REQUEST_PREFIX: &[u8] = b"r/";
 const REQUEST_INDEX_PREFIX: &[u8] = b"q/";
 const SNAPSHOT_KEY: &[u8] = b"current";
@@ -77,6 +81,10 @@ fn tenant_versions_prefix(tenant: &TenantId) -> Vec<u8> {
 
 pub(crate) fn key_version_key(tenant: &TenantId, key: &KeyId, version: u32) -> Vec<u8> {
     [&tenant_versions_prefix(tenant)[..], key.as_str().as_bytes(), b"/", &version.to_be_bytes()[..]].concat()
+}
+
+pub(crate) fn pending_shred_key(tenant: &TenantId) -> Vec<u8> {
+    [PENDING_SHRED_PREFIX, tenant.as_str().as_bytes()].concat()
 }
 
 fn purge_key(tenant: &TenantId) -> Vec<u8> {
@@ -374,12 +382,24 @@ impl StateMachineStore {
                     t.revision = index;
                     put_tenant(txn, &t, Some(previous))?;
                     // Crypto-shredding: without the KEK wrapped under L1, no key below it can be
-                    // unwrapped. The key records themselves go a few per entry.
+                    // unwrapped. The key records themselves go a few per entry; a root held
+                    // outside governance state waits for the leader to destroy it there.
+                    if let Some(custody) = txn.get::<TenantCustody>(&custody_key(id))? {
+                        if custody.provider != CoreProviderKind::SealedLocal {
+                            let pending =
+                                PendingShred { tenant: id.clone(), provider: custody.provider, root: custody.root };
+                            txn.put(pending_shred_key(id), &pending)?;
+                        }
+                    }
                     txn.delete(custody_key(id));
                     txn.put_raw(purge_key(id), Vec::new());
                     Ok(Output::Tenant(t))
                 }
             },
+            Command::RootDestroyed { tenant } => {
+                txn.delete(pending_shred_key(tenant));
+                Ok(Output::Done)
+            }
             Command::CreateKey { tenant, key, purpose, algorithm, rotation_period_ms, material } => {
                 let mut custody = match self.key_tenant(txn, tenant)? {
                     Ok(custody) => custody,
