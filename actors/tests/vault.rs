@@ -198,5 +198,13 @@ async fn approle_tokens_are_renewed_then_replaced_by_a_new_login_when_they_expir
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(provider.health().healthy);
-    adapter.stop(None);
+
+    // Stopping the adapter revokes the token it logged in for: only the root token is left.
+    let accessors = || async {
+        let reply = bao.api(&http, "LIST", "auth/token/accessors", json!(null)).await.unwrap();
+        reply["data"]["keys"].as_array().unwrap().len()
+    };
+    assert!(accessors().await >= 2, "the adapter's token is live");
+    adapter.stop_and_wait(None, Some(Duration::from_secs(5))).await.unwrap();
+    assert_eq!(accessors().await, 1, "the adapter's token was revoked at stop");
 }
