@@ -47,6 +47,19 @@ pub use node::msg::NodeMsg;
 pub use restart::RestartPolicy;
 pub use tenant::msg::{ChildHealth, ChildKind, ComponentMsg, TenantMsg};
 
+/// Makes one child of a tenant's tree on this node fail, as a crash would; its supervisor
+/// then restarts it or degrades the tenant. Returns false when that child is not running.
+/// For supervision and chaos tests: the node exposes it only when configured to.
+pub fn inject_fault(node_id: u64, tenant: &custos_raft::TenantId, child: ChildKind) -> bool {
+    let Some(cell) = ractor::registry::where_is(tenant::supervisor::child_name(node_id, tenant, child)) else {
+        return false;
+    };
+    match child {
+        ChildKind::Custody => ractor::ActorRef::<CustodyMsg>::from(cell).cast(CustodyMsg::InjectFault).is_ok(),
+        _ => ractor::ActorRef::<ComponentMsg>::from(cell).cast(ComponentMsg::InjectFault).is_ok(),
+    }
+}
+
 /// How actors write to governance state: the node hands in its Raft cluster.
 #[async_trait::async_trait]
 pub trait Proposer: Send + Sync {

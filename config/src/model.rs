@@ -158,6 +158,9 @@ pub struct ActorsConfig {
     /// First restart delay; doubles per failure in the window up to `restart_backoff_max_ms`.
     pub restart_backoff_ms: u64,
     pub restart_backoff_max_ms: u64,
+    /// Serve `POST /v1/tenants/{tenant}/faults`, which makes one of a tenant's actors fail:
+    /// for chaos and supervision tests only. Off in production.
+    pub fault_injection: bool,
 }
 
 impl Default for ActorsConfig {
@@ -167,6 +170,7 @@ impl Default for ActorsConfig {
             restart_window_ms: 60_000,
             restart_backoff_ms: 100,
             restart_backoff_max_ms: 10_000,
+            fault_injection: false,
         }
     }
 }

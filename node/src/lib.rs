@@ -169,6 +169,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         custody,
         config.limits.clone(),
         config.custody.max_batch_items,
+        config.actors.fault_injection,
     ));
 
     let raft_handle = axum_server::Handle::new();

@@ -80,6 +80,9 @@ async fn keys_work_through_every_node() {
     let keys = "/v1/tenants/acme/keys/orders";
     let context = json!({ "table": "orders", "row": "42" });
 
+    // The fault hook is not routed unless configured.
+    let reply = post(&cluster, 1, "/v1/tenants/acme/faults", json!({ "child": "custody" })).await;
+    assert_code(&reply, 404, "not_found");
     let shown = cluster.get(2, "/v1/tenants/acme").await.unwrap();
     assert_eq!(shown.body["key_provider"], "sealed-local", "{}", shown.body);
 
@@ -326,4 +329,64 @@ async fn no_plaintext_keys_at_rest_and_deletion_shreds_everywhere() {
         assert!(reader.keys(&tenant, None, 10).unwrap().is_empty(), "node {node} still has key records");
         assert!(reader.key_version(&tenant, &key, 1).unwrap().is_none());
     }
+}
+
+/// This tenant's entry in the node's `tenant_actors` status.
+async fn actor_state(cluster: &ProcessCluster, tenant: &str) -> Value {
+    let status = cluster.get(1, "/v1/cluster/status").await.unwrap();
+    status.body["tenant_actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant_id"] == tenant)
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_actors_keep_failing_is_refused_on_its_node_only() {
+    let env = [
+        ("CUSTOS_ACTORS__FAULT_INJECTION", "true"),
+        ("CUSTOS_ACTORS__MAX_RESTARTS", "2"),
+        ("CUSTOS_ACTORS__RESTART_BACKOFF_MS", "20"),
+        ("CUSTOS_ACTORS__RESTART_BACKOFF_MAX_MS", "100"),
+    ];
+    let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
+    cluster.form().await.expect("form");
+    setup(&cluster, "bad", "k").await;
+    setup(&cluster, "good", "k").await;
+    let encrypt = |tenant: &'static str| {
+        post(&cluster, 1, format!("/v1/tenants/{tenant}/keys/k/encrypt"), json!({ "plaintext": b64("x") }))
+    };
+
+    // Two custody failures are restarted after a backoff; the third exceeds the budget of two.
+    for round in 1..=3u64 {
+        eventually(
+            "inject a custody fault",
+            || post(&cluster, 1, "/v1/tenants/bad/faults", json!({ "child": "custody" })),
+            |r| r.status == 202,
+        )
+        .await;
+        let want = if round < 3 { "running" } else { "degraded" };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = actor_state(&cluster, "bad").await;
+            if state["state"] == want && state["recent_failures"] == round {
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: {state}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The other tenant serves throughout.
+        assert_eq!(encrypt("good").await.status, 200, "round {round}");
+    }
+    assert_code(&encrypt("bad").await, 503, "tenant_degraded");
+    assert_eq!(actor_state(&cluster, "good").await["state"], "running");
+    let reply = post(&cluster, 1, "/v1/tenants/bad/faults", json!({ "child": "custody" })).await;
+    assert_code(&reply, 409, "actor_not_running");
+
+    // A change to the tenant gives it a fresh start.
+    ok(&post(&cluster, 1, "/v1/tenants/bad/suspend", json!({})).await, 200);
+    ok(&post(&cluster, 1, "/v1/tenants/bad/resume", json!({})).await, 200);
+    eventually("serving again", || encrypt("bad"), |r| r.status == 200).await;
 }

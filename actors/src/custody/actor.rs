@@ -18,8 +18,8 @@ pub enum CustodyMsg {
     /// Runs the key schedule; sent periodically.
     Tick,
     Health(RpcReplyPort<()>),
-    /// Fails the actor: the test-only fault hook.
-    #[cfg(test)]
+    /// Fails the actor: the fault hook of supervision and chaos tests (see
+    /// [`crate::inject_fault`]).
     InjectFault,
 }
 
@@ -144,7 +144,6 @@ impl Actor for CustodyActor {
                 // The caller may have timed out; nothing to do then.
                 let _ = reply.send(());
             }
-            #[cfg(test)]
             CustodyMsg::InjectFault => return Err("fault injected".into()),
         }
         Ok(())

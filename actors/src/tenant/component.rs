@@ -35,7 +35,6 @@ impl Actor for ComponentActor {
                 // The caller may have timed out; nothing to do then.
                 let _ = reply.send(());
             }
-            #[cfg(test)]
             ComponentMsg::InjectFault => return Err("fault injected".into()),
         }
         Ok(())

@@ -53,7 +53,7 @@ pub enum TenantMsg {
 #[derive(Debug)]
 pub enum ComponentMsg {
     Health(RpcReplyPort<()>),
-    /// Fails the actor: the test-only fault hook.
-    #[cfg(test)]
+    /// Fails the actor: the fault hook of supervision and chaos tests (see
+    /// [`crate::inject_fault`]).
     InjectFault,
 }

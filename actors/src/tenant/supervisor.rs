@@ -15,6 +15,11 @@ use crate::directory::TenantActorState;
 use crate::restart::{FailureWindow, Verdict};
 use crate::ActorDeps;
 
+/// The registry name of one child of a tenant on a node.
+pub fn child_name(node_id: u64, tenant: &custos_raft::TenantId, kind: ChildKind) -> String {
+    format!("custos/node-{node_id}/tenant/{tenant}/{}", kind.as_str())
+}
+
 /// How long a health probe of one child may take.
 const PROBE_TIMEOUT_MS: u64 = 500;
 
@@ -35,7 +40,7 @@ pub struct TenantState {
 
 impl TenantState {
     fn child_name(&self, kind: ChildKind) -> String {
-        format!("custos/node-{}/tenant/{}/{}", self.deps.node_id, self.tenant.id, kind.as_str())
+        child_name(self.deps.node_id, &self.tenant.id, kind)
     }
 
     fn publish(&self) {

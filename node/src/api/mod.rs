@@ -11,6 +11,7 @@ pub mod auth;
 mod cluster;
 mod crypto;
 pub mod error;
+mod faults;
 mod health;
 mod keys;
 mod tenants;
@@ -55,6 +56,8 @@ pub struct AppInner {
     pub limits: Arc<LimitsConfig>,
     /// Most items in one batch encrypt or decrypt.
     pub max_batch_items: usize,
+    /// Whether `POST /v1/tenants/{tenant}/faults` is routed (`actors.fault_injection`).
+    pub fault_injection: bool,
     /// The admin token's hash once this node has applied it (it never changes after).
     pub admin_sha256: std::sync::OnceLock<[u8; 32]>,
     in_flight: Arc<Semaphore>,
@@ -68,6 +71,7 @@ impl AppState {
         custody: Arc<Custody>,
         limits: LimitsConfig,
         max_batch_items: usize,
+        fault_injection: bool,
     ) -> Self {
         let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
         AppState(Arc::new(AppInner {
@@ -77,6 +81,7 @@ impl AppState {
             custody,
             limits: Arc::new(limits),
             max_batch_items,
+            fault_injection,
             admin_sha256: std::sync::OnceLock::new(),
             in_flight,
         }))
@@ -84,7 +89,7 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
+    let mut v1 = Router::new()
         .route("/tenants", post(tenants::create).get(tenants::list))
         .route("/tenants/{id}", get(tenants::get).delete(tenants::delete))
         .route("/tenants/{id}/suspend", post(tenants::suspend))
@@ -107,6 +112,9 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster/status", get(cluster::status))
         .route("/cluster/members", post(cluster::add_member))
         .route("/cluster/members/{id}", delete(cluster::remove_member));
+    if state.fault_injection {
+        v1 = v1.route("/tenants/{tenant}/faults", post(faults::inject));
+    }
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(health::healthz))

@@ -1,0 +1,55 @@
+//! `POST /v1/tenants/{tenant}/faults`: makes one of a tenant's actors on this node fail, for
+//! supervision and chaos tests. Routed only when `actors.fault_injection` is on.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use custos_actors::ChildKind;
+use custos_raft::TenantId;
+use serde::Deserialize;
+
+use super::auth::Admin;
+use super::error::ApiError;
+use super::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Child {
+    Session,
+    Policy,
+    Custody,
+    Telemetry,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    child: Child,
+}
+
+pub async fn inject(
+    _: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<Fault>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(tenant) = path?;
+    let tenant = TenantId::new(tenant)?;
+    let Json(fault) = body?;
+    let child = match fault.child {
+        Child::Session => ChildKind::Session,
+        Child::Policy => ChildKind::Policy,
+        Child::Custody => ChildKind::Custody,
+        Child::Telemetry => ChildKind::Telemetry,
+    };
+    if custos_actors::inject_fault(state.cluster.id(), &tenant, child) {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "actor_not_running",
+            format!("tenant {tenant} has no running {} actor on this node", child.as_str()),
+        ))
+    }
+}
