@@ -43,9 +43,11 @@ pub async fn sync(cluster: Cluster, supervisor: ActorRef<NodeMsg>, mut stop: wat
             let sent = match cursor {
                 None => all_tenants(&cluster).map(NodeMsg::Sync),
                 Some(from) => changed_tenants(&cluster, from).map(|changed| {
-                    for tenant in changed.iter().filter(|t| t.status == TenantStatus::Deleted) {
-                        // Crypto-shredding reaches this node's log and snapshot too.
-                        tokio::spawn(crate::custody::compact_after_shred(cluster.clone(), tenant.revision));
+                    // Crypto-shredding reaches this node's log and snapshot too: one compaction
+                    // past the latest deletion in this batch covers them all.
+                    let deleted = changed.iter().filter(|t| t.status == TenantStatus::Deleted).map(|t| t.revision);
+                    if let Some(upto) = deleted.max() {
+                        tokio::spawn(crate::custody::compact_after_shred(cluster.clone(), upto));
                     }
                     NodeMsg::Changed(changed)
                 }),
