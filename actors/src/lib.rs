@@ -78,6 +78,6 @@ pub struct ActorDeps {
     pub custody: Arc<custody::Custody>,
     /// None where nothing may be proposed (tests of supervision alone).
     pub proposer: Option<Arc<dyn Proposer>>,
-    /// Period of each custody actor's key-schedule tick.
+    /// How often the leader runs every tenant's key schedule.
     pub maintenance_interval: Duration,
 }

@@ -2,7 +2,7 @@
 //! runs the tenant's key schedule (rotation and destruction) when this node leads.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use custos_raft::{Command, KeyId, KeyRecord, KeyState, Proposal, RequestId, TenantId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -15,7 +15,7 @@ const KEYS_PER_TICK: usize = 256;
 
 #[derive(Debug)]
 pub enum CustodyMsg {
-    /// Runs the key schedule; sent periodically.
+    /// Runs the key schedule; the node supervisor sends it to every tenant on the leader.
     Tick,
     Health(RpcReplyPort<()>),
     /// Fails the actor: the fault hook of supervision and chaos tests (see
@@ -27,7 +27,6 @@ pub struct CustodyArgs {
     pub tenant: TenantId,
     pub custody: Arc<Custody>,
     pub proposer: Option<Arc<dyn Proposer>>,
-    pub interval: Duration,
 }
 
 pub struct CustodyState {
@@ -113,12 +112,11 @@ impl Actor for CustodyActor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<CustodyMsg>,
+        _myself: ActorRef<CustodyMsg>,
         args: CustodyArgs,
     ) -> Result<CustodyState, ActorProcessingErr> {
         // A (re)started actor rebuilds from governance state: nothing cached survives it.
         args.custody.edge().evict_tenant(&args.tenant);
-        myself.send_interval(args.interval, || CustodyMsg::Tick);
         tracing::debug!(tenant_id = %args.tenant, "custody actor started");
         Ok(CustodyState { args, cursor: None })
     }
@@ -153,6 +151,7 @@ impl Actor for CustodyActor {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::time::Duration;
 
     use custos_raft::store::StateMachineStore;
     use custos_raft::{
@@ -229,12 +228,7 @@ mod tests {
         apply(&mut sm, 5, Command::ChangeKey { tenant: tenant.clone(), key: doomed.clone(), change: schedule }).await;
 
         let recorder = Arc::new(Recorder::default());
-        let args = CustodyArgs {
-            tenant: tenant.clone(),
-            custody: custody.clone(),
-            proposer: Some(recorder.clone()),
-            interval: Duration::from_secs(3600),
-        };
+        let args = CustodyArgs { tenant: tenant.clone(), custody: custody.clone(), proposer: Some(recorder.clone()) };
         let mut state = CustodyState { args, cursor: None };
         state.tick().await;
         state.tick().await;

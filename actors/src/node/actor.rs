@@ -115,9 +115,11 @@ impl Actor for NodeSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<NodeMsg>,
+        myself: ActorRef<NodeMsg>,
         deps: ActorDeps,
     ) -> Result<SupervisorState, ActorProcessingErr> {
+        // One timer for the node, not one per tenant.
+        myself.send_interval(deps.maintenance_interval, || NodeMsg::ScheduleTick);
         Ok(SupervisorState { deps, slots: BTreeMap::new() })
     }
 
@@ -159,6 +161,13 @@ impl Actor for NodeSupervisor {
             NodeMsg::Restart(id) => {
                 if state.slots.get(&id).is_some_and(|s| s.actor.is_none() && !s.degraded) {
                     spawn_tenant(&myself, state, &id).await;
+                }
+            }
+            NodeMsg::ScheduleTick => {
+                if state.deps.proposer.as_ref().is_some_and(|p| p.is_leader()) {
+                    for actor in state.slots.values().filter_map(|s| s.actor.as_ref()) {
+                        let _ = actor.cast(TenantMsg::ScheduleTick);
+                    }
                 }
             }
             NodeMsg::Health(reply) => {

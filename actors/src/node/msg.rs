@@ -15,4 +15,6 @@ pub enum NodeMsg {
     Restart(TenantId),
     /// The state of every tenant's actors on this node.
     Health(RpcReplyPort<Vec<TenantHealth>>),
+    /// Periodic: on the leader, every tenant runs its key schedule.
+    ScheduleTick,
 }

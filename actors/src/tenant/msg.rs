@@ -44,6 +44,8 @@ pub enum TenantMsg {
     Health(RpcReplyPort<Vec<ChildHealth>>),
     /// Starts the children that are not running, once a restart backoff has passed.
     RestartChildren,
+    /// Runs the tenant's key schedule (forwarded to its custody actor).
+    ScheduleTick,
     /// Fails the supervisor itself, to exercise the node supervisor in tests.
     #[cfg(test)]
     Crash,

@@ -84,12 +84,8 @@ impl TenantState {
         let tenant = self.tenant.id.clone();
         let cell = match kind {
             ChildKind::Custody => {
-                let args = CustodyArgs {
-                    tenant,
-                    custody: self.deps.custody.clone(),
-                    proposer: self.deps.proposer.clone(),
-                    interval: self.deps.maintenance_interval,
-                };
+                let args =
+                    CustodyArgs { tenant, custody: self.deps.custody.clone(), proposer: self.deps.proposer.clone() };
                 Actor::spawn_linked(name, CustodyActor, args, supervisor).await?.0.get_cell()
             }
             other => Actor::spawn_linked(name, ComponentActor { kind: other }, tenant, supervisor).await?.0.get_cell(),
@@ -197,6 +193,12 @@ impl Actor for TenantSupervisor {
                     health.push(ChildHealth { child: kind, healthy });
                 }
                 let _ = reply.send(health);
+            }
+            TenantMsg::ScheduleTick => {
+                if let Some(cell) = state.children.get(&ChildKind::Custody) {
+                    // A custody actor that just failed misses this tick, not the next.
+                    let _ = ActorRef::<CustodyMsg>::from(cell.clone()).cast(CustodyMsg::Tick);
+                }
             }
             TenantMsg::RestartChildren => {
                 if !state.degraded {
