@@ -91,7 +91,7 @@ async fn ciphertexts_open_only_under_their_tenant_key_and_context() {
     let other_orders = f.key(&other, "orders").await;
     let context = ctx(&[("table", "orders"), ("row", "42")]);
 
-    let ct = f.custody.encrypt(&acme, &orders, b"card 4111", &context).await.unwrap();
+    let ct = f.custody.encrypt(&acme, &orders, b"card 4111", &context).await.unwrap().ciphertext;
     assert!(ct.starts_with("custos:v1:"));
     assert_eq!(f.custody.decrypt(&acme, &orders, &ct, &context).await.unwrap().as_slice(), b"card 4111");
 
@@ -118,15 +118,18 @@ async fn rotation_keeps_old_versions_until_the_minimum_passes_them() {
     let t = f.tenant("acme").await;
     let k = f.key(&t, "orders").await;
     let none = EncryptionContext::new();
-    let v1 = f.custody.encrypt(&t, &k, b"one", &none).await.unwrap();
+    let v1 = f.custody.encrypt(&t, &k, b"one", &none).await.unwrap().ciphertext;
     f.rotate(&t, &k, 1).await;
     let v2 = f.custody.encrypt(&t, &k, b"two", &none).await.unwrap();
-    assert_eq!(custos_actors::custody::ciphertext::Ciphertext::parse(&v2).unwrap().key_version, 2);
+    assert_eq!(v2.key_version, 2);
+    assert_eq!(custos_actors::custody::ciphertext::Ciphertext::parse(&v2.ciphertext).unwrap().key_version, 2);
+    let v2 = v2.ciphertext;
     assert_eq!(f.custody.decrypt(&t, &k, &v1, &none).await.unwrap().as_slice(), b"one");
 
     // Rewrap moves a version-1 ciphertext to version 2 without changing its plaintext.
     let rewrapped = f.custody.rewrap(&t, &k, &v1, &none).await.unwrap();
-    assert_eq!(custos_actors::custody::ciphertext::Ciphertext::parse(&rewrapped).unwrap().key_version, 2);
+    assert_eq!(custos_actors::custody::ciphertext::Ciphertext::parse(&rewrapped.ciphertext).unwrap().key_version, 2);
+    let rewrapped = rewrapped.ciphertext;
 
     f.apply(Command::ChangeKey {
         tenant: t.clone(),
@@ -153,7 +156,7 @@ async fn data_keys_decrypt_to_their_plaintext() {
     let k = f.key(&t, "files").await;
     let context = ctx(&[("file", "report.pdf")]);
     let dk = f.custody.generate_data_key(&t, &k, &context).await.unwrap();
-    let opened = f.custody.decrypt(&t, &k, &dk.ciphertext, &context).await.unwrap();
+    let opened = f.custody.decrypt(&t, &k, &dk.sealed.ciphertext, &context).await.unwrap();
     assert_eq!(opened.as_slice(), dk.plaintext.expose());
 }
 
@@ -163,7 +166,7 @@ async fn deleting_the_tenant_makes_its_ciphertexts_unrecoverable() {
     let t = f.tenant("acme").await;
     let k = f.key(&t, "orders").await;
     let none = EncryptionContext::new();
-    let ct = f.custody.encrypt(&t, &k, b"secret", &none).await.unwrap();
+    let ct = f.custody.encrypt(&t, &k, b"secret", &none).await.unwrap().ciphertext;
     let custody = f.custody.reader().custody(&t).unwrap().unwrap();
     f.apply(Command::DeleteTenant { id: t.clone() }).await;
     f.custody.destroy_root(&t, custody.provider, &custody.root).await.unwrap();

@@ -136,7 +136,7 @@ async fn vault_outage_fails_closed_while_cached_keys_serve_until_their_ttl() {
     };
     apply(&mut sm, 2, create).await;
     let none = EncryptionContext::new();
-    let ct = custody.encrypt(&t, &k, b"payload", &none).await.unwrap();
+    let ct = custody.encrypt(&t, &k, b"payload", &none).await.unwrap().ciphertext;
 
     // OpenBao goes away: cached keys keep serving until their TTL ends…
     bao.run("stop").unwrap();

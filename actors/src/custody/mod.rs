@@ -15,4 +15,4 @@ mod service;
 
 pub use ciphertext::EncryptionContext;
 pub use crypto::SecretKey;
-pub use service::{Custody, CustodyError, DataKey};
+pub use service::{Custody, CustodyError, DataKey, Sealed};

@@ -47,10 +47,17 @@ pub enum CustodyError {
     CorruptMaterial(String),
 }
 
+/// A ciphertext and the key version that sealed it (the API answers with it as is).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Sealed {
+    pub ciphertext: String,
+    pub key_version: u32,
+}
+
 /// A data key: plaintext for the caller's own use, and the same key wrapped under an L3 key.
 pub struct DataKey {
     pub plaintext: SecretKey,
-    pub ciphertext: String,
+    pub sealed: Sealed,
 }
 
 /// Key custody of one node, shared by every request and by the tenants' custody actors.
@@ -167,9 +174,11 @@ impl Custody {
         Ok(material)
     }
 
-    fn seal_latest(record: &KeyRecord, material: &SecretKey, plaintext: &[u8], context: &EncryptionContext) -> String {
-        let aad = data_aad(&record.tenant, &record.id, record.latest_version, context);
-        Ciphertext { key_version: record.latest_version, sealed: seal(material, plaintext, &aad) }.encode()
+    fn seal_latest(record: &KeyRecord, material: &SecretKey, plaintext: &[u8], context: &EncryptionContext) -> Sealed {
+        let key_version = record.latest_version;
+        let aad = data_aad(&record.tenant, &record.id, key_version, context);
+        let ciphertext = Ciphertext { key_version, sealed: seal(material, plaintext, &aad) }.encode();
+        Sealed { ciphertext, key_version }
     }
 
     /// Encrypts under the key's latest version.
@@ -179,7 +188,7 @@ impl Custody {
         key: &KeyId,
         plaintext: &[u8],
         context: &EncryptionContext,
-    ) -> Result<String, CustodyError> {
+    ) -> Result<Sealed, CustodyError> {
         check_context(context).map_err(CustodyError::InvalidContext)?;
         let record = self.record(tenant, key)?;
         let material = self.version_key(tenant, key, record.latest_version).await?;
@@ -225,7 +234,7 @@ impl Custody {
         key: &KeyId,
         ciphertext: &str,
         context: &EncryptionContext,
-    ) -> Result<String, CustodyError> {
+    ) -> Result<Sealed, CustodyError> {
         check_context(context).map_err(CustodyError::InvalidContext)?;
         let parsed = Ciphertext::parse(ciphertext)?;
         let record = self.record(tenant, key)?;
@@ -242,7 +251,7 @@ impl Custody {
         context: &EncryptionContext,
     ) -> Result<DataKey, CustodyError> {
         let plaintext = SecretKey::generate();
-        let ciphertext = self.encrypt(tenant, key, plaintext.expose(), context).await?;
-        Ok(DataKey { plaintext, ciphertext })
+        let sealed = self.encrypt(tenant, key, plaintext.expose(), context).await?;
+        Ok(DataKey { plaintext, sealed })
     }
 }

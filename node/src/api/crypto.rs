@@ -9,8 +9,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use custos_actors::custody::ciphertext::Ciphertext;
-use custos_actors::custody::EncryptionContext;
+use custos_actors::custody::{EncryptionContext, Sealed};
 use custos_raft::{KeyId, TenantId};
 use serde::{Deserialize, Serialize};
 
@@ -37,23 +36,9 @@ pub struct CiphertextItem {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Sealed {
-    ciphertext: String,
-    key_version: u32,
-}
-
-#[derive(Debug, Serialize)]
 pub struct Opened {
     /// Base64 of the decrypted bytes.
     plaintext: String,
-}
-
-impl Sealed {
-    fn new(ciphertext: String) -> Self {
-        // Just produced by this node, so it parses.
-        let key_version = Ciphertext::parse(&ciphertext).map(|c| c.key_version).unwrap_or_default();
-        Sealed { ciphertext, key_version }
-    }
 }
 
 async fn encrypt_one(state: &AppState, tenant: &TenantId, key: &KeyId, item: EncryptItem) -> Result<Sealed, ApiError> {
@@ -62,7 +47,7 @@ async fn encrypt_one(state: &AppState, tenant: &TenantId, key: &KeyId, item: Enc
             .decode(item.plaintext.as_bytes())
             .map_err(|_| ApiError::bad_request("invalid_base64", "plaintext must be standard base64"))?,
     );
-    Ok(Sealed::new(state.custody.encrypt(tenant, key, &plaintext, &item.context).await?))
+    Ok(state.custody.encrypt(tenant, key, &plaintext, &item.context).await?)
 }
 
 async fn decrypt_one(
@@ -108,7 +93,7 @@ pub async fn rewrap(
     let (tenant, key) = key_path(path)?;
     let Json(item) = body?;
     let _permit = admit(&state, &tenant)?;
-    Ok(Json(Sealed::new(state.custody.rewrap(&tenant, &key, &item.ciphertext, &item.context).await?)))
+    Ok(Json(state.custody.rewrap(&tenant, &key, &item.ciphertext, &item.context).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,9 +129,9 @@ pub async fn data_key(
     let Json(body) = body?;
     let _permit = admit(&state, &tenant)?;
     let data_key = state.custody.generate_data_key(&tenant, &key, &body.context).await?;
-    let sealed = Sealed::new(data_key.ciphertext);
     let plaintext = body.include_plaintext.then(|| STANDARD.encode(data_key.plaintext.expose()));
-    Ok(Json(DataKeyView { ciphertext: sealed.ciphertext, key_version: sealed.key_version, plaintext }))
+    let Sealed { ciphertext, key_version } = data_key.sealed;
+    Ok(Json(DataKeyView { ciphertext, key_version, plaintext }))
 }
 
 #[derive(Debug, Deserialize)]

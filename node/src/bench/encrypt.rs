@@ -276,7 +276,7 @@ async fn in_process_cost(payload_bytes: usize) -> Result<(f64, f64)> {
 
     let payload = vec![0x5au8; payload_bytes];
     let context = EncryptionContext::new();
-    let ct = custody.encrypt(&tenant, &key, &payload, &context).await?;
+    let ct = custody.encrypt(&tenant, &key, &payload, &context).await?.ciphertext;
     let start = Instant::now();
     for _ in 0..CALLS {
         std::hint::black_box(custody.encrypt(&tenant, &key, &payload, &context).await?);
