@@ -3,6 +3,8 @@
 //! the node's edge key, with the tenant and slot as associated data, so a file copied to
 //! another tenant's directory or another name does not open. The edge key itself is random,
 //! stored in `<dir>/edge.key` sealed by the cluster master key, and held only in memory.
+//! The wrapped entries are mirrored in memory, so a lookup never touches the disk; the files
+//! are written on `put` and read back only when the cache opens.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,8 +56,13 @@ pub struct EncryptedFsEdge {
     edge_key: SecretKey,
     ttl: Duration,
     capacity: usize,
-    /// Expiry (ms since the epoch) of every cached file, mirrored from disk.
-    index: Mutex<HashMap<(TenantId, Slot), u64>>,
+    /// Every cached file as on disk: expiry (ms since the epoch) and the sealed key.
+    index: Mutex<HashMap<(TenantId, Slot), Wrapped>>,
+}
+
+struct Wrapped {
+    expires_ms: u64,
+    sealed: Vec<u8>,
 }
 
 impl EncryptedFsEdge {
@@ -86,9 +93,10 @@ impl EncryptedFsEdge {
             for file in std::fs::read_dir(tenant_dir.path()).map_err(io(&tenant_dir.path()))?.flatten() {
                 let name = file.file_name().to_string_lossy().into_owned();
                 match (parse_slot(&name), std::fs::read(file.path())) {
-                    (Some(slot), Ok(bytes)) if bytes.len() >= 8 => {
-                        let expires = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
-                        index.insert((tenant.clone(), slot), expires);
+                    (Some(slot), Ok(mut bytes)) if bytes.len() >= 8 => {
+                        let expires_ms = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+                        let sealed = bytes.split_off(8);
+                        index.insert((tenant.clone(), slot), Wrapped { expires_ms, sealed });
                     }
                     // Leftovers of an interrupted write or foreign files: not cache entries.
                     _ => {
@@ -106,7 +114,7 @@ impl EncryptedFsEdge {
         self.dir.join(tenant.as_str()).join(slot)
     }
 
-    fn remove(&self, index: &mut HashMap<(TenantId, Slot), u64>, tenant: &TenantId, slot: &Slot) {
+    fn remove(&self, index: &mut HashMap<(TenantId, Slot), Wrapped>, tenant: &TenantId, slot: &Slot) {
         index.remove(&(tenant.clone(), slot.clone()));
         let _ = std::fs::remove_file(self.path(tenant, &slot_name(slot)));
     }
@@ -124,16 +132,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl EdgeStorageProvider for EncryptedFsEdge {
     fn get(&self, tenant: &TenantId, slot: &Slot) -> Option<SecretKey> {
         let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        let expires = *index.get(&(tenant.clone(), slot.clone()))?;
-        if expires <= now_ms() {
+        let entry = index.get(&(tenant.clone(), slot.clone()))?;
+        if entry.expires_ms <= now_ms() {
             self.remove(&mut index, tenant, slot);
             return None;
         }
-        let name = slot_name(slot);
-        let bytes = std::fs::read(self.path(tenant, &name)).ok()?;
-        match bytes.get(8..).map(|sealed| unwrap_key(&self.edge_key, sealed, &entry_aad(tenant, &name))) {
-            Some(Ok(key)) => Some(key),
-            _ => {
+        match unwrap_key(&self.edge_key, &entry.sealed, &entry_aad(tenant, &slot_name(slot))) {
+            Ok(key) => Some(key),
+            Err(_) => {
                 // Damaged or moved: not usable, so not cached.
                 self.remove(&mut index, tenant, slot);
                 None
@@ -149,20 +155,21 @@ impl EdgeStorageProvider for EncryptedFsEdge {
             self.evict_expired();
             index = self.index.lock().unwrap_or_else(|p| p.into_inner());
             if index.len() >= self.capacity {
-                if let Some((t, s)) = index.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
+                if let Some((t, s)) = index.iter().min_by_key(|(_, e)| e.expires_ms).map(|(k, _)| k.clone()) {
                     self.remove(&mut index, &t, &s);
                 }
             }
         }
         let name = slot_name(&slot);
-        let expires = now_ms().saturating_add(self.ttl.as_millis() as u64);
-        let mut bytes = expires.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&wrap_key(&self.edge_key, key, &entry_aad(tenant, &name)));
+        let expires_ms = now_ms().saturating_add(self.ttl.as_millis() as u64);
+        let sealed = wrap_key(&self.edge_key, key, &entry_aad(tenant, &name));
+        let mut bytes = expires_ms.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&sealed);
         let dir = self.dir.join(tenant.as_str());
         let written = std::fs::create_dir_all(&dir).and_then(|()| write_atomically(&dir.join(&name), &bytes));
         match written {
             Ok(()) => {
-                index.insert((tenant.clone(), slot), expires);
+                index.insert((tenant.clone(), slot), Wrapped { expires_ms, sealed });
             }
             // A cache that cannot write only misses more often.
             Err(e) => tracing::warn!(tenant_id = %tenant, error = %e, "writing to the edge cache failed"),
@@ -179,7 +186,7 @@ impl EdgeStorageProvider for EncryptedFsEdge {
         let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
         let expired: Vec<(TenantId, Slot)> =
-            index.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
+            index.iter().filter(|(_, e)| e.expires_ms <= now).map(|(k, _)| k.clone()).collect();
         for (tenant, slot) in &expired {
             self.remove(&mut index, tenant, slot);
         }
