@@ -98,10 +98,6 @@ impl TenantDirectory {
             })
             .collect()
     }
-
-    pub fn state(&self, tenant: &TenantId) -> Option<TenantActorState> {
-        self.entries.read().unwrap_or_else(|p| p.into_inner()).get(tenant).map(|e| e.state)
-    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 use custos_raft::Tenant;
 use ractor::RpcReplyPort;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The four children of a tenant supervisor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChildKind {
     Session,

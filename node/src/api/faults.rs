@@ -14,18 +14,9 @@ use super::error::ApiError;
 use super::AppState;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum Child {
-    Session,
-    Policy,
-    Custody,
-    Telemetry,
-}
-
-#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
-    child: Child,
+    child: ChildKind,
 }
 
 pub async fn inject(
@@ -36,13 +27,7 @@ pub async fn inject(
 ) -> Result<StatusCode, ApiError> {
     let Path(tenant) = path?;
     let tenant = TenantId::new(tenant)?;
-    let Json(fault) = body?;
-    let child = match fault.child {
-        Child::Session => ChildKind::Session,
-        Child::Policy => ChildKind::Policy,
-        Child::Custody => ChildKind::Custody,
-        Child::Telemetry => ChildKind::Telemetry,
-    };
+    let Json(Fault { child }) = body?;
     if custos_actors::inject_fault(state.cluster.id(), &tenant, child) {
         Ok(StatusCode::ACCEPTED)
     } else {

@@ -43,7 +43,6 @@ fn read_secret(path: &PathBuf) -> Result<Zeroizing<String>, ProviderError> {
 impl VaultShared {
     /// Obtains a fresh token by the configured method and installs it.
     pub(super) async fn login(&self) -> Result<(), ProviderError> {
-        let root = self.build_client(None, "")?;
         let (token, ttl, renewable, ours) = match &self.settings.auth {
             AuthSettings::Token { source } => {
                 let token = match source {
@@ -60,16 +59,18 @@ impl VaultShared {
             }
             AuthSettings::AppRole { mount, role_id, secret_id_file } => {
                 let secret_id = read_secret(secret_id_file)?;
+                let client = self.build_client(None, "")?;
                 let info = self
-                    .call("AppRole login", vaultrs::auth::approle::login(&root, mount, role_id, &secret_id))
+                    .call("AppRole login", vaultrs::auth::approle::login(&client, mount, role_id, &secret_id))
                     .await?;
                 let (token, ttl, renewable) = from_auth(info);
                 (token, ttl, renewable, true)
             }
             AuthSettings::Kubernetes { mount, role, jwt_file } => {
                 let jwt = read_secret(jwt_file)?;
+                let client = self.build_client(None, "")?;
                 let info =
-                    self.call("Kubernetes login", vaultrs::auth::kubernetes::login(&root, mount, role, &jwt)).await?;
+                    self.call("Kubernetes login", vaultrs::auth::kubernetes::login(&client, mount, role, &jwt)).await?;
                 let (token, ttl, renewable) = from_auth(info);
                 (token, ttl, renewable, true)
             }
