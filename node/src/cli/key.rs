@@ -9,7 +9,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::output::{print, text};
+use super::output::{page_lines, print, text};
 use super::{client, Global};
 
 #[derive(Debug, Subcommand)]
@@ -127,16 +127,7 @@ pub async fn run(global: &Global, tenant: &str, command: KeyCommand) -> anyhow::
                 path.push_str(&format!("&after={after}"));
             }
             let list = api.get(&path).await?;
-            print(out, &list, |l| {
-                let mut lines: Vec<String> = l["keys"].as_array().into_iter().flatten().map(key_line).collect();
-                if lines.is_empty() {
-                    lines.push("no keys".into());
-                }
-                if let Some(next) = l["next_after"].as_str() {
-                    lines.push(format!("(more: --after {next})"));
-                }
-                lines.join("\n")
-            });
+            print(out, &list, |l| page_lines(l, "keys", "no keys", key_line));
         }
         KeyCommand::Get { id } => {
             let key = api.get(&format!("{base}/{id}")).await?;

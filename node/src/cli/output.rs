@@ -21,6 +21,19 @@ pub fn text(value: &Value) -> String {
     }
 }
 
+/// One page of a list answer: a line per item of `field`, `none` when empty, and how to get
+/// the next page.
+pub fn page_lines(page: &Value, field: &str, none: &str, line: impl Fn(&Value) -> String) -> String {
+    let mut lines: Vec<String> = page[field].as_array().into_iter().flatten().map(line).collect();
+    if lines.is_empty() {
+        lines.push(none.into());
+    }
+    if let Some(next) = page["next_after"].as_str() {
+        lines.push(format!("(more: --after {next})"));
+    }
+    lines.join("\n")
+}
+
 pub fn tenant_line(t: &Value) -> String {
     format!(
         "{:<24} {:<10} {:<16} rev {:<8} {}",

@@ -4,7 +4,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::json;
 
-use super::output::{print, tenant_line};
+use super::output::{page_lines, print, tenant_line};
 use super::{client, Global};
 
 #[derive(Debug, Subcommand)]
@@ -69,16 +69,7 @@ pub async fn run(global: &Global, command: TenantCommand) -> anyhow::Result<Exit
                 path.push_str(&format!("&after={after}"));
             }
             let list = api.get(&path).await?;
-            print(global.output, &list, |l| {
-                let mut lines: Vec<String> = l["tenants"].as_array().into_iter().flatten().map(tenant_line).collect();
-                if lines.is_empty() {
-                    lines.push("no tenants".into());
-                }
-                if let Some(next) = l["next_after"].as_str() {
-                    lines.push(format!("(more: --after {next})"));
-                }
-                lines.join("\n")
-            });
+            print(global.output, &list, |l| page_lines(l, "tenants", "no tenants", tenant_line));
         }
         TenantCommand::Get { id, stale } => {
             let tenant = api.get(&format!("/v1/tenants/{id}?consistency={}", consistency(stale))).await?;
