@@ -62,11 +62,18 @@ pub enum CoreProviderKind {
 }
 
 impl CoreProviderKind {
+    pub const ALL: [CoreProviderKind; 2] = [CoreProviderKind::SealedLocal, CoreProviderKind::Vault];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CoreProviderKind::SealedLocal => "sealed-local",
             CoreProviderKind::Vault => "vault",
         }
+    }
+
+    /// The kind named `name` (as [`CoreProviderKind::as_str`] spells it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
 

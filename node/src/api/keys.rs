@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::auth::Admin;
 use super::error::ApiError;
-use super::{replicate, AppState, ReadConsistency};
+use super::{page_limit, replicate, AppState, ReadConsistency};
 
 /// Default delay before a scheduled destruction: time to notice a mistake and cancel.
 const DEFAULT_DESTROY_DELAY_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -158,11 +158,7 @@ pub async fn list(
     let Path(tenant) = path?;
     let tenant = TenantId::new(tenant)?;
     let Query(params) = params?;
-    let max = state.limits.max_batch;
-    let limit = params.limit.unwrap_or(max.min(100));
-    if limit == 0 || limit > max {
-        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {max}")));
-    }
+    let limit = page_limit(&state, params.limit)?;
     let after = params.after.map(KeyId::new).transpose()?;
     state.cluster.read_barrier(params.consistency.into()).await?;
     if state.cluster.reader().tenant(&tenant)?.is_none() {

@@ -176,6 +176,16 @@ impl From<ReadConsistency> for Consistency {
 
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
+/// The page size of a list: `requested`, or 100 (at most `limits.max_batch`) when absent.
+pub fn page_limit(state: &AppState, requested: Option<usize>) -> Result<usize, ApiError> {
+    let max = state.limits.max_batch;
+    let limit = requested.unwrap_or(max.min(100));
+    if limit == 0 || limit > max {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {max}")));
+    }
+    Ok(limit)
+}
+
 /// Replicates one command under the request's id and renders what it produced with `render`,
 /// marking replays of an earlier attempt with `Idempotent-Replayed: true`.
 pub async fn replicate<T: serde::Serialize>(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Admin;
 use super::error::ApiError;
-use super::{replicate, AppState, ReadConsistency};
+use super::{page_limit, replicate, AppState, ReadConsistency};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,14 +110,12 @@ pub async fn create(
         .map_err(|reason| ApiError::bad_request("invalid_field", format!("display_name {reason}")))?;
     let provider = match body.key_provider.as_deref() {
         None => None,
-        Some("sealed-local") => Some(CoreProviderKind::SealedLocal),
-        Some("vault") => Some(CoreProviderKind::Vault),
-        Some(other) => {
-            return Err(ApiError::bad_request(
+        Some(name) => Some(CoreProviderKind::from_name(name).ok_or_else(|| {
+            ApiError::bad_request(
                 "invalid_field",
-                format!("key_provider {other:?} is not one of \"sealed-local\", \"vault\""),
-            ))
-        }
+                format!("key_provider {name:?} is not one of \"sealed-local\", \"vault\""),
+            )
+        })?),
     };
     // The tenant's key roots exist before the tenant does, so it is never without custody.
     let custody = state.custody.provision_tenant(&id, provider).await?;
@@ -131,11 +129,7 @@ pub async fn list(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<impl Serialize>, ApiError> {
     let Query(params) = params?;
-    let max = state.limits.max_batch;
-    let limit = params.limit.unwrap_or(max.min(100));
-    if limit == 0 || limit > max {
-        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {max}")));
-    }
+    let limit = page_limit(&state, params.limit)?;
     let mut after = params.after.map(TenantId::new).transpose()?;
     state.cluster.read_barrier(params.consistency.into()).await?;
     // Deleted tenants may be filtered out, so scan pages until `limit` tenants are found.
