@@ -87,6 +87,15 @@ impl TenantDirectory {
             .map_err(|_| Refusal::Busy { tenant: tenant.clone(), limit: self.tenant_max_in_flight })
     }
 
+    pub fn health_of(&self, tenant: &TenantId) -> Option<TenantHealth> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.get(tenant).map(|e| TenantHealth {
+            tenant_id: tenant.to_string(),
+            state: e.state,
+            recent_failures: e.recent_failures,
+        })
+    }
+
     pub fn health(&self) -> Vec<TenantHealth> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries

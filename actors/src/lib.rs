@@ -60,6 +60,13 @@ pub fn inject_fault(node_id: u64, tenant: &custos_raft::TenantId, child: ChildKi
     }
 }
 
+/// Probes each child of a tenant's tree on this node; None when the tenant has no tree here.
+pub async fn tenant_children(node_id: u64, tenant: &custos_raft::TenantId) -> Option<Vec<ChildHealth>> {
+    let cell = ractor::registry::where_is(node::actor::tenant_supervisor_name(node_id, tenant))?;
+    // Each probe is bounded; the whole answer by four of them.
+    ractor::call_t!(ractor::ActorRef::<TenantMsg>::from(cell), TenantMsg::Health, 3000).ok()
+}
+
 /// How actors write to governance state: the node hands in its Raft cluster.
 #[async_trait::async_trait]
 pub trait Proposer: Send + Sync {

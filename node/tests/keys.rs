@@ -355,6 +355,12 @@ async fn a_tenant_whose_actors_keep_failing_is_refused_on_its_node_only() {
     cluster.form().await.expect("form");
     setup(&cluster, "bad", "k").await;
     setup(&cluster, "good", "k").await;
+    // Every tenant has its four actors on the node, each answering a health probe.
+    let actors = cluster.get(1, "/v1/tenants/good/actors").await.unwrap();
+    assert_eq!(actors.body["state"], "running", "{}", actors.body);
+    let children = actors.body["children"].as_array().unwrap().clone();
+    assert_eq!(children.len(), 4, "{}", actors.body);
+    assert!(children.iter().all(|c| c["healthy"] == true), "{}", actors.body);
     let encrypt = |tenant: &'static str| {
         post(&cluster, 1, format!("/v1/tenants/{tenant}/keys/k/encrypt"), json!({ "plaintext": b64("x") }))
     };
@@ -381,6 +387,9 @@ async fn a_tenant_whose_actors_keep_failing_is_refused_on_its_node_only() {
         assert_eq!(encrypt("good").await.status, 200, "round {round}");
     }
     assert_code(&encrypt("bad").await, 503, "tenant_degraded");
+    let actors = cluster.get(1, "/v1/tenants/bad/actors").await.unwrap();
+    assert_eq!(actors.body["state"], "degraded", "{}", actors.body);
+    assert!(actors.body["children"].as_array().unwrap().iter().all(|c| c["healthy"] == false), "{}", actors.body);
     assert_eq!(actor_state(&cluster, "good").await["state"], "running");
     let reply = post(&cluster, 1, "/v1/tenants/bad/faults", json!({ "child": "custody" })).await;
     assert_code(&reply, 409, "actor_not_running");

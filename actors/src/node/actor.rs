@@ -10,6 +10,11 @@ use crate::tenant::msg::TenantMsg;
 use crate::tenant::supervisor::{TenantArgs, TenantSupervisor};
 use crate::ActorDeps;
 
+/// The registry name of a tenant's supervisor on a node.
+pub fn tenant_supervisor_name(node_id: u64, tenant: &TenantId) -> String {
+    format!("custos/node-{node_id}/tenant/{tenant}")
+}
+
 /// Keeps one supervised tenant supervisor per active tenant on this node.
 pub struct NodeSupervisor;
 
@@ -27,7 +32,7 @@ pub struct SupervisorState {
 
 impl SupervisorState {
     fn actor_name(&self, id: &TenantId) -> String {
-        format!("custos/node-{}/tenant/{id}", self.deps.node_id)
+        tenant_supervisor_name(self.deps.node_id, id)
     }
 }
 

@@ -17,7 +17,7 @@ use crate::ActorDeps;
 
 /// The registry name of one child of a tenant on a node.
 pub fn child_name(node_id: u64, tenant: &custos_raft::TenantId, kind: ChildKind) -> String {
-    format!("custos/node-{node_id}/tenant/{tenant}/{}", kind.as_str())
+    format!("{}/{}", crate::node::actor::tenant_supervisor_name(node_id, tenant), kind.as_str())
 }
 
 /// How long a health probe of one child may take.

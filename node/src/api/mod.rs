@@ -94,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{id}", get(tenants::get).delete(tenants::delete))
         .route("/tenants/{id}/suspend", post(tenants::suspend))
         .route("/tenants/{id}/resume", post(tenants::resume))
+        .route("/tenants/{id}/actors", get(tenants::actors))
         .route("/tenants/{tenant}/keys", post(keys::create).get(keys::list))
         .route("/tenants/{tenant}/keys/{key}", get(keys::get))
         .route("/tenants/{tenant}/keys/{key}/rotate", post(keys::rotate))

@@ -8,6 +8,8 @@ use axum::Json;
 use custos_raft::{check_display_name, Command, CoreProviderKind, Output, RegionLabel, Tenant, TenantId, TenantStatus};
 use serde::{Deserialize, Serialize};
 
+use custos_actors::{ChildHealth, TenantHealth};
+
 use super::auth::Admin;
 use super::error::ApiError;
 use super::{page_limit, replicate, AppState, ReadConsistency};
@@ -173,6 +175,34 @@ pub async fn get(
         }
         None => Err(custos_raft::Rejection::TenantNotFound(id).into()),
     }
+}
+
+/// A tenant's actors on this node.
+#[derive(Debug, Serialize)]
+pub struct ActorsView {
+    node_id: u64,
+    /// `tenant_id`, `state` (`running`, `restarting`, `degraded`) and `recent_failures`;
+    /// absent when the tenant has no actors here.
+    #[serde(flatten)]
+    state: Option<TenantHealth>,
+    children: Vec<ChildHealth>,
+}
+
+/// `GET /v1/tenants/{id}/actors`: the state of the tenant's actor tree on the serving node
+/// and a health probe of each child.
+pub async fn actors(
+    _: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ActorsView>, ApiError> {
+    let id = tenant_id(path)?;
+    if state.cluster.reader().tenant(&id)?.is_none() {
+        return Err(custos_raft::Rejection::TenantNotFound(id).into());
+    }
+    let node_id = state.cluster.id();
+    let health = state.directory.health_of(&id);
+    let children = custos_actors::tenant_children(node_id, &id).await.unwrap_or_default();
+    Ok(Json(ActorsView { node_id, state: health, children }))
 }
 
 pub async fn suspend(
