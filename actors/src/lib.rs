@@ -29,6 +29,7 @@
 //! and the tenant id, because ractor's registry is process-wide and tests run several nodes in
 //! one process.
 
+pub mod audit;
 pub mod custody;
 mod directory;
 mod node;

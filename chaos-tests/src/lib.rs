@@ -6,13 +6,16 @@
 //! - `cluster.rs` — [`ProcessCluster`]: certificates, per-node configuration files, process
 //!   control (start, SIGTERM, SIGKILL, restart) and an HTTPS client for the API of each node.
 //! - `openbao.rs` — [`OpenBaoServer`]: a real OpenBao run by `deploy/scripts/openbao.sh`.
+//! - `kafka.rs` — [`KafkaBroker`]: a real Apache Kafka (KRaft) run by `deploy/scripts/kafka.sh`.
 //!
 //! The harness talks to nodes only through their public API and their process, so what it
 //! checks is what a client and an operator see. It takes the path of the `custos` binary from
 //! the caller (integration tests of `custos-node` pass `CARGO_BIN_EXE_custos`).
 
 mod cluster;
+mod kafka;
 mod openbao;
 
 pub use cluster::{free_ports, ApiReply, ProcessCluster};
+pub use kafka::KafkaBroker;
 pub use openbao::OpenBaoServer;

@@ -8,8 +8,9 @@
 
 set -euo pipefail
 
-log() { printf 'etcd.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+readonly script_name="etcd.sh"
+# shellcheck source=deploy/scripts/common.sh
+source "$(dirname "$0")/common.sh"
 
 cmd_install() {
     if command -v etcd >/dev/null 2>&1; then

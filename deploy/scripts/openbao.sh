@@ -37,17 +37,9 @@ readonly stop_timeout_s="${OPENBAO_STOP_TIMEOUT_S:-10}"
 # a bounded number of times rather than forever.
 readonly start_attempts_max=3
 
-log() { printf 'openbao.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
-    exit 2
-}
-
-need() {
-    command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not on PATH ($2)"
-}
+readonly script_name="openbao.sh"
+# shellcheck source=deploy/scripts/common.sh
+source "$(dirname "$0")/common.sh"
 
 # ---------------------------------------------------------------------------------------------
 # install
@@ -145,15 +137,6 @@ EOF
 
 random_token() {
     python3 -c 'import secrets; print(secrets.token_hex(24))'
-}
-
-# True when the pid is a live (not zombie) process.
-pid_alive() {
-    local pid="$1" state
-    kill -0 "$pid" 2>/dev/null || return 1
-    # A zombie still answers kill -0 until its parent reaps it; treat it as gone.
-    state="$(awk '{print $3}' "/proc/${pid}/stat" 2>/dev/null || true)"
-    [[ "$state" != "Z" ]]
 }
 
 # Prints the HTTP status of /v1/sys/health (000 when nothing answers): 200 unsealed and active,

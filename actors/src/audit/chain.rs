@@ -1,0 +1,354 @@
+//! Tamper evidence: the hash chain and its verifier.
+//!
+//! Every event belongs to one chain — a tenant's events from one node's outbox — and carries
+//! its sequence number in that chain, the hash of the chain's previous event and its own hash.
+//! The hash is SHA-256 over the event's canonical form: its JSON with `chainhash` removed,
+//! object keys sorted, no whitespace. Changing any field of a stored event, adding one, or
+//! dropping or moving an event shows up in [`Verifier::finish`].
+//!
+//! What a chain cannot show on its own is a cut-off tail: the last events of a chain missing
+//! together look like a chain that ended early. Compare with the node's chain heads for that.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::event::AuditEvent;
+
+/// `chainprev` of a chain's first event.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The bytes the chain hash covers.
+pub fn canonical_bytes(event: &AuditEvent) -> Vec<u8> {
+    let mut value = serde_json::to_value(event).unwrap_or(serde_json::Value::Null);
+    if let Some(object) = value.as_object_mut() {
+        object.remove("chainhash");
+    }
+    // serde_json's map is a BTreeMap (no `preserve_order`): keys come out sorted.
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+/// Hex SHA-256 of the canonical form.
+pub fn event_hash(event: &AuditEvent) -> String {
+    hex::encode(Sha256::digest(canonical_bytes(event)))
+}
+
+/// Something the verifier found wrong with one chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Finding {
+    /// The event's content does not match its own hash.
+    Modified { chain: String, seq: u64, id: String },
+    /// Events `from..=to` of the chain never appeared.
+    Missing { chain: String, from: u64, to: u64 },
+    /// The event came after a later event of its chain.
+    Reordered { chain: String, seq: u64, after: u64 },
+    /// The event's `chainprev` is not the hash of the chain's previous event.
+    BrokenLink { chain: String, seq: u64 },
+    /// Two different events claim the same place in the chain.
+    Conflict { chain: String, seq: u64 },
+    /// The event could not be read as an audit event at all.
+    Unreadable { position: u64, reason: String },
+}
+
+/// One chain's extent in a verified stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainSummary {
+    pub chain: String,
+    pub events: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub last_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub tenant: String,
+    /// Events of the tenant read, duplicates included.
+    pub events: u64,
+    /// Redeliveries of an identical event (at-least-once shipping); not a finding.
+    pub duplicates: u64,
+    pub chains: Vec<ChainSummary>,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+struct Seen {
+    hash: [u8; 32],
+    prev: [u8; 32],
+}
+
+#[derive(Default)]
+struct ChainState {
+    seen: BTreeMap<u64, Seen>,
+    max_seq: u64,
+    last_hash_hex: String,
+}
+
+/// Reads one tenant's events in stream order and reports what is wrong with its chains.
+/// Memory grows with the number of distinct events (about 80 bytes each).
+pub struct Verifier {
+    tenant: String,
+    position: u64,
+    events: u64,
+    duplicates: u64,
+    chains: HashMap<String, ChainState>,
+    findings: Vec<Finding>,
+}
+
+fn decode_hash(hex_text: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(hex_text).ok()?;
+    bytes.try_into().ok()
+}
+
+impl Verifier {
+    pub fn new(tenant: impl Into<String>) -> Verifier {
+        Verifier {
+            tenant: tenant.into(),
+            position: 0,
+            events: 0,
+            duplicates: 0,
+            chains: HashMap::new(),
+            findings: Vec::new(),
+        }
+    }
+
+    /// Feeds one raw stream entry; entries of other tenants are skipped.
+    pub fn push_raw(&mut self, bytes: &[u8]) {
+        self.position += 1;
+        match serde_json::from_slice::<AuditEvent>(bytes) {
+            Ok(event) => self.check(event),
+            Err(error) => {
+                // An unreadable entry may have been any tenant's; it is only reported when it
+                // at least names this tenant, so one tenant's verification never depends on
+                // the content of another's events.
+                let names_tenant = serde_json::from_slice::<serde_json::Value>(bytes)
+                    .ok()
+                    .and_then(|v| v.get("tenant").and_then(|t| t.as_str()).map(|t| t == self.tenant))
+                    .unwrap_or(false);
+                if names_tenant {
+                    self.findings.push(Finding::Unreadable { position: self.position, reason: error.to_string() });
+                }
+            }
+        }
+    }
+
+    /// Feeds one parsed event; events of other tenants are skipped.
+    pub fn push(&mut self, event: AuditEvent) {
+        self.position += 1;
+        self.check(event);
+    }
+
+    fn check(&mut self, event: AuditEvent) {
+        if event.tenant != self.tenant {
+            return;
+        }
+        self.events += 1;
+        let computed = event_hash(&event);
+        if computed != event.chainhash {
+            self.findings.push(Finding::Modified {
+                chain: event.chain.clone(),
+                seq: event.chainseq,
+                id: event.id.clone(),
+            });
+        }
+        let (Some(hash), Some(prev)) = (decode_hash(&event.chainhash), decode_hash(&event.chainprev)) else {
+            self.findings.push(Finding::BrokenLink { chain: event.chain.clone(), seq: event.chainseq });
+            return;
+        };
+        let seq = event.chainseq;
+        let state = self.chains.entry(event.chain.clone()).or_default();
+        if let Some(earlier) = state.seen.get(&seq) {
+            if earlier.hash == hash && computed == event.chainhash {
+                self.duplicates += 1;
+            } else {
+                self.findings.push(Finding::Conflict { chain: event.chain.clone(), seq });
+            }
+            return;
+        }
+        if seq < state.max_seq {
+            self.findings.push(Finding::Reordered { chain: event.chain.clone(), seq, after: state.max_seq });
+        } else {
+            state.max_seq = seq;
+            state.last_hash_hex = event.chainhash.clone();
+        }
+        state.seen.insert(seq, Seen { hash, prev });
+    }
+
+    /// Checks links and gaps once the whole stream has been read.
+    pub fn finish(mut self) -> Report {
+        let genesis = [0u8; 32];
+        let mut names: Vec<String> = self.chains.keys().cloned().collect();
+        names.sort();
+        let mut chains = Vec::with_capacity(names.len());
+        for name in names {
+            let state = &self.chains[&name];
+            let mut expected = 1u64;
+            let mut previous: Option<(u64, [u8; 32])> = None;
+            for (&seq, seen) in &state.seen {
+                if seq > expected {
+                    self.findings.push(Finding::Missing { chain: name.clone(), from: expected, to: seq - 1 });
+                }
+                let link_ok = match previous {
+                    Some((prev_seq, prev_hash)) if prev_seq + 1 == seq => seen.prev == prev_hash,
+                    // Nothing to compare with: the previous event is missing (reported above).
+                    Some(_) => true,
+                    None if seq == 1 => seen.prev == genesis,
+                    None => true,
+                };
+                if !link_ok {
+                    self.findings.push(Finding::BrokenLink { chain: name.clone(), seq });
+                }
+                previous = Some((seq, seen.hash));
+                expected = seq + 1;
+            }
+            chains.push(ChainSummary {
+                chain: name.clone(),
+                events: state.seen.len() as u64,
+                first_seq: state.seen.keys().next().copied().unwrap_or(0),
+                last_seq: state.max_seq,
+                last_hash: state.last_hash_hex.clone(),
+            });
+        }
+        Report {
+            tenant: self.tenant,
+            events: self.events,
+            duplicates: self.duplicates,
+            chains,
+            findings: self.findings,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::{Actor, AuditData, Outcome, SCHEMA_VERSION, SPEC_VERSION};
+
+    fn chain_of(tenant: &str, chain: &str, n: u64) -> Vec<AuditEvent> {
+        let mut prev = GENESIS.to_string();
+        (1..=n)
+            .map(|seq| {
+                let mut event = AuditEvent {
+                    specversion: SPEC_VERSION.into(),
+                    id: format!("{chain}-{seq}"),
+                    source: "custos://node/1".into(),
+                    kind: "dev.custos.key.encrypt".into(),
+                    time: "2026-11-23T10:00:00.000Z".into(),
+                    subject: Some("keys/k".into()),
+                    datacontenttype: "application/json".into(),
+                    tenant: tenant.into(),
+                    auditschema: SCHEMA_VERSION,
+                    chain: chain.into(),
+                    chainseq: seq,
+                    chainprev: prev.clone(),
+                    chainhash: String::new(),
+                    data: AuditData::new(Actor::admin(), Outcome::Success),
+                };
+                event.chainhash = event_hash(&event);
+                prev = event.chainhash.clone();
+                event
+            })
+            .collect()
+    }
+
+    fn verify(tenant: &str, events: &[AuditEvent]) -> Report {
+        let mut verifier = Verifier::new(tenant);
+        for event in events {
+            verifier.push_raw(&serde_json::to_vec(event).unwrap());
+        }
+        verifier.finish()
+    }
+
+    #[test]
+    fn an_intact_chain_verifies_and_duplicates_are_not_findings() {
+        let mut events = chain_of("acme", "1/a", 5);
+        events.insert(3, events[2].clone());
+        let report = verify("acme", &events);
+        assert!(report.is_clean(), "{:?}", report.findings);
+        assert_eq!((report.events, report.duplicates), (6, 1));
+        assert_eq!(report.chains[0].last_seq, 5);
+        assert_eq!(report.chains[0].last_hash, events[5].chainhash);
+    }
+
+    #[test]
+    fn a_modified_event_is_found_and_recomputing_its_hash_breaks_the_next_link() {
+        let mut events = chain_of("acme", "1/a", 4);
+        events[1].data.outcome = Outcome::Denied;
+        let report = verify("acme", &events);
+        assert_eq!(report.findings, vec![Finding::Modified { chain: "1/a".into(), seq: 2, id: "1/a-2".into() }]);
+
+        events[1].chainhash = event_hash(&events[1]);
+        let report = verify("acme", &events);
+        assert_eq!(report.findings, vec![Finding::BrokenLink { chain: "1/a".into(), seq: 3 }]);
+    }
+
+    #[test]
+    fn a_dropped_event_is_a_gap() {
+        let mut events = chain_of("acme", "1/a", 5);
+        events.remove(2);
+        let report = verify("acme", &events);
+        assert_eq!(report.findings, vec![Finding::Missing { chain: "1/a".into(), from: 3, to: 3 }]);
+        let first_dropped = verify("acme", &chain_of("acme", "1/a", 3)[1..]);
+        assert_eq!(first_dropped.findings, vec![Finding::Missing { chain: "1/a".into(), from: 1, to: 1 }]);
+    }
+
+    #[test]
+    fn a_reordered_event_is_found_and_not_taken_for_a_gap() {
+        let mut events = chain_of("acme", "1/a", 5);
+        events.swap(1, 3);
+        let report = verify("acme", &events);
+        assert_eq!(
+            report.findings,
+            vec![
+                Finding::Reordered { chain: "1/a".into(), seq: 3, after: 4 },
+                Finding::Reordered { chain: "1/a".into(), seq: 2, after: 4 },
+            ]
+        );
+    }
+
+    #[test]
+    fn chains_interleave_and_other_tenants_are_ignored() {
+        let a = chain_of("acme", "1/a", 3);
+        let b = chain_of("acme", "2/b", 3);
+        let other = chain_of("globex", "1/a", 3);
+        let mixed: Vec<AuditEvent> = (0..3).flat_map(|i| [a[i].clone(), other[i].clone(), b[i].clone()]).collect();
+        let report = verify("acme", &mixed);
+        assert!(report.is_clean(), "{:?}", report.findings);
+        assert_eq!(report.events, 6);
+        assert_eq!(report.chains.len(), 2);
+    }
+
+    #[test]
+    fn a_forged_event_in_an_existing_place_is_a_conflict() {
+        let mut events = chain_of("acme", "1/a", 3);
+        let mut forged = events[1].clone();
+        forged.subject = Some("keys/other".into());
+        forged.chainhash = event_hash(&forged);
+        events.push(forged);
+        let report = verify("acme", &events);
+        assert_eq!(report.findings, vec![Finding::Conflict { chain: "1/a".into(), seq: 2 }]);
+    }
+
+    #[test]
+    fn an_added_field_is_a_modification_and_garbage_naming_the_tenant_is_unreadable() {
+        let events = chain_of("acme", "1/a", 2);
+        let mut value = serde_json::to_value(&events[0]).unwrap();
+        value["data"]["details"] = serde_json::json!({"note": "added later"});
+        let mut verifier = Verifier::new("acme");
+        verifier.push_raw(&serde_json::to_vec(&value).unwrap());
+        verifier.push_raw(&serde_json::to_vec(&events[1]).unwrap());
+        verifier.push_raw(br#"{"tenant":"acme","id":7}"#);
+        verifier.push_raw(br#"{"tenant":"globex","id":7}"#);
+        let report = verifier.finish();
+        assert!(matches!(report.findings[0], Finding::Modified { seq: 1, .. }), "{:?}", report.findings);
+        assert!(matches!(report.findings[1], Finding::Unreadable { position: 3, .. }), "{:?}", report.findings);
+        assert_eq!(report.findings.len(), 2);
+    }
+}

@@ -1,0 +1,246 @@
+//! The audit event: a CloudEvents 1.0 JSON envelope with Custos' chain extensions.
+//!
+//! Schema version 1 is documented in docs/audit.md. What a caller hands in is an
+//! [`AuditRecord`]; the outbox turns it into an [`AuditEvent`] by giving it an id, a time, its
+//! place in the chain and its hash.
+
+use custos_raft::TenantId;
+use serde::{Deserialize, Serialize};
+
+/// CloudEvents `specversion`.
+pub const SPEC_VERSION: &str = "1.0";
+/// The version of the `data` schema and of the chain rules; bumped on any change to either.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Every event type starts with this.
+pub const TYPE_PREFIX: &str = "dev.custos.";
+
+/// What happened, as the CloudEvents `type` (after [`TYPE_PREFIX`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    TenantCreate,
+    TenantUpdate,
+    TenantDelete,
+    KeyCreate,
+    KeyRotate,
+    KeyConfigure,
+    KeyEnable,
+    KeyDisable,
+    KeyScheduleDestroy,
+    KeyCancelDestroy,
+    KeyEncrypt,
+    KeyDecrypt,
+    KeyRewrap,
+    KeyGenerateDataKey,
+    /// A request that presented credentials: accepted or refused.
+    Authentication,
+    /// An admin action that is not a governance change (fault injection, cluster membership).
+    AdminAction,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 16] = [
+        EventType::TenantCreate,
+        EventType::TenantUpdate,
+        EventType::TenantDelete,
+        EventType::KeyCreate,
+        EventType::KeyRotate,
+        EventType::KeyConfigure,
+        EventType::KeyEnable,
+        EventType::KeyDisable,
+        EventType::KeyScheduleDestroy,
+        EventType::KeyCancelDestroy,
+        EventType::KeyEncrypt,
+        EventType::KeyDecrypt,
+        EventType::KeyRewrap,
+        EventType::KeyGenerateDataKey,
+        EventType::Authentication,
+        EventType::AdminAction,
+    ];
+
+    /// The type without [`TYPE_PREFIX`], e.g. `key.encrypt`.
+    pub fn short(self) -> &'static str {
+        match self {
+            EventType::TenantCreate => "tenant.create",
+            EventType::TenantUpdate => "tenant.update",
+            EventType::TenantDelete => "tenant.delete",
+            EventType::KeyCreate => "key.create",
+            EventType::KeyRotate => "key.rotate",
+            EventType::KeyConfigure => "key.configure",
+            EventType::KeyEnable => "key.enable",
+            EventType::KeyDisable => "key.disable",
+            EventType::KeyScheduleDestroy => "key.schedule_destroy",
+            EventType::KeyCancelDestroy => "key.cancel_destroy",
+            EventType::KeyEncrypt => "key.encrypt",
+            EventType::KeyDecrypt => "key.decrypt",
+            EventType::KeyRewrap => "key.rewrap",
+            EventType::KeyGenerateDataKey => "key.generate_data_key",
+            EventType::Authentication => "auth.authenticate",
+            EventType::AdminAction => "admin.action",
+        }
+    }
+
+    /// The full CloudEvents type, e.g. `dev.custos.key.encrypt`.
+    pub fn full(self) -> String {
+        format!("{TYPE_PREFIX}{}", self.short())
+    }
+
+    /// Parses a full or short type name.
+    pub fn parse(name: &str) -> Option<EventType> {
+        let short = name.strip_prefix(TYPE_PREFIX).unwrap_or(name);
+        EventType::ALL.into_iter().find(|t| t.short() == short)
+    }
+}
+
+/// Who acted. `idp` and `idp_sub` record where an external identity came from, for audit only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// `admin` (the bootstrap admin token), `api_key`, `user`, `system` (the node itself) or
+    /// `anonymous` (no or unusable credentials).
+    pub kind: String,
+    /// Stable id within the kind; never a credential.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_sub: Option<String>,
+}
+
+impl Actor {
+    pub fn admin() -> Actor {
+        Actor { kind: "admin".into(), id: "bootstrap-admin".into(), idp: None, idp_sub: None }
+    }
+
+    pub fn system() -> Actor {
+        Actor { kind: "system".into(), id: "custos".into(), idp: None, idp_sub: None }
+    }
+
+    pub fn anonymous() -> Actor {
+        Actor { kind: "anonymous".into(), id: "-".into(), idp: None, idp_sub: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    /// Refused by authentication, authorization or admission.
+    Denied,
+    /// Attempted and failed (bad input, a key state, a provider error).
+    Failure,
+}
+
+/// The event's `data`: never secrets. Values that would identify a secret (an encryption
+/// context, a credential prefix) appear only as HMACs under the tenant's audit key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditData {
+    pub actor: Actor,
+    pub outcome: Outcome,
+    /// The machine-readable error code when the outcome is not success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_version: Option<u32>,
+    /// Further non-secret facts about the action (item counts, HMACs, changed fields).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl AuditData {
+    pub fn new(actor: Actor, outcome: Outcome) -> AuditData {
+        AuditData {
+            actor,
+            outcome,
+            reason: None,
+            request_id: None,
+            decision_id: None,
+            key_id: None,
+            key_version: None,
+            details: serde_json::Map::new(),
+        }
+    }
+}
+
+/// What a caller records; the outbox makes an [`AuditEvent`] of it.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub tenant: TenantId,
+    pub kind: EventType,
+    /// What the event is about inside the tenant, e.g. `keys/payments`.
+    pub subject: Option<String>,
+    pub data: AuditData,
+}
+
+/// One audit event as stored, shipped and verified. Field order is the JSON order; the chain
+/// hash is computed over a canonical form (see `chain.rs`), not over these bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEvent {
+    pub specversion: String,
+    /// Stable across redelivery: consumers dedupe on it.
+    pub id: String,
+    /// `custos://node/<id>`.
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// RFC 3339, UTC, millisecond precision.
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub datacontenttype: String,
+    /// Extension: the tenant the event belongs to.
+    pub tenant: String,
+    /// Extension: [`SCHEMA_VERSION`].
+    pub auditschema: u32,
+    /// Extension: the chain this event belongs to — one per tenant per node outbox.
+    pub chain: String,
+    /// Extension: 1 for a chain's first event, then +1 without gaps.
+    pub chainseq: u64,
+    /// Extension: hex SHA-256 of the previous event of this chain (64 zeros for the first).
+    pub chainprev: String,
+    /// Extension: hex SHA-256 of this event's canonical form.
+    pub chainhash: String,
+    pub data: AuditData,
+}
+
+impl AuditEvent {
+    /// Milliseconds since the Unix epoch of [`AuditEvent::time`], if it parses.
+    pub fn time_ms(&self) -> Option<u64> {
+        let t = time::OffsetDateTime::parse(&self.time, &time::format_description::well_known::Rfc3339).ok()?;
+        u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+    }
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    t.format(&format).unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_round_trips_through_its_name() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(&t.full()), Some(t));
+            assert_eq!(EventType::parse(t.short()), Some(t));
+        }
+        assert_eq!(EventType::parse("dev.custos.nothing"), None);
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

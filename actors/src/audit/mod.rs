@@ -1,0 +1,192 @@
+//! Audit: every decision and key operation becomes a hash-chained CloudEvent, durable in this
+//! node's outbox before the request is answered, then shipped at least once to a sink.
+//!
+//! [`Audit`] is the node's handle. In `fail-closed` mode [`Audit::record`] returns only once
+//! the event is durable, and an error if it cannot be made so — the caller then fails the
+//! request. In `best-effort` mode it queues the event and returns at once; events that do not
+//! fit are dropped and counted.
+//!
+//! # Layout
+//! - `event.rs` — [`AuditRecord`] (what callers give) and [`AuditEvent`] (the envelope).
+//! - `chain.rs` — the canonical hash and the [`chain::Verifier`].
+//! - `outbox.rs` — the group-committed sled outbox and its writer task.
+//! - `shipper.rs` — the loop that moves outbox entries to the sink.
+//! - `sink/` — the [`sink::AuditSink`] port, the local log and Kafka adapters.
+//!
+//! Only `outbox.rs` touches sled, in a database of its own (not Raft's). No secret ever
+//! enters an event: callers pass HMACs (see [`Audit::hmac`]) where a value would identify one.
+
+pub mod chain;
+pub mod event;
+pub mod outbox;
+pub mod shipper;
+pub mod sink;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub use event::{Actor, AuditData, AuditEvent, AuditRecord, EventType, Outcome};
+pub use outbox::{Outbox, OutboxLimits, Receipt};
+pub use shipper::{ShipperLimits, ShipperStats};
+pub use sink::{AuditSink, KafkaSink, LocalLog, SinkError};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit outbox storage failed: {0}")]
+    Storage(String),
+    #[error("the audit outbox holds {depth} undelivered events, its limit")]
+    Backlog { depth: u64 },
+    #[error("the audit outbox is shut down")]
+    Closed,
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditMode {
+    /// A request fails when its event cannot be made durable.
+    FailClosed,
+    /// Requests never wait for audit; events that cannot be queued are dropped and counted.
+    BestEffort,
+}
+
+pub enum SinkChoice {
+    Local(sink::local::LocalLogLimits),
+    Kafka(sink::kafka::KafkaSinkConfig),
+}
+
+pub struct AuditSettings {
+    pub node_id: u64,
+    /// `<data_dir>/audit`: the outbox and the local log live under it.
+    pub dir: PathBuf,
+    pub mode: AuditMode,
+    pub outbox: OutboxLimits,
+    pub shipper: ShipperLimits,
+    pub sink: SinkChoice,
+}
+
+/// Figures for cluster status and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditStatus {
+    pub mode: AuditMode,
+    pub sink: &'static str,
+    pub chain: String,
+    pub outbox_depth: u64,
+    pub committed: u64,
+    pub group_commits: u64,
+    pub dropped: u64,
+    pub failed: u64,
+    pub shipped: u64,
+    pub delivery_failures: u64,
+    /// Milliseconds from commit to Kafka acknowledgement of the last batch's oldest event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_lag_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+pub struct Audit {
+    mode: AuditMode,
+    outbox: Arc<Outbox>,
+    sink: Arc<dyn AuditSink>,
+    local: Option<Arc<LocalLog>>,
+    kafka: Option<Arc<KafkaSink>>,
+    shipper_stats: Arc<ShipperStats>,
+    stop: watch::Sender<bool>,
+    shipper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Audit {
+    /// Opens the outbox (replaying what an earlier run left), builds the sink and starts the
+    /// shipper. Needs a tokio runtime.
+    pub fn open(settings: AuditSettings) -> Result<Arc<Audit>, AuditError> {
+        let outbox = Outbox::open(&settings.dir.join("outbox"), settings.node_id, settings.outbox)?;
+        let (sink, local, kafka): (Arc<dyn AuditSink>, _, _) = match settings.sink {
+            SinkChoice::Local(limits) => {
+                let log = Arc::new(LocalLog::open(&settings.dir.join("log"), limits)?);
+                (log.clone(), Some(log), None)
+            }
+            SinkChoice::Kafka(config) => {
+                let kafka = Arc::new(KafkaSink::new(config)?);
+                (kafka.clone(), None, Some(kafka))
+            }
+        };
+        let shipper_stats = Arc::new(ShipperStats::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let shipper =
+            tokio::spawn(shipper::run(outbox.clone(), sink.clone(), settings.shipper, shipper_stats.clone(), stop_rx));
+        Ok(Arc::new(Audit {
+            mode: settings.mode,
+            outbox,
+            sink,
+            local,
+            kafka,
+            shipper_stats,
+            stop,
+            shipper: std::sync::Mutex::new(Some(shipper)),
+        }))
+    }
+
+    pub fn mode(&self) -> AuditMode {
+        self.mode
+    }
+
+    /// Records one event under the node's mode (see the module docs).
+    pub async fn record(&self, record: AuditRecord) -> Result<(), AuditError> {
+        match self.mode {
+            AuditMode::FailClosed => self.outbox.record(record).await.map(|_| ()),
+            AuditMode::BestEffort => {
+                if !self.outbox.record_detached(record) {
+                    tracing::warn!("audit event dropped: the outbox queue is full (best-effort mode)");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// The local log, when it is the sink.
+    pub fn local(&self) -> Option<&Arc<LocalLog>> {
+        self.local.as_ref()
+    }
+
+    pub fn kafka(&self) -> Option<&Arc<KafkaSink>> {
+        self.kafka.as_ref()
+    }
+
+    pub fn status(&self) -> AuditStatus {
+        let stats = self.outbox.stats();
+        AuditStatus {
+            mode: self.mode,
+            sink: self.sink.name(),
+            chain: self.outbox.chain().to_string(),
+            outbox_depth: stats.depth.load(Ordering::Relaxed),
+            committed: stats.committed.load(Ordering::Relaxed),
+            group_commits: stats.commits.load(Ordering::Relaxed),
+            dropped: stats.dropped.load(Ordering::Relaxed),
+            failed: stats.failed.load(Ordering::Relaxed),
+            shipped: self.shipper_stats.shipped.load(Ordering::Relaxed),
+            delivery_failures: self.shipper_stats.failures.load(Ordering::Relaxed),
+            kafka_lag_ms: self.kafka.as_ref().map(|k| k.stats().last_lag_ms.load(Ordering::Relaxed)),
+            last_error: self.shipper_stats.last_error(),
+        }
+    }
+
+    /// Stops the shipper and closes the outbox; unshipped entries wait for the next start.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let shipper = self.shipper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(shipper) = shipper {
+            let _ = shipper.await;
+        }
+        self.outbox.close().await;
+    }
+}

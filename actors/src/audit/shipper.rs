@@ -1,0 +1,104 @@
+//! The shipper: moves outbox entries to the sink, oldest first, at least once.
+//!
+//! It takes up to `max_batch` entries, hands them to the sink, and removes them from the
+//! outbox only after the sink has accepted the whole batch. A failed batch is retried whole
+//! after a backoff that doubles up to a cap, so a sink that is down costs one attempt per
+//! backoff period, not a busy loop.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::outbox::Outbox;
+use super::sink::AuditSink;
+
+#[derive(Debug, Clone)]
+pub struct ShipperLimits {
+    pub max_batch: usize,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// How often an idle shipper looks at the outbox even without a commit signal.
+    pub idle_poll: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct ShipperStats {
+    pub shipped: AtomicU64,
+    pub batches: AtomicU64,
+    pub failures: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ShipperStats {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Runs until `stop` turns true.
+pub async fn run(
+    outbox: Arc<Outbox>,
+    sink: Arc<dyn AuditSink>,
+    limits: ShipperLimits,
+    stats: Arc<ShipperStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = limits.backoff_min;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let batch = match outbox.pending(limits.max_batch) {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(%error, "reading the audit outbox failed");
+                *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+                wait(&mut stop, backoff).await;
+                backoff = (backoff * 2).min(limits.backoff_max);
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = outbox.committed() => {}
+                _ = tokio::time::sleep(limits.idle_poll) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        match sink.deliver(&batch).await {
+            Ok(()) => {
+                if let Err(error) = outbox.remove(&batch) {
+                    // The batch was delivered; it will be delivered again (same ids) later.
+                    tracing::error!(%error, "removing shipped entries from the audit outbox failed");
+                }
+                stats.shipped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                let recovered = stats.last_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if recovered.is_some() {
+                    tracing::info!(sink = sink.name(), "audit sink is delivering again");
+                }
+                backoff = limits.backoff_min;
+            }
+            Err(error) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                let first =
+                    stats.last_error.lock().unwrap_or_else(|p| p.into_inner()).replace(error.to_string()).is_none();
+                if first {
+                    tracing::warn!(sink = sink.name(), %error, pending = batch.len(), "audit delivery failed; retrying with backoff");
+                }
+                wait(&mut stop, backoff).await;
+                backoff = (backoff * 2).min(limits.backoff_max);
+            }
+        }
+    }
+}
+
+async fn wait(stop: &mut watch::Receiver<bool>, period: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(period) => {}
+        _ = stop.changed() => {}
+    }
+}
