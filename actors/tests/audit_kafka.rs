@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use custos_actors::audit::chain::Verifier;
 use custos_actors::audit::shipper::ShipperLimits;
-use custos_actors::audit::sink::kafka::{read_tenant, KafkaSinkConfig, TopicLayout};
+use custos_actors::audit::sink::kafka::{read_tenant, read_tenant_page, KafkaSinkConfig, TopicLayout};
 use custos_actors::audit::{
-    Actor, Audit, AuditData, AuditError, AuditEvent, AuditMode, AuditRecord, AuditSettings, EventType, OutboxLimits,
-    Outcome, SinkChoice,
+    Actor, Audit, AuditData, AuditError, AuditEvent, AuditMode, AuditRecord, AuditSettings, AuditStream, EventType,
+    OutboxLimits, Outcome, SinkChoice,
 };
 use custos_chaos_tests::KafkaBroker;
 use custos_raft::TenantId;
@@ -56,7 +56,12 @@ fn open(dir: &Path, mode: AuditMode, max_depth: u64, kafka: KafkaSinkConfig) -> 
 fn record(tenant: &str, n: u64) -> AuditRecord {
     let mut data = AuditData::new(Actor::admin(), Outcome::Success);
     data.key_id = Some(format!("k{}", n % 4));
-    AuditRecord { tenant: TenantId::new(tenant).unwrap(), kind: EventType::KeyEncrypt, subject: None, data }
+    AuditRecord {
+        stream: AuditStream::Tenant(TenantId::new(tenant).unwrap()),
+        kind: EventType::KeyEncrypt,
+        subject: None,
+        data,
+    }
 }
 
 async fn drained(audit: &Audit, timeout: Duration) {
@@ -67,13 +72,13 @@ async fn drained(audit: &Audit, timeout: Duration) {
     }
 }
 
-/// Everything Kafka holds for a tenant, as (partition, offset, event).
-async fn read_back(config: &KafkaSinkConfig, tenant: &str) -> Vec<(i32, i64, AuditEvent)> {
+/// Everything Kafka holds for a tenant, as (offset, event).
+async fn read_back(config: &KafkaSinkConfig, tenant: &str) -> Vec<(i64, AuditEvent)> {
     let (config, tenant) = (config.clone(), tenant.to_string());
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        read_tenant(&config, &tenant, Duration::from_secs(30), |p, o, bytes| {
-            out.push((p, o, serde_json::from_slice::<AuditEvent>(bytes).expect("an audit event")));
+        read_tenant(&config, &tenant, Duration::from_secs(30), |o, bytes| {
+            out.push((o, serde_json::from_slice::<AuditEvent>(bytes).expect("an audit event")));
         })
         .expect("read back from Kafka");
         out
@@ -82,9 +87,9 @@ async fn read_back(config: &KafkaSinkConfig, tenant: &str) -> Vec<(i32, i64, Aud
     .unwrap()
 }
 
-fn verify(events: &[(i32, i64, AuditEvent)], tenant: &str) -> custos_actors::audit::chain::Report {
+fn verify(events: &[(i64, AuditEvent)], tenant: &str) -> custos_actors::audit::chain::Report {
     let mut verifier = Verifier::new(tenant);
-    for (_, _, event) in events {
+    for (_, event) in events {
         verifier.push(event.clone());
     }
     verifier.finish()
@@ -111,14 +116,22 @@ async fn events_reach_kafka_keyed_by_tenant_in_chain_order_and_verify() {
     for tenant in ["acme", "globex", "initech"] {
         let events = read_back(&config, tenant).await;
         assert_eq!(events.len(), 200, "{tenant}");
-        assert!(events.iter().all(|(_, _, e)| e.tenant == tenant), "another tenant's event under {tenant}'s key");
-        let partitions: std::collections::HashSet<i32> = events.iter().map(|(p, _, _)| *p).collect();
-        assert_eq!(partitions.len(), 1, "{tenant}'s events span partitions");
-        let seqs: Vec<u64> = events.iter().map(|(_, _, e)| e.chainseq).collect();
+        assert!(events.iter().all(|(_, e)| e.tenant == tenant), "another tenant's event under {tenant}'s key");
+        let seqs: Vec<u64> = events.iter().map(|(_, e)| e.chainseq).collect();
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "{tenant}'s events are not in chain order");
         let report = verify(&events, tenant);
         assert!(report.is_clean(), "{tenant}: {:?}", report.findings);
     }
+    // Pages continue where the previous one ended.
+    let (config2, tenant) = (config.clone(), "acme");
+    let pages = tokio::task::spawn_blocking(move || {
+        let first = read_tenant_page(&config2, tenant, 0, 150, Duration::from_secs(30)).unwrap();
+        let second = read_tenant_page(&config2, tenant, first.next, 150, Duration::from_secs(30)).unwrap();
+        (first.records.len(), second.records.len(), second.next)
+    })
+    .await
+    .unwrap();
+    assert_eq!((pages.0, pages.1), (150, 50));
     audit.shutdown().await;
 }
 
@@ -164,7 +177,7 @@ async fn a_broker_crash_under_load_loses_no_acknowledged_event_and_fail_closed_r
         let events = read_back(&config, tenant).await;
         let report = verify(&events, tenant);
         assert!(report.is_clean(), "{tenant}: {:?}", report.findings);
-        let distinct: std::collections::HashSet<&str> = events.iter().map(|(_, _, e)| e.id.as_str()).collect();
+        let distinct: std::collections::HashSet<&str> = events.iter().map(|(_, e)| e.id.as_str()).collect();
         assert_eq!(distinct.len() as u64, count, "{tenant}: acknowledged events missing from Kafka");
         assert_eq!(report.chains[0].last_seq, count);
     }

@@ -23,6 +23,7 @@ mod validate;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, load_from_str, ENV_PREFIX};
 pub use model::{
-    ActorsConfig, ApiConfig, Config, CoreProvider, CustodyConfig, EdgeProvider, LimitsConfig, NodeConfig, RaftConfig,
-    TlsConfig, VaultAuthMethod, VaultConfig,
+    ActorsConfig, ApiConfig, AuditConfig, AuditKafkaConfig, AuditLocalConfig, AuditModeConfig, AuditSinkKind, Config,
+    CoreProvider, CustodyConfig, EdgeProvider, KafkaSaslMechanism, KafkaSecurityProtocol, KafkaTopicLayout,
+    LimitsConfig, NodeConfig, RaftConfig, TlsConfig, VaultAuthMethod, VaultConfig,
 };

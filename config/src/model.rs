@@ -14,6 +14,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub actors: ActorsConfig,
     pub custody: CustodyConfig,
+    pub audit: AuditConfig,
 }
 
 /// Identity and storage of this node.
@@ -306,6 +307,174 @@ impl Default for CustodyConfig {
             schedule_interval_ms: 10_000,
             max_batch_items: 100,
             vault: VaultConfig::default(),
+        }
+    }
+}
+
+/// How a request treats its audit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditModeConfig {
+    /// The request fails (503 `audit_unavailable`) unless its event is durable in the outbox.
+    #[default]
+    FailClosed,
+    /// Requests never wait for audit; events that do not fit the outbox are dropped and counted.
+    BestEffort,
+}
+
+/// Where shipped audit events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditSinkKind {
+    /// A segmented append-only log per tenant under `<node.data_dir>/audit/log`.
+    #[default]
+    Local,
+    /// Apache Kafka (`audit.kafka`).
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KafkaTopicLayout {
+    /// One topic (`topic`) for all tenants, keyed and so partitioned by tenant id.
+    #[default]
+    Shared,
+    /// One topic per tenant: `<topic_prefix><tenant>`.
+    PerTenant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KafkaSecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum KafkaSaslMechanism {
+    #[default]
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+/// Audit: the outbox, the sink and its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub mode: AuditModeConfig,
+    pub sink: AuditSinkKind,
+    /// Most events in one group commit, and in one shipping batch.
+    pub max_batch_events: usize,
+    /// Most events waiting to be committed; a full queue makes requests wait (fail-closed)
+    /// or drops their events (best-effort).
+    pub queue_events: usize,
+    /// Most committed events waiting to be shipped; beyond it fail-closed requests get 503
+    /// `audit_backlog` and best-effort events are dropped.
+    pub max_outbox_events: u64,
+    /// Retry backoff of the shipper while the sink is down: doubles from min to max.
+    pub ship_backoff_min_ms: u64,
+    pub ship_backoff_max_ms: u64,
+    pub local: AuditLocalConfig,
+    pub kafka: AuditKafkaConfig,
+}
+
+/// The embedded sink's segments and retention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditLocalConfig {
+    pub segment_bytes: u64,
+    /// Closed segments older than this are removed.
+    pub retention_ms: u64,
+    /// Closed segments beyond this size per tenant are removed, oldest first.
+    pub max_bytes_per_tenant: u64,
+}
+
+/// The Kafka sink (`audit.sink = "kafka"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditKafkaConfig {
+    /// Bootstrap servers, `host:port,host:port`.
+    pub brokers: String,
+    pub topic_layout: KafkaTopicLayout,
+    /// The topic of the shared layout.
+    pub topic: String,
+    /// The topic name prefix of the per-tenant layout.
+    pub topic_prefix: String,
+    /// Partitions and replication factor of topics Custos creates.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// `retention.ms` of topics Custos creates; -1 keeps events forever.
+    pub retention_ms: i64,
+    /// How long the producer retries one event before its batch fails and is retried whole.
+    pub message_timeout_ms: u64,
+    /// Events the producer may hold unacknowledged.
+    pub max_in_flight: usize,
+    pub security_protocol: KafkaSecurityProtocol,
+    /// CA bundle for TLS to the brokers (ssl, sasl-ssl).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS, both or neither.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub sasl_mechanism: KafkaSaslMechanism,
+    pub sasl_username: Option<String>,
+    /// The SASL password: from a file or an environment variable, never in this file.
+    pub sasl_password_file: Option<PathBuf>,
+    pub sasl_password_env: Option<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            mode: AuditModeConfig::FailClosed,
+            sink: AuditSinkKind::Local,
+            max_batch_events: 1024,
+            queue_events: 16_384,
+            max_outbox_events: 1_000_000,
+            ship_backoff_min_ms: 100,
+            ship_backoff_max_ms: 5_000,
+            local: AuditLocalConfig::default(),
+            kafka: AuditKafkaConfig::default(),
+        }
+    }
+}
+
+impl Default for AuditLocalConfig {
+    fn default() -> Self {
+        AuditLocalConfig {
+            segment_bytes: 64 << 20,
+            retention_ms: 90 * 24 * 3600 * 1000,
+            max_bytes_per_tenant: 10 << 30,
+        }
+    }
+}
+
+impl Default for AuditKafkaConfig {
+    fn default() -> Self {
+        AuditKafkaConfig {
+            brokers: String::new(),
+            topic_layout: KafkaTopicLayout::Shared,
+            topic: "custos.audit".into(),
+            topic_prefix: "custos.audit.".into(),
+            partitions: 12,
+            replication_factor: 3,
+            retention_ms: -1,
+            message_timeout_ms: 30_000,
+            max_in_flight: 100_000,
+            security_protocol: KafkaSecurityProtocol::Plaintext,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            sasl_mechanism: KafkaSaslMechanism::Plain,
+            sasl_username: None,
+            sasl_password_file: None,
+            sasl_password_env: None,
         }
     }
 }

@@ -203,7 +203,108 @@ impl Config {
             "actors.restart_backoff_max_ms",
             format!("must be at least actors.restart_backoff_ms ({})", a.restart_backoff_ms),
         );
+        self.validate_audit(&mut check);
         errors
+    }
+
+    fn validate_audit(&self, check: &mut impl FnMut(bool, &str, String)) {
+        use crate::{AuditSinkKind, KafkaSecurityProtocol, KafkaTopicLayout};
+        let a = &self.audit;
+        check(
+            (1..=65_536).contains(&a.max_batch_events),
+            "audit.max_batch_events",
+            "must be between 1 and 65536".into(),
+        );
+        check(
+            a.queue_events >= a.max_batch_events,
+            "audit.queue_events",
+            format!("must be at least audit.max_batch_events ({})", a.max_batch_events),
+        );
+        check(
+            a.max_outbox_events >= a.max_batch_events as u64,
+            "audit.max_outbox_events",
+            format!("must be at least audit.max_batch_events ({})", a.max_batch_events),
+        );
+        check(a.ship_backoff_min_ms >= 1, "audit.ship_backoff_min_ms", "must be at least 1".into());
+        check(
+            a.ship_backoff_max_ms >= a.ship_backoff_min_ms,
+            "audit.ship_backoff_max_ms",
+            format!("must be at least audit.ship_backoff_min_ms ({})", a.ship_backoff_min_ms),
+        );
+        check(a.local.segment_bytes >= 4096, "audit.local.segment_bytes", "must be at least 4096".into());
+        check(a.local.retention_ms >= 60_000, "audit.local.retention_ms", "must be at least 60000".into());
+        check(
+            a.local.max_bytes_per_tenant >= 2 * a.local.segment_bytes,
+            "audit.local.max_bytes_per_tenant",
+            "must be at least two segments (2 × audit.local.segment_bytes)".into(),
+        );
+        if a.sink != AuditSinkKind::Kafka {
+            return;
+        }
+        let k = &a.kafka;
+        check(!k.brokers.trim().is_empty(), "audit.kafka.brokers", "is required when audit.sink is \"kafka\"".into());
+        // Kafka topic names: at most 249 of [a-zA-Z0-9._-]; a tenant id adds up to 63.
+        let legal = |name: &str| name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        match k.topic_layout {
+            KafkaTopicLayout::Shared => check(
+                !k.topic.is_empty() && k.topic.len() <= 249 && legal(&k.topic),
+                "audit.kafka.topic",
+                "must be 1 to 249 of a-z, A-Z, 0-9, '.', '_' and '-'".into(),
+            ),
+            KafkaTopicLayout::PerTenant => check(
+                k.topic_prefix.len() <= 249 - 63 && legal(&k.topic_prefix),
+                "audit.kafka.topic_prefix",
+                "must be at most 186 of a-z, A-Z, 0-9, '.', '_' and '-' (a tenant id follows it)".into(),
+            ),
+        }
+        check((1..=10_000).contains(&k.partitions), "audit.kafka.partitions", "must be between 1 and 10000".into());
+        check(
+            (1..=16).contains(&k.replication_factor),
+            "audit.kafka.replication_factor",
+            "must be between 1 and 16".into(),
+        );
+        check(
+            k.retention_ms == -1 || k.retention_ms >= 60_000,
+            "audit.kafka.retention_ms",
+            "must be -1 (keep forever) or at least 60000".into(),
+        );
+        check(k.message_timeout_ms >= 1000, "audit.kafka.message_timeout_ms", "must be at least 1000".into());
+        check(
+            k.max_in_flight >= a.max_batch_events && k.max_in_flight <= 10_000_000,
+            "audit.kafka.max_in_flight",
+            format!("must be between audit.max_batch_events ({}) and 10000000", a.max_batch_events),
+        );
+        let tls = matches!(k.security_protocol, KafkaSecurityProtocol::Ssl | KafkaSecurityProtocol::SaslSsl);
+        let sasl = matches!(k.security_protocol, KafkaSecurityProtocol::SaslPlaintext | KafkaSecurityProtocol::SaslSsl);
+        for (path, file) in [
+            ("audit.kafka.ca_file", &k.ca_file),
+            ("audit.kafka.cert_file", &k.cert_file),
+            ("audit.kafka.key_file", &k.key_file),
+        ] {
+            if let Some(file) = file {
+                check(tls, path, "is only used with security_protocol \"ssl\" or \"sasl-ssl\"".into());
+                check(file.is_file(), path, format!("file {} does not exist", file.display()));
+            }
+        }
+        check(
+            k.cert_file.is_some() == k.key_file.is_some(),
+            "audit.kafka.cert_file",
+            "cert_file and key_file go together".into(),
+        );
+        if sasl {
+            check(k.sasl_username.is_some(), "audit.kafka.sasl_username", "is required with SASL".into());
+            check(
+                k.sasl_password_file.is_some() != k.sasl_password_env.is_some(),
+                "audit.kafka",
+                "SASL needs exactly one of sasl_password_file and sasl_password_env".into(),
+            );
+        } else {
+            check(
+                k.sasl_username.is_none() && k.sasl_password_file.is_none() && k.sasl_password_env.is_none(),
+                "audit.kafka.sasl_username",
+                "SASL settings need security_protocol \"sasl-plaintext\" or \"sasl-ssl\"".into(),
+            );
+        }
     }
 
     /// True when a master key source is configured.
@@ -226,5 +327,21 @@ mod tests {
     fn defaults_are_valid() {
         // The built-in defaults must run `custos dev` without a file.
         assert_eq!(Config::default().validate(), vec![]);
+    }
+
+    #[test]
+    fn a_kafka_sink_needs_brokers_and_consistent_security_settings() {
+        let mut config = Config::default();
+        config.audit.sink = crate::AuditSinkKind::Kafka;
+        config.audit.kafka.sasl_username = Some("custos".into());
+        config.audit.kafka.topic = "bad topic".into();
+        let paths: Vec<String> = config.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, vec!["audit.kafka.brokers", "audit.kafka.topic", "audit.kafka.sasl_username"]);
+
+        config.audit.kafka.brokers = "127.0.0.1:9092".into();
+        config.audit.kafka.topic = "custos.audit".into();
+        config.audit.kafka.security_protocol = crate::KafkaSecurityProtocol::SaslSsl;
+        config.audit.kafka.sasl_password_env = Some("KAFKA_PASSWORD".into());
+        assert_eq!(config.validate(), vec![]);
     }
 }

@@ -9,6 +9,7 @@
 //! - `tls.rs` — PEM loading, rustls configurations, cluster CA generation.
 //! - `api/` — the client API: admission, auth, handlers, error mapping.
 //! - `tenants.rs` — feeds applied tenant state to the per-tenant actor supervisor.
+//! - `audit.rs` — the audit outbox and sink from configuration.
 //! - `custody.rs` — key custody from configuration, the actors' proposer, log compaction
 //!   after crypto-shredding.
 //! - `client.rs` — the API client used by the CLI.
@@ -17,6 +18,7 @@
 //! - `main.rs`, `cli/` — the command line (binary only).
 
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod client;
 pub mod custody;
@@ -58,6 +60,8 @@ pub enum NodeError {
     EdgeCache(String),
     #[error("configuring the Vault provider: {0}")]
     Vault(String),
+    #[error("opening audit: {0}")]
+    Audit(String),
     #[error("starting the tenant actor supervisor: {0}")]
     Actors(String),
     #[error("serving {what}: {source}")]
@@ -130,6 +134,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let raft_body_limit = append_bytes.max(config.raft.snapshot_chunk_bytes as usize * 2) + 1024 * 1024;
     let raft_app = custos_raft::network::router(cluster.clone(), raft_body_limit);
     let custody::Built { custody, vault } = custody::build(&config.custody, &data_dir, &cluster)?;
+    let audit = audit::open(&config.audit, node_id, &data_dir)?;
     let vault_adapter = match vault {
         Some(shared) => Some(
             ractor::Actor::spawn(Some(format!("custos/node-{node_id}/vault")), VaultAdapter, shared)
@@ -162,15 +167,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let schedule_interval = Duration::from_millis(config.custody.schedule_interval_ms);
     let shred_task =
         tokio::spawn(custody::shred_pending(cluster.clone(), custody.clone(), schedule_interval, sync_stopped));
-    let api_app = api::router(api::AppState::new(
-        cluster.clone(),
-        supervisor.clone(),
+    let api_app = api::router(api::AppState::new(api::AppParts {
+        cluster: cluster.clone(),
+        audit: audit.clone(),
+        supervisor: supervisor.clone(),
         directory,
         custody,
-        config.limits.clone(),
-        config.custody.max_batch_items,
-        config.actors.fault_injection,
-    ));
+        limits: config.limits.clone(),
+        max_batch_items: config.custody.max_batch_items,
+        fault_injection: config.actors.fault_injection,
+    }));
 
     let raft_handle = axum_server::Handle::new();
     let api_handle = axum_server::Handle::new();
@@ -208,6 +214,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::warn!(node_id, error = %e, "the Vault adapter did not stop in time");
         }
     }
+    // Unshipped events stay in the outbox for the next start.
+    audit.shutdown().await;
     cluster.shutdown().await;
     raft_handle.graceful_shutdown(Some(Duration::from_secs(1)));
     let served = [("the client API", api_result), ("the Raft transport", raft_task.await)];

@@ -35,10 +35,12 @@ pub enum EventType {
     Authentication,
     /// An admin action that is not a governance change (fault injection, cluster membership).
     AdminAction,
+    /// Someone read an audit stream.
+    AuditRead,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 16] = [
+    pub const ALL: [EventType; 17] = [
         EventType::TenantCreate,
         EventType::TenantUpdate,
         EventType::TenantDelete,
@@ -55,6 +57,7 @@ impl EventType {
         EventType::KeyGenerateDataKey,
         EventType::Authentication,
         EventType::AdminAction,
+        EventType::AuditRead,
     ];
 
     /// The type without [`TYPE_PREFIX`], e.g. `key.encrypt`.
@@ -76,6 +79,7 @@ impl EventType {
             EventType::KeyGenerateDataKey => "key.generate_data_key",
             EventType::Authentication => "auth.authenticate",
             EventType::AdminAction => "admin.action",
+            EventType::AuditRead => "audit.read",
         }
     }
 
@@ -166,10 +170,31 @@ impl AuditData {
     }
 }
 
+/// Whose audit stream an event belongs to: a tenant's, or the cluster's own (membership and
+/// other actions no tenant owns).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AuditStream {
+    Tenant(TenantId),
+    Cluster,
+}
+
+impl AuditStream {
+    /// The cluster stream's name: `_` cannot start a tenant id, so it never collides with one.
+    pub const CLUSTER: &'static str = "_cluster";
+
+    /// The event's `tenant` attribute, Kafka key and local log directory.
+    pub fn as_str(&self) -> &str {
+        match self {
+            AuditStream::Tenant(tenant) => tenant.as_str(),
+            AuditStream::Cluster => Self::CLUSTER,
+        }
+    }
+}
+
 /// What a caller records; the outbox makes an [`AuditEvent`] of it.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
-    pub tenant: TenantId,
+    pub stream: AuditStream,
     pub kind: EventType,
     /// What the event is about inside the tenant, e.g. `keys/payments`.
     pub subject: Option<String>,
@@ -193,7 +218,7 @@ pub struct AuditEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     pub datacontenttype: String,
-    /// Extension: the tenant the event belongs to.
+    /// Extension: the tenant the event belongs to ([`AuditStream::CLUSTER`] for the cluster's).
     pub tenant: String,
     /// Extension: [`SCHEMA_VERSION`].
     pub auditschema: u32,

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::watch;
 
-pub use event::{Actor, AuditData, AuditEvent, AuditRecord, EventType, Outcome};
+pub use event::{Actor, AuditData, AuditEvent, AuditRecord, AuditStream, EventType, Outcome};
 pub use outbox::{Outbox, OutboxLimits, Receipt};
 pub use shipper::{ShipperLimits, ShipperStats};
 pub use sink::{AuditSink, KafkaSink, LocalLog, SinkError};

@@ -19,11 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use custos_raft::TenantId;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use super::chain::{event_hash, GENESIS};
-use super::event::{rfc3339_ms, AuditEvent, AuditRecord, SCHEMA_VERSION, SPEC_VERSION};
+use super::event::{rfc3339_ms, AuditEvent, AuditRecord, AuditStream, SCHEMA_VERSION, SPEC_VERSION};
 use super::AuditError;
 
 const NEXT_KEY: &[u8] = b"m/next";
@@ -289,9 +288,9 @@ impl Outbox {
         self.tail.subscribe()
     }
 
-    /// The chain head (sequence, hex hash) of a tenant on this node, from durable state.
-    pub fn head(&self, tenant: &TenantId) -> Result<Option<(u64, String)>, AuditError> {
-        let Some(value) = self.tree.get(head_key(tenant.as_str())).map_err(storage)? else {
+    /// The chain head (sequence, hex hash) of a stream on this node, from durable state.
+    pub fn head(&self, stream: &AuditStream) -> Result<Option<(u64, String)>, AuditError> {
+        let Some(value) = self.tree.get(head_key(stream.as_str())).map_err(storage)? else {
             return Ok(None);
         };
         let head = decode_head(&value)?;
@@ -349,7 +348,7 @@ impl Writer {
         let mut made = Vec::with_capacity(group.len());
         let mut position = self.next;
         for pending in group.iter() {
-            let tenant = pending.record.tenant.as_str().to_string();
+            let tenant = pending.record.stream.as_str().to_string();
             let head = match staged.get(&tenant) {
                 Some(head) => *head,
                 None => match self.head(&tenant) {
@@ -464,7 +463,7 @@ mod tests {
 
     fn record(tenant: &str) -> AuditRecord {
         AuditRecord {
-            tenant: TenantId::new(tenant).unwrap(),
+            stream: AuditStream::Tenant(custos_raft::TenantId::new(tenant).unwrap()),
             kind: EventType::KeyEncrypt,
             subject: Some("keys/k".into()),
             data: AuditData::new(Actor::admin(), Outcome::Success),
@@ -522,7 +521,10 @@ mod tests {
         let receipt = outbox.record(record("acme")).await.unwrap();
         assert_eq!(receipt.chainseq, 6);
         assert!(replay.last().unwrap().position < outbox.pending(100).unwrap().last().unwrap().position);
-        assert_eq!(outbox.head(&TenantId::new("acme").unwrap()).unwrap().unwrap().0, 6);
+        assert_eq!(
+            outbox.head(&AuditStream::Tenant(custos_raft::TenantId::new("acme").unwrap())).unwrap().unwrap().0,
+            6
+        );
     }
 
     #[tokio::test]

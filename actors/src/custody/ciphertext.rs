@@ -53,6 +53,15 @@ impl Ciphertext {
         text
     }
 
+    /// The key version a ciphertext names, read from its first bytes without decoding the
+    /// rest; None when it is not a well-formed start of a `custos:v1:` ciphertext.
+    pub fn peek_version(text: &str) -> Option<u32> {
+        let head = text.strip_prefix(PREFIX_V1)?.get(..8)?;
+        let bytes = STANDARD.decode(head).ok()?;
+        let version = u32::from_be_bytes(bytes.get(..VERSION_BYTES)?.try_into().ok()?);
+        (version != 0).then_some(version)
+    }
+
     pub fn parse(text: &str) -> Result<Self, MalformedCiphertext> {
         let body = text.strip_prefix(PREFIX_V1).ok_or(MalformedCiphertext::UnknownFormat)?;
         let raw = STANDARD.decode(body).map_err(|_| MalformedCiphertext::Base64)?;
@@ -103,6 +112,14 @@ pub fn data_aad(tenant: &TenantId, key: &KeyId, version: u32, context: &Encrypti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_is_read_from_the_first_bytes_alone() {
+        let text = Ciphertext { key_version: 258, sealed: vec![7; NONCE_BYTES + TAG_BYTES + 5] }.encode();
+        assert_eq!(Ciphertext::peek_version(&text), Some(258));
+        assert_eq!(Ciphertext::peek_version("custos:v1:AAAA"), None);
+        assert_eq!(Ciphertext::peek_version("nope"), None);
+    }
 
     #[test]
     fn encode_parse_round_trip() {

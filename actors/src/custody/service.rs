@@ -140,6 +140,24 @@ impl Custody {
         Ok(kek)
     }
 
+    /// Hex HMAC-SHA256 of `value` under the tenant's audit key, for audit events that must tell
+    /// values apart without revealing them (an encryption context). `label` separates uses.
+    /// The audit key derives from the tenant KEK, so crypto-shredding a tenant also leaves its
+    /// old HMACs unconfirmable.
+    pub async fn audit_hmac(&self, tenant: &TenantId, label: &str, value: &[u8]) -> Result<String, CustodyError> {
+        use hmac::{Hmac, Mac};
+        let kek = self.kek(tenant).await?;
+        let mut derive = <Hmac<sha2::Sha256> as Mac>::new_from_slice(kek.expose()).expect("HMAC takes any key length");
+        derive.update(b"custos/audit-hmac/v1");
+        let audit_key: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(derive.finalize().into_bytes().into());
+        let mut mac =
+            <Hmac<sha2::Sha256> as Mac>::new_from_slice(audit_key.as_ref()).expect("HMAC takes any key length");
+        mac.update(label.as_bytes());
+        mac.update(&[0]);
+        mac.update(value);
+        Ok(hex::encode(mac.finalize().into_bytes()))
+    }
+
     /// Fresh L3 material for `version` of `key`, wrapped under the tenant KEK.
     pub async fn new_key_material(
         &self,

@@ -59,6 +59,8 @@ pub struct StatusView {
     /// This node's tenant actors, or absent if the supervisor did not answer in time.
     tenant_actors: Option<Vec<TenantHealth>>,
     custody: CustodyView,
+    /// This node's audit outbox and its delivery to the sink.
+    audit: custos_actors::audit::AuditStatus,
 }
 
 /// Key custody on this node: its core providers and its edge cache.
@@ -81,7 +83,8 @@ pub async fn status(_: Admin, State(state): State<AppState>) -> Json<StatusView>
         providers: state.custody.provider_health(),
         edge: state.custody.edge().stats(),
     };
-    Json(StatusView { cluster, cluster_error, node, tenant_actors, custody })
+    let audit = state.audit.status();
+    Json(StatusView { cluster, cluster_error, node, tenant_actors, custody, audit })
 }
 
 #[derive(Debug, Deserialize)]

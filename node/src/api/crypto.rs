@@ -6,13 +6,15 @@
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use custos_actors::custody::ciphertext::Ciphertext;
 use custos_actors::custody::{EncryptionContext, Sealed};
 use custos_raft::{KeyId, TenantId};
 use serde::{Deserialize, Serialize};
 
+use super::audit::Note;
 use super::auth::Admin;
 use super::error::ApiError;
 use super::keys::{admit, key_path};
@@ -41,6 +43,21 @@ pub struct Opened {
     plaintext: String,
 }
 
+/// The audit note of a single-item operation: the key version and, when the caller gave an
+/// encryption context, its HMAC under the tenant's audit key (the context itself may be
+/// sensitive, so it never enters the event).
+async fn note(state: &AppState, tenant: &TenantId, key_version: Option<u32>, context: &EncryptionContext) -> Note {
+    let mut note = Note { key_version, ..Note::default() };
+    if !context.is_empty() {
+        // A BTreeMap serialises with sorted keys: one encoding per context.
+        let canonical = serde_json::to_vec(context).unwrap_or_default();
+        if let Ok(hmac) = state.custody.audit_hmac(tenant, "encryption-context", &canonical).await {
+            note = note.detail("context_hmac", hmac);
+        }
+    }
+    note
+}
+
 async fn encrypt_one(state: &AppState, tenant: &TenantId, key: &KeyId, item: EncryptItem) -> Result<Sealed, ApiError> {
     let plaintext = zeroize::Zeroizing::new(
         STANDARD
@@ -48,6 +65,11 @@ async fn encrypt_one(state: &AppState, tenant: &TenantId, key: &KeyId, item: Enc
             .map_err(|_| ApiError::bad_request("invalid_base64", "plaintext must be standard base64"))?,
     );
     Ok(state.custody.encrypt(tenant, key, &plaintext, &item.context).await?)
+}
+
+fn batch_note<T>(results: &[ItemResult<T>]) -> Note {
+    let failed = results.iter().filter(|r| matches!(r, ItemResult::Err { .. })).count();
+    Note::default().detail("items", results.len()).detail("failed", failed)
 }
 
 async fn decrypt_one(
@@ -65,11 +87,13 @@ pub async fn encrypt(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<EncryptItem>, JsonRejection>,
-) -> Result<Json<Sealed>, ApiError> {
+) -> Result<(Extension<Note>, Json<Sealed>), ApiError> {
     let (tenant, key) = key_path(path)?;
     let Json(item) = body?;
     let _permit = admit(&state, &tenant)?;
-    Ok(Json(encrypt_one(&state, &tenant, &key, item).await?))
+    let context = item.context.clone();
+    let sealed = encrypt_one(&state, &tenant, &key, item).await?;
+    Ok((Extension(note(&state, &tenant, Some(sealed.key_version), &context).await), Json(sealed)))
 }
 
 pub async fn decrypt(
@@ -77,11 +101,13 @@ pub async fn decrypt(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<CiphertextItem>, JsonRejection>,
-) -> Result<Json<Opened>, ApiError> {
+) -> Result<(Extension<Note>, Json<Opened>), ApiError> {
     let (tenant, key) = key_path(path)?;
     let Json(item) = body?;
     let _permit = admit(&state, &tenant)?;
-    Ok(Json(decrypt_one(&state, &tenant, &key, item).await?))
+    let (version, context) = (Ciphertext::peek_version(&item.ciphertext), item.context.clone());
+    let opened = decrypt_one(&state, &tenant, &key, item).await?;
+    Ok((Extension(note(&state, &tenant, version, &context).await), Json(opened)))
 }
 
 pub async fn rewrap(
@@ -89,11 +115,16 @@ pub async fn rewrap(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<CiphertextItem>, JsonRejection>,
-) -> Result<Json<Sealed>, ApiError> {
+) -> Result<(Extension<Note>, Json<Sealed>), ApiError> {
     let (tenant, key) = key_path(path)?;
     let Json(item) = body?;
     let _permit = admit(&state, &tenant)?;
-    Ok(Json(state.custody.rewrap(&tenant, &key, &item.ciphertext, &item.context).await?))
+    let sealed = state.custody.rewrap(&tenant, &key, &item.ciphertext, &item.context).await?;
+    let mut note = note(&state, &tenant, Some(sealed.key_version), &item.context).await;
+    if let Some(from) = Ciphertext::peek_version(&item.ciphertext) {
+        note = note.detail("from_version", from);
+    }
+    Ok((Extension(note), Json(sealed)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,14 +155,17 @@ pub async fn data_key(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<DataKeyRequest>, JsonRejection>,
-) -> Result<Json<DataKeyView>, ApiError> {
+) -> Result<(Extension<Note>, Json<DataKeyView>), ApiError> {
     let (tenant, key) = key_path(path)?;
     let Json(body) = body?;
     let _permit = admit(&state, &tenant)?;
     let data_key = state.custody.generate_data_key(&tenant, &key, &body.context).await?;
     let plaintext = body.include_plaintext.then(|| STANDARD.encode(data_key.plaintext.expose()));
     let Sealed { ciphertext, key_version } = data_key.sealed;
-    Ok(Json(DataKeyView { ciphertext, key_version, plaintext }))
+    let note = note(&state, &tenant, Some(key_version), &body.context)
+        .await
+        .detail("include_plaintext", body.include_plaintext);
+    Ok((Extension(note), Json(DataKeyView { ciphertext, key_version, plaintext })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,7 +213,7 @@ pub async fn encrypt_batch(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<Batch<EncryptItem>>, JsonRejection>,
-) -> Result<Json<BatchResults<Sealed>>, ApiError> {
+) -> Result<(Extension<Note>, Json<BatchResults<Sealed>>), ApiError> {
     let (tenant, key) = key_path(path)?;
     let Json(batch) = body?;
     check_batch(&state, &batch)?;
@@ -188,7 +222,7 @@ pub async fn encrypt_batch(
     for one in batch.items {
         results.push(item(encrypt_one(&state, &tenant, &key, one).await));
     }
-    Ok(Json(BatchResults { results }))
+    Ok((Extension(batch_note(&results)), Json(BatchResults { results })))
 }
 
 pub async fn decrypt_batch(
@@ -196,7 +230,7 @@ pub async fn decrypt_batch(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<Batch<CiphertextItem>>, JsonRejection>,
-) -> Result<Json<BatchResults<Opened>>, ApiError> {
+) -> Result<(Extension<Note>, Json<BatchResults<Opened>>), ApiError> {
     let (tenant, key) = key_path(path)?;
     let Json(batch) = body?;
     check_batch(&state, &batch)?;
@@ -205,5 +239,5 @@ pub async fn decrypt_batch(
     for one in batch.items {
         results.push(item(decrypt_one(&state, &tenant, &key, one).await));
     }
-    Ok(Json(BatchResults { results }))
+    Ok((Extension(batch_note(&results)), Json(BatchResults { results })))
 }

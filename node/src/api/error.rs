@@ -48,6 +48,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body { error: Inner { code: self.code, message: &self.message } };
         let mut response = (self.status, axum::Json(body)).into_response();
+        // For the audit event of this request (see `audit.rs`).
+        response.extensions_mut().insert(super::audit::ErrorCode(self.code));
         let headers = response.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"custos\""));

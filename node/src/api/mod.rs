@@ -1,12 +1,14 @@
 //! The client API: HTTPS JSON under `/v1/`, plus `/healthz` and `/readyz`.
 //!
 //! The path of a request reads like this folder: `mod.rs` admits it (in-flight bound, body
-//! limit, deadline), `auth.rs` checks the admin token, a handler in `tenants.rs`, `keys.rs`
+//! limit, deadline), `audit.rs` records its audit event once it is answered (and serves the
+//! audit streams), `auth.rs` checks the admin token, a handler in `tenants.rs`, `keys.rs`
 //! (key management), `crypto.rs` (encrypt, decrypt, data keys; per-tenant admission),
 //! `cluster.rs` or `health.rs` turns it into a [`custos_raft::Proposal`], a read or a key
 //! operation, and `error.rs` turns every failure into a JSON error with a machine-readable
 //! code.
 
+pub mod audit;
 pub mod auth;
 mod cluster;
 mod crypto;
@@ -25,6 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
+use custos_actors::audit::Audit;
 use custos_actors::custody::Custody;
 use custos_actors::{NodeMsg, TenantDirectory};
 use custos_config::LimitsConfig;
@@ -48,6 +51,7 @@ impl std::ops::Deref for AppState {
 
 pub struct AppInner {
     pub cluster: Cluster,
+    pub audit: Arc<Audit>,
     /// This node's per-tenant actor supervisor.
     pub supervisor: ActorRef<NodeMsg>,
     /// Which tenants serve on this node, with their admission bounds.
@@ -63,25 +67,30 @@ pub struct AppInner {
     in_flight: Arc<Semaphore>,
 }
 
+/// What the API is built from.
+pub struct AppParts {
+    pub cluster: Cluster,
+    pub audit: Arc<Audit>,
+    pub supervisor: ActorRef<NodeMsg>,
+    pub directory: Arc<TenantDirectory>,
+    pub custody: Arc<Custody>,
+    pub limits: LimitsConfig,
+    pub max_batch_items: usize,
+    pub fault_injection: bool,
+}
+
 impl AppState {
-    pub fn new(
-        cluster: Cluster,
-        supervisor: ActorRef<NodeMsg>,
-        directory: Arc<TenantDirectory>,
-        custody: Arc<Custody>,
-        limits: LimitsConfig,
-        max_batch_items: usize,
-        fault_injection: bool,
-    ) -> Self {
-        let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
+    pub fn new(parts: AppParts) -> Self {
+        let in_flight = Arc::new(Semaphore::new(parts.limits.max_in_flight));
         AppState(Arc::new(AppInner {
-            cluster,
-            supervisor,
-            directory,
-            custody,
-            limits: Arc::new(limits),
-            max_batch_items,
-            fault_injection,
+            cluster: parts.cluster,
+            audit: parts.audit,
+            supervisor: parts.supervisor,
+            directory: parts.directory,
+            custody: parts.custody,
+            limits: Arc::new(parts.limits),
+            max_batch_items: parts.max_batch_items,
+            fault_injection: parts.fault_injection,
             admin_sha256: std::sync::OnceLock::new(),
             in_flight,
         }))
@@ -108,6 +117,8 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/keys/{key}/datakey", post(crypto::data_key))
         .route("/tenants/{tenant}/keys/{key}/encrypt/batch", post(crypto::encrypt_batch))
         .route("/tenants/{tenant}/keys/{key}/decrypt/batch", post(crypto::decrypt_batch))
+        .route("/tenants/{tenant}/audit", get(audit::tenant_stream))
+        .route("/cluster/audit", get(audit::cluster_stream))
         .route("/cluster/init", post(cluster::init))
         .route("/cluster/self", get(cluster::node_self))
         .route("/cluster/status", get(cluster::status))
@@ -116,6 +127,8 @@ pub fn router(state: AppState) -> Router {
     if state.fault_injection {
         v1 = v1.route("/tenants/{tenant}/faults", post(faults::inject));
     }
+    // A route layer runs after routing, so the audit middleware sees the matched route.
+    let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), audit::record));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(health::healthz))

@@ -121,8 +121,13 @@ pub async fn create(
     };
     // The tenant's key roots exist before the tenant does, so it is never without custody.
     let custody = state.custody.provision_tenant(&id, provider).await?;
+    let note = super::audit::Note { tenant: Some(id.clone()), ..Default::default() }
+        .detail("region", region.as_str())
+        .detail("key_provider", custody.provider.as_str());
     let command = Command::CreateTenant { id, display_name: body.display_name, region, custody };
-    write(&state, &headers, command, StatusCode::CREATED).await
+    let mut response = write(&state, &headers, command, StatusCode::CREATED).await?;
+    response.extensions_mut().insert(note);
+    Ok(response)
 }
 
 pub async fn list(

@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch. Client commands talk to any node over the HTTPS API.
 
+mod audit;
 mod cluster;
 mod key;
 mod output;
@@ -97,6 +98,11 @@ pub enum Command {
         tenant: String,
         #[command(subcommand)]
         command: key::KeyCommand,
+    },
+    /// Audit streams: list events, verify hash chains.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Key custody tools.
     Custody {
@@ -257,6 +263,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
         Command::Cluster { command } => cluster::run(&global, command).await,
         Command::Tenant { command } => tenant::run(&global, command).await,
         Command::Key { tenant, command } => key::run(&global, &tenant, command).await,
+        Command::Audit { command } => audit::run(&global, command).await,
         Command::Custody { command: CustodyCommand::MasterKey { out } } => {
             if custos_node::custody::write_master_key(&out).with_context(|| format!("writing {}", out.display()))? {
                 println!("master key written to {}; give every node of the cluster the same file", out.display());

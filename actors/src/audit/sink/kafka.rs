@@ -1,14 +1,15 @@
 //! The Kafka audit sink: rdkafka's `FutureProducer`, idempotent, `acks=all`.
 //!
 //! Each event is one record in CloudEvents structured mode (`content-type:
-//! application/cloudevents+json`), keyed by its tenant id so a tenant's events stay in one
-//! partition, in order. Topics are created when first needed, with the configured partitions,
+//! application/cloudevents+json`), keyed by its tenant id. A tenant's events all go to one
+//! partition, [`partition_for`] (CRC-32 of the tenant id modulo the topic's partitions), so
+//! they stay in order and a reader of one tenant reads one partition only. Topics are created when first needed, with the configured partitions,
 //! replication factor and retention. The producer runs with the gapless guarantee: a failure
 //! that could leave a hole in a partition is fatal to that producer, the batch is reported
 //! failed, and a fresh producer sends it again whole, so a consumer never sees a later event
 //! of a chain before an earlier one — only exact redeliveries.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,7 +42,7 @@ impl TopicLayout {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaSinkConfig {
     /// `host:port,host:port`.
     pub brokers: String,
@@ -58,6 +59,23 @@ pub struct KafkaSinkConfig {
     pub client_properties: Vec<(String, String)>,
 }
 
+impl std::fmt::Debug for KafkaSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Properties may carry a SASL password: names only.
+        let properties: Vec<&str> = self.client_properties.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("KafkaSinkConfig")
+            .field("brokers", &self.brokers)
+            .field("layout", &self.layout)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("retention_ms", &self.retention_ms)
+            .field("message_timeout", &self.message_timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("client_properties", &properties)
+            .finish()
+    }
+}
+
 /// Delivery counters for status and metrics.
 #[derive(Debug, Default)]
 pub struct KafkaStats {
@@ -72,7 +90,8 @@ pub struct KafkaSink {
     config: KafkaSinkConfig,
     producer: Mutex<Arc<FutureProducer>>,
     admin: AdminClient<DefaultClientContext>,
-    created: Mutex<HashSet<String>>,
+    /// Topics known to exist, with their partition counts.
+    topics: Mutex<HashMap<String, i32>>,
     stats: Arc<KafkaStats>,
     last_error: Mutex<Option<String>>,
 }
@@ -121,7 +140,7 @@ impl KafkaSink {
             config,
             producer: Mutex::new(Arc::new(producer)),
             admin,
-            created: Mutex::new(HashSet::new()),
+            topics: Mutex::new(HashMap::new()),
             stats: Arc::new(KafkaStats::default()),
             last_error: Mutex::new(None),
         })
@@ -140,38 +159,47 @@ impl KafkaSink {
         &self.config
     }
 
-    async fn ensure_topics(&self, topics: HashSet<String>) -> Result<(), SinkError> {
+    /// Creates the topics not known yet (an existing topic is fine) and learns their
+    /// partition counts, which may differ from the configured count for topics made by others.
+    async fn ensure_topics(&self, topics: HashSet<String>) -> Result<HashMap<String, i32>, SinkError> {
         let missing: Vec<String> = {
-            let created = self.created.lock().unwrap_or_else(|p| p.into_inner());
-            topics.into_iter().filter(|t| !created.contains(t)).collect()
+            let known = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            topics.iter().filter(|t| !known.contains_key(*t)).cloned().collect()
         };
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let retention = self.config.retention_ms.to_string();
-        let specs: Vec<NewTopic> = missing
-            .iter()
-            .map(|t| {
-                NewTopic::new(t, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor))
-                    .set("retention.ms", &retention)
-            })
-            .collect();
-        let options = AdminOptions::new().operation_timeout(Some(self.config.message_timeout));
-        let results = self
-            .admin
-            .create_topics(specs.iter(), &options)
-            .await
-            .map_err(|e| SinkError::Unavailable(format!("creating topics: {e}")))?;
-        let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
-        for result in results {
-            match result {
-                Ok(topic) | Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                    created.insert(topic);
+        if !missing.is_empty() {
+            let retention = self.config.retention_ms.to_string();
+            let specs: Vec<NewTopic> = missing
+                .iter()
+                .map(|t| {
+                    NewTopic::new(t, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor))
+                        .set("retention.ms", &retention)
+                })
+                .collect();
+            let options = AdminOptions::new().operation_timeout(Some(self.config.message_timeout));
+            let results = self
+                .admin
+                .create_topics(specs.iter(), &options)
+                .await
+                .map_err(|e| SinkError::Unavailable(format!("creating topics: {e}")))?;
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => {
+                        return Err(SinkError::Unavailable(format!("creating topic {topic}: {code}")))
+                    }
                 }
-                Err((topic, code)) => return Err(SinkError::Unavailable(format!("creating topic {topic}: {code}"))),
             }
+            let producer = self.producer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let timeout = self.config.message_timeout;
+            let counts = tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32)>, SinkError> {
+                missing.into_iter().map(|t| Ok((t.clone(), partition_count(producer.client(), &t, timeout)?))).collect()
+            })
+            .await
+            .map_err(|e| SinkError::Unavailable(e.to_string()))??;
+            self.topics.lock().unwrap_or_else(|p| p.into_inner()).extend(counts);
         }
-        Ok(())
+        let known = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(topics.into_iter().filter_map(|t| known.get(&t).map(|n| (t, *n))).collect())
     }
 
     fn fail(&self, error: String) -> SinkError {
@@ -202,9 +230,10 @@ impl AuditSink for KafkaSink {
             return Ok(());
         }
         let topics: Vec<String> = batch.iter().map(|e| self.config.layout.topic_for(&e.tenant)).collect();
-        if let Err(error) = self.ensure_topics(topics.iter().cloned().collect()).await {
-            return Err(self.fail(error.to_string()));
-        }
+        let partitions = match self.ensure_topics(topics.iter().cloned().collect()).await {
+            Ok(partitions) => partitions,
+            Err(error) => return Err(self.fail(error.to_string())),
+        };
         let producer = self.producer.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut refused = None;
@@ -212,8 +241,15 @@ impl AuditSink for KafkaSink {
             let headers = OwnedHeaders::new()
                 .insert(Header { key: "content-type", value: Some("application/cloudevents+json") })
                 .insert(Header { key: "tenant", value: Some(entry.tenant.as_str()) });
-            let record =
-                FutureRecord::to(topic).key(entry.tenant.as_str()).payload(entry.json.as_ref()).headers(headers);
+            let Some(count) = partitions.get(topic) else {
+                refused = Some(format!("topic {topic} has no known partitions"));
+                break;
+            };
+            let record = FutureRecord::to(topic)
+                .partition(partition_for(&entry.tenant, *count))
+                .key(entry.tenant.as_str())
+                .payload(entry.json.as_ref())
+                .headers(headers);
             match producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((error, _)) => {
@@ -246,15 +282,44 @@ impl AuditSink for KafkaSink {
     }
 }
 
-/// Reads every record of one tenant that its topic holds now, partition by partition, each in
-/// offset order, and hands its payload to `f` with the partition and offset. Blocking: call it
-/// from a blocking thread. Records of other tenants (shared layout) are skipped by key.
-pub fn read_tenant(
+/// The partition holding all of a tenant's events in a topic of `partitions` partitions.
+pub fn partition_for(tenant: &str, partitions: i32) -> i32 {
+    assert!(partitions > 0, "a topic has at least one partition");
+    (crc32fast::hash(tenant.as_bytes()) % partitions as u32) as i32
+}
+
+fn partition_count<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, SinkError> {
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| SinkError::Unavailable(format!("metadata of {topic}: {e}")))?;
+    let count = metadata.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len()).unwrap_or(0);
+    if count == 0 {
+        return Err(SinkError::Unavailable(format!("topic {topic} does not exist (yet)")));
+    }
+    Ok(count as i32)
+}
+
+/// A page of one tenant's records: `(offset, payload)` in offset order, and the offset the
+/// next page starts at.
+pub struct KafkaPage {
+    pub records: Vec<(i64, Vec<u8>)>,
+    pub next: i64,
+}
+
+/// Reads up to `limit` of a tenant's records from offset `from` (or the oldest kept) to what
+/// the partition holds now. Blocking: call it from a blocking thread. An absent topic is an
+/// empty page.
+pub fn read_tenant_page(
     config: &KafkaSinkConfig,
     tenant: &str,
+    from: i64,
+    limit: usize,
     timeout: Duration,
-    mut f: impl FnMut(i32, i64, &[u8]),
-) -> Result<(), SinkError> {
+) -> Result<KafkaPage, SinkError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -266,38 +331,55 @@ pub fn read_tenant(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false");
     let consumer: BaseConsumer = client.create().map_err(|e| SinkError::Config(e.to_string()))?;
-    let metadata = consumer.fetch_metadata(Some(&topic), timeout).map_err(|e| unavailable("metadata", e))?;
-    let Some(partitions) = metadata.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len()) else {
-        return Ok(());
+    let partitions = match partition_count(consumer.client(), &topic, timeout) {
+        Ok(n) => n,
+        Err(_) => return Ok(KafkaPage { records: Vec::new(), next: from.max(0) }),
     };
+    let partition = partition_for(tenant, partitions);
+    let (low, high) =
+        consumer.fetch_watermarks(&topic, partition, timeout).map_err(|e| unavailable("watermarks", e))?;
+    let start = from.max(low);
+    let mut records = Vec::new();
+    if start >= high || limit == 0 {
+        return Ok(KafkaPage { records, next: start });
+    }
     let mut assignment = TopicPartitionList::new();
-    let mut remaining = Vec::new();
-    for partition in 0..partitions as i32 {
-        let (low, high) =
-            consumer.fetch_watermarks(&topic, partition, timeout).map_err(|e| unavailable("watermarks", e))?;
-        if high > low {
-            assignment
-                .add_partition_offset(&topic, partition, Offset::Offset(low))
-                .map_err(|e| unavailable("assignment", e))?;
-            remaining.push((partition, high));
-        }
-    }
-    if remaining.is_empty() {
-        return Ok(());
-    }
+    assignment
+        .add_partition_offset(&topic, partition, Offset::Offset(start))
+        .map_err(|e| unavailable("assignment", e))?;
     consumer.assign(&assignment).map_err(|e| unavailable("assign", e))?;
     let deadline = std::time::Instant::now() + timeout;
-    while !remaining.is_empty() {
+    let mut next = start;
+    while next < high && records.len() < limit {
         if std::time::Instant::now() >= deadline {
             return Err(SinkError::Unavailable(format!("reading {topic} did not finish within {timeout:?}")));
         }
         let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
         let message = message.map_err(|e| unavailable("consume", e))?;
-        let (partition, offset) = (message.partition(), message.offset());
+        next = message.offset() + 1;
         if message.key() == Some(tenant.as_bytes()) {
-            f(partition, offset, message.payload().unwrap_or_default());
+            records.push((message.offset(), message.payload().unwrap_or_default().to_vec()));
         }
-        remaining.retain(|(p, high)| !(*p == partition && offset + 1 >= *high));
     }
-    Ok(())
+    Ok(KafkaPage { records, next })
+}
+
+/// Every record of a tenant its topic holds now, oldest first, page by page.
+pub fn read_tenant(
+    config: &KafkaSinkConfig,
+    tenant: &str,
+    timeout: Duration,
+    mut f: impl FnMut(i64, &[u8]),
+) -> Result<(), SinkError> {
+    let mut from = 0;
+    loop {
+        let page = read_tenant_page(config, tenant, from, 10_000, timeout)?;
+        for (offset, payload) in &page.records {
+            f(*offset, payload);
+        }
+        if page.next == from {
+            return Ok(());
+        }
+        from = page.next;
+    }
 }

@@ -1,0 +1,315 @@
+//! Audit at the API edge, and the audit read endpoints.
+//!
+//! [`record`] wraps every `/v1` route: after the handler has answered, it turns the request
+//! into one audit event — type from the route, tenant from the path (or from the handler's
+//! [`Note`] when the body names it), outcome from the status, error code from the
+//! [`ErrorCode`] the error response carries — and records it. In fail-closed mode a request
+//! whose event cannot be made durable is answered 503 instead: a ciphertext, a key or a
+//! confirmation never leaves without its audit event.
+//!
+//! What is recorded: every write and key operation, every read of an audit stream, and every
+//! refused authentication (`auth.authenticate`, outcome denied), whatever the route. A
+//! successful authentication is part of the event of the action it allowed (its `actor`).
+//! Plain metadata reads (`GET` of tenants, keys, status) are not recorded.
+//!
+//! Events go to the tenant's stream when the path names a tenant this node knows, otherwise to
+//! the cluster stream (`_cluster`), so unauthenticated requests naming made-up tenants cannot
+//! create streams. Reads of a tenant's audit stream are recorded in the cluster stream (subject
+//! `tenants/<tenant>/audit`), not in the stream read — a reader paging to its end would
+//! otherwise chase its own events. Reads of the cluster stream are not recorded.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{MatchedPath, Path, Query, RawPathParams, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use custos_actors::audit::sink::kafka::read_tenant_page;
+use custos_actors::audit::sink::local::ReadFilter;
+use custos_actors::audit::{Actor, AuditData, AuditError, AuditEvent, AuditRecord, AuditStream, EventType, Outcome};
+use custos_raft::TenantId;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Admin;
+use super::error::ApiError;
+use super::{page_limit, AppState, IDEMPOTENCY_HEADER};
+
+/// How long one page read from Kafka may take.
+const KAFKA_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// What a handler adds to its response for the audit event.
+#[derive(Debug, Clone, Default)]
+pub struct Note {
+    /// The tenant, when the path does not name it (tenant creation).
+    pub tenant: Option<TenantId>,
+    pub key_version: Option<u32>,
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Note {
+    pub fn version(key_version: u32) -> Note {
+        Note { key_version: Some(key_version), ..Note::default() }
+    }
+
+    pub fn detail(mut self, name: &str, value: impl Into<serde_json::Value>) -> Note {
+        self.details.insert(name.to_string(), value.into());
+        self
+    }
+}
+
+/// The machine-readable code of an error response, put there by `ApiError`.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// Which event a route makes, and where its tenant comes from.
+fn event_type(method: &Method, route: &str) -> Option<EventType> {
+    let route = route.strip_prefix("/v1")?;
+    let post = *method == Method::POST;
+    Some(match route {
+        "/tenants" if post => EventType::TenantCreate,
+        "/tenants/{id}" if *method == Method::DELETE => EventType::TenantDelete,
+        "/tenants/{id}/suspend" | "/tenants/{id}/resume" => EventType::TenantUpdate,
+        "/tenants/{tenant}/faults" | "/cluster/init" | "/cluster/members" | "/cluster/members/{id}" => {
+            EventType::AdminAction
+        }
+        "/tenants/{tenant}/keys" if post => EventType::KeyCreate,
+        "/tenants/{tenant}/keys/{key}/rotate" => EventType::KeyRotate,
+        "/tenants/{tenant}/keys/{key}/config" => EventType::KeyConfigure,
+        "/tenants/{tenant}/keys/{key}/enable" => EventType::KeyEnable,
+        "/tenants/{tenant}/keys/{key}/disable" => EventType::KeyDisable,
+        "/tenants/{tenant}/keys/{key}/destroy" if post => EventType::KeyScheduleDestroy,
+        "/tenants/{tenant}/keys/{key}/destroy" => EventType::KeyCancelDestroy,
+        "/tenants/{tenant}/keys/{key}/encrypt" | "/tenants/{tenant}/keys/{key}/encrypt/batch" => EventType::KeyEncrypt,
+        "/tenants/{tenant}/keys/{key}/decrypt" | "/tenants/{tenant}/keys/{key}/decrypt/batch" => EventType::KeyDecrypt,
+        "/tenants/{tenant}/keys/{key}/rewrap" => EventType::KeyRewrap,
+        "/tenants/{tenant}/keys/{key}/datakey" => EventType::KeyGenerateDataKey,
+        // Reads of the cluster stream are not events: each would land in the stream being
+        // read, so a reader could never reach its end.
+        "/tenants/{tenant}/audit" => EventType::AuditRead,
+        _ => return None,
+    })
+}
+
+fn outcome(status: StatusCode) -> Outcome {
+    match status {
+        s if s.is_success() || s.is_redirection() => Outcome::Success,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => Outcome::Denied,
+        _ => Outcome::Failure,
+    }
+}
+
+/// The middleware: see the module docs.
+pub async fn record(
+    State(state): State<AppState>,
+    matched: Option<MatchedPath>,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = matched.as_ref().map(|m| m.as_str().to_string()).unwrap_or_default();
+    let method = request.method().clone();
+    let request_id = request
+        .headers()
+        .get(IDEMPOTENCY_HEADER)
+        .or_else(|| request.headers().get(REQUEST_ID_HEADER))
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut path_tenant = None;
+    let mut key = None;
+    if let Ok(params) = &params {
+        for (name, value) in params.iter() {
+            match name {
+                "tenant" => path_tenant = Some(value.to_string()),
+                "id" if route.starts_with("/v1/tenants/") => path_tenant = Some(value.to_string()),
+                "key" => key = Some(value.to_string()),
+                _ => {}
+            }
+        }
+    }
+
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    let status = response.status();
+    let kind = match event_type(&method, &route) {
+        _ if status == StatusCode::UNAUTHORIZED => EventType::Authentication,
+        Some(kind) => kind,
+        None => return response,
+    };
+    let note = response.extensions_mut().remove::<Note>().unwrap_or_default();
+    let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
+
+    let known = |tenant: &str| -> Option<TenantId> {
+        let tenant = TenantId::new(tenant).ok()?;
+        state.cluster.reader().tenant(&tenant).ok().flatten().map(|_| tenant)
+    };
+    let stream = match note.tenant.clone().or_else(|| path_tenant.as_deref().and_then(known)) {
+        Some(tenant) if kind != EventType::AuditRead => AuditStream::Tenant(tenant),
+        _ => AuditStream::Cluster,
+    };
+    let actor = if status == StatusCode::UNAUTHORIZED { Actor::anonymous() } else { Actor::admin() };
+    let mut data = AuditData::new(actor, outcome(status));
+    data.reason = code.map(str::to_string);
+    data.request_id = Some(request_id);
+    data.key_id = key.clone();
+    data.key_version = note.key_version;
+    data.details = note.details;
+    data.details.insert("http_method".into(), method.as_str().into());
+    data.details.insert("http_status".into(), status.as_u16().into());
+    let subject = match (&path_tenant, &key) {
+        (_, Some(key)) => Some(format!("keys/{key}")),
+        (Some(tenant), None) if kind == EventType::AuditRead => Some(format!("tenants/{tenant}/audit")),
+        (Some(tenant), None) if stream == AuditStream::Cluster => Some(format!("tenants/{tenant}")),
+        _ => None,
+    };
+    match state.audit.record(AuditRecord { stream, kind, subject, data }).await {
+        Ok(()) => response,
+        Err(error) => {
+            tracing::error!(%error, route, "audit event not durable; refusing the response (fail-closed)");
+            audit_refusal(error).into_response()
+        }
+    }
+}
+
+fn audit_refusal(error: AuditError) -> ApiError {
+    let code = match error {
+        AuditError::Backlog { .. } => "audit_backlog",
+        _ => "audit_unavailable",
+    };
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        code,
+        format!("{error}; the request was not answered because its audit event is not durable (audit.mode = fail-closed), but a write may have been applied: retry it with the same Idempotency-Key"),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Position to start at: `next` of the previous page.
+    #[serde(default)]
+    from: u64,
+    limit: Option<usize>,
+    /// Comma-separated event types, full (`dev.custos.key.encrypt`) or short (`key.encrypt`).
+    #[serde(rename = "type")]
+    types: Option<String>,
+    /// Events at or after this time (milliseconds since the epoch).
+    since_ms: Option<u64>,
+    /// Events before this time.
+    until_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuditPage {
+    /// The sink the events were read from: `local` (this node's log) or `kafka`.
+    source: &'static str,
+    events: Vec<AuditEvent>,
+    /// Where the next page starts; the same as `from` when nothing more is stored yet.
+    next: u64,
+}
+
+fn parse_types(types: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let Some(types) = types else { return Ok(Vec::new()) };
+    types
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            EventType::parse(t)
+                .map(|k| k.full())
+                .ok_or_else(|| ApiError::bad_request("invalid_query", format!("unknown event type {t:?}")))
+        })
+        .collect()
+}
+
+async fn read_stream(state: &AppState, stream: &str, query: AuditQuery) -> Result<AuditPage, ApiError> {
+    let limit = page_limit(state, query.limit)?;
+    let types = parse_types(query.types.as_deref())?;
+    let unavailable = |e: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", e);
+    if let Some(local) = state.audit.local() {
+        let filter = ReadFilter { from: query.from, limit, since_ms: query.since_ms, until_ms: query.until_ms, types };
+        let (local, stream) = (local.clone(), stream.to_string());
+        let page = tokio::task::spawn_blocking(move || local.read(&stream, &filter))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        return Ok(AuditPage {
+            source: "local",
+            events: page.events.into_iter().map(|(_, e)| e).collect(),
+            next: page.next,
+        });
+    }
+    let Some(kafka) = state.audit.kafka() else {
+        return Err(ApiError::internal("the audit sink can not be read"));
+    };
+    let (config, stream) = (kafka.config().clone(), stream.to_string());
+    let from = i64::try_from(query.from).map_err(|_| ApiError::bad_request("invalid_query", "from is too large"))?;
+    let page = tokio::task::spawn_blocking(move || read_tenant_page(&config, &stream, from, limit, KAFKA_READ_TIMEOUT))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+    let events = page
+        .records
+        .into_iter()
+        .filter_map(|(_, bytes)| serde_json::from_slice::<AuditEvent>(&bytes).ok())
+        .filter(|e| types.is_empty() || types.contains(&e.kind))
+        .filter(|e| {
+            let t = e.time_ms().unwrap_or(0);
+            query.since_ms.is_none_or(|s| t >= s) && query.until_ms.is_none_or(|u| t < u)
+        })
+        .collect();
+    Ok(AuditPage { source: "kafka", events, next: page.next.max(0) as u64 })
+}
+
+/// `GET /v1/tenants/{tenant}/audit`: one page of the tenant's audit stream.
+pub async fn tenant_stream(
+    _: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let Path(tenant) = path?;
+    let tenant = TenantId::new(tenant)?;
+    if state.cluster.reader().tenant(&tenant)?.is_none() {
+        return Err(custos_raft::Rejection::TenantNotFound(tenant).into());
+    }
+    let Query(query) = query?;
+    Ok(Json(read_stream(&state, tenant.as_str(), query).await?))
+}
+
+/// `GET /v1/cluster/audit`: one page of the cluster stream.
+pub async fn cluster_stream(
+    _: Admin,
+    State(state): State<AppState>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let Query(query) = query?;
+    Ok(Json(read_stream(&state, AuditStream::CLUSTER, query).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_write_route_has_an_event_type_and_plain_reads_have_none() {
+        let routes = [
+            (Method::POST, "/v1/tenants", Some(EventType::TenantCreate)),
+            (Method::DELETE, "/v1/tenants/{id}", Some(EventType::TenantDelete)),
+            (Method::POST, "/v1/tenants/{tenant}/keys/{key}/destroy", Some(EventType::KeyScheduleDestroy)),
+            (Method::DELETE, "/v1/tenants/{tenant}/keys/{key}/destroy", Some(EventType::KeyCancelDestroy)),
+            (Method::POST, "/v1/tenants/{tenant}/keys/{key}/decrypt/batch", Some(EventType::KeyDecrypt)),
+            (Method::GET, "/v1/tenants/{tenant}/audit", Some(EventType::AuditRead)),
+            (Method::GET, "/v1/cluster/audit", None),
+            (Method::GET, "/v1/tenants", None),
+            (Method::GET, "/v1/tenants/{tenant}/keys/{key}", None),
+            (Method::GET, "/v1/cluster/status", None),
+        ];
+        for (method, route, expected) in routes {
+            assert_eq!(event_type(&method, route), expected, "{method} {route}");
+        }
+    }
+}

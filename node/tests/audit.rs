@@ -1,0 +1,327 @@
+//! Audit through real `custos` processes: every auditable action yields its event and no
+//! secret; tenants see only their own stream; `custos audit verify` finds tampering; a node
+//! killed with events still in its outbox ships them after restart, to a real Kafka started
+//! by `deploy/scripts/kafka.sh` (never skipped).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use custos_actors::audit::chain::Verifier;
+use custos_actors::audit::sink::kafka::{read_tenant, KafkaSinkConfig, TopicLayout};
+use custos_actors::audit::AuditEvent;
+use custos_chaos_tests::{KafkaBroker, ProcessCluster};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_custos"))
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+async fn call(cluster: &ProcessCluster, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let reply = cluster.call(1, method, path, body.as_ref(), &[]).await.expect("request");
+    (reply.status, reply.body)
+}
+
+/// Creates a tenant and waits until its actors serve on node 1, without a refused request (which
+/// would be an audit event of its own).
+async fn create_tenant(cluster: &ProcessCluster, id: &str) {
+    let (status, body) =
+        call(cluster, Method::POST, "/v1/tenants", Some(json!({"id": id, "display_name": id, "region": "eu"}))).await;
+    assert_eq!(status, 201, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = call(cluster, Method::GET, &format!("/v1/tenants/{id}/actors"), None).await;
+        if status == 200 && body["state"] == "running" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "tenant {id} never started: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every event of a tenant's stream, through the API, page by page.
+async fn stream(cluster: &ProcessCluster, tenant: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut from = 0;
+    loop {
+        let (status, page) =
+            call(cluster, Method::GET, &format!("/v1/tenants/{tenant}/audit?from={from}&limit=3"), None).await;
+        assert_eq!(status, 200, "{page}");
+        let batch = page["events"].as_array().unwrap().clone();
+        let next = page["next"].as_u64().unwrap();
+        if batch.is_empty() && next == from {
+            return events;
+        }
+        events.extend(batch);
+        from = next;
+    }
+}
+
+/// Waits until the node has shipped everything it committed.
+async fn shipped(cluster: &ProcessCluster) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = call(cluster, Method::GET, "/v1/cluster/status", None).await;
+        assert_eq!(status, 200, "{body}");
+        if body["audit"]["outbox_depth"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "outbox not drained: {}", body["audit"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["type"].as_str().unwrap().trim_start_matches("dev.custos.").to_string()).collect()
+}
+
+fn verify_cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(binary()).arg("audit").arg("verify").args(args).output().expect("custos audit verify");
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_auditable_action_yields_its_event_without_secrets_in_its_tenants_stream_only() {
+    let mut cluster = ProcessCluster::new(binary(), 1, &[]).expect("prepare");
+    cluster.form().await.expect("form");
+    let token = cluster.token().unwrap().to_string();
+    for id in ["acme", "globex"] {
+        create_tenant(&cluster, id).await;
+    }
+    let (status, body) = call(&cluster, Method::POST, "/v1/tenants/acme/keys", Some(json!({"id": "payments"}))).await;
+    assert_eq!(status, 201, "{body}");
+    let secret_plaintext = "c2VjcmV0LXBsYWludGV4dC0xMjM0"; // "secret-plaintext-1234"
+    let context = json!({"patient": "alice-7781"});
+    let (status, sealed) = call(
+        &cluster,
+        Method::POST,
+        "/v1/tenants/acme/keys/payments/encrypt",
+        Some(json!({"plaintext": secret_plaintext, "context": context})),
+    )
+    .await;
+    assert_eq!(status, 200, "{sealed}");
+    let (status, body) = call(
+        &cluster,
+        Method::POST,
+        "/v1/tenants/acme/keys/payments/decrypt",
+        Some(json!({"ciphertext": sealed["ciphertext"], "context": context})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(&cluster, Method::POST, "/v1/tenants/acme/keys/payments/rotate", Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, data_key) =
+        call(&cluster, Method::POST, "/v1/tenants/acme/keys/payments/datakey", Some(json!({}))).await;
+    assert_eq!(status, 200, "{data_key}");
+    // A wrong-context decrypt fails; a request with a bad token is refused.
+    let (status, _) = call(
+        &cluster,
+        Method::POST,
+        "/v1/tenants/acme/keys/payments/decrypt",
+        Some(json!({"ciphertext": sealed["ciphertext"], "context": {"patient": "bob"}})),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let bad = cluster
+        .call_raw(
+            1,
+            Method::POST,
+            "/v1/tenants/acme/keys/payments/encrypt",
+            br#"{"plaintext":"AA=="}"#.to_vec(),
+            &[("content-type", "application/json"), ("authorization", "Bearer cst_forged")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 401);
+    // globex: one failed encrypt of a key it does not have.
+    let (status, _) =
+        call(&cluster, Method::POST, "/v1/tenants/globex/keys/payments/encrypt", Some(json!({"plaintext": "AA=="})))
+            .await;
+    assert_eq!(status, 404);
+    shipped(&cluster).await;
+
+    let acme = stream(&cluster, "acme").await;
+    assert_eq!(
+        kinds(&acme),
+        [
+            "tenant.create",
+            "key.create",
+            "key.encrypt",
+            "key.decrypt",
+            "key.rotate",
+            "key.generate_data_key",
+            "key.decrypt",
+            "auth.authenticate"
+        ]
+    );
+    assert!(acme.iter().all(|e| e["tenant"] == "acme" && e["source"] == "custos://node/1"), "{acme:#?}");
+    let data: Vec<&Value> = acme.iter().map(|e| &e["data"]).collect();
+    for d in &data[..6] {
+        assert_eq!((d["actor"]["kind"].as_str(), d["outcome"].as_str()), (Some("admin"), Some("success")), "{d}");
+    }
+    assert_eq!(data[2]["key_id"], "payments");
+    assert_eq!(data[2]["key_version"], 1);
+    assert_eq!(data[5]["key_version"], 2, "the data key comes from the rotated version");
+    assert_eq!(data[2]["details"]["context_hmac"], data[3]["details"]["context_hmac"], "one context, one HMAC");
+    assert!(data[2]["details"]["context_hmac"].as_str().is_some_and(|h| h.len() == 64));
+    assert_eq!((data[6]["outcome"].as_str(), data[6]["reason"].as_str()), (Some("failure"), Some("decryption_failed")));
+    assert_ne!(data[6]["details"]["context_hmac"], data[2]["details"]["context_hmac"]);
+    assert_eq!((data[7]["actor"]["kind"].as_str(), data[7]["outcome"].as_str()), (Some("anonymous"), Some("denied")));
+    assert_eq!(acme[0]["data"]["details"]["region"], "eu");
+
+    // No secret material anywhere in the stream.
+    let text = serde_json::to_string(&acme).unwrap();
+    for secret in [
+        secret_plaintext,
+        "alice-7781",
+        "bob",
+        data_key["plaintext"].as_str().unwrap(),
+        sealed["ciphertext"].as_str().unwrap(),
+        token.as_str(),
+        "cst_forged",
+    ] {
+        assert!(!text.contains(secret), "the audit stream holds {secret:?}");
+    }
+
+    // globex sees only its own events.
+    let globex = stream(&cluster, "globex").await;
+    assert_eq!(kinds(&globex), ["tenant.create", "key.encrypt"]);
+    assert!(globex.iter().all(|e| e["tenant"] == "globex"));
+    assert_eq!(globex[1]["data"]["reason"], "key_not_found");
+    let (status, body) = call(&cluster, Method::GET, "/v1/tenants/acme/audit?type=key.rotate", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(kinds(body["events"].as_array().unwrap()), ["key.rotate"]);
+    let (status, body) = call(&cluster, Method::GET, "/v1/tenants/acme/audit?type=key.nothing", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_query")));
+    let (status, body) = call(&cluster, Method::GET, "/v1/tenants/nobody/audit", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("tenant_not_found")));
+    // Reading a tenant's stream is recorded in the cluster stream, with the reader.
+    shipped(&cluster).await;
+    let (status, body) = call(&cluster, Method::GET, "/v1/cluster/audit?limit=1000", None).await;
+    assert_eq!(status, 200, "{body}");
+    let cluster_events = body["events"].as_array().unwrap();
+    let reads: Vec<&Value> = cluster_events.iter().filter(|e| e["type"] == "dev.custos.audit.read").collect();
+    assert!(reads.iter().any(|e| e["subject"] == "tenants/acme/audit" && e["data"]["actor"]["kind"] == "admin"));
+    assert!(reads.iter().any(|e| e["subject"] == "tenants/nobody/audit" && e["data"]["outcome"] == "failure"));
+    assert!(cluster_events.iter().all(|e| e["tenant"] == "_cluster"));
+
+    // The chains verify, through the events the API served and through the CLI on the log.
+    let mut verifier = Verifier::new("acme");
+    for event in &acme {
+        verifier.push(serde_json::from_value::<AuditEvent>(event.clone()).unwrap());
+    }
+    assert!(verifier.finish().is_clean());
+    let config = cluster.root().join("node-1/custos.toml");
+    let (code, out) = verify_cli(&["--tenant", "acme", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("clean"), "{out}");
+
+    // Tampering with the log: verify names it and fails.
+    cluster.stop(1).unwrap();
+    let log_dir = cluster.root().join("node-1/data/audit/log");
+    let segment = std::fs::read_dir(log_dir.join("acme")).unwrap().next().unwrap().unwrap().path();
+    let original = std::fs::read_to_string(&segment).unwrap();
+    std::fs::write(&segment, original.replacen("\"outcome\":\"denied\"", "\"outcome\":\"success\"", 1)).unwrap();
+    let (code, out) = verify_cli(&["--tenant", "acme", "--log-dir", log_dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("\"kind\":\"modified\""), "{out}");
+    let mut lines: Vec<&str> = original.lines().collect();
+    lines.remove(3);
+    std::fs::write(&segment, lines.join("\n") + "\n").unwrap();
+    let (code, out) = verify_cli(&["--tenant", "acme", "--log-dir", log_dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("\"kind\":\"missing\""), "{out}");
+    let mut lines: Vec<&str> = original.lines().collect();
+    lines.swap(2, 3);
+    std::fs::write(&segment, lines.join("\n") + "\n").unwrap();
+    let (code, out) = verify_cli(&["--tenant", "acme", "--log-dir", log_dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("\"kind\":\"reordered\""), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_a_full_outbox_ships_every_acknowledged_event_after_restart() {
+    let kafka = KafkaBroker::start(&KafkaBroker::script_in(&repo_root())).expect("Apache Kafka is required here");
+    let brokers = kafka.bootstrap().unwrap();
+    let env = [
+        ("CUSTOS_AUDIT__SINK", "kafka"),
+        ("CUSTOS_AUDIT__KAFKA__BROKERS", brokers.as_str()),
+        ("CUSTOS_AUDIT__KAFKA__PARTITIONS", "3"),
+        ("CUSTOS_AUDIT__KAFKA__REPLICATION_FACTOR", "1"),
+        ("CUSTOS_AUDIT__KAFKA__MESSAGE_TIMEOUT_MS", "2000"),
+        ("CUSTOS_AUDIT__SHIP_BACKOFF_MAX_MS", "500"),
+    ];
+    let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
+    cluster.form().await.expect("form");
+    create_tenant(&cluster, "acme").await;
+    let (status, body) = call(&cluster, Method::POST, "/v1/tenants/acme/keys", Some(json!({"id": "k"}))).await;
+    assert_eq!(status, 201, "{body}");
+    shipped(&cluster).await;
+
+    // The broker goes away; requests keep being answered, their events wait in the outbox.
+    kafka.run("stop").unwrap();
+    let mut acknowledged = 2;
+    for _ in 0..40 {
+        let (status, body) =
+            call(&cluster, Method::POST, "/v1/tenants/acme/keys/k/encrypt", Some(json!({"plaintext": "aGVsbG8="})))
+                .await;
+        assert_eq!(status, 200, "{body}");
+        acknowledged += 1;
+    }
+    let (_, status) = call(&cluster, Method::GET, "/v1/cluster/status", None).await;
+    assert!(status["audit"]["outbox_depth"].as_u64().unwrap() >= 40, "{}", status["audit"]);
+
+    cluster.kill(1).unwrap();
+    kafka.run("restart").unwrap();
+    cluster.start(1).unwrap();
+    cluster.wait_healthy(1, Duration::from_secs(30)).await.unwrap();
+    shipped(&cluster).await;
+
+    let config = KafkaSinkConfig {
+        brokers: brokers.clone(),
+        layout: TopicLayout::Shared { topic: "custos.audit".into() },
+        partitions: 3,
+        replication_factor: 1,
+        retention_ms: -1,
+        message_timeout: Duration::from_secs(5),
+        max_in_flight: 1000,
+        client_properties: Vec::new(),
+    };
+    let events = tokio::task::spawn_blocking(move || {
+        let mut events = Vec::new();
+        read_tenant(&config, "acme", Duration::from_secs(30), |_, bytes| {
+            events.push(serde_json::from_slice::<AuditEvent>(bytes).unwrap())
+        })
+        .unwrap();
+        events
+    })
+    .await
+    .unwrap();
+    let mut ids = std::collections::HashMap::new();
+    for event in &events {
+        if let Some(earlier) = ids.insert(event.id.clone(), event.clone()) {
+            assert_eq!(&earlier, event, "a redelivery differs from the first delivery");
+        }
+    }
+    assert_eq!(ids.len() as u64, acknowledged, "acknowledged events missing from Kafka");
+    let mut verifier = Verifier::new("acme");
+    events.into_iter().for_each(|e| verifier.push(e));
+    let report = verifier.finish();
+    assert!(report.is_clean(), "{:?}", report.findings);
+
+    let config = cluster.root().join("node-1/custos.toml");
+    let out = Command::new(binary())
+        .args(["audit", "verify", "--tenant", "acme", "--config", config.to_str().unwrap()])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
