@@ -320,6 +320,8 @@ pub enum AuditModeConfig {
     FailClosed,
     /// Requests never wait for audit; events that do not fit the outbox are dropped and counted.
     BestEffort,
+    /// Nothing is recorded: for benchmarks and development only (logged loudly at start).
+    Off,
 }
 
 /// Where shipped audit events go.

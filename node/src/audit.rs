@@ -85,6 +85,10 @@ pub fn open(config: &AuditConfig, node_id: u64, data_dir: &Path) -> Result<Arc<A
         mode: match config.mode {
             AuditModeConfig::FailClosed => AuditMode::FailClosed,
             AuditModeConfig::BestEffort => AuditMode::BestEffort,
+            AuditModeConfig::Off => {
+                tracing::warn!("audit.mode = \"off\": nothing this node does is audited");
+                AuditMode::Off
+            }
         },
         outbox: OutboxLimits {
             max_batch: config.max_batch_events,

@@ -29,7 +29,26 @@ pub fn canonical_bytes(event: &AuditEvent) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
-/// Hex SHA-256 of the canonical form.
+/// Hex SHA-256 of the canonical form of any JSON event: what the verifier computes, over
+/// every field present, known or not.
+pub fn value_hash(value: &serde_json::Value) -> String {
+    let mut value = value.clone();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("chainhash");
+    }
+    hex::encode(Sha256::digest(serde_json::to_vec(&value).unwrap_or_default()))
+}
+
+/// Sets `chainhash` to the hash of the event's canonical form. Serializing the struct with an
+/// empty `chainhash` yields that form directly (see [`AuditEvent`]), which is what makes
+/// sealing cheap on the outbox writer's path.
+pub fn seal(event: &mut AuditEvent) {
+    event.chainhash.clear();
+    let bytes = serde_json::to_vec(&*event).unwrap_or_default();
+    event.chainhash = hex::encode(Sha256::digest(bytes));
+}
+
+/// Hex SHA-256 of the canonical form of a typed event.
 pub fn event_hash(event: &AuditEvent) -> String {
     hex::encode(Sha256::digest(canonical_bytes(event)))
 }
@@ -119,11 +138,16 @@ impl Verifier {
         }
     }
 
-    /// Feeds one raw stream entry; entries of other tenants are skipped.
+    /// Feeds one raw stream entry; entries of other tenants are skipped. The hash is computed
+    /// over the entry as stored, so a field the event type does not know still counts.
     pub fn push_raw(&mut self, bytes: &[u8]) {
         self.position += 1;
-        match serde_json::from_slice::<AuditEvent>(bytes) {
-            Ok(event) => self.check(event),
+        let parsed = serde_json::from_slice::<serde_json::Value>(bytes).and_then(|value| {
+            let computed = value_hash(&value);
+            serde_json::from_value::<AuditEvent>(value).map(|event| (event, computed))
+        });
+        match parsed {
+            Ok((event, computed)) => self.check(event, computed),
             Err(error) => {
                 // An unreadable entry may have been any tenant's; it is only reported when it
                 // at least names this tenant, so one tenant's verification never depends on
@@ -142,15 +166,15 @@ impl Verifier {
     /// Feeds one parsed event; events of other tenants are skipped.
     pub fn push(&mut self, event: AuditEvent) {
         self.position += 1;
-        self.check(event);
+        let computed = event_hash(&event);
+        self.check(event, computed);
     }
 
-    fn check(&mut self, event: AuditEvent) {
+    fn check(&mut self, event: AuditEvent, computed: String) {
         if event.tenant != self.tenant {
             return;
         }
         self.events += 1;
-        let computed = event_hash(&event);
         if computed != event.chainhash {
             self.findings.push(Finding::Modified {
                 chain: event.chain.clone(),
@@ -323,6 +347,40 @@ mod tests {
         assert!(report.is_clean(), "{:?}", report.findings);
         assert_eq!(report.events, 6);
         assert_eq!(report.chains.len(), 2);
+    }
+
+    #[test]
+    fn sealing_the_typed_event_gives_the_hash_of_its_canonical_form() {
+        let mut event = chain_of("acme", "1/a", 1).remove(0);
+        for variant in 0..4 {
+            if variant >= 1 {
+                event.subject = None;
+                event.data.key_version = Some(7);
+            }
+            if variant >= 2 {
+                // Inserted out of order: the map must still come out sorted.
+                event.data.details.insert("zeta".into(), serde_json::json!(1));
+                event.data.details.insert("alpha".into(), serde_json::json!({"b": 1, "a": [2]}));
+            }
+            if variant >= 3 {
+                event.data.actor.idp = Some("keycloak".into());
+                event.data.reason = Some("decryption_failed".into());
+            }
+            seal(&mut event);
+            assert_eq!(event.chainhash, event_hash(&event), "variant {variant}");
+            let stored = serde_json::to_value(&event).unwrap();
+            assert_eq!(event.chainhash, value_hash(&stored), "variant {variant}");
+        }
+    }
+
+    #[test]
+    fn a_field_added_anywhere_is_a_modification() {
+        let events = chain_of("acme", "1/a", 1);
+        let mut value = serde_json::to_value(&events[0]).unwrap();
+        value["data"]["approved_by"] = serde_json::json!("nobody");
+        let mut verifier = Verifier::new("acme");
+        verifier.push_raw(&serde_json::to_vec(&value).unwrap());
+        assert!(matches!(verifier.finish().findings[..], [Finding::Modified { seq: 1, .. }]));
     }
 
     #[test]

@@ -98,15 +98,15 @@ impl EventType {
 /// Who acted. `idp` and `idp_sub` record where an external identity came from, for audit only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
-    /// `admin` (the bootstrap admin token), `api_key`, `user`, `system` (the node itself) or
-    /// `anonymous` (no or unusable credentials).
-    pub kind: String,
     /// Stable id within the kind; never a credential.
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idp_sub: Option<String>,
+    /// `admin` (the bootstrap admin token), `api_key`, `user`, `system` (the node itself) or
+    /// `anonymous` (no or unusable credentials).
+    pub kind: String,
 }
 
 impl Actor {
@@ -138,21 +138,21 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditData {
     pub actor: Actor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<String>,
+    /// Further non-secret facts about the action (item counts, HMACs, changed fields).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_version: Option<u32>,
     pub outcome: Outcome,
     /// The machine-readable error code when the outcome is not success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decision_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_version: Option<u32>,
-    /// Further non-secret facts about the action (item counts, HMACs, changed fields).
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl AuditData {
@@ -201,36 +201,41 @@ pub struct AuditRecord {
     pub data: AuditData,
 }
 
-/// One audit event as stored, shipped and verified. Field order is the JSON order; the chain
-/// hash is computed over a canonical form (see `chain.rs`), not over these bytes.
+/// One audit event as stored, shipped and verified.
+///
+/// Fields — here and in [`AuditData`] and [`Actor`] — are declared in the sorted order of their
+/// JSON names, and `chainhash` is left out while empty, so serializing an event with an empty
+/// `chainhash` yields exactly its canonical form (`chain.rs`) without going through a
+/// `serde_json::Value`. A test holds the two equal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditEvent {
-    pub specversion: String,
-    /// Stable across redelivery: consumers dedupe on it.
-    pub id: String,
-    /// `custos://node/<id>`.
-    pub source: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// RFC 3339, UTC, millisecond precision.
-    pub time: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    pub datacontenttype: String,
-    /// Extension: the tenant the event belongs to ([`AuditStream::CLUSTER`] for the cluster's).
-    pub tenant: String,
     /// Extension: [`SCHEMA_VERSION`].
     pub auditschema: u32,
     /// Extension: the chain this event belongs to — one per tenant per node outbox.
     pub chain: String,
-    /// Extension: 1 for a chain's first event, then +1 without gaps.
-    pub chainseq: u64,
+    /// Extension: hex SHA-256 of this event's canonical form.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub chainhash: String,
     /// Extension: hex SHA-256 of the previous event of this chain (64 zeros for the first).
     pub chainprev: String,
-    /// Extension: hex SHA-256 of this event's canonical form.
-    pub chainhash: String,
+    /// Extension: 1 for a chain's first event, then +1 without gaps.
+    pub chainseq: u64,
     pub data: AuditData,
+    pub datacontenttype: String,
+    /// Stable across redelivery: consumers dedupe on it.
+    pub id: String,
+    /// `custos://node/<id>`.
+    pub source: String,
+    pub specversion: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Extension: the tenant the event belongs to ([`AuditStream::CLUSTER`] for the cluster's).
+    pub tenant: String,
+    /// RFC 3339, UTC, millisecond precision.
+    pub time: String,
+    #[serde(rename = "type")]
+    pub kind: String,
 }
 
 impl AuditEvent {

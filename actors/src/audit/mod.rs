@@ -53,11 +53,16 @@ pub enum AuditMode {
     FailClosed,
     /// Requests never wait for audit; events that cannot be queued are dropped and counted.
     BestEffort,
+    /// Nothing is recorded. For benchmarks (`custos bench audit` compares against it) and
+    /// development only; status shows it.
+    Off,
 }
 
 pub enum SinkChoice {
     Local(sink::local::LocalLogLimits),
     Kafka(sink::kafka::KafkaSinkConfig),
+    /// Any other sink (a decorated one in benchmarks, a future RabbitMQ sink).
+    Other(Arc<dyn AuditSink>),
 }
 
 pub struct AuditSettings {
@@ -115,6 +120,7 @@ impl Audit {
                 let kafka = Arc::new(KafkaSink::new(config)?);
                 (kafka.clone(), None, Some(kafka))
             }
+            SinkChoice::Other(sink) => (sink, None, None),
         };
         let shipper_stats = Arc::new(ShipperStats::default());
         let (stop, stop_rx) = watch::channel(false);
@@ -146,6 +152,7 @@ impl Audit {
                 }
                 Ok(())
             }
+            AuditMode::Off => Ok(()),
         }
     }
 

@@ -26,7 +26,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use custos_actors::audit::sink::kafka::read_tenant_page;
 use custos_actors::audit::sink::local::ReadFilter;
-use custos_actors::audit::{Actor, AuditData, AuditError, AuditEvent, AuditRecord, AuditStream, EventType, Outcome};
+use custos_actors::audit::{
+    Actor, AuditData, AuditError, AuditEvent, AuditMode, AuditRecord, AuditStream, EventType, Outcome,
+};
 use custos_raft::TenantId;
 use serde::{Deserialize, Serialize};
 
@@ -134,6 +136,9 @@ pub async fn record(
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    if state.audit.mode() == AuditMode::Off {
+        return response;
+    }
     let status = response.status();
     let kind = match event_type(&method, &route) {
         _ if status == StatusCode::UNAUTHORIZED => EventType::Authentication,
@@ -143,8 +148,13 @@ pub async fn record(
     let note = response.extensions_mut().remove::<Note>().unwrap_or_default();
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
 
+    // A tenant route that succeeded found its tenant; only a refused one may name a made-up
+    // tenant, which must not get a stream.
     let known = |tenant: &str| -> Option<TenantId> {
         let tenant = TenantId::new(tenant).ok()?;
+        if status.is_success() {
+            return Some(tenant);
+        }
         state.cluster.reader().tenant(&tenant).ok().flatten().map(|_| tenant)
     };
     let stream = match note.tenant.clone().or_else(|| path_tenant.as_deref().and_then(known)) {

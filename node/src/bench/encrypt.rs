@@ -50,7 +50,7 @@ fn print_row(row: &Row) {
 }
 
 /// One system's endpoint for one operation: where to connect and the prepared request.
-struct Target {
+pub(super) struct Target {
     system: &'static str,
     op: &'static str,
     server: wire::Target,
@@ -60,7 +60,7 @@ struct Target {
 }
 
 impl Target {
-    fn new(
+    pub(super) fn new(
         system: &'static str,
         op: &'static str,
         url: &str,
@@ -79,7 +79,7 @@ impl Target {
 
 /// Runs one target with `clients` connections, each reused for all its requests; a request
 /// succeeds on 200 with the expected field.
-async fn run_target(target: Target, clients: usize, duration: Duration) -> RunStats {
+pub(super) async fn run_target(target: Target, clients: usize, duration: Duration) -> RunStats {
     let target = Arc::new(target);
     let conns: Arc<Vec<tokio::sync::Mutex<Option<wire::Conn>>>> =
         Arc::new((0..clients).map(|_| tokio::sync::Mutex::new(None)).collect());
@@ -112,15 +112,39 @@ async fn first_ciphertext(http: &reqwest::Client, url: &str, token: (&str, &str)
     Ok(ct.and_then(Value::as_str).context("encrypt answered without a ciphertext")?.to_string())
 }
 
+/// One node (with extra environment overrides) holding tenant `bench` with key `k`, ready for
+/// encrypt load.
+pub(super) async fn bench_node(exe: &std::path::Path, extra_env: &[(&str, &str)]) -> Result<ProcessCluster> {
+    let mut env = vec![("CUSTOS_LOG", "warn"), ("CUSTOS_LIMITS__TENANT_MAX_IN_FLIGHT", "1024")];
+    env.extend_from_slice(extra_env);
+    let mut cluster = ProcessCluster::new(exe, 1, &env)?;
+    cluster.form().await?;
+    let body = json!({ "id": "bench", "display_name": "bench", "region": "bench" });
+    let reply = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await?;
+    if reply.status != 201 {
+        bail!("creating the benchmark tenant: {} {}", reply.status, reply.body);
+    }
+    // The tenant's actors start right after the apply; until then: 503 tenant_starting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = cluster.call(1, Method::POST, "/v1/tenants/bench/keys", Some(&json!({ "id": "k" })), &[]).await?;
+        if reply.status == 201 {
+            return Ok(cluster);
+        }
+        if Instant::now() > deadline {
+            bail!("creating the benchmark key: {} {}", reply.status, reply.body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn run(options: Options) -> Result<()> {
     if options.payload_bytes == 0 || options.payload_bytes > 64 * 1024 {
         bail!("--payload-bytes must be between 1 and 65536");
     }
     let exe = std::env::current_exe().context("locating the custos binary")?;
     eprintln!("starting 1 custos node and 1 OpenBao server (raft storage) on 127.0.0.1 …");
-    let mut cluster =
-        ProcessCluster::new(&exe, 1, &[("CUSTOS_LOG", "warn"), ("CUSTOS_LIMITS__TENANT_MAX_IN_FLIGHT", "1024")])?;
-    cluster.form().await?;
+    let cluster = bench_node(&exe, &[]).await?;
     let tls_dir = cluster.root().join("tls");
     let mut roots = rustls::RootCertStore::empty();
     for cert in crate::tls::load_certs(&tls_dir.join("ca.pem"))? {
@@ -130,23 +154,6 @@ pub async fn run(options: Options) -> Result<()> {
     let http =
         reqwest::Client::builder().use_preconfigured_tls(tls.clone()).timeout(Duration::from_secs(30)).build()?;
     let bao = Arc::new(OpenBao::start(&options.openbao_script, &tls_dir, &http).await?);
-
-    let body = json!({ "id": "bench", "display_name": "bench", "region": "bench" });
-    let reply = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await?;
-    if reply.status != 201 {
-        bail!("creating the benchmark tenant: {} {}", reply.status, reply.body);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = cluster.call(1, Method::POST, "/v1/tenants/bench/keys", Some(&json!({ "id": "k" })), &[]).await?;
-        if reply.status == 201 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("creating the benchmark key: {} {}", reply.status, reply.body);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let payload = STANDARD.encode(vec![0x5a; options.payload_bytes]);
     let auth = format!("Bearer {}", cluster.token().context("no admin token")?);

@@ -5,10 +5,13 @@
 //! - `etcd.rs` — starting and reading an etcd cluster (the peer).
 //! - `encrypt.rs` — encrypt/decrypt over HTTPS on one `custos` node against OpenBao transit
 //!   (`openbao.rs` starts and provisions the peer), plus the in-process cost of one call.
+//! - `audit.rs` — the audit pipeline to a real Kafka against a plain rdkafka producer, and
+//!   encrypt over HTTPS with audit to Kafka against the same build with audit off.
 //! - `load.rs` — the closed-loop load generator and its statistics.
 //! - `wire.rs` — a minimal HTTPS/1.1 keep-alive client, so the load generator is not what
 //!   limits the figures on a small machine.
 
+pub mod audit;
 pub mod encrypt;
 mod etcd;
 pub mod governance;

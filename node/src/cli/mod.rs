@@ -157,6 +157,22 @@ pub enum BenchCommand {
         #[arg(long, default_value = "deploy/scripts/openbao.sh")]
         openbao_script: PathBuf,
     },
+    /// Audited operations with delivery to a real Kafka vs audit off, and the audit pipeline
+    /// vs a plain rdkafka producer.
+    Audit {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// Concurrent HTTP clients for the end-to-end runs, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "16,64")]
+        clients: Vec<usize>,
+        /// Concurrent recorders in the pipeline run.
+        #[arg(long, default_value_t = 512)]
+        recorders: usize,
+        /// The script that installs and runs Kafka (run from the repository root).
+        #[arg(long, default_value = "deploy/scripts/kafka.sh")]
+        kafka_script: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +274,16 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
                 openbao_script,
             };
             custos_node::bench::encrypt::run(options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Audit { duration_secs, clients, recorders, kafka_script } } => {
+            let options = custos_node::bench::audit::Options {
+                duration: std::time::Duration::from_secs(duration_secs),
+                clients,
+                recorders,
+                kafka_script,
+            };
+            custos_node::bench::audit::run(options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster { command } => cluster::run(&global, command).await,

@@ -105,7 +105,9 @@ fn client_config(config: &KafkaSinkConfig) -> ClientConfig {
     client
 }
 
-fn producer(config: &KafkaSinkConfig) -> Result<FutureProducer, SinkError> {
+/// The producer settings of the sink; public so a benchmark can run a plain producer with
+/// exactly the same ones.
+pub fn producer_settings(config: &KafkaSinkConfig) -> ClientConfig {
     let mut client = client_config(config);
     client
         .set("enable.idempotence", "true")
@@ -115,10 +117,12 @@ fn producer(config: &KafkaSinkConfig) -> Result<FutureProducer, SinkError> {
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", config.message_timeout.as_millis().to_string())
-        .set("queue.buffering.max.messages", config.max_in_flight.to_string())
-        // The Java client's partitioner, so other producers of the same keys agree.
-        .set("partitioner", "murmur2_random");
-    client.create().map_err(|e| SinkError::Config(e.to_string()))
+        .set("queue.buffering.max.messages", config.max_in_flight.to_string());
+    client
+}
+
+fn producer(config: &KafkaSinkConfig) -> Result<FutureProducer, SinkError> {
+    producer_settings(config).create().map_err(|e| SinkError::Config(e.to_string()))
 }
 
 fn now_ms() -> u64 {
