@@ -94,4 +94,56 @@ impl ApiClient {
         // MAX_ATTEMPTS > 0, so the loop ran and recorded an error.
         Err(last.expect("at least one attempt was made"))
     }
+
+    /// Follows a Server-Sent Events stream, calling `on_event(event, data)` for each event,
+    /// until the server ends it or `on_event` returns false. No overall deadline: a tail runs
+    /// as long as its reader wants.
+    pub async fn events(&self, path: &str, mut on_event: impl FnMut(&str, &str) -> bool) -> Result<(), ClientError> {
+        /// A line longer than this is not an event this API sends.
+        const MAX_LINE: usize = 16 * 1024 * 1024;
+        let url = format!("{}{}", self.base, path);
+        let transport = |e: reqwest::Error| ClientError::Transport { url: url.clone(), reason: error_chain(&e) };
+        let mut request =
+            self.http.get(&url).header("accept", "text/event-stream").timeout(Duration::from_secs(365 * 24 * 3600));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let mut response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        if !status.is_success() {
+            let value: Value = response.json().await.unwrap_or(Value::Null);
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                code: value["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+                message: value["error"]["message"].as_str().unwrap_or("no message").to_string(),
+            });
+        }
+        let (mut buffer, mut event, mut data) = (Vec::new(), String::new(), String::new());
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches(['\r', '\n']);
+                if line.is_empty() {
+                    if !data.is_empty() && !on_event(if event.is_empty() { "message" } else { &event }, &data) {
+                        return Ok(());
+                    }
+                    event.clear();
+                    data.clear();
+                } else if let Some(value) = line.strip_prefix("event:") {
+                    event = value.trim_start().to_string();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                }
+            }
+            if buffer.len() > MAX_LINE {
+                return Err(ClientError::Setup(format!("an event line longer than {MAX_LINE} bytes")));
+            }
+        }
+        Ok(())
+    }
 }

@@ -80,6 +80,39 @@ fn kinds(events: &[Value]) -> Vec<String> {
     events.iter().map(|e| e["type"].as_str().unwrap().trim_start_matches("dev.custos.").to_string()).collect()
 }
 
+/// Runs `custos audit tail` for a tenant until it has printed `count` events (as JSON lines),
+/// while `act` keeps generating activity for several tenants; returns the events it printed.
+async fn tail_while<F, Fut>(cluster: &ProcessCluster, tenant: &str, count: u64, act: F) -> Vec<Value>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let base = cluster.url(1, "").unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args(["audit", "tail", "--tenant", tenant, "--count", &count.to_string(), "-o", "json"])
+        .env("CUSTOS_ADDR", base.trim_end_matches('/'))
+        .env("CUSTOS_CA_CERT", cluster.root().join("tls/ca.pem"))
+        .env("CUSTOS_TOKEN", cluster.token().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("custos audit tail");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The tail only sees events after it subscribed, so activity continues until it has enough.
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the tail did not print {count} events");
+        act().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let out = child.wait_with_output().await.unwrap();
+    assert!(status.success(), "tail failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON event")).collect()
+}
+
 fn verify_cli(args: &[&str]) -> (i32, String) {
     let out = Command::new(binary()).arg("audit").arg("verify").args(args).output().expect("custos audit verify");
     (
@@ -213,6 +246,19 @@ async fn every_auditable_action_yields_its_event_without_secrets_in_its_tenants_
     assert!(reads.iter().any(|e| e["subject"] == "tenants/nobody/audit" && e["data"]["outcome"] == "failure"));
     assert!(cluster_events.iter().all(|e| e["tenant"] == "_cluster"));
 
+    // A live tail of acme shows acme's events only, while globex is just as busy.
+    let node = &cluster;
+    let activity = || async move {
+        for tenant in ["globex", "acme"] {
+            let path = format!("/v1/tenants/{tenant}/keys/payments/encrypt");
+            call(node, Method::POST, &path, Some(json!({"plaintext": "AA=="}))).await;
+        }
+    };
+    let tailed = tail_while(&cluster, "acme", 3, activity).await;
+    assert_eq!(tailed.len(), 3);
+    assert!(tailed.iter().all(|e| e["tenant"] == "acme" && e["type"] == "dev.custos.key.encrypt"), "{tailed:#?}");
+    let acme = stream(&cluster, "acme").await;
+
     // The chains verify, through the events the API served and through the CLI on the log.
     let mut verifier = Verifier::new("acme");
     for event in &acme {
@@ -283,6 +329,20 @@ async fn a_node_killed_with_a_full_outbox_ships_every_acknowledged_event_after_r
     kafka.run("restart").unwrap();
     cluster.start(1).unwrap();
     cluster.wait_healthy(1, Duration::from_secs(30)).await.unwrap();
+    shipped(&cluster).await;
+
+    // With Kafka as the sink, the tail reads the tenant's partition.
+    let (node, encrypted) = (&cluster, &std::sync::atomic::AtomicU64::new(0));
+    let activity = || async move {
+        let (status, _) =
+            call(node, Method::POST, "/v1/tenants/acme/keys/k/encrypt", Some(json!({"plaintext": "aGk="}))).await;
+        if status == 200 {
+            encrypted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let tailed = tail_while(&cluster, "acme", 2, activity).await;
+    acknowledged += encrypted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(tailed.iter().all(|e| e["tenant"] == "acme" && e["source"] == "custos://node/1"), "{tailed:#?}");
     shipped(&cluster).await;
 
     let config = KafkaSinkConfig {

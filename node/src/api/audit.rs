@@ -7,6 +7,9 @@
 //! whose event cannot be made durable is answered 503 instead: a ciphertext, a key or a
 //! confirmation never leaves without its audit event.
 //!
+//! The tenant's stream is served paged (`GET …/audit`) and live over Server-Sent Events
+//! (`GET …/audit/tail`).
+//!
 //! What is recorded: every write and key operation, every read of an audit stream, and every
 //! refused authentication (`auth.authenticate`, outcome denied), whatever the route. A
 //! successful authentication is part of the event of the action it allowed (its `actor`).
@@ -36,6 +39,10 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::{page_limit, AppState, IDEMPOTENCY_HEADER};
 
+/// Most live tails one node serves at once; more get 429.
+pub const MAX_TAILS: usize = 64;
+/// How often an idle tail sends a keep-alive comment.
+const TAIL_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 /// How long one page read from Kafka may take.
 const KAFKA_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -88,7 +95,7 @@ fn event_type(method: &Method, route: &str) -> Option<EventType> {
         "/tenants/{tenant}/keys/{key}/datakey" => EventType::KeyGenerateDataKey,
         // Reads of the cluster stream are not events: each would land in the stream being
         // read, so a reader could never reach its end.
-        "/tenants/{tenant}/audit" => EventType::AuditRead,
+        "/tenants/{tenant}/audit" | "/tenants/{tenant}/audit/tail" => EventType::AuditRead,
         _ => return None,
     })
 }
@@ -172,7 +179,9 @@ pub async fn record(
     data.details.insert("http_status".into(), status.as_u16().into());
     let subject = match (&path_tenant, &key) {
         (_, Some(key)) => Some(format!("keys/{key}")),
-        (Some(tenant), None) if kind == EventType::AuditRead => Some(format!("tenants/{tenant}/audit")),
+        (Some(tenant), None) if kind == EventType::AuditRead => {
+            Some(format!("tenants/{tenant}/{}", if route.ends_with("/tail") { "audit/tail" } else { "audit" }))
+        }
         (Some(tenant), None) if stream == AuditStream::Cluster => Some(format!("tenants/{tenant}")),
         _ => None,
     };
@@ -300,6 +309,96 @@ pub async fn cluster_stream(
     Ok(Json(read_stream(&state, AuditStream::CLUSTER, query).await?))
 }
 
+/// One item of a live tail: an event's JSON, or how many events a slow reader missed.
+enum TailItem {
+    Event(String, Vec<u8>),
+    Lagged(u64),
+    Failed(String),
+}
+
+fn sse(item: TailItem) -> Result<axum::response::sse::Event, std::convert::Infallible> {
+    use axum::response::sse::Event;
+    Ok(match item {
+        TailItem::Event(id, json) => Event::default().event("audit").id(id).data(String::from_utf8_lossy(&json)),
+        TailItem::Lagged(missed) => Event::default().event("lagged").data(format!("{{\"missed\":{missed}}}")),
+        TailItem::Failed(reason) => {
+            Event::default().event("error").data(serde_json::json!({ "message": reason }).to_string())
+        }
+    })
+}
+
+/// `GET /v1/tenants/{tenant}/audit/tail`: the tenant's events as they come, over Server-Sent
+/// Events (`event: audit`, `id:` the event id, `data:` the event). From Kafka when that is the
+/// sink (every node's events), otherwise as this node commits them. A reader too slow for the
+/// node's buffer gets `event: lagged` with the number missed and continues.
+pub async fn tail(
+    _: Admin,
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{KeepAlive, Sse};
+    use futures::StreamExt;
+
+    let Path(tenant) = path?;
+    let tenant = TenantId::new(tenant)?;
+    if state.cluster.reader().tenant(&tenant)?.is_none() {
+        return Err(custos_raft::Rejection::TenantNotFound(tenant).into());
+    }
+    let permit = state.tails.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_tails",
+            format!("this node serves at most {MAX_TAILS} audit tails"),
+        )
+    })?;
+    let keep_alive = KeepAlive::new().interval(TAIL_KEEP_ALIVE);
+    if let Some(kafka) = state.audit.kafka() {
+        let (config, name) = (kafka.config().clone(), tenant.as_str().to_string());
+        let reader = tokio::task::spawn_blocking(move || {
+            custos_actors::audit::sink::kafka::KafkaTail::open(&config, &name, KAFKA_READ_TIMEOUT)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", e.to_string()))?;
+        let events = futures::stream::unfold((reader, permit, false), |(reader, permit, done)| async move {
+            if done {
+                return None;
+            }
+            let item = match reader.next().await {
+                Ok(json) => {
+                    let id = serde_json::from_slice::<AuditEvent>(&json).map(|e| e.id).unwrap_or_default();
+                    (TailItem::Event(id, json), false)
+                }
+                // One error ends the stream; the client reconnects.
+                Err(e) => (TailItem::Failed(e.to_string()), true),
+            };
+            Some((item.0, (reader, permit, item.1)))
+        });
+        return Ok(Sse::new(events.map(sse)).keep_alive(keep_alive).into_response());
+    }
+    let committed = state.audit.outbox().subscribe();
+    let name = tenant.as_str().to_string();
+    let events = futures::stream::unfold((committed, permit), move |(mut committed, permit)| {
+        let name = name.clone();
+        async move {
+            loop {
+                match committed.recv().await {
+                    Ok(c) if c.tenant == name => {
+                        let json = serde_json::to_vec(&*c.event).unwrap_or_default();
+                        return Some((TailItem::Event(c.event.id.clone(), json), (committed, permit)));
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        return Some((TailItem::Lagged(missed), (committed, permit)))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Ok(Sse::new(events.map(sse)).keep_alive(keep_alive).into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +413,7 @@ mod tests {
             (Method::POST, "/v1/tenants/{tenant}/keys/{key}/decrypt/batch", Some(EventType::KeyDecrypt)),
             (Method::GET, "/v1/tenants/{tenant}/audit", Some(EventType::AuditRead)),
             (Method::GET, "/v1/cluster/audit", None),
+            (Method::GET, "/v1/tenants/{tenant}/audit/tail", Some(EventType::AuditRead)),
             (Method::GET, "/v1/tenants", None),
             (Method::GET, "/v1/tenants/{tenant}/keys/{key}", None),
             (Method::GET, "/v1/cluster/status", None),

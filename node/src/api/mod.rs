@@ -65,6 +65,8 @@ pub struct AppInner {
     /// The admin token's hash once this node has applied it (it never changes after).
     pub admin_sha256: std::sync::OnceLock<[u8; 32]>,
     in_flight: Arc<Semaphore>,
+    /// Live audit tails (`audit::MAX_TAILS`).
+    tails: Arc<Semaphore>,
 }
 
 /// What the API is built from.
@@ -93,6 +95,7 @@ impl AppState {
             fault_injection: parts.fault_injection,
             admin_sha256: std::sync::OnceLock::new(),
             in_flight,
+            tails: Arc::new(Semaphore::new(audit::MAX_TAILS)),
         }))
     }
 }
@@ -118,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/keys/{key}/encrypt/batch", post(crypto::encrypt_batch))
         .route("/tenants/{tenant}/keys/{key}/decrypt/batch", post(crypto::decrypt_batch))
         .route("/tenants/{tenant}/audit", get(audit::tenant_stream))
+        .route("/tenants/{tenant}/audit/tail", get(audit::tail))
         .route("/cluster/audit", get(audit::cluster_stream))
         .route("/cluster/init", post(cluster::init))
         .route("/cluster/self", get(cluster::node_self))

@@ -23,6 +23,14 @@ pub enum AuditCommand {
         #[arg(long = "type")]
         types: Option<String>,
     },
+    /// Follow a tenant's audit stream live (Server-Sent Events) until interrupted.
+    Tail {
+        #[arg(long, env = "CUSTOS_TENANT")]
+        tenant: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Check a stream's hash chains: reports modified, missing, reordered and conflicting
     /// events. Exits 0 when clean, 1 with findings. Reads the sink directly (Kafka, or the
     /// local log of a node), not through the API.
@@ -72,6 +80,28 @@ pub async fn run(global: &Global, command: AuditCommand) -> anyhow::Result<ExitC
                 lines.push(format!("(next page: --from {})", text(&p["next"])));
                 lines.join("\n")
             });
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Tail { tenant, count } => {
+            let api = client(global, true)?;
+            let mut seen = 0u64;
+            let output = global.output;
+            api.events(&format!("/v1/tenants/{tenant}/audit/tail"), |event, data| {
+                match event {
+                    "audit" => {
+                        let value: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+                        match output {
+                            Output::Json => println!("{data}"),
+                            Output::Human => println!("{}", event_line(&value)),
+                        }
+                        seen += 1;
+                    }
+                    "lagged" => eprintln!("(too slow: events missed {data})"),
+                    other => eprintln!("({other}: {data})"),
+                }
+                count.is_none_or(|c| seen < c)
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Verify { tenant, config, log_dir } => {

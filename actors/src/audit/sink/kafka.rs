@@ -286,6 +286,13 @@ impl AuditSink for KafkaSink {
     }
 }
 
+/// A consumer that reads assigned partitions only: no group membership, no committed offsets.
+fn reader_config(config: &KafkaSinkConfig, group: &str) -> ClientConfig {
+    let mut client = client_config(config);
+    client.set("group.id", group).set("enable.auto.commit", "false").set("enable.partition.eof", "false");
+    client
+}
+
 /// The partition holding all of a tenant's events in a topic of `partitions` partitions.
 pub fn partition_for(tenant: &str, partitions: i32) -> i32 {
     assert!(partitions > 0, "a topic has at least one partition");
@@ -329,12 +336,8 @@ pub fn read_tenant_page(
 
     let unavailable = |what: &str, e: rdkafka::error::KafkaError| SinkError::Unavailable(format!("{what}: {e}"));
     let topic = config.layout.topic_for(tenant);
-    let mut client = client_config(config);
-    client
-        .set("group.id", "custos-audit-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = client.create().map_err(|e| SinkError::Config(e.to_string()))?;
+    let consumer: BaseConsumer =
+        reader_config(config, "custos-audit-reader").create().map_err(|e| SinkError::Config(e.to_string()))?;
     let partitions = match partition_count(consumer.client(), &topic, timeout) {
         Ok(n) => n,
         Err(_) => return Ok(KafkaPage { records: Vec::new(), next: from.max(0) }),
@@ -385,5 +388,42 @@ pub fn read_tenant(
             return Ok(());
         }
         from = page.next;
+    }
+}
+
+/// A live reader of one tenant's partition, from the records produced after it was opened.
+pub struct KafkaTail {
+    consumer: rdkafka::consumer::StreamConsumer,
+    tenant: String,
+}
+
+impl KafkaTail {
+    /// Assigns the tenant's partition at its end. Blocking (it reads metadata): call it from a
+    /// blocking thread. Fails when the tenant's topic does not exist yet.
+    pub fn open(config: &KafkaSinkConfig, tenant: &str, timeout: Duration) -> Result<KafkaTail, SinkError> {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::{Offset, TopicPartitionList};
+
+        let topic = config.layout.topic_for(tenant);
+        let consumer: StreamConsumer =
+            reader_config(config, "custos-audit-tail").create().map_err(|e| SinkError::Config(e.to_string()))?;
+        let partitions = partition_count(consumer.client(), &topic, timeout)?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&topic, partition_for(tenant, partitions), Offset::End)
+            .map_err(|e| SinkError::Unavailable(format!("assignment: {e}")))?;
+        consumer.assign(&assignment).map_err(|e| SinkError::Unavailable(format!("assign: {e}")))?;
+        Ok(KafkaTail { consumer, tenant: tenant.to_string() })
+    }
+
+    /// The next record of the tenant.
+    pub async fn next(&self) -> Result<Vec<u8>, SinkError> {
+        use rdkafka::Message;
+        loop {
+            let message = self.consumer.recv().await.map_err(|e| SinkError::Unavailable(format!("consume: {e}")))?;
+            if message.key() == Some(self.tenant.as_bytes()) {
+                return Ok(message.payload().unwrap_or_default().to_vec());
+            }
+        }
     }
 }

@@ -75,21 +75,47 @@ impl VaultShared {
                 (token, ttl, renewable, true)
             }
         };
-        let mut state = self.token.write().unwrap_or_else(|p| p.into_inner());
-        let generation = state.as_ref().map_or(1, |s| s.generation + 1);
-        *state = Some(TokenState { token, generation, obtained: Instant::now(), ttl, renewable, ours });
+        let (generation, replaced) = {
+            let mut state = self.token.write().unwrap_or_else(|p| p.into_inner());
+            let generation = state.as_ref().map_or(1, |s| s.generation + 1);
+            let new = TokenState { token, generation, obtained: Instant::now(), ttl, renewable, ours };
+            let replaced = state.replace(new).filter(|old| old.ours).map(|old| old.token);
+            (generation, replaced)
+        };
         self.relogin.store(false, Ordering::Relaxed);
         tracing::info!(generation, ttl_secs = ttl.map(|t| t.as_secs()), "logged in to Vault");
+        // The token this login replaces was ours: it is revoked on the next tick (calls still
+        // holding it finish first) rather than left live to its TTL.
+        if let Some(old) = replaced {
+            self.retired.lock().unwrap_or_else(|p| p.into_inner()).push(old);
+        }
         Ok(())
+    }
+
+    /// Revokes the tokens earlier logins replaced.
+    async fn revoke_retired(&self) {
+        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        for old in retired {
+            let Ok(client) = self.build_client(None, &old) else { continue };
+            if let Err(e) = self.call("revoking a replaced token", vaultrs::token::revoke_self(&client)).await {
+                tracing::warn!(error = %e, "revoking a replaced Vault token failed; it expires with its TTL");
+            }
+        }
     }
 
     /// Renews the token if two thirds of its TTL have passed; logs in again if there is no
     /// token, Vault refused it, or renewal failed.
     pub(super) async fn maintain(&self) -> Result<(), ProviderError> {
+        self.revoke_retired().await;
         let due = {
             let state = self.token.read().unwrap_or_else(|p| p.into_inner());
             state.as_ref().map(|s| match s.ttl {
-                Some(ttl) => (s.obtained.elapsed() >= ttl * 2 / 3, s.renewable, s.token.clone()),
+                // Two ticks of margin as well: with a short TTL, two thirds of it may fall on
+                // the tick at which the token expires.
+                Some(ttl) => {
+                    let elapsed = s.obtained.elapsed();
+                    (elapsed >= ttl * 2 / 3 || elapsed + 2 * TICK >= ttl, s.renewable, s.token.clone())
+                }
                 None => (false, false, s.token.clone()),
             })
         };
@@ -101,11 +127,19 @@ impl VaultShared {
                 let client = self.build_client(None, &token)?;
                 match self.call("token renewal", vaultrs::token::renew_self(&client, None)).await {
                     Ok(info) => {
-                        let mut state = self.token.write().unwrap_or_else(|p| p.into_inner());
-                        if let Some(s) = state.as_mut() {
+                        let granted = (info.lease_duration > 0).then(|| Duration::from_secs(info.lease_duration));
+                        let ours = {
+                            let mut state = self.token.write().unwrap_or_else(|p| p.into_inner());
+                            let Some(s) = state.as_mut() else { return Ok(()) };
                             s.obtained = Instant::now();
-                            s.ttl = (info.lease_duration > 0).then(|| Duration::from_secs(info.lease_duration));
+                            s.ttl = granted;
                             s.renewable = info.renewable;
+                            s.ours
+                        };
+                        // Renewal stops extending a token near its maximum TTL; a token of our
+                        // own login is replaced before it can expire between two ticks.
+                        if ours && granted.is_some_and(|ttl| ttl <= 2 * TICK) {
+                            return self.login().await;
                         }
                         Ok(())
                     }
@@ -121,8 +155,9 @@ impl VaultShared {
         }
     }
 
-    /// Revokes a token obtained by our own login.
+    /// Revokes a token obtained by our own login (and any it replaced).
     pub(super) async fn revoke(&self) {
+        self.revoke_retired().await;
         let token = {
             let state = self.token.read().unwrap_or_else(|p| p.into_inner());
             match state.as_ref() {

@@ -77,6 +77,8 @@ pub struct VaultShared {
     /// Set when Vault refused the token; the adapter logs in again on its next tick.
     relogin: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// Tokens of our own logins that a newer login replaced, revoked on the next tick.
+    retired: Mutex<Vec<Zeroizing<String>>>,
     clients: Mutex<HashMap<String, (u64, Arc<VaultClient>)>>,
     /// For the namespace API, which vaultrs does not cover.
     http: reqwest::Client,
@@ -108,6 +110,7 @@ impl VaultShared {
             breaker: Mutex::new(breaker),
             relogin: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
             clients: Mutex::new(HashMap::new()),
             http,
         }))
