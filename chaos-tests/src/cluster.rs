@@ -24,6 +24,7 @@ struct NodeProcess {
 #[derive(Debug, Clone)]
 pub struct ApiReply {
     pub status: u16,
+    /// The JSON body, or the text of a body that is not JSON.
     pub body: Value,
     pub headers: reqwest::header::HeaderMap,
 }
@@ -334,7 +335,12 @@ async fn reply(response: reqwest::Response) -> Result<ApiReply> {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response.bytes().await?;
-    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+    // A body that is not JSON (metrics text) is kept as a string.
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
     Ok(ApiReply { status, body, headers })
 }
 

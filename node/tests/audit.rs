@@ -259,6 +259,27 @@ async fn every_auditable_action_yields_its_event_without_secrets_in_its_tenants_
     assert!(tailed.iter().all(|e| e["tenant"] == "acme" && e["type"] == "dev.custos.key.encrypt"), "{tailed:#?}");
     let acme = stream(&cluster, "acme").await;
 
+    // Metrics: per known tenant and operation; made-up tenants share one label value.
+    let (status, metrics) = call(&cluster, Method::GET, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap();
+    for line in [
+        r#"custos_requests_total{tenant="acme",operation="key.encrypt",outcome="success"}"#,
+        r#"custos_requests_total{tenant="globex",operation="key.encrypt",outcome="failure"}"#,
+        r#"custos_requests_total{tenant="_none",operation="audit.read",outcome="failure"}"#,
+        "custos_request_duration_seconds_bucket{",
+        "custos_raft_term ",
+        "custos_raft_apply_lag ",
+        "custos_audit_outbox_depth ",
+        "custos_audit_committed_total ",
+        r#"custos_key_provider_up{provider="sealed-local"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
+    }
+    assert!(!metrics.contains("nobody"), "an unknown tenant got a label");
+    let unauthenticated = cluster.call_raw(1, Method::GET, "/metrics", Vec::new(), &[]).await.unwrap();
+    assert_eq!(unauthenticated.status, 401);
+
     // The chains verify, through the events the API served and through the CLI on the log.
     let mut verifier = Verifier::new("acme");
     for event in &acme {

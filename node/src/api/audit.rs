@@ -1,6 +1,7 @@
 //! Audit at the API edge, and the audit read endpoints.
 //!
-//! [`record`] wraps every `/v1` route: after the handler has answered, it turns the request
+//! [`record`] wraps every `/v1` route (and feeds the request metrics): after the handler has
+//! answered, it turns the request
 //! into one audit event — type from the route, tenant from the path (or from the handler's
 //! [`Note`] when the body names it), outcome from the status, error code from the
 //! [`ErrorCode`] the error response carries — and records it. In fail-closed mode a request
@@ -139,24 +140,21 @@ pub async fn record(
         }
     }
 
+    let started = std::time::Instant::now();
     let mut response = next.run(request).await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    if state.audit.mode() == AuditMode::Off {
-        return response;
-    }
     let status = response.status();
     let kind = match event_type(&method, &route) {
-        _ if status == StatusCode::UNAUTHORIZED => EventType::Authentication,
-        Some(kind) => kind,
-        None => return response,
+        _ if status == StatusCode::UNAUTHORIZED => Some(EventType::Authentication),
+        kind => kind,
     };
     let note = response.extensions_mut().remove::<Note>().unwrap_or_default();
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
 
     // A tenant route that succeeded found its tenant; only a refused one may name a made-up
-    // tenant, which must not get a stream.
+    // tenant, which must get neither a stream nor a metrics label.
     let known = |tenant: &str| -> Option<TenantId> {
         let tenant = TenantId::new(tenant).ok()?;
         if status.is_success() {
@@ -164,34 +162,52 @@ pub async fn record(
         }
         state.cluster.reader().tenant(&tenant).ok().flatten().map(|_| tenant)
     };
-    let stream = match note.tenant.clone().or_else(|| path_tenant.as_deref().and_then(known)) {
-        Some(tenant) if kind != EventType::AuditRead => AuditStream::Tenant(tenant),
-        _ => AuditStream::Cluster,
-    };
-    let actor = if status == StatusCode::UNAUTHORIZED { Actor::anonymous() } else { Actor::admin() };
-    let mut data = AuditData::new(actor, outcome(status));
-    data.reason = code.map(str::to_string);
-    data.request_id = Some(request_id);
-    data.key_id = key.clone();
-    data.key_version = note.key_version;
-    data.details = note.details;
-    data.details.insert("http_method".into(), method.as_str().into());
-    data.details.insert("http_status".into(), status.as_u16().into());
-    let subject = match (&path_tenant, &key) {
-        (_, Some(key)) => Some(format!("keys/{key}")),
-        (Some(tenant), None) if kind == EventType::AuditRead => {
-            Some(format!("tenants/{tenant}/{}", if route.ends_with("/tail") { "audit/tail" } else { "audit" }))
+    let tenant = note.tenant.clone().or_else(|| path_tenant.as_deref().and_then(known));
+    let response = match kind {
+        Some(kind) if state.audit.mode() != AuditMode::Off => {
+            let stream = match &tenant {
+                Some(tenant) if kind != EventType::AuditRead => AuditStream::Tenant(tenant.clone()),
+                _ => AuditStream::Cluster,
+            };
+            let actor = if status == StatusCode::UNAUTHORIZED { Actor::anonymous() } else { Actor::admin() };
+            let mut data = AuditData::new(actor, outcome(status));
+            data.reason = code.map(str::to_string);
+            data.request_id = Some(request_id);
+            data.key_id = key.clone();
+            data.key_version = note.key_version;
+            data.details = note.details;
+            data.details.insert("http_method".into(), method.as_str().into());
+            data.details.insert("http_status".into(), status.as_u16().into());
+            let subject = match (&path_tenant, &key) {
+                (_, Some(key)) => Some(format!("keys/{key}")),
+                (Some(tenant), None) if kind == EventType::AuditRead => {
+                    Some(format!("tenants/{tenant}/{}", if route.ends_with("/tail") { "audit/tail" } else { "audit" }))
+                }
+                (Some(tenant), None) if stream == AuditStream::Cluster => Some(format!("tenants/{tenant}")),
+                _ => None,
+            };
+            match state.audit.record(AuditRecord { stream, kind, subject, data }).await {
+                Ok(()) => response,
+                Err(error) => {
+                    tracing::error!(%error, route, "audit event not durable; refusing the response (fail-closed)");
+                    audit_refusal(error).into_response()
+                }
+            }
         }
-        (Some(tenant), None) if stream == AuditStream::Cluster => Some(format!("tenants/{tenant}")),
-        _ => None,
+        _ => response,
     };
-    match state.audit.record(AuditRecord { stream, kind, subject, data }).await {
-        Ok(()) => response,
-        Err(error) => {
-            tracing::error!(%error, route, "audit event not durable; refusing the response (fail-closed)");
-            audit_refusal(error).into_response()
-        }
-    }
+    let outcome_label = match outcome(response.status()) {
+        Outcome::Success => "success",
+        Outcome::Denied => "denied",
+        Outcome::Failure => "failure",
+    };
+    state.metrics.observe(
+        tenant.as_ref().map_or(super::metrics::NO_TENANT, |t| t.as_str()),
+        kind.map_or("read", EventType::short),
+        outcome_label,
+        started.elapsed(),
+    );
+    response
 }
 
 fn audit_refusal(error: AuditError) -> ApiError {

@@ -16,6 +16,7 @@ pub mod error;
 mod faults;
 mod health;
 mod keys;
+pub mod metrics;
 mod tenants;
 
 use std::sync::Arc;
@@ -67,6 +68,7 @@ pub struct AppInner {
     in_flight: Arc<Semaphore>,
     /// Live audit tails (`audit::MAX_TAILS`).
     tails: Arc<Semaphore>,
+    pub metrics: metrics::Metrics,
 }
 
 /// What the API is built from.
@@ -84,6 +86,7 @@ pub struct AppParts {
 impl AppState {
     pub fn new(parts: AppParts) -> Self {
         let in_flight = Arc::new(Semaphore::new(parts.limits.max_in_flight));
+        let metrics = metrics::Metrics::new(parts.cluster.clone(), parts.audit.clone(), parts.custody.clone());
         AppState(Arc::new(AppInner {
             cluster: parts.cluster,
             audit: parts.audit,
@@ -96,6 +99,7 @@ impl AppState {
             admin_sha256: std::sync::OnceLock::new(),
             in_flight,
             tails: Arc::new(Semaphore::new(audit::MAX_TAILS)),
+            metrics,
         }))
     }
 }
@@ -137,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), admit))
