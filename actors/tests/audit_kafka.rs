@@ -41,6 +41,7 @@ fn open(dir: &Path, mode: AuditMode, max_depth: u64, kafka: KafkaSinkConfig) -> 
         node_id: 1,
         dir: dir.to_path_buf(),
         mode,
+        stream_modes: Default::default(),
         outbox: OutboxLimits { max_batch: 256, queue: 1024, max_depth },
         shipper: ShipperLimits {
             max_batch: 256,

@@ -371,6 +371,9 @@ pub enum KafkaSaslMechanism {
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     pub mode: AuditModeConfig,
+    /// Per-tenant exceptions to `mode`, e.g. `{ acme = "best-effort" }` (not `off`). Keep it
+    /// the same on every node: a tenant's requests may reach any of them.
+    pub tenant_modes: std::collections::BTreeMap<String, AuditModeConfig>,
     pub sink: AuditSinkKind,
     /// Most events in one group commit, and in one shipping batch.
     pub max_batch_events: usize,
@@ -435,6 +438,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             mode: AuditModeConfig::FailClosed,
+            tenant_modes: std::collections::BTreeMap::new(),
             sink: AuditSinkKind::Local,
             max_batch_events: 1024,
             queue_events: 16_384,

@@ -210,6 +210,20 @@ impl Config {
     fn validate_audit(&self, check: &mut impl FnMut(bool, &str, String)) {
         use crate::{AuditSinkKind, KafkaSecurityProtocol, KafkaTopicLayout};
         let a = &self.audit;
+        for (tenant, mode) in &a.tenant_modes {
+            let path = format!("audit.tenant_modes.{tenant}");
+            let label = !tenant.is_empty()
+                && tenant.len() <= 63
+                && tenant.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !tenant.starts_with('-')
+                && !tenant.ends_with('-');
+            check(label, &path, "is not a tenant id (1 to 63 of a-z, 0-9 and '-')".into());
+            check(
+                *mode != crate::AuditModeConfig::Off,
+                &path,
+                "\"off\" is a deployment-wide setting for benchmarks only, not a tenant exception".into(),
+            );
+        }
         check(
             (1..=65_536).contains(&a.max_batch_events),
             "audit.max_batch_events",
@@ -343,5 +357,16 @@ mod tests {
         config.audit.kafka.security_protocol = crate::KafkaSecurityProtocol::SaslSsl;
         config.audit.kafka.sasl_password_env = Some("KAFKA_PASSWORD".into());
         assert_eq!(config.validate(), vec![]);
+    }
+
+    #[test]
+    fn tenant_audit_modes_name_tenants_and_never_turn_audit_off() {
+        let mut config = Config::default();
+        config.audit.tenant_modes.insert("acme".into(), crate::AuditModeConfig::BestEffort);
+        assert_eq!(config.validate(), vec![]);
+        config.audit.tenant_modes.insert("Bad Id".into(), crate::AuditModeConfig::FailClosed);
+        config.audit.tenant_modes.insert("globex".into(), crate::AuditModeConfig::Off);
+        let paths: Vec<String> = config.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, vec!["audit.tenant_modes.Bad Id", "audit.tenant_modes.globex"]);
     }
 }

@@ -79,17 +79,19 @@ pub fn open(config: &AuditConfig, node_id: u64, data_dir: &Path) -> Result<Arc<A
         }),
         AuditSinkKind::Kafka => SinkChoice::Kafka(kafka_sink_config(&config.kafka, config.max_batch_events)?),
     };
+    let mode = |m: AuditModeConfig| match m {
+        AuditModeConfig::FailClosed => AuditMode::FailClosed,
+        AuditModeConfig::BestEffort => AuditMode::BestEffort,
+        AuditModeConfig::Off => AuditMode::Off,
+    };
+    if config.mode == AuditModeConfig::Off {
+        tracing::warn!("audit.mode = \"off\": nothing this node does is audited");
+    }
     Audit::open(AuditSettings {
         node_id,
         dir: data_dir.join("audit"),
-        mode: match config.mode {
-            AuditModeConfig::FailClosed => AuditMode::FailClosed,
-            AuditModeConfig::BestEffort => AuditMode::BestEffort,
-            AuditModeConfig::Off => {
-                tracing::warn!("audit.mode = \"off\": nothing this node does is audited");
-                AuditMode::Off
-            }
-        },
+        mode: mode(config.mode),
+        stream_modes: config.tenant_modes.iter().map(|(tenant, m)| (tenant.clone(), mode(*m))).collect(),
         outbox: OutboxLimits {
             max_batch: config.max_batch_events,
             queue: config.queue_events,

@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod shipper;
 pub mod sink;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub struct AuditSettings {
     /// `<data_dir>/audit`: the outbox and the local log live under it.
     pub dir: PathBuf,
     pub mode: AuditMode,
+    /// Streams (tenant ids) recorded under another mode than `mode`.
+    pub stream_modes: HashMap<String, AuditMode>,
     pub outbox: OutboxLimits,
     pub shipper: ShipperLimits,
     pub sink: SinkChoice,
@@ -97,6 +100,7 @@ pub struct AuditStatus {
 
 pub struct Audit {
     mode: AuditMode,
+    stream_modes: HashMap<String, AuditMode>,
     outbox: Arc<Outbox>,
     sink: Arc<dyn AuditSink>,
     local: Option<Arc<LocalLog>>,
@@ -128,6 +132,7 @@ impl Audit {
             tokio::spawn(shipper::run(outbox.clone(), sink.clone(), settings.shipper, shipper_stats.clone(), stop_rx));
         Ok(Arc::new(Audit {
             mode: settings.mode,
+            stream_modes: settings.stream_modes,
             outbox,
             sink,
             local,
@@ -138,13 +143,23 @@ impl Audit {
         }))
     }
 
+    /// The node's mode; see [`Audit::mode_of`] for a stream's.
     pub fn mode(&self) -> AuditMode {
         self.mode
     }
 
-    /// Records one event under the node's mode (see the module docs).
+    /// The mode a stream is recorded under: its exception, or the node's mode. With the node
+    /// off, everything is.
+    pub fn mode_of(&self, stream: &AuditStream) -> AuditMode {
+        if self.mode == AuditMode::Off {
+            return AuditMode::Off;
+        }
+        self.stream_modes.get(stream.as_str()).copied().unwrap_or(self.mode)
+    }
+
+    /// Records one event under its stream's mode (see the module docs).
     pub async fn record(&self, record: AuditRecord) -> Result<(), AuditError> {
-        match self.mode {
+        match self.mode_of(&record.stream) {
             AuditMode::FailClosed => self.outbox.record(record).await.map(|_| ()),
             AuditMode::BestEffort => {
                 if !self.outbox.record_detached(record) {
@@ -195,5 +210,45 @@ impl Audit {
             let _ = shipper.await;
         }
         self.outbox.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_tenant_exception_changes_only_that_tenants_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |mode| {
+            Audit::open(AuditSettings {
+                node_id: 1,
+                dir: dir.path().join(format!("{mode:?}")),
+                mode,
+                stream_modes: HashMap::from([("acme".to_string(), AuditMode::BestEffort)]),
+                outbox: OutboxLimits { max_batch: 8, queue: 8, max_depth: 8 },
+                shipper: ShipperLimits {
+                    max_batch: 8,
+                    backoff_min: std::time::Duration::from_millis(10),
+                    backoff_max: std::time::Duration::from_millis(10),
+                    idle_poll: std::time::Duration::from_millis(10),
+                },
+                sink: SinkChoice::Local(sink::local::LocalLogLimits {
+                    segment_bytes: 1 << 20,
+                    retention: std::time::Duration::from_secs(60),
+                    max_bytes_per_tenant: 1 << 30,
+                }),
+            })
+            .unwrap()
+        };
+        let tenant = |id: &str| AuditStream::Tenant(custos_raft::TenantId::new(id).unwrap());
+        let audit = open(AuditMode::FailClosed);
+        assert_eq!(audit.mode_of(&tenant("acme")), AuditMode::BestEffort);
+        assert_eq!(audit.mode_of(&tenant("globex")), AuditMode::FailClosed);
+        assert_eq!(audit.mode_of(&AuditStream::Cluster), AuditMode::FailClosed);
+        audit.shutdown().await;
+        let off = open(AuditMode::Off);
+        assert_eq!(off.mode_of(&tenant("acme")), AuditMode::Off);
+        off.shutdown().await;
     }
 }

@@ -141,7 +141,16 @@ pub async fn record(
     }
 
     let started = std::time::Instant::now();
-    let mut response = next.run(request).await;
+    // Every log line of the request carries these; the tenant only when it is a valid id.
+    let span = tracing::info_span!(
+        "request",
+        node = state.cluster.id(),
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        tenant = path_tenant.as_deref().filter(|t| TenantId::new(*t).is_ok()).unwrap_or("-"),
+    );
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }

@@ -134,6 +134,7 @@ async fn pipeline(brokers: &str, duration: Duration, recorders: usize) -> Result
         node_id: 1,
         dir: dir.path().to_path_buf(),
         mode: AuditMode::FailClosed,
+        stream_modes: Default::default(),
         outbox: OutboxLimits { max_batch: MAX_BATCH, queue: 16_384, max_depth: 10_000_000 },
         shipper: ShipperLimits {
             max_batch: MAX_BATCH,
