@@ -11,6 +11,8 @@ use nix::unistd::Pid;
 use reqwest::Method;
 use serde_json::Value;
 
+use crate::proxy::{Fault, LinkProxy};
+
 /// One node process and its files.
 struct NodeProcess {
     api_addr: SocketAddr,
@@ -44,6 +46,8 @@ pub struct ProcessCluster {
     env: Vec<(String, String)>,
     http: reqwest::Client,
     token: Option<String>,
+    /// Fault proxies per directed link (from, to), when made with [`ProcessCluster::with_links`].
+    links: BTreeMap<(u64, u64), LinkProxy>,
 }
 
 /// Ports handed out by [`free_ports`]: below Linux's ephemeral range (32768 and up), so the
@@ -137,7 +141,62 @@ impl ProcessCluster {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             http,
             token: None,
+            links: BTreeMap::new(),
         })
+    }
+
+    /// Like [`ProcessCluster::new`], with a [`LinkProxy`] on every directed link between
+    /// nodes: node `a` dials node `b`'s Raft address through the proxy of `(a, b)`. Needs a
+    /// tokio runtime, which runs the proxies.
+    pub async fn with_links(binary: &Path, nodes: u64, env: &[(&str, &str)]) -> Result<Self> {
+        let mut cluster = ProcessCluster::new(binary, nodes, env)?;
+        let ids = cluster.ids();
+        for &from in &ids {
+            let mut overrides = String::from("\n[raft.dial_overrides]\n");
+            for &to in &ids {
+                if from == to {
+                    continue;
+                }
+                let target = cluster.node(to)?.raft_addr;
+                let proxy = LinkProxy::start(target).await?;
+                overrides.push_str(&format!("\"{target}\" = \"{}\"\n", proxy.addr()));
+                cluster.links.insert((from, to), proxy);
+            }
+            let config = cluster.node(from)?.config.clone();
+            let mut text = fs::read_to_string(&config)?;
+            text.push_str(&overrides);
+            fs::write(&config, text)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The fault proxy of the link `from` → `to`.
+    pub fn link(&self, from: u64, to: u64) -> Result<&LinkProxy> {
+        self.links.get(&(from, to)).ok_or_else(|| anyhow!("no proxy on link {from}->{to} (use with_links)"))
+    }
+
+    /// Cuts every link between nodes of different groups, both directions; links inside a
+    /// group pass. Nodes in no group keep their links as they are.
+    pub fn partition(&self, groups: &[&[u64]]) -> Result<()> {
+        if self.links.is_empty() {
+            bail!("this cluster has no link proxies (use with_links)");
+        }
+        let group_of = |id: u64| groups.iter().position(|g| g.contains(&id));
+        for (&(from, to), proxy) in &self.links {
+            match (group_of(from), group_of(to)) {
+                (Some(a), Some(b)) if a != b => proxy.set(Fault::Cut),
+                (Some(_), Some(_)) => proxy.set(Fault::Pass),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every link passes again.
+    pub fn heal(&self) {
+        for proxy in self.links.values() {
+            proxy.set(Fault::Pass);
+        }
     }
 
     pub fn ids(&self) -> Vec<u64> {

@@ -6,6 +6,8 @@
 //! - `cluster.rs` — [`ProcessCluster`]: certificates, per-node configuration files, process
 //!   control (start, SIGTERM, SIGKILL, restart) and an HTTPS client for the API of each node.
 //! - `openbao.rs` — [`OpenBaoServer`]: a real OpenBao run by `deploy/scripts/openbao.sh`.
+//! - `proxy.rs` — [`LinkProxy`]: a TCP proxy per directed link between nodes that passes,
+//!   delays or cuts traffic ([`ProcessCluster::with_links`], `partition`, `heal`).
 //! - `kafka.rs` — [`KafkaBroker`]: a real Apache Kafka (KRaft) run by `deploy/scripts/kafka.sh`.
 //!
 //! The harness talks to nodes only through their public API and their process, so what it
@@ -15,7 +17,9 @@
 mod cluster;
 mod kafka;
 mod openbao;
+mod proxy;
 
 pub use cluster::{free_ports, ApiReply, ProcessCluster};
 pub use kafka::KafkaBroker;
 pub use openbao::OpenBaoServer;
+pub use proxy::{Fault, LinkProxy};

@@ -82,6 +82,10 @@ pub struct RaftConfig {
     /// Batches a node keeps in flight at once (forwarded to the leader, and on the leader
     /// appended to the log); later proposals wait and join the next batch.
     pub max_batches_in_flight: usize,
+    /// Peer addresses this node dials somewhere else: advertised Raft address → address to
+    /// connect to (NAT, port forwarding, or the chaos harness's per-link fault proxies). The
+    /// peer's certificate must still be valid for the dialled host.
+    pub dial_overrides: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for RaftConfig {
@@ -92,6 +96,7 @@ impl Default for RaftConfig {
             heartbeat_interval_ms: 100,
             election_timeout_ms_min: 500,
             election_timeout_ms_max: 1000,
+            dial_overrides: std::collections::BTreeMap::new(),
             snapshot_after_entries: 10_000,
             log_entries_kept_after_snapshot: 5_000,
             snapshot_chunk_bytes: 3 * 1024 * 1024,

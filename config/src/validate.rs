@@ -203,6 +203,14 @@ impl Config {
             "actors.restart_backoff_max_ms",
             format!("must be at least actors.restart_backoff_ms ({})", a.restart_backoff_ms),
         );
+        for (from, to) in &self.raft.dial_overrides {
+            let addr = |a: &str| a.parse::<std::net::SocketAddr>().is_ok();
+            check(
+                addr(from) && addr(to),
+                &format!("raft.dial_overrides.{from}"),
+                "must map an IP:port to an IP:port".into(),
+            );
+        }
         self.validate_audit(&mut check);
         errors
     }

@@ -184,10 +184,16 @@ impl Cluster {
             ..Default::default()
         }
         .validate()?;
-        let peers = PeerClient::new(options.peer_tls)?;
+        let peers = PeerClient::new(options.peer_tls, options.raft.dial_overrides.clone())?;
         let raft = Raft::new(options.node_id, Arc::new(config), Network::new(peers.clone()), log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(Box::new(e)))?;
+        tokio::spawn(check_quorum(
+            raft.clone(),
+            options.node_id,
+            Duration::from_millis(r.election_timeout_ms_max),
+            Duration::from_millis(r.heartbeat_interval_ms),
+        ));
         let limits = BatchLimits {
             max_proposals: r.max_proposals_per_entry,
             max_bytes: r.max_entry_bytes,
@@ -507,6 +513,48 @@ fn write_failure(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Le
 
 fn unexpected(output: LeaderOutput) -> ClusterError {
     ClusterError::Unavailable(format!("leader answered with an unexpected reply {output:?}"))
+}
+
+/// The "check quorum" rule (Raft thesis §6.2), which openraft 0.9 lacks: a leader that has not
+/// heard from a quorum for `limit` stops leading, so a leader cut off from the majority no
+/// longer calls itself leader (status, forwarding) while the majority elects another. Linearizable
+/// reads on it already fail before that (they need a quorum). Runs until Raft shuts down.
+///
+/// It steps down by granting its vote for the next term to another voter, with its own last
+/// log id — what a vote request from that voter would do, and accepted once the leader's
+/// lease has run out. Voting for a candidate that never asked only spends this node's vote in
+/// that term; the node then follows nobody until its election timer makes it a candidate.
+async fn check_quorum(raft: Raft<TypeConfig>, id: NodeId, limit: Duration, every: Duration) {
+    let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        let (state, quiet_ms, term, last_index, other) = {
+            let m = raft.metrics().borrow().clone();
+            let other = m.membership_config.membership().voter_ids().find(|v| *v != id);
+            (m.state, m.millis_since_quorum_ack, m.current_term, m.last_log_index, other)
+        };
+        match state {
+            ServerState::Shutdown => return,
+            ServerState::Leader if quiet_ms.is_some_and(|ms| ms > limit_ms) => {
+                // A one-voter cluster is its own quorum and never gets here.
+                let Some(other) = other else { continue };
+                tracing::warn!(
+                    quiet_ms,
+                    term,
+                    "no quorum has acknowledged this leader within the election timeout; stepping down"
+                );
+                // A leader's last entry is of its own term (it appends one when elected).
+                let last =
+                    last_index.map(|index| openraft::LogId::new(openraft::CommittedLeaderId::new(term, id), index));
+                let request = openraft::raft::VoteRequest::new(openraft::Vote::new(term + 1, other), last);
+                if let Err(e) = raft.vote(request).await {
+                    tracing::warn!(error = %e, "stepping down failed");
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn server_state(state: ServerState, voter: bool) -> &'static str {

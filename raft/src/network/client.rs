@@ -31,17 +31,22 @@ pub enum CallError {
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
+    /// Advertised address → the address actually dialled (`raft.dial_overrides`).
+    dial: std::sync::Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl PeerClient {
-    pub fn new(tls: rustls::ClientConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        tls: rustls::ClientConfig,
+        dial: std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(8)
             .connect_timeout(Duration::from_secs(2))
             .build()?;
-        Ok(PeerClient { http })
+        Ok(PeerClient { http, dial: std::sync::Arc::new(dial) })
     }
 
     /// Sends one request and decodes the answer. `timeout` bounds the whole exchange.
@@ -54,7 +59,8 @@ impl PeerClient {
     ) -> Result<Resp, CallError> {
         let codec = |reason: String| CallError::Codec { addr: addr.to_string(), reason };
         let body = encode(request).map_err(|e| codec(e.to_string()))?;
-        let send = self.http.post(format!("https://{addr}{path}")).body(body).timeout(timeout).send();
+        let dialled = self.dial.get(addr).map_or(addr, String::as_str);
+        let send = self.http.post(format!("https://{dialled}{path}")).body(body).timeout(timeout).send();
         let response = send.await.map_err(|e| {
             if e.is_timeout() {
                 CallError::Timeout { addr: addr.to_string(), timeout }
