@@ -259,6 +259,11 @@ impl ProcessCluster {
         Ok(format!("https://{}{}", self.node(id)?.api_addr, path))
     }
 
+    /// The HTTPS client trusting the cluster CA, for callers that build their own requests.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The admin token from [`ProcessCluster::init`].
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()

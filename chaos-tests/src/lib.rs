@@ -6,6 +6,10 @@
 //! - `cluster.rs` — [`ProcessCluster`]: certificates, per-node configuration files, process
 //!   control (start, SIGTERM, SIGKILL, restart) and an HTTPS client for the API of each node.
 //! - `openbao.rs` — [`OpenBaoServer`]: a real OpenBao run by `deploy/scripts/openbao.sh`.
+//! - `history.rs` — operation histories (JSON lines) and their linearizability check, per key,
+//!   against a compare-and-set register (stateright's `LinearizabilityTester`).
+//! - `workload.rs` — the register workload: concurrent clients on random nodes doing reads,
+//!   writes and compare-and-sets on tenants' display names, recorded as a history.
 //! - `proxy.rs` — [`LinkProxy`]: a TCP proxy per directed link between nodes that passes,
 //!   delays or cuts traffic ([`ProcessCluster::with_links`], `partition`, `heal`).
 //! - `kafka.rs` — [`KafkaBroker`]: a real Apache Kafka (KRaft) run by `deploy/scripts/kafka.sh`.
@@ -15,9 +19,11 @@
 //! the caller (integration tests of `custos-node` pass `CARGO_BIN_EXE_custos`).
 
 mod cluster;
+pub mod history;
 mod kafka;
 mod openbao;
 mod proxy;
+pub mod workload;
 
 pub use cluster::{free_ports, ApiReply, ProcessCluster};
 pub use kafka::KafkaBroker;

@@ -204,3 +204,30 @@ async fn idempotent_retries_lifecycle_and_pagination() {
     assert_eq!(ready.body["ready"], Value::Bool(true));
     assert_eq!(cluster.get(1, "/healthz").await.unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_update_with_a_stale_revision_is_refused_and_with_the_current_one_applies() {
+    let cluster = single_node().await;
+    let created = cluster
+        .call(1, Method::POST, "/v1/tenants", Some(&json!({"id": "acme", "display_name": "Acme", "region": "eu"})), &[])
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+    let revision = created.body["revision"].as_u64().unwrap();
+
+    let stale = json!({"display_name": "Stale", "expected_revision": revision + 1000});
+    let refused = cluster.call(1, Method::PATCH, "/v1/tenants/acme", Some(&stale), &[]).await.unwrap();
+    assert_error(&refused, 409, "stale_revision");
+
+    let current = json!({"display_name": "Acme Corp", "expected_revision": revision});
+    let updated = cluster.call(1, Method::PATCH, "/v1/tenants/acme", Some(&current), &[]).await.unwrap();
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    assert_eq!(updated.body["display_name"], "Acme Corp");
+    assert!(updated.body["revision"].as_u64().unwrap() > revision);
+    // The same compare-and-set again is now stale.
+    let again = cluster.call(1, Method::PATCH, "/v1/tenants/acme", Some(&current), &[]).await.unwrap();
+    assert_error(&again, 409, "stale_revision");
+    let unconditional = json!({"display_name": "Acme"});
+    let updated = cluster.call(1, Method::PATCH, "/v1/tenants/acme", Some(&unconditional), &[]).await.unwrap();
+    assert_eq!(updated.status, 200, "{}", updated.body);
+}

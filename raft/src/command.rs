@@ -49,6 +49,7 @@ impl Proposal {
                 tenant.as_str().len() + key.as_str().len()
             }
             Command::RootDestroyed { tenant } => tenant.as_str().len(),
+            Command::UpdateTenant { id, display_name, .. } => id.as_str().len() + display_name.len(),
         };
         64 + self.request_id.as_str().len() + strings
     }
@@ -110,6 +111,13 @@ pub enum Command {
     RootDestroyed {
         tenant: TenantId,
     },
+    /// Changes a tenant's display name; with `expected_revision`, only while the tenant is
+    /// still at that revision (compare-and-set).
+    UpdateTenant {
+        id: TenantId,
+        display_name: String,
+        expected_revision: Option<u64>,
+    },
 }
 
 impl Command {
@@ -125,6 +133,7 @@ impl Command {
             Command::ChangeKey { .. } => "change_key",
             Command::DestroyKey { .. } => "destroy_key",
             Command::RootDestroyed { .. } => "root_destroyed",
+            Command::UpdateTenant { .. } => "update_tenant",
         }
     }
 
@@ -200,6 +209,9 @@ pub enum Rejection {
     TooManyVersions(KeyId),
     #[error("key {key} is not due for destruction until {at_ms}")]
     DestroyNotDue { key: KeyId, at_ms: u64 },
+    // New variants go last: stored outcomes are encoded by variant index.
+    #[error("tenant {tenant} is at revision {actual}, not {expected}")]
+    StaleRevision { tenant: TenantId, expected: u64, actual: u64 },
 }
 
 impl KeyState {

@@ -79,6 +79,7 @@ fn event_type(method: &Method, route: &str) -> Option<EventType> {
     Some(match route {
         "/tenants" if post => EventType::TenantCreate,
         "/tenants/{id}" if *method == Method::DELETE => EventType::TenantDelete,
+        "/tenants/{id}" if *method == Method::PATCH => EventType::TenantUpdate,
         "/tenants/{id}/suspend" | "/tenants/{id}/resume" => EventType::TenantUpdate,
         "/tenants/{tenant}/faults" | "/cluster/init" | "/cluster/members" | "/cluster/members/{id}" => {
             EventType::AdminAction

@@ -115,6 +115,7 @@ impl From<Rejection> for ApiError {
             Rejection::KeyDestroyed(_) => (StatusCode::GONE, "key_destroyed"),
             Rejection::KeyNotEnabled { .. } => (StatusCode::CONFLICT, "key_not_enabled"),
             Rejection::StaleKeyVersion { .. } => (StatusCode::CONFLICT, "stale_key_version"),
+            Rejection::StaleRevision { .. } => (StatusCode::CONFLICT, "stale_revision"),
             Rejection::InvalidKeyChange(_) => (StatusCode::BAD_REQUEST, "invalid_key_change"),
             Rejection::TooManyKeys(_) => (StatusCode::CONFLICT, "too_many_keys"),
             Rejection::TooManyVersions(_) => (StatusCode::CONFLICT, "too_many_versions"),

@@ -107,7 +107,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let mut v1 = Router::new()
         .route("/tenants", post(tenants::create).get(tenants::list))
-        .route("/tenants/{id}", get(tenants::get).delete(tenants::delete))
+        .route("/tenants/{id}", get(tenants::get).patch(tenants::update).delete(tenants::delete))
         .route("/tenants/{id}/suspend", post(tenants::suspend))
         .route("/tenants/{id}/resume", post(tenants::resume))
         .route("/tenants/{id}/actors", get(tenants::actors))

@@ -210,6 +210,32 @@ pub async fn actors(
     Ok(Json(ActorsView { node_id, state: health, children }))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    display_name: String,
+    /// Apply only while the tenant is at this `revision` (compare-and-set); 409
+    /// `stale_revision` otherwise.
+    expected_revision: Option<u64>,
+}
+
+/// `PATCH /v1/tenants/{id}`: changes the display name, optionally as a compare-and-set.
+pub async fn update(
+    _: Admin,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<UpdateTenant>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let id = tenant_id(path)?;
+    let Json(body) = body?;
+    check_display_name(&body.display_name)
+        .map_err(|reason| ApiError::bad_request("invalid_field", format!("display_name {reason}")))?;
+    let command =
+        Command::UpdateTenant { id, display_name: body.display_name, expected_revision: body.expected_revision };
+    write(&state, &headers, command, StatusCode::OK).await
+}
+
 pub async fn suspend(
     _: Admin,
     State(state): State<AppState>,

@@ -372,6 +372,25 @@ impl StateMachineStore {
                     Ok(Output::Tenant(t))
                 }
             },
+            Command::UpdateTenant { id, display_name, expected_revision } => {
+                match txn.get::<Tenant>(&tenant_key(id))? {
+                    None => Err(Rejection::TenantNotFound(id.clone())),
+                    Some(t) if t.status == TenantStatus::Deleted => Err(Rejection::TenantDeleted(id.clone())),
+                    Some(t) if expected_revision.is_some_and(|r| r != t.revision) => Err(Rejection::StaleRevision {
+                        tenant: id.clone(),
+                        expected: expected_revision.unwrap_or_default(),
+                        actual: t.revision,
+                    }),
+                    Some(mut t) => {
+                        let previous = t.revision;
+                        t.display_name = display_name.clone();
+                        t.updated_at_ms = now;
+                        t.revision = index;
+                        put_tenant(txn, &t, Some(previous))?;
+                        Ok(Output::Tenant(t))
+                    }
+                }
+            }
             Command::DeleteTenant { id } => match txn.get::<Tenant>(&tenant_key(id))? {
                 None => Err(Rejection::TenantNotFound(id.clone())),
                 Some(t) if t.status == TenantStatus::Deleted => Ok(Output::Tenant(t)),
