@@ -19,7 +19,8 @@ struct NodeProcess {
     raft_addr: SocketAddr,
     config: PathBuf,
     log: PathBuf,
-    child: Option<Child>,
+    /// Behind a lock so a nemesis can kill and restart nodes while clients use the cluster.
+    child: std::sync::Mutex<Option<Child>>,
 }
 
 /// An HTTP answer from a node.
@@ -122,7 +123,16 @@ impl ProcessCluster {
                     master = master_key.display(),
                 ),
             )?;
-            processes.insert(id, NodeProcess { api_addr, raft_addr, config, log: dir.join("node.log"), child: None });
+            processes.insert(
+                id,
+                NodeProcess {
+                    api_addr,
+                    raft_addr,
+                    config,
+                    log: dir.join("node.log"),
+                    child: std::sync::Mutex::new(None),
+                },
+            );
         }
         let pem = fs::read(tls.join("ca.pem"))?;
         // Err only means a provider is installed already.
@@ -212,39 +222,39 @@ impl ProcessCluster {
     }
 
     /// Starts node `id` (again, after a stop or kill) from its data directory.
-    pub fn start(&mut self, id: u64) -> Result<()> {
-        let binary = self.binary.clone();
-        let env = self.env.clone();
-        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
-        if node.child.is_some() {
+    pub fn start(&self, id: u64) -> Result<()> {
+        let node = self.node(id)?;
+        let mut slot = node.child.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
             bail!("node {id} is already running");
         }
         let log = fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
-        let child = Command::new(binary)
+        let child = Command::new(&self.binary)
             .args(["run", "--config"])
             .arg(&node.config)
             .env("CUSTOS_LOG", "info,openraft=warn")
-            .envs(env)
+            .envs(self.env.iter().cloned())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        node.child = Some(child);
+        *slot = Some(child);
         Ok(())
     }
 
     /// SIGKILL: the node loses whatever a real crash loses.
-    pub fn kill(&mut self, id: u64) -> Result<()> {
+    pub fn kill(&self, id: u64) -> Result<()> {
         self.signal_and_wait(id, Signal::SIGKILL)
     }
 
     /// SIGTERM: graceful shutdown.
-    pub fn stop(&mut self, id: u64) -> Result<()> {
+    pub fn stop(&self, id: u64) -> Result<()> {
         self.signal_and_wait(id, Signal::SIGTERM)
     }
 
-    fn signal_and_wait(&mut self, id: u64, signal: Signal) -> Result<()> {
-        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
-        let mut child = node.child.take().ok_or_else(|| anyhow!("node {id} is not running"))?;
+    fn signal_and_wait(&self, id: u64, signal: Signal) -> Result<()> {
+        let node = self.node(id)?;
+        let taken = node.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut child = taken.ok_or_else(|| anyhow!("node {id} is not running"))?;
         kill(Pid::from_raw(child.id() as i32), signal)?;
         child.wait()?;
         Ok(())
@@ -416,7 +426,7 @@ fn pem_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
         for node in self.nodes.values_mut() {
-            if let Some(mut child) = node.child.take() {
+            if let Some(mut child) = node.child.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
                 // Best effort during teardown: the process may already have exited.
                 let _ = child.kill();
                 let _ = child.wait();

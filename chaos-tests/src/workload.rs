@@ -141,7 +141,9 @@ async fn perform(
     request = request.header("idempotency-key", uuid_like(op, key)).timeout(REQUEST_TIMEOUT);
     let response = match request.send().await {
         Ok(response) => response,
-        // Not sent, or sent and lost: a read had no effect, a write may have.
+        // Never connected: nothing was sent. Otherwise a read had no effect and a write may
+        // have.
+        Err(e) if e.is_connect() => return Outcome::Fail,
         Err(_) => return if matches!(op, Op::Read) { Outcome::Fail } else { Outcome::Info },
     };
     let status = response.status().as_u16();

@@ -1,6 +1,6 @@
-//! Chaos smoke: the register workload against three `custos` processes while the harness
-//! cuts the leader off from the majority and heals it, twice; the recorded history must be
-//! linearizable for every register. `CUSTOS_CHAOS_SEED` replays a run.
+//! Chaos smoke: the register workload against three `custos` processes while a nemesis
+//! partitions or kills the leader; the recorded history must be linearizable for every
+//! register, and every node must serve again afterwards. `CUSTOS_CHAOS_SEED` replays a run.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,9 +21,8 @@ fn seed() -> u64 {
     std::env::var("CUSTOS_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261123)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_partitions_keep_register_histories_linearizable() {
-    let seed = seed();
+/// A formed 3-node cluster with proxied links and three registers set to "init".
+async fn registers() -> (Arc<ProcessCluster>, Vec<String>, HashMap<String, Option<String>>) {
     let mut cluster = ProcessCluster::with_links(binary(), 3, &[]).await.expect("prepare");
     cluster.form().await.expect("form");
     let keys: Vec<String> = (1..=3).map(|i| format!("reg-{i}")).collect();
@@ -34,7 +33,55 @@ async fn leader_partitions_keep_register_histories_linearizable() {
         assert_eq!(reply.status, 201, "{}", reply.body);
         initial.insert(key.clone(), Some("init".to_string()));
     }
-    let cluster = Arc::new(cluster);
+    (Arc::new(cluster), keys, initial)
+}
+
+/// Waits until a write through `node` reaches the state machine again.
+async fn writes_commit_through(cluster: &ProcessCluster, node: u64, within: Duration) -> Duration {
+    let since = Instant::now();
+    loop {
+        let body = json!({ "display_name": "probe" });
+        let reply = cluster.call(node, Method::PATCH, "/v1/tenants/probe-missing", Some(&body), &[]).await;
+        // Any answer from the state machine (404 here) shows writes commit again.
+        if reply.is_ok_and(|r| r.status == 404) {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < within, "no write committed through node {node} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks the history, prints the summary line and fails on anomalies or too little progress.
+fn judge(
+    scenario: &str,
+    seed: u64,
+    duration: Duration,
+    cluster: &ProcessCluster,
+    recorded: &custos_chaos_tests::workload::Recorded,
+    initial: &HashMap<String, Option<String>>,
+    recovery: &[Duration],
+) {
+    let history = cluster.root().join("history.jsonl");
+    std::fs::write(&history, recorded.to_jsonl()).unwrap();
+    let verdicts = check(&recorded.events, initial).expect("the linearizability checker runs (Go is required)");
+    let anomalies: Vec<_> = verdicts.iter().filter(|v| !v.linearizable()).collect();
+    println!(
+        "chaos {scenario} seed={seed} duration={}s: ops ok={} failed={} indeterminate={} anomalies={} recovery={:?}",
+        duration.as_secs(),
+        recorded.count(Phase::Ok),
+        recorded.count(Phase::Fail),
+        recorded.count(Phase::Info),
+        anomalies.len(),
+        recovery,
+    );
+    assert!(anomalies.is_empty(), "not linearizable: {anomalies:?}; history in {}", history.display());
+    assert!(recorded.count(Phase::Ok) >= 100, "too little progress to mean anything: {}", recorded.count(Phase::Ok));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_partitions_keep_register_histories_linearizable() {
+    let seed = seed();
+    let (cluster, keys, initial) = registers().await;
     let duration = Duration::from_secs(24);
     let workload = tokio::spawn(run(cluster.clone(), Workload { keys: keys.clone(), clients: 4, duration, seed }));
 
@@ -48,35 +95,36 @@ async fn leader_partitions_keep_register_histories_linearizable() {
         cluster.partition(&[&[leader], &rest]).unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
         cluster.heal();
-        let healed = Instant::now();
-        let node = rest[0];
-        loop {
-            let body = json!({ "display_name": format!("probe-{}", healed.elapsed().as_nanos()) });
-            let reply = cluster.call(node, Method::PATCH, "/v1/tenants/probe-missing", Some(&body), &[]).await;
-            // Any answer from the state machine (404 here) shows writes commit again.
-            if reply.is_ok_and(|r| r.status == 404) {
-                break;
-            }
-            assert!(healed.elapsed() < Duration::from_secs(20), "no write committed 20 s after healing");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        recovery.push(healed.elapsed());
+        // The isolated old leader must serve writes again once healed.
+        recovery.push(writes_commit_through(&cluster, leader, Duration::from_secs(20)).await);
     }
     let recorded = workload.await.unwrap();
-    let history = cluster.root().join("history.jsonl");
-    std::fs::write(&history, recorded.to_jsonl()).unwrap();
+    judge("leader-partition", seed, duration, &cluster, &recorded, &initial, &recovery);
+}
 
-    let verdicts = check(&recorded.events, &initial).expect("the linearizability checker runs (Go is required)");
-    let anomalies: Vec<_> = verdicts.iter().filter(|v| !v.linearizable()).collect();
-    println!(
-        "chaos leader-partition seed={seed} duration={}s: ops ok={} failed={} indeterminate={} anomalies={} recovery={:?}",
-        duration.as_secs(),
-        recorded.count(Phase::Ok),
-        recorded.count(Phase::Fail),
-        recorded.count(Phase::Info),
-        anomalies.len(),
-        recovery,
-    );
-    assert!(anomalies.is_empty(), "not linearizable: {anomalies:?}; history in {}", history.display());
-    assert!(recorded.count(Phase::Ok) >= 100, "too little progress to mean anything: {}", recorded.count(Phase::Ok));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kills_keep_register_histories_linearizable() {
+    let seed = seed();
+    let (cluster, keys, initial) = registers().await;
+    let duration = Duration::from_secs(24);
+    let workload = tokio::spawn(run(cluster.clone(), Workload { keys: keys.clone(), clients: 4, duration, seed }));
+
+    // The nemesis: SIGKILL the current leader, restart it a little later; twice.
+    let all = cluster.ids();
+    let mut recovery = Vec::new();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let leader = cluster.wait_leader(&all, Duration::from_secs(10)).await.unwrap();
+        cluster.kill(leader).unwrap();
+        let killed = Instant::now();
+        let rest: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+        cluster.wait_leader(&rest, Duration::from_secs(15)).await.unwrap();
+        recovery.push(killed.elapsed());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.start(leader).unwrap();
+        cluster.wait_healthy(leader, Duration::from_secs(30)).await.unwrap();
+        writes_commit_through(&cluster, leader, Duration::from_secs(20)).await;
+    }
+    let recorded = workload.await.unwrap();
+    judge("leader-kill", seed, duration, &cluster, &recorded, &initial, &recovery);
 }
