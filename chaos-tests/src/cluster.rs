@@ -354,11 +354,24 @@ impl ProcessCluster {
             "raft_addr": node.raft_addr.to_string(),
             "api_addr": node.api_addr.to_string(),
         });
-        let reply = self.call(via, Method::POST, "/v1/cluster/members", Some(&body), &[]).await?;
-        if reply.status != 200 {
-            bail!("join of node {id} via {via} failed: {} {}", reply.status, reply.body);
+        // An operator retries a join that met a leadership change (503/504) or a lost
+        // connection; one Idempotency-Key keeps the retries one request.
+        let key = format!("join-{id}-{}", std::process::id());
+        let mut last = String::new();
+        for attempt in 0..5u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            match self.call(via, Method::POST, "/v1/cluster/members", Some(&body), &[("idempotency-key", &key)]).await {
+                Ok(reply) if reply.status == 200 => return Ok(()),
+                Ok(reply) if reply.status == 503 || reply.status == 504 => {
+                    last = format!("{} {}", reply.status, reply.body);
+                }
+                Ok(reply) => bail!("join of node {id} via {via} failed: {} {}", reply.status, reply.body),
+                Err(e) => last = e.to_string(),
+            }
         }
-        Ok(())
+        bail!("join of node {id} via {via} failed after retries: {last}")
     }
 
     /// Starts every node, initialises the first and joins the rest through it.

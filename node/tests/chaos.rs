@@ -51,40 +51,55 @@ async fn writes_commit_through(cluster: &ProcessCluster, node: u64, within: Dura
     }
 }
 
-/// Checks the history, prints the summary line and fails on anomalies or too little progress.
-fn judge(
-    scenario: &str,
+/// A scenario under way: the cluster, its registers and the workload running against them.
+struct Scenario {
+    name: &'static str,
     seed: u64,
     duration: Duration,
-    cluster: &ProcessCluster,
-    recorded: &custos_chaos_tests::workload::Recorded,
-    initial: &HashMap<String, Option<String>>,
-    recovery: &[Duration],
-) {
-    let history = cluster.root().join("history.jsonl");
-    std::fs::write(&history, recorded.to_jsonl()).unwrap();
-    let verdicts = check(&recorded.events, initial).expect("the linearizability checker runs (Go is required)");
-    let anomalies: Vec<_> = verdicts.iter().filter(|v| !v.linearizable()).collect();
-    println!(
-        "chaos {scenario} seed={seed} duration={}s: ops ok={} failed={} indeterminate={} anomalies={} recovery={:?}",
-        duration.as_secs(),
-        recorded.count(Phase::Ok),
-        recorded.count(Phase::Fail),
-        recorded.count(Phase::Info),
-        anomalies.len(),
-        recovery,
-    );
-    assert!(anomalies.is_empty(), "not linearizable: {anomalies:?}; history in {}", history.display());
-    assert!(recorded.count(Phase::Ok) >= 100, "too little progress to mean anything: {}", recorded.count(Phase::Ok));
+    cluster: Arc<ProcessCluster>,
+    initial: HashMap<String, Option<String>>,
+    workload: tokio::task::JoinHandle<custos_chaos_tests::workload::Recorded>,
+}
+
+impl Scenario {
+    /// Forms the cluster and starts 4 clients for 24 s; the test then plays the nemesis.
+    async fn start(name: &'static str) -> Scenario {
+        let seed = seed();
+        let duration = Duration::from_secs(24);
+        let (cluster, keys, initial) = registers().await;
+        let workload = tokio::spawn(run(cluster.clone(), Workload { keys, clients: 4, duration, seed }));
+        Scenario { name, seed, duration, cluster, initial, workload }
+    }
+
+    /// Waits for the workload, checks the history, prints the summary line and fails on
+    /// anomalies or too little progress.
+    async fn finish(self, recovery: &[Duration]) {
+        let recorded = self.workload.await.unwrap();
+        let history = self.cluster.root().join("history.jsonl");
+        std::fs::write(&history, recorded.to_jsonl()).unwrap();
+        let verdicts =
+            check(&recorded.events, &self.initial).expect("the linearizability checker runs (Go is required)");
+        let anomalies: Vec<_> = verdicts.iter().filter(|v| !v.linearizable()).collect();
+        println!(
+            "chaos {} seed={} duration={}s: ops ok={} failed={} indeterminate={} anomalies={} recovery={recovery:?}",
+            self.name,
+            self.seed,
+            self.duration.as_secs(),
+            recorded.count(Phase::Ok),
+            recorded.count(Phase::Fail),
+            recorded.count(Phase::Info),
+            anomalies.len(),
+        );
+        assert!(anomalies.is_empty(), "not linearizable: {anomalies:?}; history in {}", history.display());
+        let ok = recorded.count(Phase::Ok);
+        assert!(ok >= 100, "too little progress to mean anything: {ok}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_partitions_keep_register_histories_linearizable() {
-    let seed = seed();
-    let (cluster, keys, initial) = registers().await;
-    let duration = Duration::from_secs(24);
-    let workload = tokio::spawn(run(cluster.clone(), Workload { keys: keys.clone(), clients: 4, duration, seed }));
-
+    let scenario = Scenario::start("leader-partition").await;
+    let cluster = scenario.cluster.clone();
     // The nemesis: cut the current leader off from the majority, then heal; twice.
     let all = cluster.ids();
     let mut recovery = Vec::new();
@@ -98,17 +113,13 @@ async fn leader_partitions_keep_register_histories_linearizable() {
         // The isolated old leader must serve writes again once healed.
         recovery.push(writes_commit_through(&cluster, leader, Duration::from_secs(20)).await);
     }
-    let recorded = workload.await.unwrap();
-    judge("leader-partition", seed, duration, &cluster, &recorded, &initial, &recovery);
+    scenario.finish(&recovery).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kills_keep_register_histories_linearizable() {
-    let seed = seed();
-    let (cluster, keys, initial) = registers().await;
-    let duration = Duration::from_secs(24);
-    let workload = tokio::spawn(run(cluster.clone(), Workload { keys: keys.clone(), clients: 4, duration, seed }));
-
+    let scenario = Scenario::start("leader-kill").await;
+    let cluster = scenario.cluster.clone();
     // The nemesis: SIGKILL the current leader, restart it a little later; twice.
     let all = cluster.ids();
     let mut recovery = Vec::new();
@@ -125,6 +136,5 @@ async fn leader_kills_keep_register_histories_linearizable() {
         cluster.wait_healthy(leader, Duration::from_secs(30)).await.unwrap();
         writes_commit_through(&cluster, leader, Duration::from_secs(20)).await;
     }
-    let recorded = workload.await.unwrap();
-    judge("leader-kill", seed, duration, &cluster, &recorded, &initial, &recovery);
+    scenario.finish(&recovery).await;
 }

@@ -191,7 +191,9 @@ impl Cluster {
         tokio::spawn(check_quorum(
             raft.clone(),
             options.node_id,
-            Duration::from_millis(r.election_timeout_ms_max),
+            // Twice the longest election timeout: a quorum slow to acknowledge under load (a
+            // follower's fsync, a node catching up as it joins) is not a lost quorum.
+            Duration::from_millis(2 * r.election_timeout_ms_max),
             Duration::from_millis(r.heartbeat_interval_ms),
         ));
         let limits = BatchLimits {
@@ -516,7 +518,7 @@ fn unexpected(output: LeaderOutput) -> ClusterError {
 }
 
 /// The "check quorum" rule (Raft thesis §6.2), which openraft 0.9 lacks: a leader that has not
-/// heard from a quorum for `limit` stops leading, so a leader cut off from the majority no
+/// heard from a quorum for `limit` (twice the longest election timeout) stops leading, so a leader cut off from the majority no
 /// longer calls itself leader (status, forwarding) while the majority elects another. Linearizable
 /// reads on it already fail before that (they need a quorum). Runs until Raft shuts down.
 ///
