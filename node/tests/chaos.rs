@@ -36,6 +36,33 @@ async fn registers() -> (Arc<ProcessCluster>, Vec<String>, HashMap<String, Optio
     (Arc::new(cluster), keys, initial)
 }
 
+/// After the run every node holds, in its own state, what a linearizable read returns: no
+/// acknowledged write is missing anywhere once the faults are over.
+async fn converged(cluster: &ProcessCluster, initial: &HashMap<String, Option<String>>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for key in initial.keys() {
+        let path = format!("/v1/tenants/{key}");
+        let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(10)).await.unwrap();
+        let truth = cluster.get(leader, &path).await.unwrap();
+        assert_eq!(truth.status, 200, "{}", truth.body);
+        for node in cluster.ids() {
+            loop {
+                let local = cluster.get(node, &format!("{path}?consistency=stale")).await.unwrap();
+                if local.body["display_name"] == truth.body["display_name"] {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {node} holds {} for {key}, the cluster {}",
+                    local.body["display_name"],
+                    truth.body["display_name"]
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Waits until a write through `node` reaches the state machine again.
 async fn writes_commit_through(cluster: &ProcessCluster, node: u64, within: Duration) -> Duration {
     let since = Instant::now();
@@ -75,6 +102,7 @@ impl Scenario {
     /// anomalies or too little progress.
     async fn finish(self, recovery: &[Duration]) {
         let recorded = self.workload.await.unwrap();
+        converged(&self.cluster, &self.initial).await;
         let history = self.cluster.root().join("history.jsonl");
         std::fs::write(&history, recorded.to_jsonl()).unwrap();
         let verdicts =
