@@ -138,7 +138,7 @@ async fn perform(
         request = request.bearer_auth(token);
     }
     // One key per attempt: the node's own retries stay exactly-once.
-    request = request.header("idempotency-key", uuid_like(op, key)).timeout(REQUEST_TIMEOUT);
+    request = request.header("idempotency-key", attempt_id(op, key)).timeout(REQUEST_TIMEOUT);
     let response = match request.send().await {
         Ok(response) => response,
         // Never connected: nothing was sent. Otherwise a read had no effect and a write may
@@ -167,7 +167,7 @@ async fn perform(
 }
 
 /// A request id unique to this attempt.
-fn uuid_like(op: &Op, key: &str) -> String {
+fn attempt_id(op: &Op, key: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let kind = match op {

@@ -1,5 +1,6 @@
 # Helpers shared by the service scripts in this directory; sourced, never run.
-# The sourcing script sets `script_name` first.
+# The sourcing script sets `script_name` first, and for stop_pid `process_pattern` and
+# `stop_timeout_s`.
 
 log() { printf '%s: %s\n' "$script_name" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -21,4 +22,33 @@ pid_alive() {
     # A zombie still answers kill -0 until its parent reaps it; treat it as gone.
     state="$(awk '{print $3}' "/proc/${pid}/stat" 2>/dev/null || true)"
     [[ "$state" != "Z" ]]
+}
+
+# Stops the process in DIR/pid with SIGNAL (default TERM; after `stop_timeout_s` without
+# exiting it gets SIGKILL). Succeeds if nothing runs. Only a process whose command line
+# matches `process_pattern` is signalled, so a reused pid is left alone.
+stop_pid() {
+    local dir="$1" signal="${2:-TERM}" pid deadline
+    [[ -f "$dir/pid" ]] || return 0
+    pid="$(cat "$dir/pid")"
+    if ! [[ "$pid" =~ ^[0-9]+$ ]]; then
+        rm -f "$dir/pid"
+        return 0
+    fi
+    if pid_alive "$pid" && ! tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -q "$process_pattern"; then
+        log "pid $pid from $dir/pid is not a ${process_pattern} process any more; leaving it alone"
+        rm -f "$dir/pid"
+        return 0
+    fi
+    if pid_alive "$pid"; then
+        kill "-${signal}" "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + stop_timeout_s))
+        while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+        if pid_alive "$pid"; then
+            log "pid $pid still running ${stop_timeout_s}s after SIG${signal}; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            while pid_alive "$pid"; do sleep 0.1; done
+        fi
+    fi
+    rm -f "$dir/pid"
 }

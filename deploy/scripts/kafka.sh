@@ -35,6 +35,8 @@ readonly heap="${KAFKA_HEAP:-512m}"
 readonly start_attempts_max=3
 
 readonly script_name="kafka.sh"
+# What stop_pid checks a pid file's process for before signalling it.
+readonly process_pattern="kafka.Kafka"
 # shellcheck source=deploy/scripts/common.sh
 source "$(dirname "$0")/common.sh"
 
@@ -217,35 +219,6 @@ cmd_restart() {
         fail_with_log "$dir" "the broker did not restart within ${start_timeout_s}s"
     fi
     log "broker restarted at $(cat "$dir/bootstrap") (pid $(cat "$dir/pid"), ${SECONDS}s)"
-}
-
-# Stops the process in DIR/pid with SIGTERM (then SIGKILL after the timeout) or at once with
-# SIGKILL. Succeeds if nothing runs.
-stop_pid() {
-    local dir="$1" signal="$2" pid deadline
-    [[ -f "$dir/pid" ]] || return 0
-    pid="$(cat "$dir/pid")"
-    if ! [[ "$pid" =~ ^[0-9]+$ ]]; then
-        rm -f "$dir/pid"
-        return 0
-    fi
-    # Guard against pid reuse: only signal the JVM that runs kafka.Kafka.
-    if pid_alive "$pid" && ! tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -q 'kafka.Kafka'; then
-        log "pid $pid from $dir/pid is not a Kafka broker any more; leaving it alone"
-        rm -f "$dir/pid"
-        return 0
-    fi
-    if pid_alive "$pid"; then
-        kill "-${signal}" "$pid" 2>/dev/null || true
-        deadline=$((SECONDS + stop_timeout_s))
-        while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-        if pid_alive "$pid"; then
-            log "pid $pid still running ${stop_timeout_s}s after SIG${signal}; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            while pid_alive "$pid"; do sleep 0.1; done
-        fi
-    fi
-    rm -f "$dir/pid"
 }
 
 # ---------------------------------------------------------------------------------------------

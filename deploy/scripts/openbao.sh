@@ -38,6 +38,8 @@ readonly stop_timeout_s="${OPENBAO_STOP_TIMEOUT_S:-10}"
 readonly start_attempts_max=3
 
 readonly script_name="openbao.sh"
+# What stop_pid checks a pid file's process for before signalling it.
+readonly process_pattern="bao"
 # shellcheck source=deploy/scripts/common.sh
 source "$(dirname "$0")/common.sh"
 
@@ -372,34 +374,6 @@ cmd_restart_raft() {
 
 # ---------------------------------------------------------------------------------------------
 # stop
-
-# Stops the process in DIR/pid: SIGTERM, wait, then SIGKILL. Succeeds if nothing runs.
-stop_pid() {
-    local dir="$1" pid deadline
-    [[ -f "$dir/pid" ]] || return 0
-    pid="$(cat "$dir/pid")"
-    if ! [[ "$pid" =~ ^[0-9]+$ ]]; then
-        rm -f "$dir/pid"
-        return 0
-    fi
-    # Guard against pid reuse: only signal a process that is a bao binary.
-    if pid_alive "$pid" && ! tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -q 'bao'; then
-        log "pid $pid from $dir/pid is not a bao process any more; leaving it alone"
-        rm -f "$dir/pid"
-        return 0
-    fi
-    if pid_alive "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        deadline=$((SECONDS + stop_timeout_s))
-        while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-        if pid_alive "$pid"; then
-            log "pid $pid ignored SIGTERM for ${stop_timeout_s}s; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            while pid_alive "$pid"; do sleep 0.1; done
-        fi
-    fi
-    rm -f "$dir/pid"
-}
 
 cmd_stop() {
     local dir="$1"

@@ -258,6 +258,12 @@ async fn every_auditable_action_yields_its_event_without_secrets_in_its_tenants_
     assert_eq!(tailed.len(), 3);
     assert!(tailed.iter().all(|e| e["tenant"] == "acme" && e["type"] == "dev.custos.key.encrypt"), "{tailed:#?}");
     let acme = stream(&cluster, "acme").await;
+    // The page names this node's chain head: the last event of the stream.
+    let (_, page) = call(&cluster, Method::GET, "/v1/tenants/acme/audit?limit=1", None).await;
+    let last = acme.last().unwrap();
+    assert_eq!(page["chain_head"]["chain"], last["chain"], "{page}");
+    assert_eq!(page["chain_head"]["seq"], last["chainseq"], "{page}");
+    assert_eq!(page["chain_head"]["hash"], last["chainhash"], "{page}");
 
     // Metrics: per known tenant and operation; made-up tenants share one label value.
     let (status, metrics) = call(&cluster, Method::GET, "/metrics", None).await;

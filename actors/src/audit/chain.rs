@@ -20,23 +20,16 @@ use super::event::AuditEvent;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The bytes the chain hash covers.
-pub fn canonical_bytes(event: &AuditEvent) -> Vec<u8> {
-    let mut value = serde_json::to_value(event).unwrap_or(serde_json::Value::Null);
-    if let Some(object) = value.as_object_mut() {
-        object.remove("chainhash");
-    }
-    // serde_json's map is a BTreeMap (no `preserve_order`): keys come out sorted.
-    serde_json::to_vec(&value).unwrap_or_default()
-}
-
 /// Hex SHA-256 of the canonical form of any JSON event: what the verifier computes, over
-/// every field present, known or not.
-pub fn value_hash(value: &serde_json::Value) -> String {
-    let mut value = value.clone();
-    if let Some(object) = value.as_object_mut() {
-        object.remove("chainhash");
+/// every field present, known or not. `chainhash` is taken out for the hash and put back.
+pub fn value_hash(value: &mut serde_json::Value) -> String {
+    let stored = value.as_object_mut().and_then(|object| object.remove("chainhash"));
+    // serde_json's map is a BTreeMap (no `preserve_order`): keys come out sorted.
+    let hash = hex::encode(Sha256::digest(serde_json::to_vec(&*value).unwrap_or_default()));
+    if let (Some(object), Some(stored)) = (value.as_object_mut(), stored) {
+        object.insert("chainhash".into(), stored);
     }
-    hex::encode(Sha256::digest(serde_json::to_vec(&value).unwrap_or_default()))
+    hash
 }
 
 /// Sets `chainhash` to the hash of the event's canonical form. Serializing the struct with an
@@ -48,9 +41,11 @@ pub fn seal(event: &mut AuditEvent) {
     event.chainhash = hex::encode(Sha256::digest(bytes));
 }
 
-/// Hex SHA-256 of the canonical form of a typed event.
+/// Hex SHA-256 of the canonical form of a typed event (what [`seal`] would set).
 pub fn event_hash(event: &AuditEvent) -> String {
-    hex::encode(Sha256::digest(canonical_bytes(event)))
+    let mut sealed = event.clone();
+    seal(&mut sealed);
+    sealed.chainhash
 }
 
 /// Something the verifier found wrong with one chain.
@@ -142,8 +137,8 @@ impl Verifier {
     /// over the entry as stored, so a field the event type does not know still counts.
     pub fn push_raw(&mut self, bytes: &[u8]) {
         self.position += 1;
-        let parsed = serde_json::from_slice::<serde_json::Value>(bytes).and_then(|value| {
-            let computed = value_hash(&value);
+        let parsed = serde_json::from_slice::<serde_json::Value>(bytes).and_then(|mut value| {
+            let computed = value_hash(&mut value);
             serde_json::from_value::<AuditEvent>(value).map(|event| (event, computed))
         });
         match parsed {
@@ -367,9 +362,9 @@ mod tests {
                 event.data.reason = Some("decryption_failed".into());
             }
             seal(&mut event);
-            assert_eq!(event.chainhash, event_hash(&event), "variant {variant}");
-            let stored = serde_json::to_value(&event).unwrap();
-            assert_eq!(event.chainhash, value_hash(&stored), "variant {variant}");
+            let mut stored = serde_json::to_value(&event).unwrap();
+            assert_eq!(event.chainhash, value_hash(&mut stored), "variant {variant}");
+            assert_eq!(stored["chainhash"], event.chainhash.as_str(), "the stored hash is put back");
         }
     }
 

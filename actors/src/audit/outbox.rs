@@ -305,7 +305,8 @@ impl Outbox {
         Ok(Some((head.seq, hex::encode(head.hash))))
     }
 
-    /// Stops taking records, lets the writer finish what is queued and flushes.
+    /// Stops the writer — records still queued are answered `Closed`, never acknowledged —
+    /// and flushes what was committed.
     pub async fn close(&self) {
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {

@@ -255,6 +255,25 @@ pub struct AuditPage {
     events: Vec<AuditEvent>,
     /// Where the next page starts; the same as `from` when nothing more is stored yet.
     next: u64,
+    /// This node's chain of the stream, as durably committed here: what `custos audit verify`
+    /// should find at the end of that chain (a cut-off tail shows as a lower `seq`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chain_head: Option<ChainHead>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChainHead {
+    chain: String,
+    seq: u64,
+    hash: String,
+}
+
+/// Reads a page and adds this node's chain head of the stream.
+async fn read_stream(state: &AppState, stream: AuditStream, query: AuditQuery) -> Result<AuditPage, ApiError> {
+    let mut page = read_page(state, stream.as_str(), query).await?;
+    let head = state.audit.outbox().head(&stream).map_err(|e| ApiError::internal(e.to_string()))?;
+    page.chain_head = head.map(|(seq, hash)| ChainHead { chain: state.audit.outbox().chain().to_string(), seq, hash });
+    Ok(page)
 }
 
 fn parse_types(types: Option<&str>) -> Result<Vec<String>, ApiError> {
@@ -270,7 +289,7 @@ fn parse_types(types: Option<&str>) -> Result<Vec<String>, ApiError> {
         .collect()
 }
 
-async fn read_stream(state: &AppState, stream: &str, query: AuditQuery) -> Result<AuditPage, ApiError> {
+async fn read_page(state: &AppState, stream: &str, query: AuditQuery) -> Result<AuditPage, ApiError> {
     let limit = page_limit(state, query.limit)?;
     let types = parse_types(query.types.as_deref())?;
     let unavailable = |e: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", e);
@@ -285,6 +304,7 @@ async fn read_stream(state: &AppState, stream: &str, query: AuditQuery) -> Resul
             source: "local",
             events: page.events.into_iter().map(|(_, e)| e).collect(),
             next: page.next,
+            chain_head: None,
         });
     }
     let Some(kafka) = state.audit.kafka() else {
@@ -306,7 +326,7 @@ async fn read_stream(state: &AppState, stream: &str, query: AuditQuery) -> Resul
             query.since_ms.is_none_or(|s| t >= s) && query.until_ms.is_none_or(|u| t < u)
         })
         .collect();
-    Ok(AuditPage { source: "kafka", events, next: page.next.max(0) as u64 })
+    Ok(AuditPage { source: "kafka", events, next: page.next.max(0) as u64, chain_head: None })
 }
 
 /// `GET /v1/tenants/{tenant}/audit`: one page of the tenant's audit stream.
@@ -322,7 +342,7 @@ pub async fn tenant_stream(
         return Err(custos_raft::Rejection::TenantNotFound(tenant).into());
     }
     let Query(query) = query?;
-    Ok(Json(read_stream(&state, tenant.as_str(), query).await?))
+    Ok(Json(read_stream(&state, AuditStream::Tenant(tenant), query).await?))
 }
 
 /// `GET /v1/cluster/audit`: one page of the cluster stream.
@@ -332,7 +352,7 @@ pub async fn cluster_stream(
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let Query(query) = query?;
-    Ok(Json(read_stream(&state, AuditStream::CLUSTER, query).await?))
+    Ok(Json(read_stream(&state, AuditStream::Cluster, query).await?))
 }
 
 /// One item of a live tail: an event's JSON, or how many events a slow reader missed.

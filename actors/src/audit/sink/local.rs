@@ -248,7 +248,8 @@ impl LocalLog {
     }
 
     /// Positions `[first, next)` a tenant's log holds now.
-    pub fn extent(&self, tenant: &str) -> Result<(u64, u64), SinkError> {
+    #[cfg(test)]
+    fn extent(&self, tenant: &str) -> Result<(u64, u64), SinkError> {
         let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(log) = tenants.get(tenant) {
             return Ok((log.segments.first().map(|s| s.first).unwrap_or(0), log.next));
