@@ -479,9 +479,14 @@ impl Flusher {
     }
 
     async fn write(&mut self, outbox: &Outbox, group: Group) {
+        let stats = &outbox.stats;
         let written = if group.generation != self.generation {
             Err(AuditError::Storage("an earlier audit group failed to be written".into()))
         } else {
+            // Counted before the entries become visible: the shipper may read, ship and
+            // remove them while the flush is still running, and its decrement must not come
+            // first (the depth would wrap around and refuse every request as a backlog).
+            stats.depth.fetch_add(group.entries, Ordering::Relaxed);
             let (tree, db, batch) = (self.tree.clone(), self.db.clone(), group.batch);
             tokio::task::spawn_blocking(move || -> Result<(), AuditError> {
                 tree.apply_batch(batch).map_err(storage)?;
@@ -491,10 +496,8 @@ impl Flusher {
             .await
             .unwrap_or_else(|join| Err(AuditError::Storage(join.to_string())))
         };
-        let stats = &outbox.stats;
         match written {
             Ok(()) => {
-                stats.depth.fetch_add(group.entries, Ordering::Relaxed);
                 stats.committed.fetch_add(group.entries, Ordering::Relaxed);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 outbox.committed.notify_one();
@@ -518,6 +521,8 @@ impl Flusher {
                     self.generation += 1;
                     self.failures.store(self.generation, Ordering::Release);
                     tracing::error!(%error, events = group.pending.len(), "audit outbox commit failed");
+                    // The batch may or may not have reached the tree: count what is there.
+                    stats.depth.store(self.tree.scan_prefix(b"e").count() as u64, Ordering::Relaxed);
                 }
                 stats.failed.fetch_add(group.pending.len() as u64, Ordering::Relaxed);
                 for (reply, _) in group.pending {
