@@ -1,6 +1,7 @@
 # Helpers shared by the service scripts in this directory; sourced, never run.
-# The sourcing script sets `script_name` first, and for stop_pid `process_pattern` and
-# `stop_timeout_s`.
+# The sourcing script sets `script_name` first; for stop_pid `process_pattern` and
+# `stop_timeout_s`; for fail_with_log `service_log` (the log file's name in DIR); for
+# refuse_if_running `service_noun` ("broker", "server").
 
 log() { printf '%s: %s\n' "$script_name" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -51,4 +52,24 @@ stop_pid() {
         fi
     fi
     rm -f "$dir/pid"
+}
+
+# Logs an error with the last lines of DIR's service log, and exits 1.
+fail_with_log() {
+    local dir="$1"
+    shift
+    log "error: $*"
+    if [[ -f "$dir/$service_log" ]]; then
+        log "last lines of $dir/$service_log:"
+        tail -n 30 "$dir/$service_log" >&2
+    fi
+    exit 1
+}
+
+# Refuses to start a second process from DIR while one runs.
+refuse_if_running() {
+    local dir="$1"
+    if [[ -f "$dir/pid" ]] && pid_alive "$(cat "$dir/pid")"; then
+        die "a ${service_noun} is already running from $dir (pid $(cat "$dir/pid")); stop it first"
+    fi
 }

@@ -37,6 +37,8 @@ readonly start_attempts_max=3
 readonly script_name="kafka.sh"
 # What stop_pid checks a pid file's process for before signalling it.
 readonly process_pattern="kafka.Kafka"
+readonly service_log="kafka.log"
+readonly service_noun="broker"
 # shellcheck source=deploy/scripts/common.sh
 source "$(dirname "$0")/common.sh"
 
@@ -91,23 +93,7 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-fail_with_log() {
-    local dir="$1"
-    shift
-    log "error: $*"
-    if [[ -f "$dir/kafka.log" ]]; then
-        log "last lines of $dir/kafka.log:"
-        tail -n 30 "$dir/kafka.log" >&2
-    fi
-    exit 1
-}
 
-refuse_if_running() {
-    local dir="$1"
-    if [[ -f "$dir/pid" ]] && pid_alive "$(cat "$dir/pid")"; then
-        die "a broker is already running from $dir (pid $(cat "$dir/pid")); stop it first"
-    fi
-}
 
 write_config() {
     local dir="$1" port="$2" controller_port="$3"

@@ -40,6 +40,8 @@ readonly start_attempts_max=3
 readonly script_name="openbao.sh"
 # What stop_pid checks a pid file's process for before signalling it.
 readonly process_pattern="bao"
+readonly service_log="bao.log"
+readonly service_noun="server"
 # shellcheck source=deploy/scripts/common.sh
 source "$(dirname "$0")/common.sh"
 
@@ -173,28 +175,12 @@ wait_health() {
     return 1
 }
 
-fail_with_log() {
-    local dir="$1"
-    shift
-    log "error: $*"
-    if [[ -f "$dir/bao.log" ]]; then
-        log "last lines of $dir/bao.log:"
-        tail -n 30 "$dir/bao.log" >&2
-    fi
-    exit 1
-}
 
 # Writes a file readable by the owner only.
 write_secret() {
     (umask 077 && printf '%s\n' "$2" >"$1")
 }
 
-refuse_if_running() {
-    local dir="$1"
-    if [[ -f "$dir/pid" ]] && pid_alive "$(cat "$dir/pid")"; then
-        die "a server is already running from $dir (pid $(cat "$dir/pid")); stop it first"
-    fi
-}
 
 # Starts bao in the background with output to DIR/bao.log and records its pid.
 # stdin/stdout/stderr are all redirected so the server never holds a caller's pipe open.
