@@ -21,6 +21,9 @@
 //! - `custody/` — `crypto.rs` (AES-256-GCM, [`custody::SecretKey`]), `ciphertext.rs` (the
 //!   versioned format and AAD), `master.rs` (the cluster master key), `provider/` (core
 //!   storage providers), `edge/` (edge caches), `service.rs` (the operations), `actor.rs`.
+//! - `policy/` — authorization: the permission catalog, roles, ABAC rules, MFA, grants, Rego,
+//!   and the per-node cache of compiled tenant policies the API decides with.
+//! - `audit/` — audit events, hash chains, the durable outbox, the shipper and its sinks.
 //! - `restart.rs` — the backoff and failure-window rule both supervisors use.
 //! - `directory.rs` — [`TenantDirectory`].
 //!
@@ -33,6 +36,7 @@ pub mod audit;
 pub mod custody;
 mod directory;
 mod node;
+pub mod policy;
 mod restart;
 mod tenant;
 

@@ -317,6 +317,27 @@ impl ProcessCluster {
         reply(request.send().await?).await
     }
 
+    /// Sends a request to node `id` with `token` as its bearer credential instead of the admin
+    /// token.
+    pub async fn call_as(
+        &self,
+        id: u64,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<ApiReply> {
+        let mut request = self.http.request(method, self.url(id, path)?).bearer_auth(token);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        reply(request.send().await?).await
+    }
+
     pub async fn get(&self, id: u64, path: &str) -> Result<ApiReply> {
         self.call(id, Method::GET, path, None, &[]).await
     }

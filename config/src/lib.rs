@@ -24,6 +24,6 @@ pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, load_from_str, ENV_PREFIX};
 pub use model::{
     ActorsConfig, ApiConfig, AuditConfig, AuditKafkaConfig, AuditLocalConfig, AuditModeConfig, AuditSinkKind, Config,
-    CoreProvider, CustodyConfig, EdgeProvider, KafkaSaslMechanism, KafkaSecurityProtocol, KafkaTopicLayout,
-    LimitsConfig, NodeConfig, RaftConfig, TlsConfig, VaultAuthMethod, VaultConfig,
+    CoreProvider, CustodyConfig, EdgeProvider, IdentityConfig, KafkaSaslMechanism, KafkaSecurityProtocol,
+    KafkaTopicLayout, LimitsConfig, NodeConfig, RaftConfig, RateTier, TlsConfig, VaultAuthMethod, VaultConfig,
 };

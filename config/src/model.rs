@@ -15,6 +15,7 @@ pub struct Config {
     pub actors: ActorsConfig,
     pub custody: CustodyConfig,
     pub audit: AuditConfig,
+    pub identity: IdentityConfig,
 }
 
 /// Identity and storage of this node.
@@ -486,6 +487,48 @@ impl Default for AuditKafkaConfig {
             sasl_username: None,
             sasl_password_file: None,
             sasl_password_env: None,
+        }
+    }
+}
+
+/// Identity and access: API-key rate tiers and lifetimes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Rate tiers an API key may be given, by name. Buckets are per node: a key used on every
+    /// node of an N-node cluster gets up to N times the rate in all.
+    pub api_key_tiers: std::collections::BTreeMap<String, RateTier>,
+    /// The tier of a key created without one; must be one of `api_key_tiers`.
+    pub default_api_key_tier: String,
+    /// How long a new or rotated API key secret works (ADR-006: rotate every 90 days).
+    pub api_key_rotation_days: u64,
+    /// How long a rotated-out secret keeps working when the rotation names no overlap.
+    pub api_key_overlap_s: u64,
+    /// Most API keys whose rate buckets one node keeps; idle, full buckets are dropped first.
+    pub max_rate_buckets: usize,
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateTier {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            api_key_tiers: [
+                ("standard".to_string(), RateTier { per_second: 50.0, burst: 100 }),
+                ("high".to_string(), RateTier { per_second: 1000.0, burst: 2000 }),
+            ]
+            .into_iter()
+            .collect(),
+            default_api_key_tier: "standard".into(),
+            api_key_rotation_days: 90,
+            api_key_overlap_s: 24 * 3600,
+            max_rate_buckets: 100_000,
         }
     }
 }

@@ -212,7 +212,42 @@ impl Config {
             );
         }
         self.validate_audit(&mut check);
+        self.validate_identity(&mut check);
         errors
+    }
+
+    fn validate_identity(&self, check: &mut impl FnMut(bool, &str, String)) {
+        let i = &self.identity;
+        for (name, tier) in &i.api_key_tiers {
+            let path = format!("identity.api_key_tiers.{name}");
+            check(
+                !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+                &path,
+                "tier names are 1 to 64 letters, digits or '-'".into(),
+            );
+            check(
+                tier.per_second.is_finite() && tier.per_second > 0.0,
+                &format!("{path}.per_second"),
+                "must be a positive number".into(),
+            );
+            check(tier.burst >= 1, &format!("{path}.burst"), "must be at least 1".into());
+        }
+        check(
+            i.api_key_tiers.contains_key(&i.default_api_key_tier),
+            "identity.default_api_key_tier",
+            format!("must name one of identity.api_key_tiers ({:?})", i.api_key_tiers.keys().collect::<Vec<_>>()),
+        );
+        check(
+            (1..=366).contains(&i.api_key_rotation_days),
+            "identity.api_key_rotation_days",
+            "must be between 1 and 366".into(),
+        );
+        check(
+            i.api_key_overlap_s <= 7 * 24 * 3600,
+            "identity.api_key_overlap_s",
+            "must be at most 604800 (7 days)".into(),
+        );
+        check(i.max_rate_buckets >= 1, "identity.max_rate_buckets", "must be at least 1".into());
     }
 
     fn validate_audit(&self, check: &mut impl FnMut(bool, &str, String)) {

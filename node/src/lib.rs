@@ -176,6 +176,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         limits: config.limits.clone(),
         max_batch_items: config.custody.max_batch_items,
         fault_injection: config.actors.fault_injection,
+        identity: config.identity.clone(),
     }));
 
     let raft_handle = axum_server::Handle::new();

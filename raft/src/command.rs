@@ -6,8 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{AccessPolicy, ApiKeyRecord, JitGrant, TenantAccess};
 use crate::state::{KeyAlgorithm, KeyChange, KeyPurpose, KeyRecord, KeyState, Tenant, TenantCustody, TenantStatus};
-use crate::types::{KeyId, RegionLabel, RequestId, TenantId};
+use crate::types::{ApiKeyId, GrantId, KeyId, RegionLabel, RequestId, TenantId};
 
 /// Most keys one tenant may ever create. A constant, not configuration: every node must apply
 /// the same rule.
@@ -50,6 +51,41 @@ impl Proposal {
             }
             Command::RootDestroyed { tenant } => tenant.as_str().len(),
             Command::UpdateTenant { id, display_name, .. } => id.as_str().len() + display_name.len(),
+            Command::PutAccessPolicy { tenant, policy, .. } => {
+                let texts = |list: &[String]| list.iter().map(|s| s.len() + 8).sum::<usize>();
+                tenant.as_str().len()
+                    + policy.rego.as_ref().map_or(0, String::len)
+                    + policy
+                        .roles
+                        .iter()
+                        .map(|r| r.name.len() + r.description.len() + texts(&r.permissions))
+                        .sum::<usize>()
+                    + policy
+                        .rules
+                        .iter()
+                        .map(|r| r.id.len() + r.description.len() + texts(&r.permissions) + 64 * r.conditions.len())
+                        .sum::<usize>()
+                    + policy.mfa_required.as_deref().map_or(0, texts)
+            }
+            Command::GrantAccess { tenant, subject, permissions, reason, granted_by, .. } => {
+                tenant.as_str().len()
+                    + subject.len()
+                    + reason.len()
+                    + granted_by.len()
+                    + permissions.iter().map(String::len).sum::<usize>()
+            }
+            Command::RevokeGrant { tenant, grant } => tenant.as_str().len() + grant.as_str().len(),
+            Command::CreateApiKey { tenant, id, name, scopes, tier, created_by, .. } => {
+                tenant.as_str().len()
+                    + id.as_str().len()
+                    + name.len()
+                    + tier.len()
+                    + created_by.len()
+                    + scopes.iter().map(|s| s.len() + 8).sum::<usize>()
+                    + 32
+            }
+            Command::RotateApiKey { tenant, id, .. } => tenant.as_str().len() + id.as_str().len() + 32,
+            Command::RevokeApiKey { tenant, id } => tenant.as_str().len() + id.as_str().len(),
         };
         64 + self.request_id.as_str().len() + strings
     }
@@ -118,6 +154,51 @@ pub enum Command {
         display_name: String,
         expected_revision: Option<u64>,
     },
+    /// Replaces a tenant's access policy document; with `expected_revision`, only while the
+    /// document is still at that revision (0: never written).
+    PutAccessPolicy {
+        tenant: TenantId,
+        policy: AccessPolicy,
+        expected_revision: Option<u64>,
+    },
+    /// Grants `subject` the `permissions` from now for `duration_ms`.
+    GrantAccess {
+        tenant: TenantId,
+        id: GrantId,
+        subject: String,
+        permissions: Vec<String>,
+        reason: String,
+        granted_by: String,
+        duration_ms: u64,
+    },
+    /// Ends a grant before it expires.
+    RevokeGrant {
+        tenant: TenantId,
+        grant: GrantId,
+    },
+    /// Creates an API key whose secret (generated and shown once by the node that accepted the
+    /// request) hashes to `secret_sha256`.
+    CreateApiKey {
+        tenant: TenantId,
+        id: ApiKeyId,
+        name: String,
+        scopes: Vec<String>,
+        tier: String,
+        created_by: String,
+        secret_sha256: [u8; 32],
+        rotation_period_ms: u64,
+    },
+    /// Issues a new secret; the current one keeps working for `overlap_ms`.
+    RotateApiKey {
+        tenant: TenantId,
+        id: ApiKeyId,
+        secret_sha256: [u8; 32],
+        overlap_ms: u64,
+    },
+    RevokeApiKey {
+        tenant: TenantId,
+        id: ApiKeyId,
+    },
 }
 
 impl Command {
@@ -134,6 +215,12 @@ impl Command {
             Command::DestroyKey { .. } => "destroy_key",
             Command::RootDestroyed { .. } => "root_destroyed",
             Command::UpdateTenant { .. } => "update_tenant",
+            Command::PutAccessPolicy { .. } => "put_access_policy",
+            Command::GrantAccess { .. } => "grant_access",
+            Command::RevokeGrant { .. } => "revoke_grant",
+            Command::CreateApiKey { .. } => "create_api_key",
+            Command::RotateApiKey { .. } => "rotate_api_key",
+            Command::RevokeApiKey { .. } => "revoke_api_key",
         }
     }
 
@@ -149,6 +236,10 @@ impl Command {
                 custody.kek_wrapped.clear();
             }
             Command::CreateKey { material, .. } | Command::RotateKey { material, .. } => material.clear(),
+            // A retry carries a fresh secret; it is still the same request.
+            Command::CreateApiKey { secret_sha256, .. } | Command::RotateApiKey { secret_sha256, .. } => {
+                *secret_sha256 = [0; 32]
+            }
             _ => {}
         }
         command
@@ -169,6 +260,10 @@ pub enum Output {
     Done,
     Tenant(Tenant),
     Key(KeyRecord),
+    // New variants go last: stored outcomes are encoded by variant index.
+    Access(TenantAccess),
+    Grant(JitGrant),
+    ApiKey(ApiKeyRecord),
 }
 
 /// A command the state machine refused. Deterministic: every node refuses it the same way.
@@ -212,6 +307,22 @@ pub enum Rejection {
     // New variants go last: stored outcomes are encoded by variant index.
     #[error("tenant {tenant} is at revision {actual}, not {expected}")]
     StaleRevision { tenant: TenantId, expected: u64, actual: u64 },
+    #[error("{0}")]
+    InvalidAccess(String),
+    #[error("the access policy of tenant {tenant} is at revision {actual}, not {expected}")]
+    StalePolicyRevision { tenant: TenantId, expected: u64, actual: u64 },
+    #[error("grant {0} does not exist or has expired")]
+    GrantNotFound(GrantId),
+    #[error("tenant {0} has the most unexpired grants a tenant may have")]
+    TooManyGrants(TenantId),
+    #[error("API key {0} already exists")]
+    ApiKeyExists(ApiKeyId),
+    #[error("API key {0} does not exist")]
+    ApiKeyNotFound(ApiKeyId),
+    #[error("API key {0} has been revoked")]
+    ApiKeyRevoked(ApiKeyId),
+    #[error("tenant {0} has created the most API keys a tenant may have")]
+    TooManyApiKeys(TenantId),
 }
 
 impl KeyState {

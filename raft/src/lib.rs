@@ -2,8 +2,8 @@
 //! node-to-node transport.
 //!
 //! Governance state (tenants, the admin credential, the key registry — tenant key roots and
-//! L3 key metadata with wrapped material — and later identity-provider bindings, roles and API
-//! keys) is a Raft-replicated state machine. Every node holds
+//! L3 key metadata with wrapped material — and access control: custom roles, ABAC rules,
+//! just-in-time grants and API keys) is a Raft-replicated state machine. Every node holds
 //! a full copy; writes go through the leader and reads are linearizable unless a caller asks
 //! for a stale read.
 //!
@@ -11,6 +11,7 @@
 //! - `types.rs` — identifiers ([`TenantId`], [`RequestId`], [`NodeId`]) and [`NodeInfo`].
 //! - `command.rs` — [`Proposal`], [`Command`] and their outcomes ([`Response`], [`Rejection`]).
 //! - `state.rs` — the data model: [`Tenant`], [`TenantCustody`], [`KeyRecord`], [`KeyVersion`].
+//! - `access.rs` — access-control state: policy documents, just-in-time grants, API keys.
 //! - `store/` — the only code that touches the storage engine: the storage trait
 //!   (`engine.rs`), its sled implementation (`sled_engine.rs`, the only file importing sled),
 //!   the value codec (`codec.rs`), the log store, the state machine with snapshots, and the
@@ -27,6 +28,7 @@
 // storage call would only add allocations on the apply path.
 #![allow(clippy::result_large_err)]
 
+pub mod access;
 mod batcher;
 pub mod cluster;
 pub mod command;
@@ -44,7 +46,7 @@ pub use state::{
     PendingShred, Tenant, TenantCustody, TenantStatus,
 };
 pub use store::GovernanceReader;
-pub use types::{InvalidId, KeyId, NodeId, NodeInfo, RegionLabel, RequestId, TenantId};
+pub use types::{ApiKeyId, GrantId, InvalidId, KeyId, NodeId, NodeInfo, RegionLabel, RequestId, TenantId};
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of the governance group.

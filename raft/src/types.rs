@@ -103,6 +103,17 @@ label_newtype!(
     RegionLabel,
     "region"
 );
+label_newtype!(
+    /// The public identifier of an API key, chosen at random by the node that created it. It is
+    /// the lookup prefix of the key's token and appears in audit events; the secret never does.
+    ApiKeyId,
+    "API key id"
+);
+label_newtype!(
+    /// A just-in-time grant's identifier, chosen at random by the node that accepted it.
+    GrantId,
+    "grant id"
+);
 
 /// A client-chosen identifier of one logical write. A retried write carries the same id and is
 /// applied once; the state machine answers the retry with the first outcome.

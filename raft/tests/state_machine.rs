@@ -1,9 +1,10 @@
 //! The governance state machine applies each request once and enforces tenant lifecycle rules.
 
+use custos_raft::access::{AccessPolicy, CustomRole, SecretMatch};
 use custos_raft::store::{self, StateMachineStore};
 use custos_raft::{
-    Command, CoreProviderKind, KeyAlgorithm, KeyChange, KeyId, KeyPurpose, KeyState, Output, Proposal, Proposals,
-    RegionLabel, Rejection, RequestId, TenantCustody, TenantId, TenantStatus, TypeConfig,
+    ApiKeyId, Command, CoreProviderKind, GrantId, KeyAlgorithm, KeyChange, KeyId, KeyPurpose, KeyState, Output,
+    Proposal, Proposals, RegionLabel, Rejection, RequestId, TenantCustody, TenantId, TenantStatus, TypeConfig,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -354,4 +355,121 @@ async fn a_deleted_tenants_external_root_stays_pending_until_recorded_destroyed(
 
     apply(&mut sm, entry(5, "x", Command::RootDestroyed { tenant: tenant("bank") })).await;
     assert!(reader.pending_shreds(10).unwrap().is_empty());
+}
+
+fn api_key(id: &str) -> ApiKeyId {
+    ApiKeyId::new(id).unwrap()
+}
+
+fn create_api_key(tenant_id: &str, id: &str, secret: u8) -> Command {
+    Command::CreateApiKey {
+        tenant: tenant(tenant_id),
+        id: api_key(id),
+        name: "ci".into(),
+        scopes: vec!["keys:encrypt".into()],
+        tier: "standard".into(),
+        created_by: "user:alice".into(),
+        secret_sha256: [secret; 32],
+        rotation_period_ms: 100_000,
+    }
+}
+
+#[tokio::test]
+async fn api_keys_rotate_with_an_overlap_and_revoke_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    apply(&mut sm, entry(1, "t", create("acme"))).await;
+
+    // Created at 1002: the secret works until its rotation period ends.
+    let created = apply(&mut sm, entry(2, "k", create_api_key("acme", "key1", 1))).await;
+    assert!(matches!(created.outcome, Ok(Output::ApiKey(ref k)) if k.expires_at_ms == 101_002));
+    let stored = reader.api_key_by_id(&api_key("key1")).unwrap().expect("indexed by id");
+    assert_eq!(stored.check_secret(&[1; 32], 101_001), Some(SecretMatch::Current));
+    assert_eq!(stored.check_secret(&[1; 32], 101_002), None);
+
+    // A retry from another node carries another secret: it replays, and the first hash stays.
+    let retry = apply(&mut sm, entry(3, "k", create_api_key("acme", "key1", 9))).await;
+    assert!(retry.replayed);
+    assert_eq!(reader.api_key_by_id(&api_key("key1")).unwrap().unwrap().secret_sha256, [1; 32]);
+
+    // Rotation at 1004 with a 500 ms overlap: both secrets work until 1504, then only the new.
+    let rotate =
+        Command::RotateApiKey { tenant: tenant("acme"), id: api_key("key1"), secret_sha256: [2; 32], overlap_ms: 500 };
+    apply(&mut sm, entry(4, "r", rotate)).await.outcome.unwrap();
+    let rotated = reader.api_key_by_id(&api_key("key1")).unwrap().unwrap();
+    assert_eq!(rotated.check_secret(&[1; 32], 1_503), Some(SecretMatch::Previous));
+    assert_eq!(rotated.check_secret(&[1; 32], 1_504), None);
+    assert_eq!(rotated.check_secret(&[2; 32], 1_504), Some(SecretMatch::Current));
+    assert_eq!(rotated.expires_at_ms, 101_004);
+
+    // Revocation ends every secret and cannot be rotated away.
+    let revoke = Command::RevokeApiKey { tenant: tenant("acme"), id: api_key("key1") };
+    apply(&mut sm, entry(5, "v", revoke)).await.outcome.unwrap();
+    let revoked = reader.api_key(&tenant("acme"), &api_key("key1")).unwrap().unwrap();
+    assert_eq!(revoked.check_secret(&[2; 32], 1_006), None);
+    let again =
+        Command::RotateApiKey { tenant: tenant("acme"), id: api_key("key1"), secret_sha256: [3; 32], overlap_ms: 0 };
+    assert_eq!(apply(&mut sm, entry(6, "r2", again)).await.outcome, Err(Rejection::ApiKeyRevoked(api_key("key1"))));
+
+    // Ids are global: another tenant cannot reuse one; keys list per tenant.
+    apply(&mut sm, entry(7, "t2", create("globex"))).await;
+    let clash = apply(&mut sm, entry(8, "k2", create_api_key("globex", "key1", 4))).await;
+    assert_eq!(clash.outcome, Err(Rejection::ApiKeyExists(api_key("key1"))));
+    assert_eq!(reader.api_keys(&tenant("acme"), None, 10).unwrap().len(), 1);
+    assert!(reader.api_keys(&tenant("globex"), None, 10).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn grants_expire_by_themselves_and_policies_compare_and_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    apply(&mut sm, entry(1, "t", create("acme"))).await;
+
+    // A grant proposed at 1002 for one minute expires at 61002, and is dropped by the first
+    // write after that.
+    let grant_for = |id: &str, duration_ms| Command::GrantAccess {
+        tenant: tenant("acme"),
+        id: GrantId::new(id).unwrap(),
+        subject: "user:bob".into(),
+        permissions: vec!["keys:destroy".into()],
+        reason: "incident 42".into(),
+        granted_by: "user:alice".into(),
+        duration_ms,
+    };
+    let grant = |id: &str| grant_for(id, 60_000);
+    let granted = apply(&mut sm, entry(2, "g1", grant("g1"))).await;
+    assert!(matches!(granted.outcome, Ok(Output::Grant(ref g)) if g.expires_at_ms == 61_002));
+    let later = Proposal { request_id: RequestId::new("g2").unwrap(), proposed_at_ms: 61_002, command: grant("g2") };
+    apply(&mut sm, batch(3, vec![later])).await.outcome.unwrap();
+    let grants = reader.access(&tenant("acme")).unwrap().unwrap().grants;
+    assert_eq!(grants.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), ["g2"]);
+
+    // Too long a grant is refused.
+    let long = grant_for("g3", 13 * 3600 * 1000);
+    assert!(matches!(apply(&mut sm, entry(4, "g3", long)).await.outcome, Err(Rejection::InvalidAccess(_))));
+
+    // Policy documents are replaced with compare-and-set on their own revision (0 = unwritten).
+    let policy = AccessPolicy {
+        roles: vec![CustomRole {
+            name: "auditor".into(),
+            description: String::new(),
+            permissions: vec!["audit:read".into()],
+        }],
+        ..AccessPolicy::default()
+    };
+    let put = |expected| Command::PutAccessPolicy {
+        tenant: tenant("acme"),
+        policy: policy.clone(),
+        expected_revision: expected,
+    };
+    apply(&mut sm, entry(5, "p1", put(Some(0)))).await.outcome.unwrap();
+    let stale = apply(&mut sm, entry(6, "p2", put(Some(0)))).await;
+    assert_eq!(stale.outcome, Err(Rejection::StalePolicyRevision { tenant: tenant("acme"), expected: 0, actual: 5 }));
+    apply(&mut sm, entry(7, "p3", put(Some(5)))).await.outcome.unwrap();
+    let access = reader.access(&tenant("acme")).unwrap().unwrap();
+    assert_eq!((access.policy.revision, access.policy.roles.len(), access.grants.len()), (7, 1, 1));
+
+    // A deleted tenant takes no access writes.
+    apply(&mut sm, entry(8, "d", Command::DeleteTenant { id: tenant("acme") })).await;
+    assert_eq!(apply(&mut sm, entry(9, "p4", put(None))).await.outcome, Err(Rejection::TenantDeleted(tenant("acme"))));
 }

@@ -37,10 +37,22 @@ pub enum EventType {
     AdminAction,
     /// Someone read an audit stream.
     AuditRead,
+    /// An authorization decision asked through the API, or a denial of a plain read.
+    Authorization,
+    /// A tenant's access policy document was replaced.
+    PolicyUpdate,
+    /// A just-in-time grant was given or revoked.
+    GrantCreate,
+    GrantRevoke,
+    ApiKeyCreate,
+    ApiKeyRotate,
+    ApiKeyRevoke,
+    /// A request authenticated by an API key that no other event records (a plain read).
+    ApiKeyUse,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 17] = [
+    pub const ALL: [EventType; 25] = [
         EventType::TenantCreate,
         EventType::TenantUpdate,
         EventType::TenantDelete,
@@ -58,6 +70,14 @@ impl EventType {
         EventType::Authentication,
         EventType::AdminAction,
         EventType::AuditRead,
+        EventType::Authorization,
+        EventType::PolicyUpdate,
+        EventType::GrantCreate,
+        EventType::GrantRevoke,
+        EventType::ApiKeyCreate,
+        EventType::ApiKeyRotate,
+        EventType::ApiKeyRevoke,
+        EventType::ApiKeyUse,
     ];
 
     /// The type without [`TYPE_PREFIX`], e.g. `key.encrypt`.
@@ -80,6 +100,14 @@ impl EventType {
             EventType::Authentication => "auth.authenticate",
             EventType::AdminAction => "admin.action",
             EventType::AuditRead => "audit.read",
+            EventType::Authorization => "authz.decide",
+            EventType::PolicyUpdate => "access.policy_update",
+            EventType::GrantCreate => "access.grant",
+            EventType::GrantRevoke => "access.revoke_grant",
+            EventType::ApiKeyCreate => "apikey.create",
+            EventType::ApiKeyRotate => "apikey.rotate",
+            EventType::ApiKeyRevoke => "apikey.revoke",
+            EventType::ApiKeyUse => "apikey.use",
         }
     }
 

@@ -36,9 +36,10 @@ use custos_actors::audit::{
 use custos_raft::TenantId;
 use serde::{Deserialize, Serialize};
 
-use super::auth::Admin;
+use super::auth::{Authenticated, Caller, DecisionSlot};
 use super::error::ApiError;
 use super::{page_limit, AppState, IDEMPOTENCY_HEADER};
+use custos_actors::policy::{Permission, Principal, PrincipalKind};
 
 /// Most live tails one node serves at once; more get 429.
 pub const MAX_TAILS: usize = 64;
@@ -98,6 +99,13 @@ fn event_type(method: &Method, route: &str) -> Option<EventType> {
         // Reads of the cluster stream are not events: each would land in the stream being
         // read, so a reader could never reach its end.
         "/tenants/{tenant}/audit" | "/tenants/{tenant}/audit/tail" => EventType::AuditRead,
+        "/tenants/{tenant}/authorize" => EventType::Authorization,
+        "/tenants/{tenant}/policy" if *method == Method::PUT => EventType::PolicyUpdate,
+        "/tenants/{tenant}/grants" if post => EventType::GrantCreate,
+        "/tenants/{tenant}/grants/{grant}" if *method == Method::DELETE => EventType::GrantRevoke,
+        "/tenants/{tenant}/apikeys" if post => EventType::ApiKeyCreate,
+        "/tenants/{tenant}/apikeys/{apikey}/rotate" => EventType::ApiKeyRotate,
+        "/tenants/{tenant}/apikeys/{apikey}/revoke" => EventType::ApiKeyRevoke,
         _ => return None,
     })
 }
@@ -151,13 +159,32 @@ pub async fn record(
         route = %route,
         tenant = path_tenant.as_deref().filter(|t| TenantId::new(*t).is_ok()).unwrap_or("-"),
     );
-    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    let mut request = request;
+    let slot = DecisionSlot::default();
+    request.extensions_mut().insert(slot.clone());
+    // Authentication first: a credential that does not authenticate is refused whatever the
+    // route, and the principal is the actor of this request's event.
+    let (principal, mut response) = match super::auth::authenticate(&state, request.headers()).await {
+        Ok(principal) => {
+            let principal = principal.map(std::sync::Arc::new);
+            if let Some(principal) = &principal {
+                request.extensions_mut().insert(Authenticated(principal.clone()));
+            }
+            (principal, tracing::Instrument::instrument(next.run(request), span).await)
+        }
+        Err(error) => (None, error.into_response()),
+    };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     let status = response.status();
+    let api_key = principal.as_ref().is_some_and(|p| p.kind == PrincipalKind::ApiKey);
     let kind = match event_type(&method, &route) {
         _ if status == StatusCode::UNAUTHORIZED => Some(EventType::Authentication),
+        // Reads are not events, but a refused one is a decision, and every use of an API
+        // key is recorded.
+        None if status == StatusCode::FORBIDDEN => Some(EventType::Authorization),
+        None if api_key => Some(EventType::ApiKeyUse),
         kind => kind,
     };
     let note = response.extensions_mut().remove::<Note>().unwrap_or_default();
@@ -179,8 +206,12 @@ pub async fn record(
                 Some(tenant) if kind != EventType::AuditRead => AuditStream::Tenant(tenant.clone()),
                 _ => AuditStream::Cluster,
             };
-            let actor = if status == StatusCode::UNAUTHORIZED { Actor::anonymous() } else { Actor::admin() };
+            let actor = match &principal {
+                Some(principal) if status != StatusCode::UNAUTHORIZED => actor_of(principal),
+                _ => Actor::anonymous(),
+            };
             let mut data = AuditData::new(actor, outcome(status));
+            data.decision_id = slot.take();
             data.reason = code.map(str::to_string);
             data.request_id = Some(request_id);
             data.key_id = key.clone();
@@ -218,6 +249,19 @@ pub async fn record(
         started.elapsed(),
     );
     response
+}
+
+/// The audit actor of a principal: its kind, subject and where its identity came from.
+fn actor_of(principal: &Principal) -> Actor {
+    let kind = match principal.kind {
+        PrincipalKind::Bootstrap => Actor::admin().kind,
+        other => other.as_str().to_string(),
+    };
+    let id = match principal.kind {
+        PrincipalKind::Bootstrap => Actor::admin().id,
+        _ => principal.subject.clone(),
+    };
+    Actor { id, kind, idp: Some(principal.idp.clone()), idp_sub: Some(principal.idp_sub.clone()) }
 }
 
 fn audit_refusal(error: AuditError) -> ApiError {
@@ -331,13 +375,14 @@ async fn read_page(state: &AppState, stream: &str, query: AuditQuery) -> Result<
 
 /// `GET /v1/tenants/{tenant}/audit`: one page of the tenant's audit stream.
 pub async fn tenant_stream(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let Path(tenant) = path?;
     let tenant = TenantId::new(tenant)?;
+    caller.authorize(&state, Some(&tenant), Permission::AuditRead)?;
     if state.cluster.reader().tenant(&tenant)?.is_none() {
         return Err(custos_raft::Rejection::TenantNotFound(tenant).into());
     }
@@ -347,10 +392,11 @@ pub async fn tenant_stream(
 
 /// `GET /v1/cluster/audit`: one page of the cluster stream.
 pub async fn cluster_stream(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
+    caller.authorize(&state, None, Permission::ClusterRead)?;
     let Query(query) = query?;
     Ok(Json(read_stream(&state, AuditStream::Cluster, query).await?))
 }
@@ -378,7 +424,7 @@ fn sse(item: TailItem) -> Result<axum::response::sse::Event, std::convert::Infal
 /// sink (every node's events), otherwise as this node commits them. A reader too slow for the
 /// node's buffer gets `event: lagged` with the number missed and continues.
 pub async fn tail(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
@@ -387,6 +433,7 @@ pub async fn tail(
 
     let Path(tenant) = path?;
     let tenant = TenantId::new(tenant)?;
+    caller.authorize(&state, Some(&tenant), Permission::AuditRead)?;
     if state.cluster.reader().tenant(&tenant)?.is_none() {
         return Err(custos_raft::Rejection::TenantNotFound(tenant).into());
     }

@@ -1,65 +1,255 @@
-//! Admin authentication: a bearer token whose SHA-256 is in governance state.
+//! Authentication and the authorization guard.
+//!
+//! [`authenticate`] runs once per `/v1` request, in the audit middleware, before the handler:
+//! a presented credential that does not authenticate is refused there (401), whatever the
+//! route, and an API key over its rate gets 429 with Retry-After. What authenticated becomes
+//! a [`Principal`] in the request's extensions. Handlers take a [`Caller`] and ask
+//! [`Caller::authorize`] for the permission the route needs; the decision (allow or deny)
+//! lands in the request's [`DecisionSlot`] for the audit event.
+//!
+//! Credentials, all as `Authorization: Bearer <token>`:
+//! - `cst_…` — the bootstrap admin token (its SHA-256 is in governance state): a platform
+//!   super admin.
+//! - `cak_<id>_<secret>` — an API key of one tenant, looked up by its public id; only the
+//!   secret's SHA-256 is stored. Its scopes are its permissions.
+
+use std::sync::{Arc, Mutex};
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
+use custos_actors::policy::{
+    AccessRequest, Attributes, Decision, DenyKind, Permission, PermissionSet, Principal, PrincipalKind,
+};
+use custos_raft::{ApiKeyId, TenantId, TenantStatus};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::error::ApiError;
-use super::AppState;
+use super::{now_ms, AppState};
 
 /// Prefix of admin tokens, so a leaked token is recognisable by secret scanners.
 pub const TOKEN_PREFIX: &str = "cst_";
+/// Prefix of API key tokens.
+pub const API_KEY_PREFIX: &str = "cak_";
+/// Request headers carrying the ABAC attributes of the resource a request acts on.
+pub const LOB_HEADER: &str = "custos-lob";
+pub const ENVIRONMENT_HEADER: &str = "custos-environment";
 
 /// A new random admin token. Returned once to the operator, never stored in the clear.
 pub fn new_admin_token() -> Zeroizing<String> {
+    Zeroizing::new(format!("{TOKEN_PREFIX}{}", random_secret().as_str()))
+}
+
+/// 256 random bits, base64url.
+fn random_secret() -> Zeroizing<String> {
     let mut bytes = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(bytes.as_mut());
-    Zeroizing::new(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref())))
+    Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref()))
 }
 
 pub fn token_sha256(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Proof that the request carried the admin token. Handlers take it as an argument.
-pub struct Admin;
+/// A new API key: its public id, the token shown once, and the hash that is stored.
+pub struct NewApiKey {
+    pub id: ApiKeyId,
+    pub token: Zeroizing<String>,
+    pub secret_sha256: [u8; 32],
+}
 
-impl FromRequestParts<AppState> for Admin {
+/// Mints an API key token (for a new key, or a new secret of `id`).
+pub fn new_api_key(id: Option<ApiKeyId>) -> NewApiKey {
+    let id = id.unwrap_or_else(|| {
+        // 16 characters of a-z and 2-7: 80 bits, an id no one guesses or collides with.
+        const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+        let mut bytes = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let text: String = bytes.iter().map(|b| ALPHABET[(b & 31) as usize] as char).collect();
+        ApiKeyId::new(text).expect("lowercase letters and digits make a valid id")
+    });
+    let secret = random_secret();
+    let secret_sha256 = token_sha256(&secret);
+    let token = Zeroizing::new(format!("{API_KEY_PREFIX}{id}_{}", secret.as_str()));
+    NewApiKey { id, token, secret_sha256 }
+}
+
+/// The principal a request authenticated as (a request extension).
+#[derive(Clone)]
+pub struct Authenticated(pub Arc<Principal>);
+
+/// The last authorization decision of a request, for its audit event (a request extension).
+#[derive(Clone, Default)]
+pub struct DecisionSlot(Arc<Mutex<Option<String>>>);
+
+impl DecisionSlot {
+    fn record(&self, decision: &Decision) {
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(decision.id.to_string());
+    }
+
+    pub fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
+}
+
+/// Authenticates the request's credentials, if it presents any. A presented credential that
+/// does not authenticate is an error; none at all is `Ok(None)` (the route decides).
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+    let Some(header) = headers.get(AUTHORIZATION) else { return Ok(None) };
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be: Bearer <token>"))?;
+    if let Some(rest) = token.strip_prefix(API_KEY_PREFIX) {
+        return api_key(state, rest).map(Some);
+    }
+    let expected = match state.admin_sha256.get() {
+        Some(hash) => *hash,
+        None => {
+            let hash = state.cluster.reader().admin_token_sha256()?.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_initialized",
+                    "this node has no admin credential yet: initialise the cluster or wait until this node has joined",
+                )
+            })?;
+            // The state machine accepts the admin hash once and never changes it.
+            *state.admin_sha256.get_or_init(|| hash)
+        }
+    };
+    if bool::from(token_sha256(token).ct_eq(&expected)) {
+        Ok(Some(Principal::bootstrap()))
+    } else {
+        Err(ApiError::unauthenticated("the token is not valid"))
+    }
+}
+
+/// `<id>_<secret>` of an API key token: the key must exist, be unrevoked and unexpired, its
+/// tenant active, and the key within its rate.
+fn api_key(state: &AppState, rest: &str) -> Result<Principal, ApiError> {
+    let invalid = || ApiError::unauthenticated("the API key is not valid (unknown, revoked, expired or mistyped)");
+    let (id, secret) = rest.split_once('_').ok_or_else(invalid)?;
+    let id = ApiKeyId::new(id).map_err(|_| invalid())?;
+    let record = state.cluster.reader().api_key_by_id(&id)?.ok_or_else(invalid)?;
+    record.check_secret(&token_sha256(secret), now_ms()).ok_or_else(invalid)?;
+    match state.cluster.reader().tenant(&record.tenant)? {
+        Some(tenant) if tenant.status == TenantStatus::Active => {}
+        _ => return Err(ApiError::unauthenticated(format!("the API key's tenant {} is not active", record.tenant))),
+    }
+    if let Err(retry_after) = state.rate_limiter.admit(&record.id, &record.tier) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("API key {} is over the rate of its tier {:?} on this node", record.id, record.tier),
+        )
+        .retry_after(retry_after));
+    }
+    // Scopes were checked when the key was created; one the catalog no longer knows is inert.
+    let permissions = record
+        .scopes
+        .iter()
+        .filter_map(|s| PermissionSet::parse(&[s]).ok())
+        .fold(PermissionSet::EMPTY, PermissionSet::union);
+    Ok(Principal {
+        subject: format!("apikey:{}", record.id),
+        kind: PrincipalKind::ApiKey,
+        tenant: Some(record.tenant),
+        roles: Vec::new(),
+        permissions,
+        lob: Vec::new(),
+        mfa_verified: false,
+        idp: "custos".into(),
+        idp_sub: record.id.to_string(),
+    })
+}
+
+/// The authenticated caller of a handler, with the request's ABAC attributes.
+pub struct Caller {
+    pub principal: Arc<Principal>,
+    attributes: Attributes,
+    slot: Option<DecisionSlot>,
+}
+
+impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthenticated("missing Authorization: Bearer <admin token>"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be: Bearer <admin token>"))?;
-        let expected = match state.admin_sha256.get() {
-            Some(hash) => *hash,
-            None => {
-                let hash = state.cluster.reader().admin_token_sha256()?.ok_or_else(|| {
-                    ApiError::new(
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "not_initialized",
-                        "this node has no admin credential yet: initialise the cluster or wait until this node has joined",
-                    )
-                })?;
-                // The state machine accepts the admin hash once and never changes it.
-                *state.admin_sha256.get_or_init(|| hash)
-            }
+        let missing = || ApiError::unauthenticated("missing Authorization: Bearer <token>");
+        let slot = parts.extensions.get::<DecisionSlot>().cloned();
+        let principal = match parts.extensions.get::<Authenticated>() {
+            Some(authenticated) => authenticated.0.clone(),
+            // Routes outside the audit middleware (`/metrics`) authenticate here.
+            None if slot.is_none() => Arc::new(authenticate(state, &parts.headers).await?.ok_or_else(missing)?),
+            None => return Err(missing()),
         };
-        if bool::from(token_sha256(token.trim()).ct_eq(&expected)) {
-            Ok(Admin)
+        let header = |name: &str| -> Result<Option<String>, ApiError> {
+            parts
+                .headers
+                .get(name)
+                .map(|v| {
+                    v.to_str().ok().filter(|v| !v.is_empty() && v.len() <= 256).map(str::to_string).ok_or_else(|| {
+                        ApiError::bad_request("invalid_header", format!("{name} must be 1 to 256 printable characters"))
+                    })
+                })
+                .transpose()
+        };
+        let attributes = Attributes { lob: header(LOB_HEADER)?, environment: header(ENVIRONMENT_HEADER)? };
+        Ok(Caller { principal, attributes, slot })
+    }
+}
+
+impl Caller {
+    /// Allows the request if the policy engine gives the caller `permission` on `tenant`
+    /// (None: on the platform); otherwise 403 with the decision.
+    pub fn authorize(
+        &self,
+        state: &AppState,
+        tenant: Option<&TenantId>,
+        permission: Permission,
+    ) -> Result<Decision, ApiError> {
+        let decision = self.decide(state, &self.principal, tenant, permission, &self.attributes)?;
+        if decision.allowed {
+            Ok(decision)
         } else {
-            Err(ApiError::unauthenticated("the admin token is not valid"))
+            Err(forbidden(&decision))
         }
     }
+
+    /// Decides for any principal (the caller's own, or one the caller asks about), recording
+    /// the decision for the request's audit event; a denial is an answer, not an error.
+    pub fn decide(
+        &self,
+        state: &AppState,
+        principal: &Principal,
+        tenant: Option<&TenantId>,
+        permission: Permission,
+        attributes: &Attributes,
+    ) -> Result<Decision, ApiError> {
+        let request = AccessRequest { tenant, permission, attributes, now_ms: now_ms() };
+        let decision = state.policy.decide(principal, &request)?;
+        if let Some(slot) = &self.slot {
+            slot.record(&decision);
+        }
+        Ok(decision)
+    }
+}
+
+/// The 403 of a denied decision: its id, rule and reasons go to the caller.
+fn forbidden(decision: &Decision) -> ApiError {
+    let code = match decision.deny {
+        Some(DenyKind::MfaRequired) => "mfa_required",
+        _ => "forbidden",
+    };
+    ApiError::new(StatusCode::FORBIDDEN, code, decision.reasons.join("; ")).details(serde_json::json!({
+        "decision_id": decision.id.to_string(),
+        "rule": decision.rule,
+        "reasons": decision.reasons,
+    }))
 }

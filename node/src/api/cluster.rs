@@ -11,9 +11,10 @@ use custos_raft::{ClusterStatus, NodeId, NodeInfo, NodeStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::auth::{new_admin_token, token_sha256, Admin};
+use super::auth::{new_admin_token, token_sha256, Caller};
 use super::error::ApiError;
 use super::{now_ms, AppState};
+use custos_actors::policy::Permission;
 
 /// Makes this pristine node a one-member cluster. The admin token is in this response only.
 pub async fn init(State(state): State<AppState>) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -71,7 +72,8 @@ pub struct CustodyView {
     edge: EdgeStats,
 }
 
-pub async fn status(_: Admin, State(state): State<AppState>) -> Json<StatusView> {
+pub async fn status(caller: Caller, State(state): State<AppState>) -> Result<Json<StatusView>, ApiError> {
+    caller.authorize(&state, None, Permission::ClusterRead)?;
     let node = state.cluster.node_status();
     let (cluster, cluster_error) = match state.cluster.status().await {
         Ok(status) => (Some(status), None),
@@ -84,7 +86,7 @@ pub async fn status(_: Admin, State(state): State<AppState>) -> Json<StatusView>
         edge: state.custody.edge().stats(),
     };
     let audit = state.audit.status();
-    Json(StatusView { cluster, cluster_error, node, tenant_actors, custody, audit })
+    Ok(Json(StatusView { cluster, cluster_error, node, tenant_actors, custody, audit }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,10 +111,11 @@ fn check_addr(field: &str, value: &str) -> Result<(), ApiError> {
 
 /// Adds a node: learner first, then voter once it has caught up.
 pub async fn add_member(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     body: Result<Json<AddMember>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, None, Permission::ClusterManage)?;
     let Json(body) = body?;
     if body.node_id == 0 {
         return Err(ApiError::bad_request("invalid_field", "node_id must be a positive integer"));
@@ -125,10 +128,11 @@ pub async fn add_member(
 }
 
 pub async fn remove_member(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<NodeId>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, None, Permission::ClusterManage)?;
     let Path(id) = path?;
     state.cluster.remove_node(id).await?;
     Ok(Json(json!({ "node_id": id, "removed": true })))

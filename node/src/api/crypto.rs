@@ -15,10 +15,11 @@ use custos_raft::{KeyId, TenantId};
 use serde::{Deserialize, Serialize};
 
 use super::audit::Note;
-use super::auth::Admin;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::keys::{admit, key_path};
 use super::AppState;
+use custos_actors::policy::Permission;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,12 +84,13 @@ async fn decrypt_one(
 }
 
 pub async fn encrypt(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<EncryptItem>, JsonRejection>,
 ) -> Result<(Extension<Note>, Json<Sealed>), ApiError> {
     let (tenant, key) = key_path(path)?;
+    caller.authorize(&state, Some(&tenant), Permission::KeysEncrypt)?;
     let Json(item) = body?;
     let _permit = admit(&state, &tenant)?;
     let context = item.context.clone();
@@ -97,12 +99,13 @@ pub async fn encrypt(
 }
 
 pub async fn decrypt(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<CiphertextItem>, JsonRejection>,
 ) -> Result<(Extension<Note>, Json<Opened>), ApiError> {
     let (tenant, key) = key_path(path)?;
+    caller.authorize(&state, Some(&tenant), Permission::KeysDecrypt)?;
     let Json(item) = body?;
     let _permit = admit(&state, &tenant)?;
     let (version, context) = (Ciphertext::peek_version(&item.ciphertext), item.context.clone());
@@ -111,12 +114,14 @@ pub async fn decrypt(
 }
 
 pub async fn rewrap(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<CiphertextItem>, JsonRejection>,
 ) -> Result<(Extension<Note>, Json<Sealed>), ApiError> {
     let (tenant, key) = key_path(path)?;
+    caller.authorize(&state, Some(&tenant), Permission::KeysDecrypt)?;
+    caller.authorize(&state, Some(&tenant), Permission::KeysEncrypt)?;
     let Json(item) = body?;
     let _permit = admit(&state, &tenant)?;
     let sealed = state.custody.rewrap(&tenant, &key, &item.ciphertext, &item.context).await?;
@@ -151,12 +156,13 @@ pub struct DataKeyView {
 }
 
 pub async fn data_key(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<DataKeyRequest>, JsonRejection>,
 ) -> Result<(Extension<Note>, Json<DataKeyView>), ApiError> {
     let (tenant, key) = key_path(path)?;
+    caller.authorize(&state, Some(&tenant), Permission::KeysEncrypt)?;
     let Json(body) = body?;
     let _permit = admit(&state, &tenant)?;
     let data_key = state.custody.generate_data_key(&tenant, &key, &body.context).await?;
@@ -209,12 +215,13 @@ fn item<T>(result: Result<T, ApiError>) -> ItemResult<T> {
 }
 
 pub async fn encrypt_batch(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<Batch<EncryptItem>>, JsonRejection>,
 ) -> Result<(Extension<Note>, Json<BatchResults<Sealed>>), ApiError> {
     let (tenant, key) = key_path(path)?;
+    caller.authorize(&state, Some(&tenant), Permission::KeysEncrypt)?;
     let Json(batch) = body?;
     check_batch(&state, &batch)?;
     let _permit = admit(&state, &tenant)?;
@@ -226,12 +233,13 @@ pub async fn encrypt_batch(
 }
 
 pub async fn decrypt_batch(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<Batch<CiphertextItem>>, JsonRejection>,
 ) -> Result<(Extension<Note>, Json<BatchResults<Opened>>), ApiError> {
     let (tenant, key) = key_path(path)?;
+    caller.authorize(&state, Some(&tenant), Permission::KeysDecrypt)?;
     let Json(batch) = body?;
     check_batch(&state, &batch)?;
     let _permit = admit(&state, &tenant)?;

@@ -13,6 +13,10 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Machine-readable specifics (a denial's decision id, rule and reasons).
+    pub details: Option<serde_json::Value>,
+    /// When to retry a 429 or 503; one second if unset.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 #[derive(Serialize)]
@@ -24,11 +28,23 @@ struct Body<'a> {
 struct Inner<'a> {
     code: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a serde_json::Value>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), details: None, retry_after: None }
+    }
+
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -46,7 +62,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body { error: Inner { code: self.code, message: &self.message } };
+        let body = Body { error: Inner { code: self.code, message: &self.message, details: self.details.as_ref() } };
         let mut response = (self.status, axum::Json(body)).into_response();
         // For the audit event of this request (see `audit.rs`).
         response.extensions_mut().insert(super::audit::ErrorCode(self.code));
@@ -55,7 +71,9 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"custos\""));
         }
         if self.status == StatusCode::TOO_MANY_REQUESTS || self.status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            // Whole seconds, rounded up: a client that waits that long finds room.
+            let seconds = self.retry_after.map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -120,6 +138,14 @@ impl From<Rejection> for ApiError {
             Rejection::TooManyKeys(_) => (StatusCode::CONFLICT, "too_many_keys"),
             Rejection::TooManyVersions(_) => (StatusCode::CONFLICT, "too_many_versions"),
             Rejection::DestroyNotDue { .. } => (StatusCode::CONFLICT, "destroy_not_due"),
+            Rejection::InvalidAccess(_) => (StatusCode::BAD_REQUEST, "invalid_policy"),
+            Rejection::StalePolicyRevision { .. } => (StatusCode::CONFLICT, "stale_revision"),
+            Rejection::GrantNotFound(_) => (StatusCode::NOT_FOUND, "grant_not_found"),
+            Rejection::TooManyGrants(_) => (StatusCode::CONFLICT, "too_many_grants"),
+            Rejection::ApiKeyExists(_) => (StatusCode::CONFLICT, "api_key_exists"),
+            Rejection::ApiKeyNotFound(_) => (StatusCode::NOT_FOUND, "api_key_not_found"),
+            Rejection::ApiKeyRevoked(_) => (StatusCode::GONE, "api_key_revoked"),
+            Rejection::TooManyApiKeys(_) => (StatusCode::CONFLICT, "too_many_api_keys"),
         };
         ApiError::new(status, code, rejection.to_string())
     }

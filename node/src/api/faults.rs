@@ -9,9 +9,10 @@ use custos_actors::ChildKind;
 use custos_raft::TenantId;
 use serde::Deserialize;
 
-use super::auth::Admin;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
+use custos_actors::policy::Permission;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,11 +21,12 @@ pub struct Fault {
 }
 
 pub async fn inject(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     body: Result<Json<Fault>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
+    caller.authorize(&state, None, Permission::ClusterManage)?;
     let Path(tenant) = path?;
     let tenant = TenantId::new(tenant)?;
     let Json(Fault { child }) = body?;

@@ -12,9 +12,10 @@ use custos_raft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::auth::Admin;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::{page_limit, replicate, AppState, ReadConsistency};
+use custos_actors::policy::Permission;
 
 /// Default delay before a scheduled destruction: time to notice a mistake and cancel.
 const DEFAULT_DESTROY_DELAY_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -109,7 +110,7 @@ pub struct CreateKey {
 }
 
 pub async fn create(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
@@ -117,6 +118,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let Path(tenant) = path?;
     let tenant = TenantId::new(tenant)?;
+    caller.authorize(&state, Some(&tenant), Permission::KeysCreate)?;
     let Json(body) = body?;
     let key = KeyId::new(body.id)?;
     let _permit = admit(&state, &tenant)?;
@@ -150,13 +152,14 @@ struct KeyList {
 }
 
 pub async fn list(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<impl Serialize>, ApiError> {
     let Path(tenant) = path?;
     let tenant = TenantId::new(tenant)?;
+    caller.authorize(&state, Some(&tenant), Permission::KeysRead)?;
     let Query(params) = params?;
     let limit = page_limit(&state, params.limit)?;
     let after = params.after.map(KeyId::new).transpose()?;
@@ -177,12 +180,13 @@ pub struct GetParams {
 }
 
 pub async fn get(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     params: Result<Query<GetParams>, QueryRejection>,
 ) -> Result<Json<KeyView>, ApiError> {
     let (tenant, key) = key_path(path)?;
+    caller.authorize(&state, Some(&tenant), Permission::KeysRead)?;
     let Query(params) = params?;
     state.cluster.read_barrier(params.consistency.into()).await?;
     match state.cluster.reader().key(&tenant, &key)? {
@@ -192,12 +196,13 @@ pub async fn get(
 }
 
 pub async fn rotate(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let (tenant, key) = key_path(path)?;
+    caller.authorize(&state, Some(&tenant), Permission::KeysRotate)?;
     let _permit = admit(&state, &tenant)?;
     // The latest version as of now, so a rotation racing another one is refused, not doubled.
     state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await?;
@@ -217,13 +222,14 @@ pub struct Configure {
 }
 
 pub async fn configure(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<Configure>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let (tenant, key) = key_path(path)?;
+    caller.authorize(&state, Some(&tenant), Permission::KeysConfigure)?;
     let Json(body) = body?;
     if body.min_decryption_version.is_none() && body.rotation_period_ms.is_none() {
         return Err(ApiError::bad_request("invalid_body", "give min_decryption_version, rotation_period_ms or both"));
@@ -236,31 +242,37 @@ pub async fn configure(
 }
 
 async fn change(
+    caller: Caller,
     state: AppState,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     change: KeyChange,
 ) -> Result<Response, ApiError> {
     let (tenant, key) = key_path(path)?;
+    let permission = match change {
+        KeyChange::ScheduleDestroy { .. } | KeyChange::CancelDestroy => Permission::KeysDestroy,
+        _ => Permission::KeysConfigure,
+    };
+    caller.authorize(&state, Some(&tenant), permission)?;
     write(&state, &headers, Command::ChangeKey { tenant, key, change }, StatusCode::OK).await
 }
 
 pub async fn enable(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    change(state, headers, path, KeyChange::Enable).await
+    change(caller, state, headers, path, KeyChange::Enable).await
 }
 
 pub async fn disable(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    change(state, headers, path, KeyChange::Disable).await
+    change(caller, state, headers, path, KeyChange::Disable).await
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -271,7 +283,7 @@ pub struct ScheduleDestroy {
 }
 
 pub async fn schedule_destroy(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -284,14 +296,14 @@ pub async fn schedule_destroy(
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
     };
     let delay_ms = body.delay_ms.unwrap_or(DEFAULT_DESTROY_DELAY_MS);
-    change(state, headers, path, KeyChange::ScheduleDestroy { delay_ms }).await
+    change(caller, state, headers, path, KeyChange::ScheduleDestroy { delay_ms }).await
 }
 
 pub async fn cancel_destroy(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    change(state, headers, path, KeyChange::CancelDestroy).await
+    change(caller, state, headers, path, KeyChange::CancelDestroy).await
 }

@@ -22,9 +22,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use super::auth::Admin;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
+use custos_actors::policy::Permission;
 
 /// The label value of requests whose tenant this node does not know.
 pub const NO_TENANT: &str = "_none";
@@ -157,7 +158,8 @@ impl Collector for NodeCollector {
 }
 
 /// `GET /metrics`.
-pub async fn scrape(_: Admin, State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn scrape(caller: Caller, State(state): State<AppState>) -> Result<Response, ApiError> {
+    caller.authorize(&state, None, Permission::ClusterRead)?;
     let text = state.metrics.render().map_err(|_| ApiError::internal("encoding metrics failed"))?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }

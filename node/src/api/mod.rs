@@ -2,12 +2,16 @@
 //!
 //! The path of a request reads like this folder: `mod.rs` admits it (in-flight bound, body
 //! limit, deadline), `audit.rs` records its audit event once it is answered (and serves the
-//! audit streams), `auth.rs` checks the admin token, a handler in `tenants.rs`, `keys.rs`
-//! (key management), `crypto.rs` (encrypt, decrypt, data keys; per-tenant admission),
-//! `cluster.rs` or `health.rs` turns it into a [`custos_raft::Proposal`], a read or a key
+//! audit streams) after `auth.rs` has authenticated its credential (and `ratelimit.rs` has
+//! admitted an API key), a handler — asking `auth::Caller::authorize` for the permission it
+//! needs — in `tenants.rs`, `keys.rs` (key management), `crypto.rs` (encrypt, decrypt, data
+//! keys; per-tenant admission), `access.rs` (policy documents, grants, decisions),
+//! `apikeys.rs`, `cluster.rs` or `health.rs` turns it into a [`custos_raft::Proposal`], a read or a key
 //! operation, and `error.rs` turns every failure into a JSON error with a machine-readable
 //! code.
 
+mod access;
+mod apikeys;
 pub mod audit;
 pub mod auth;
 mod cluster;
@@ -17,6 +21,7 @@ mod faults;
 mod health;
 mod keys;
 pub mod metrics;
+mod ratelimit;
 mod tenants;
 
 use std::sync::Arc;
@@ -30,8 +35,9 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use custos_actors::audit::Audit;
 use custos_actors::custody::Custody;
+use custos_actors::policy::PolicyCache;
 use custos_actors::{NodeMsg, TenantDirectory};
-use custos_config::LimitsConfig;
+use custos_config::{IdentityConfig, LimitsConfig};
 use custos_raft::{Cluster, Consistency, RequestId};
 use ractor::ActorRef;
 use serde::Deserialize;
@@ -69,6 +75,10 @@ pub struct AppInner {
     /// Live audit tails (`audit::MAX_TAILS`).
     tails: Arc<Semaphore>,
     pub metrics: metrics::Metrics,
+    /// Compiled access policies of the tenants, from this node's applied state.
+    pub policy: PolicyCache,
+    pub rate_limiter: ratelimit::RateLimiter,
+    pub identity: IdentityConfig,
 }
 
 /// What the API is built from.
@@ -81,12 +91,15 @@ pub struct AppParts {
     pub limits: LimitsConfig,
     pub max_batch_items: usize,
     pub fault_injection: bool,
+    pub identity: IdentityConfig,
 }
 
 impl AppState {
     pub fn new(parts: AppParts) -> Self {
         let in_flight = Arc::new(Semaphore::new(parts.limits.max_in_flight));
         let metrics = metrics::Metrics::new(parts.cluster.clone(), parts.audit.clone(), parts.custody.clone());
+        let policy = PolicyCache::new(parts.cluster.reader().clone());
+        let rate_limiter = ratelimit::RateLimiter::new(&parts.identity);
         AppState(Arc::new(AppInner {
             cluster: parts.cluster,
             audit: parts.audit,
@@ -100,6 +113,9 @@ impl AppState {
             in_flight,
             tails: Arc::new(Semaphore::new(audit::MAX_TAILS)),
             metrics,
+            policy,
+            rate_limiter,
+            identity: parts.identity,
         }))
     }
 }
@@ -124,6 +140,14 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/keys/{key}/datakey", post(crypto::data_key))
         .route("/tenants/{tenant}/keys/{key}/encrypt/batch", post(crypto::encrypt_batch))
         .route("/tenants/{tenant}/keys/{key}/decrypt/batch", post(crypto::decrypt_batch))
+        .route("/tenants/{tenant}/authorize", post(access::authorize))
+        .route("/tenants/{tenant}/policy", get(access::get_policy).put(access::put_policy))
+        .route("/tenants/{tenant}/grants", post(access::grant).get(access::list_grants))
+        .route("/tenants/{tenant}/grants/{grant}", delete(access::revoke_grant))
+        .route("/tenants/{tenant}/apikeys", post(apikeys::create).get(apikeys::list))
+        .route("/tenants/{tenant}/apikeys/{apikey}", get(apikeys::get))
+        .route("/tenants/{tenant}/apikeys/{apikey}/rotate", post(apikeys::rotate))
+        .route("/tenants/{tenant}/apikeys/{apikey}/revoke", post(apikeys::revoke))
         .route("/tenants/{tenant}/audit", get(audit::tenant_stream))
         .route("/tenants/{tenant}/audit/tail", get(audit::tail))
         .route("/cluster/audit", get(audit::cluster_stream))

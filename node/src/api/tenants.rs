@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use custos_actors::{ChildHealth, TenantHealth};
 
-use super::auth::Admin;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::{page_limit, replicate, AppState, ReadConsistency};
+use custos_actors::policy::Permission;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,11 +101,12 @@ fn tenant_id(path: Result<Path<String>, PathRejection>) -> Result<TenantId, ApiE
 }
 
 pub async fn create(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Json<CreateTenant>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    caller.authorize(&state, None, Permission::TenantsCreate)?;
     let Json(body) = body?;
     let id = TenantId::new(body.id)?;
     let region = RegionLabel::new(body.region)?;
@@ -131,14 +133,21 @@ pub async fn create(
 }
 
 pub async fn list(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<impl Serialize>, ApiError> {
     let Query(params) = params?;
     let limit = page_limit(&state, params.limit)?;
+    // A tenant's principal sees its own tenant; the platform's sees them all.
+    let own = caller.principal.tenant.clone();
+    caller.authorize(&state, own.as_ref(), Permission::TenantsRead)?;
     let mut after = params.after.map(TenantId::new).transpose()?;
     state.cluster.read_barrier(params.consistency.into()).await?;
+    if let Some(own) = own {
+        let tenants = state.cluster.reader().tenant(&own)?.into_iter().map(TenantView::from).collect();
+        return Ok(Json(TenantList { tenants, next_after: None }));
+    }
     // Deleted tenants may be filtered out, so scan pages until `limit` tenants are found.
     let mut tenants = Vec::with_capacity(limit);
     let more;
@@ -164,12 +173,13 @@ pub async fn list(
 }
 
 pub async fn get(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     params: Result<Query<GetParams>, QueryRejection>,
 ) -> Result<Json<TenantView>, ApiError> {
     let id = tenant_id(path)?;
+    caller.authorize(&state, Some(&id), Permission::TenantsRead)?;
     let Query(params) = params?;
     state.cluster.read_barrier(params.consistency.into()).await?;
     match state.cluster.reader().tenant(&id)? {
@@ -196,11 +206,12 @@ pub struct ActorsView {
 /// `GET /v1/tenants/{id}/actors`: the state of the tenant's actor tree on the serving node
 /// and a health probe of each child.
 pub async fn actors(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ActorsView>, ApiError> {
     let id = tenant_id(path)?;
+    caller.authorize(&state, Some(&id), Permission::TenantsRead)?;
     if state.cluster.reader().tenant(&id)?.is_none() {
         return Err(custos_raft::Rejection::TenantNotFound(id).into());
     }
@@ -221,13 +232,14 @@ pub struct UpdateTenant {
 
 /// `PATCH /v1/tenants/{id}`: changes the display name, optionally as a compare-and-set.
 pub async fn update(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     body: Result<Json<UpdateTenant>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let id = tenant_id(path)?;
+    caller.authorize(&state, Some(&id), Permission::TenantsUpdate)?;
     let Json(body) = body?;
     check_display_name(&body.display_name)
         .map_err(|reason| ApiError::bad_request("invalid_field", format!("display_name {reason}")))?;
@@ -237,32 +249,36 @@ pub async fn update(
 }
 
 pub async fn suspend(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = tenant_id(path)?;
+    // Suspension is the platform's decision (billing, abuse), not the tenant's.
+    caller.authorize(&state, None, Permission::TenantsUpdate)?;
     write(&state, &headers, Command::SetTenantStatus { id, status: TenantStatus::Suspended }, StatusCode::OK).await
 }
 
 pub async fn resume(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = tenant_id(path)?;
+    caller.authorize(&state, None, Permission::TenantsUpdate)?;
     write(&state, &headers, Command::SetTenantStatus { id, status: TenantStatus::Active }, StatusCode::OK).await
 }
 
 pub async fn delete(
-    _: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = tenant_id(path)?;
+    caller.authorize(&state, Some(&id), Permission::TenantsDelete)?;
     // Governance state drops the roots in this write; a root held by a provider elsewhere is
     // destroyed there by the leader (`custody::shred_pending`), and every node drops its
     // cached keys when the tenant's actors stop.

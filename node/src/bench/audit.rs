@@ -260,7 +260,7 @@ async fn baseline(brokers: &str, duration: Duration, event_bytes: usize) -> Resu
     })
 }
 
-fn client_tls(cluster: &ProcessCluster) -> Result<rustls::ClientConfig> {
+pub(super) fn client_tls(cluster: &ProcessCluster) -> Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in crate::tls::load_certs(&cluster.root().join("tls/ca.pem"))? {
         roots.add(cert)?;

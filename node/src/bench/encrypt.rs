@@ -68,7 +68,11 @@ impl Target {
         body: &Value,
         tls: &rustls::ClientConfig,
     ) -> Result<Self> {
-        let field: &[u8] = if op == "encrypt" { b"\"ciphertext\"" } else { b"\"plaintext\"" };
+        let field: &[u8] = match op {
+            "encrypt" => b"\"ciphertext\"",
+            "decrypt" => b"\"plaintext\"",
+            _ => b"\"decision_id\"",
+        };
         let (base, path) = url.split_at(url[8..].find('/').map_or(url.len(), |i| i + 8));
         let server = wire::Target::new(base, tls.clone())?;
         let addr = base.trim_start_matches("https://").parse().context("a loopback address")?;
@@ -236,6 +240,18 @@ pub async fn run(options: Options) -> Result<()> {
     Ok(())
 }
 
+/// A log entry of one proposal at `index`, as the benchmarks' in-process state machines
+/// apply it.
+pub(super) fn entry(index: u64, command: custos_raft::Command) -> openraft::Entry<custos_raft::TypeConfig> {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    let request_id = custos_raft::RequestId::new(format!("r{index}")).expect("r and digits are a valid id");
+    let proposal = custos_raft::Proposal { request_id, proposed_at_ms: 0, command };
+    openraft::Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(custos_raft::Proposals(vec![proposal])),
+    }
+}
+
 /// Mean cost of one `Custody::encrypt` and `decrypt` with the key cached, on a store prepared
 /// the way Raft would apply it.
 async fn in_process_cost(payload_bytes: usize) -> Result<(f64, f64)> {
@@ -243,12 +259,8 @@ async fn in_process_cost(payload_bytes: usize) -> Result<(f64, f64)> {
     use custos_actors::custody::master::MasterKey;
     use custos_actors::custody::provider::SealedLocal;
     use custos_actors::custody::{Custody, EncryptionContext, SecretKey};
-    use custos_raft::{
-        Command, CoreProviderKind, KeyAlgorithm, KeyId, KeyPurpose, Proposal, Proposals, RegionLabel, RequestId,
-        TenantId,
-    };
+    use custos_raft::{Command, CoreProviderKind, KeyAlgorithm, KeyId, KeyPurpose, RegionLabel, TenantId};
     use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
     const CALLS: u32 = 20_000;
     let dir = tempfile::tempdir()?;
@@ -261,14 +273,6 @@ async fn in_process_cost(payload_bytes: usize) -> Result<(f64, f64)> {
     let region = RegionLabel::new("bench")?;
     let create_tenant =
         Command::CreateTenant { id: tenant.clone(), display_name: "bench".into(), region, custody: roots };
-    let entry = |index: u64, command: Command| {
-        let proposal =
-            Proposal { request_id: RequestId::new(format!("r{index}")).expect("valid id"), proposed_at_ms: 0, command };
-        Entry::<custos_raft::TypeConfig> {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Proposals(vec![proposal])),
-        }
-    };
     sm.apply([entry(1, create_tenant)]).await?;
     let material = custody.new_key_material(&tenant, &key, 1).await?;
     let create_key = Command::CreateKey {

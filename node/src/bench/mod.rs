@@ -7,11 +7,13 @@
 //!   (`openbao.rs` starts and provisions the peer), plus the in-process cost of one call.
 //! - `audit.rs` — the audit pipeline to a real Kafka against a plain rdkafka producer, and
 //!   encrypt over HTTPS with audit to Kafka against the same build with audit off.
+//! - `auth.rs` — authorization decisions in-process (p50/p99) and over HTTPS.
 //! - `load.rs` — the closed-loop load generator and its statistics.
 //! - `wire.rs` — a minimal HTTPS/1.1 keep-alive client, so the load generator is not what
 //!   limits the figures on a small machine.
 
 pub mod audit;
+pub mod auth;
 pub mod encrypt;
 mod etcd;
 pub mod governance;

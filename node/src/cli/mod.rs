@@ -173,6 +173,18 @@ pub enum BenchCommand {
         #[arg(long, default_value = "deploy/scripts/kafka.sh")]
         kafka_script: PathBuf,
     },
+    /// Authorization decisions: in-process p50/p99 and `POST …/authorize` over HTTPS.
+    Auth {
+        /// Seconds per HTTPS run.
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// Concurrent HTTPS clients, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "16,64")]
+        clients: Vec<usize>,
+        /// Decisions timed in-process per variant.
+        #[arg(long, default_value_t = 200_000)]
+        decisions: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,6 +296,15 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
                 kafka_script,
             };
             custos_node::bench::audit::run(options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Auth { duration_secs, clients, decisions } } => {
+            let options = custos_node::bench::auth::Options {
+                duration: std::time::Duration::from_secs(duration_secs),
+                clients,
+                decisions,
+            };
+            custos_node::bench::auth::run(options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster { command } => cluster::run(&global, command).await,

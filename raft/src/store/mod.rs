@@ -1,6 +1,7 @@
 //! Durable storage of the Raft log and the governance state machine. Only this module touches
 //! the storage engine, and only `sled_engine.rs` imports sled.
 
+mod access;
 pub mod codec;
 pub mod engine;
 mod flusher;

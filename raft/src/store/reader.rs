@@ -3,14 +3,16 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
+use super::access::{access_key, access_revision_key, api_key_index_key, api_key_key, tenant_api_keys_prefix};
 use super::codec::decode;
 use super::engine::{EngineError, KvEngine, Space};
 use super::state_machine::{
     custody_key, key_key, key_version_key, prefix_end, tenant_key, tenant_keys_prefix, tenant_revision_key, ADMIN_KEY,
     PENDING_SHRED_PREFIX, TENANT_PREFIX, TENANT_REVISION_PREFIX,
 };
+use crate::access::{ApiKeyRecord, TenantAccess};
 use crate::state::{KeyRecord, KeyVersion, PendingShred, Tenant, TenantCustody};
-use crate::types::{KeyId, TenantId};
+use crate::types::{ApiKeyId, KeyId, TenantId};
 
 /// A read failure: the engine failed or a stored value is corrupt.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,43 @@ impl GovernanceReader {
         let prefix = tenant_keys_prefix(tenant);
         let from = match after {
             Some(key) => Bound::Excluded(key_key(tenant, key)),
+            None => Bound::Included(prefix.clone()),
+        };
+        self.decode_range(from, prefix_end(&prefix), limit)
+    }
+
+    /// A tenant's access state; None until its first access-control write.
+    pub fn access(&self, tenant: &TenantId) -> Result<Option<TenantAccess>, ReadError> {
+        self.get(&access_key(tenant))
+    }
+
+    /// The revision of a tenant's access state (0 before its first access-control write).
+    pub fn access_revision(&self, tenant: &TenantId) -> Result<u64, ReadError> {
+        Ok(self.get(&access_revision_key(tenant))?.unwrap_or(0))
+    }
+
+    /// An API key by id alone, as a presented token names it.
+    pub fn api_key_by_id(&self, id: &ApiKeyId) -> Result<Option<ApiKeyRecord>, ReadError> {
+        match self.get::<TenantId>(&api_key_index_key(id))? {
+            Some(tenant) => self.api_key(&tenant, id),
+            None => Ok(None),
+        }
+    }
+
+    pub fn api_key(&self, tenant: &TenantId, id: &ApiKeyId) -> Result<Option<ApiKeyRecord>, ReadError> {
+        self.get(&api_key_key(tenant, id))
+    }
+
+    /// Up to `limit` API keys of a tenant with ids strictly after `after`, in id order.
+    pub fn api_keys(
+        &self,
+        tenant: &TenantId,
+        after: Option<&ApiKeyId>,
+        limit: usize,
+    ) -> Result<Vec<ApiKeyRecord>, ReadError> {
+        let prefix = tenant_api_keys_prefix(tenant);
+        let from = match after {
+            Some(id) => Bound::Excluded(api_key_key(tenant, id)),
             None => Bound::Included(prefix.clone()),
         };
         self.decode_range(from, prefix_end(&prefix), limit)

@@ -17,7 +17,12 @@
 //! - `k/<tenant id>/<key id>` — L3 key metadata;
 //! - `x/<tenant id>/<key id>/<version be>` — each key version's wrapped material;
 //! - `p/<tenant id>` — a deleted tenant whose key records are still being removed;
-//! - `s/<tenant id>` — a deleted tenant's root still to be destroyed at its provider.
+//! - `s/<tenant id>` — a deleted tenant's root still to be destroyed at its provider;
+//! - `a/<tenant id>` — the tenant's access state (policy document, grants); `w/<tenant id>`
+//!   — its revision alone;
+//! - `y/<tenant id>/<api key id>` — API keys; `i/<api key id>` — the tenant of each key.
+//!
+//! Access-control commands are applied in `access.rs`.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -209,7 +214,7 @@ struct SnapshotFile {
 
 /// The writes of one log entry: visible to later reads of the same entry (a batch of
 /// proposals may create a tenant and then change it), and written as one atomic batch.
-struct Txn<'a> {
+pub(super) struct Txn<'a> {
     engine: &'a dyn KvEngine,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
@@ -219,7 +224,7 @@ impl<'a> Txn<'a> {
         Txn { engine, writes: BTreeMap::new() }
     }
 
-    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
+    pub(super) fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
         let bytes = match self.writes.get(key) {
             Some(pending) => pending.clone(),
             None => self.engine.get(Space::State, key).map_err(sm_read_err)?,
@@ -227,16 +232,16 @@ impl<'a> Txn<'a> {
         bytes.map(|b| decode(&b).map_err(sm_read_err)).transpose()
     }
 
-    fn put<T: Serialize>(&mut self, key: impl Into<Vec<u8>>, value: &T) -> Result<(), StorageError<NodeId>> {
+    pub(super) fn put<T: Serialize>(&mut self, key: impl Into<Vec<u8>>, value: &T) -> Result<(), StorageError<NodeId>> {
         self.writes.insert(key.into(), Some(encode(value).map_err(sm_write_err)?));
         Ok(())
     }
 
-    fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    pub(super) fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.writes.insert(key, Some(value));
     }
 
-    fn delete(&mut self, key: Vec<u8>) {
+    pub(super) fn delete(&mut self, key: Vec<u8>) {
         self.writes.insert(key, None);
     }
 
@@ -495,6 +500,12 @@ impl StateMachineStore {
                 txn.put(key_key(tenant, key), &record)?;
                 Ok(Output::Key(record))
             }
+            Command::PutAccessPolicy { .. }
+            | Command::GrantAccess { .. }
+            | Command::RevokeGrant { .. }
+            | Command::CreateApiKey { .. }
+            | Command::RotateApiKey { .. }
+            | Command::RevokeApiKey { .. } => super::access::execute(txn, index, now, &proposal.command)?,
             Command::DestroyKey { tenant, key } => {
                 let mut record = match self.existing_key(txn, tenant, key)? {
                     Ok(record) => record,

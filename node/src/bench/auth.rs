@@ -1,0 +1,198 @@
+//! `custos bench auth`: authorization decisions, in-process (p50/p99 per decision, from the
+//! compiled policy alone and through the node's policy cache, with and without a Rego
+//! constraint) and over HTTPS (`POST …/authorize` authenticated by an API key, at several
+//! client counts, with the same keep-alive client as the other benchmarks).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use custos_actors::policy::{
+    AccessRequest, Attributes, Permission, PermissionSet, PolicyCache, Principal, PrincipalKind, TenantPolicy,
+};
+use custos_raft::access::{AccessPolicy, AccessRule, Condition, CustomRole, TenantAccess};
+use custos_raft::TenantId;
+use reqwest::Method;
+use serde_json::json;
+
+use super::encrypt::{bench_node, entry, run_target, Target};
+use crate::api::now_ms;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub duration: Duration,
+    pub clients: Vec<usize>,
+    /// Decisions timed in-process per variant.
+    pub decisions: u32,
+}
+
+/// A policy of the size a real tenant has: custom roles and ABAC rules on other permissions
+/// than the one asked, plus one rule (a time window) on it.
+fn realistic_policy(rego: bool) -> AccessPolicy {
+    let role = |name: &str, permissions: &[&str]| CustomRole {
+        name: name.into(),
+        description: String::new(),
+        permissions: permissions.iter().map(|p| p.to_string()).collect(),
+    };
+    let rule = |id: &str, permissions: &[&str], conditions| AccessRule {
+        id: id.into(),
+        description: String::new(),
+        permissions: permissions.iter().map(|p| p.to_string()).collect(),
+        conditions,
+    };
+    AccessPolicy {
+        roles: vec![
+            role("key-user", &["keys:encrypt", "keys:decrypt"]),
+            role("auditor", &["audit:read", "reports:*"]),
+            role("release", &["config:*", "findings:read"]),
+        ],
+        rules: vec![
+            rule("lob", &["findings:*"], vec![Condition::LineOfBusiness]),
+            rule("prod", &["config:write"], vec![Condition::Environment { allowed: vec!["prod".into()] }]),
+            rule(
+                "always-open",
+                &["keys:decrypt"],
+                vec![Condition::TimeWindow {
+                    time_zone: "Europe/Paris".into(),
+                    days: (0..7).collect(),
+                    start_minute: 0,
+                    end_minute: 1440,
+                }],
+            ),
+        ],
+        mfa_required: None,
+        rego: rego.then(|| {
+            "package custos\n\ndefault allow := false\nallow if input.permission != \"keys:destroy\"\n".to_string()
+        }),
+        revision: 0,
+    }
+}
+
+fn principal(tenant: &TenantId) -> Principal {
+    Principal {
+        subject: "user:bench".into(),
+        kind: PrincipalKind::User,
+        tenant: Some(tenant.clone()),
+        roles: vec!["viewer".into(), "key-user".into()],
+        permissions: PermissionSet::EMPTY,
+        lob: vec!["security".into()],
+        mfa_verified: false,
+        idp: "bench".into(),
+        idp_sub: "bench".into(),
+    }
+}
+
+/// p50 and p99 in microseconds of `decide`, each call timed on its own.
+fn time_decisions(calls: u32, mut decide: impl FnMut() -> bool) -> Result<(f64, f64)> {
+    let mut samples = Vec::with_capacity(calls as usize);
+    for _ in 0..calls {
+        let start = Instant::now();
+        let allowed = std::hint::black_box(decide());
+        samples.push(start.elapsed());
+        if !allowed {
+            bail!("the benchmark's decision was denied");
+        }
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    Ok((at(0.50), at(0.99)))
+}
+
+async fn in_process(calls: u32) -> Result<()> {
+    let tenant = TenantId::new("bench")?;
+    let who = principal(&tenant);
+    let attributes = Attributes::default();
+    let request = AccessRequest {
+        tenant: Some(&tenant),
+        permission: Permission::KeysDecrypt,
+        attributes: &attributes,
+        now_ms: 0,
+    };
+    println!("{:<44} {:>9} {:>9}", "in-process decision (keys:decrypt, allowed)", "p50 µs", "p99 µs");
+    for rego in [false, true] {
+        let access = TenantAccess { policy: realistic_policy(rego), ..TenantAccess::default() };
+        let policy = TenantPolicy::compile(&access)?;
+        let now_ms = now_ms();
+        let request = AccessRequest { now_ms, ..request };
+        let (p50, p99) = time_decisions(calls, || policy.decide(&who, &request).allowed)?;
+        let label = if rego { "compiled policy + Rego constraint" } else { "compiled policy" };
+        println!("{label:<44} {p50:>9.2} {p99:>9.2}");
+    }
+    // Through the cache a node decides with: revision check on the node's store, then the
+    // compiled policy (as applied by Raft, here written directly by a state machine).
+    let dir = tempfile::tempdir()?;
+    let (_log, mut sm, reader) = custos_raft::store::open(dir.path(), 100_000)?;
+    apply_policy(&mut sm, &tenant).await?;
+    let cache = PolicyCache::new(reader);
+    let request = AccessRequest { now_ms: now_ms(), ..request };
+    let (p50, p99) = time_decisions(calls, || cache.decide(&who, &request).is_ok_and(|d| d.allowed))?;
+    println!("{:<44} {p50:>9.2} {p99:>9.2}", "policy cache (revision read) + policy");
+    Ok(())
+}
+
+async fn apply_policy(sm: &mut custos_raft::store::StateMachineStore, tenant: &TenantId) -> Result<()> {
+    use custos_raft::{Command, CoreProviderKind, RegionLabel, TenantCustody};
+    use openraft::storage::RaftStateMachine;
+    let custody = TenantCustody {
+        provider: CoreProviderKind::SealedLocal,
+        root: Vec::new(),
+        kek_wrapped: Vec::new(),
+        keys_created: 0,
+    };
+    let create = Command::CreateTenant {
+        id: tenant.clone(),
+        display_name: "bench".into(),
+        region: RegionLabel::new("bench")?,
+        custody,
+    };
+    let put =
+        Command::PutAccessPolicy { tenant: tenant.clone(), policy: realistic_policy(false), expected_revision: None };
+    sm.apply([entry(1, create), entry(2, put)]).await?;
+    Ok(())
+}
+
+pub async fn run(options: Options) -> Result<()> {
+    if options.decisions == 0 {
+        bail!("--decisions must be at least 1");
+    }
+    in_process(options.decisions).await?;
+    println!();
+
+    let exe = std::env::current_exe().context("locating the custos binary")?;
+    eprintln!("starting 1 custos node on 127.0.0.1 …");
+    let cluster = bench_node(&exe, &[("CUSTOS_IDENTITY__API_KEY_TIERS__STANDARD__PER_SECOND", "1000000000")]).await?;
+    let policy = json!({
+        "roles": [{ "name": "key-user", "permissions": ["keys:encrypt", "keys:decrypt"] }],
+        "rules": [{ "id": "prod", "permissions": ["config:write"], "conditions": [{ "type": "environment", "allowed": ["prod"] }] }],
+    });
+    let reply = cluster.call(1, Method::PUT, "/v1/tenants/bench/policy", Some(&policy), &[]).await?;
+    if reply.status != 200 {
+        bail!("writing the benchmark policy: {} {}", reply.status, reply.body);
+    }
+    let key = json!({ "name": "bench", "scopes": ["keys:read", "keys:encrypt", "keys:decrypt"] });
+    let reply = cluster.call(1, Method::POST, "/v1/tenants/bench/apikeys", Some(&key), &[]).await?;
+    let token = reply.body["token"].as_str().with_context(|| format!("creating the API key: {}", reply.body))?;
+    let auth: (&'static str, String) = ("authorization", format!("Bearer {token}"));
+    let tls = super::audit::client_tls(&cluster)?;
+    let url = cluster.url(1, "/v1/tenants/bench/authorize")?;
+    let body = json!({ "permission": "keys:decrypt" });
+
+    println!(
+        "authorize over HTTPS/1.1 keep-alive (1 node, API key, audit fail-closed to the local log, a connection per client), {} s per run",
+        options.duration.as_secs()
+    );
+    println!("{:<10} {:>7} {:>10} {:>9} {:>9} {:>8}", "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors");
+    for &clients in &options.clients {
+        let target = Target::new("custos", "authorize", &url, &auth, &body, &tls)?;
+        let stats = run_target(target, clients, options.duration).await;
+        println!(
+            "{:<10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8}",
+            "authorize",
+            clients,
+            stats.ops_per_sec(),
+            stats.latency_ms(0.50),
+            stats.latency_ms(0.99),
+            stats.errors
+        );
+    }
+    Ok(())
+}

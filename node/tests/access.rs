@@ -1,0 +1,345 @@
+//! Access control through a real 3-node cluster: API keys (scopes within the creator's,
+//! rotation overlap, revocation on every node, rate tiers), tenant isolation on every
+//! tenant-scoped route, policy documents with ABAC rules, just-in-time grants, and the audit
+//! trail of API-key use.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use custos_chaos_tests::{ApiReply, ProcessCluster};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_custos"))
+}
+
+/// Every tenant-scoped route, with a body where it needs one (`{t}` is the tenant).
+fn tenant_routes() -> Vec<(Method, &'static str, Option<Value>)> {
+    let encrypt = json!({ "plaintext": "aGk=" });
+    let decrypt = json!({ "ciphertext": "custos:v1:x" });
+    vec![
+        (Method::GET, "/v1/tenants/{t}", None),
+        (Method::PATCH, "/v1/tenants/{t}", Some(json!({ "display_name": "Stolen" }))),
+        (Method::POST, "/v1/tenants/{t}/suspend", None),
+        (Method::POST, "/v1/tenants/{t}/resume", None),
+        (Method::DELETE, "/v1/tenants/{t}", None),
+        (Method::GET, "/v1/tenants/{t}/actors", None),
+        (Method::GET, "/v1/tenants/{t}/keys", None),
+        (Method::POST, "/v1/tenants/{t}/keys", Some(json!({ "id": "stolen" }))),
+        (Method::GET, "/v1/tenants/{t}/keys/orders", None),
+        (Method::POST, "/v1/tenants/{t}/keys/orders/rotate", None),
+        (Method::POST, "/v1/tenants/{t}/keys/orders/config", Some(json!({ "rotation_period_ms": 0 }))),
+        (Method::POST, "/v1/tenants/{t}/keys/orders/enable", None),
+        (Method::POST, "/v1/tenants/{t}/keys/orders/disable", None),
+        (Method::POST, "/v1/tenants/{t}/keys/orders/destroy", None),
+        (Method::DELETE, "/v1/tenants/{t}/keys/orders/destroy", None),
+        (Method::POST, "/v1/tenants/{t}/keys/orders/encrypt", Some(encrypt.clone())),
+        (Method::POST, "/v1/tenants/{t}/keys/orders/decrypt", Some(decrypt.clone())),
+        (Method::POST, "/v1/tenants/{t}/keys/orders/rewrap", Some(decrypt.clone())),
+        (Method::POST, "/v1/tenants/{t}/keys/orders/datakey", Some(json!({}))),
+        (Method::POST, "/v1/tenants/{t}/keys/orders/encrypt/batch", Some(json!({ "items": [encrypt] }))),
+        (Method::POST, "/v1/tenants/{t}/keys/orders/decrypt/batch", Some(json!({ "items": [decrypt] }))),
+        (Method::GET, "/v1/tenants/{t}/audit", None),
+        (Method::GET, "/v1/tenants/{t}/audit/tail", None),
+        (Method::POST, "/v1/tenants/{t}/authorize", Some(json!({ "permission": "keys:read" }))),
+        (Method::GET, "/v1/tenants/{t}/policy", None),
+        (Method::PUT, "/v1/tenants/{t}/policy", Some(json!({}))),
+        (Method::GET, "/v1/tenants/{t}/grants", None),
+        (
+            Method::POST,
+            "/v1/tenants/{t}/grants",
+            Some(json!({ "subject": "user:x", "permissions": ["keys:read"], "reason": "r", "duration_s": 60 })),
+        ),
+        (Method::DELETE, "/v1/tenants/{t}/grants/g1", None),
+        (Method::GET, "/v1/tenants/{t}/apikeys", None),
+        (Method::POST, "/v1/tenants/{t}/apikeys", Some(json!({ "name": "x", "scopes": ["keys:read"] }))),
+        (Method::GET, "/v1/tenants/{t}/apikeys/{k}", None),
+        (Method::POST, "/v1/tenants/{t}/apikeys/{k}/rotate", None),
+        (Method::POST, "/v1/tenants/{t}/apikeys/{k}/revoke", None),
+    ]
+}
+
+async fn admin(cluster: &ProcessCluster, method: Method, path: &str, body: Value) -> Value {
+    let reply = cluster.call(1, method, path, Some(&body), &[]).await.expect("request");
+    assert!(reply.status < 300, "{path}: {} {}", reply.status, reply.body);
+    reply.body
+}
+
+async fn as_key(
+    cluster: &ProcessCluster,
+    node: u64,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> ApiReply {
+    cluster.call_as(node, token, method, path, body.as_ref(), &[]).await.expect("request")
+}
+
+fn token(reply: &Value) -> String {
+    reply["token"].as_str().expect("a token in the answer").to_string()
+}
+
+/// Polls until `check` holds on node `node` or `timeout` passes; returns whether it held.
+async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_policies_and_tenant_isolation() {
+    let env = [
+        ("CUSTOS_IDENTITY__API_KEY_TIERS__TINY__PER_SECOND", "0.5"),
+        ("CUSTOS_IDENTITY__API_KEY_TIERS__TINY__BURST", "3"),
+    ];
+    let mut cluster = ProcessCluster::new(binary(), 3, &env).expect("prepare");
+    cluster.form().await.expect("form");
+    for tenant in ["acme", "globex"] {
+        admin(&cluster, Method::POST, "/v1/tenants", json!({ "id": tenant, "display_name": tenant, "region": "eu" }))
+            .await;
+        // The tenant's actors start right after the apply; until then: 503 tenant_starting.
+        let path = format!("/v1/tenants/{tenant}/keys");
+        let created = eventually(Duration::from_secs(10), async || {
+            cluster.call(1, Method::POST, &path, Some(&json!({ "id": "orders" })), &[]).await.unwrap().status == 201
+        });
+        assert!(created.await, "creating a key in {tenant}");
+    }
+    let scopes = json!([
+        "tenants:read",
+        "keys:read",
+        "keys:create",
+        "keys:encrypt",
+        "keys:decrypt",
+        "apikeys:create",
+        "apikeys:read"
+    ]);
+
+    // A key that would carry a permission needing MFA is refused; so is an unknown scope.
+    let mfa = cluster
+        .call(
+            1,
+            Method::POST,
+            "/v1/tenants/acme/apikeys",
+            Some(&json!({ "name": "x", "scopes": ["keys:destroy"] })),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((mfa.status, mfa.code()), (400, Some("scope_requires_mfa")), "{}", mfa.body);
+    let unknown = cluster
+        .call(1, Method::POST, "/v1/tenants/acme/apikeys", Some(&json!({ "name": "x", "scopes": ["keys:fly"] })), &[])
+        .await
+        .unwrap();
+    assert_eq!((unknown.status, unknown.code()), (400, Some("unknown_permission")), "{}", unknown.body);
+
+    // The admin mints one key per tenant; the token is shown once, never listed.
+    let acme =
+        admin(&cluster, Method::POST, "/v1/tenants/acme/apikeys", json!({ "name": "app", "scopes": scopes })).await;
+    let globex =
+        admin(&cluster, Method::POST, "/v1/tenants/globex/apikeys", json!({ "name": "app", "scopes": scopes })).await;
+    let (acme_token, acme_id) = (token(&acme), acme["id"].as_str().unwrap().to_string());
+    let globex_id = globex["id"].as_str().unwrap().to_string();
+    assert!(acme_token.starts_with(&format!("cak_{acme_id}_")));
+    let listed = cluster.get(2, "/v1/tenants/acme/apikeys").await.unwrap();
+    assert_eq!(listed.body["api_keys"].as_array().unwrap().len(), 1, "{}", listed.body);
+    assert!(!listed.body.to_string().contains(&acme_token[acme_id.len() + 5..]), "the secret is never listed");
+
+    // The key works on every node within its scopes, and is refused beyond them.
+    let encrypt = || {
+        let body = json!({ "plaintext": "aGVsbG8=" });
+        as_key(&cluster, 3, &acme_token, Method::POST, "/v1/tenants/acme/keys/orders/encrypt", Some(body))
+    };
+    assert!(eventually(Duration::from_secs(10), async || encrypt().await.status != 503).await);
+    let encrypted = encrypt().await;
+    assert_eq!(encrypted.status, 200, "{}", encrypted.body);
+    let rotate = as_key(&cluster, 2, &acme_token, Method::POST, "/v1/tenants/acme/keys/orders/rotate", None).await;
+    assert_eq!((rotate.status, rotate.code()), (403, Some("forbidden")), "{}", rotate.body);
+    assert!(rotate.body["error"]["details"]["decision_id"].as_str().is_some_and(|d| d.starts_with("dec_")));
+    assert_eq!(rotate.body["error"]["details"]["rule"], "default_deny");
+
+    // Tenant isolation: every tenant-scoped route, with acme's key against globex, is refused
+    // and never shows globex's data.
+    for (method, route, body) in tenant_routes() {
+        let path = route.replace("{t}", "globex").replace("{k}", &globex_id);
+        let reply = as_key(&cluster, 1, &acme_token, method.clone(), &path, body).await;
+        assert!(matches!(reply.status, 403 | 404), "{method} {path}: {} {}", reply.status, reply.body);
+        assert!(!reply.body.to_string().contains("custos:v1:"), "{method} {path}: {}", reply.body);
+    }
+    let tenants = as_key(&cluster, 1, &acme_token, Method::GET, "/v1/tenants", None).await;
+    let ids: Vec<_> = tenants.body["tenants"].as_array().unwrap().iter().map(|t| t["id"].clone()).collect();
+    assert_eq!(ids, [json!("acme")], "a tenant's key lists only its tenant");
+    let platform = as_key(&cluster, 1, &acme_token, Method::GET, "/v1/cluster/status", None).await;
+    assert_eq!(platform.status, 403);
+    // Globex's own key still works on globex: nothing above changed it.
+    let own = as_key(&cluster, 1, &token(&globex), Method::GET, "/v1/tenants/globex/keys/orders", None).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+
+    // A key cannot mint scopes its holder does not have; within them it can.
+    let wider = as_key(
+        &cluster,
+        1,
+        &acme_token,
+        Method::POST,
+        "/v1/tenants/acme/apikeys",
+        Some(json!({ "name": "wider", "scopes": ["audit:read"] })),
+    )
+    .await;
+    assert_eq!((wider.status, wider.code()), (403, Some("scope_not_held")), "{}", wider.body);
+    let narrow = as_key(
+        &cluster,
+        1,
+        &acme_token,
+        Method::POST,
+        "/v1/tenants/acme/apikeys",
+        Some(json!({ "name": "narrow", "scopes": ["keys:encrypt"], "tier": "tiny" })),
+    )
+    .await;
+    assert_eq!(narrow.status, 201, "{}", narrow.body);
+    let (narrow_token, narrow_id) = (token(&narrow.body), narrow.body["id"].as_str().unwrap().to_string());
+
+    // Rate tiers: the tiny tier allows a burst of 3, then 429 with Retry-After.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let reply = as_key(&cluster, 2, &narrow_token, Method::GET, "/v1/tenants/acme/keys", None).await;
+        if reply.status == 429 {
+            assert_eq!(reply.code(), Some("rate_limited"));
+            let after: u64 = reply.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=2).contains(&after), "Retry-After {after}");
+        }
+        statuses.push(reply.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "{statuses:?}");
+
+    // Rotation with a 3 s overlap: both secrets work on another node, then only the new one.
+    let rotated = admin(
+        &cluster,
+        Method::POST,
+        &format!("/v1/tenants/acme/apikeys/{narrow_id}/rotate"),
+        json!({ "overlap_s": 3 }),
+    )
+    .await;
+    let new_token = token(&rotated);
+    assert_ne!(new_token, narrow_token);
+    let works = |node, token: String| {
+        let cluster = &cluster;
+        async move {
+            let reply = as_key(
+                cluster,
+                node,
+                &token,
+                Method::POST,
+                "/v1/tenants/acme/keys/orders/encrypt",
+                Some(json!({ "plaintext": "aGk=" })),
+            )
+            .await;
+            reply.status
+        }
+    };
+    assert!(eventually(Duration::from_secs(5), async || works(3, new_token.clone()).await == 200).await);
+    assert_eq!(works(1, narrow_token.clone()).await, 200, "the old secret works inside the overlap");
+    assert!(
+        eventually(Duration::from_secs(8), async || works(1, narrow_token.clone()).await == 401).await,
+        "the old secret stops after the overlap"
+    );
+
+    // Revocation takes effect on every node.
+    admin(&cluster, Method::POST, &format!("/v1/tenants/acme/apikeys/{narrow_id}/revoke"), json!({})).await;
+    for node in 1..=3 {
+        assert!(
+            eventually(Duration::from_secs(5), async || works(node, new_token.clone()).await == 401).await,
+            "node {node} still accepts a revoked key"
+        );
+    }
+
+    // A policy rule: decrypting needs environment prod.
+    let policy = json!({
+        "rules": [{ "id": "prod-only", "permissions": ["keys:decrypt"], "conditions": [{ "type": "environment", "allowed": ["prod"] }] }],
+        "revision": 0,
+    });
+    admin(&cluster, Method::PUT, "/v1/tenants/acme/policy", policy.clone()).await;
+    let stale = cluster.call(1, Method::PUT, "/v1/tenants/acme/policy", Some(&policy), &[]).await.unwrap();
+    assert_eq!((stale.status, stale.code()), (409, Some("stale_revision")), "{}", stale.body);
+    let ciphertext = encrypted.body["ciphertext"].clone();
+    let decrypt = |headers: Vec<(&'static str, &'static str)>| {
+        let (cluster, token, ciphertext) = (&cluster, acme_token.clone(), ciphertext.clone());
+        async move {
+            cluster
+                .call_as(
+                    2,
+                    &token,
+                    Method::POST,
+                    "/v1/tenants/acme/keys/orders/decrypt",
+                    Some(&json!({ "ciphertext": ciphertext })),
+                    &headers,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert!(eventually(Duration::from_secs(5), async || decrypt(vec![]).await.status == 403).await);
+    let denied = decrypt(vec![]).await;
+    assert_eq!(denied.body["error"]["details"]["rule"], "rule:prod-only", "{}", denied.body);
+    let allowed = decrypt(vec![("custos-environment", "prod")]).await;
+    assert_eq!((allowed.status, allowed.body["plaintext"].as_str()), (200, Some("aGVsbG8=")), "{}", allowed.body);
+    // The same question through the decision endpoint: answered, not refused.
+    let asked = as_key(
+        &cluster,
+        3,
+        &acme_token,
+        Method::POST,
+        "/v1/tenants/acme/authorize",
+        Some(json!({ "permission": "keys:decrypt", "attributes": { "environment": "staging" } })),
+    )
+    .await;
+    assert_eq!((asked.status, asked.body["allowed"].as_bool()), (200, Some(false)), "{}", asked.body);
+    assert_eq!(asked.body["rule"], "rule:prod-only");
+
+    // A just-in-time grant lets the key rotate until it is revoked.
+    let grant = admin(
+        &cluster,
+        Method::POST,
+        "/v1/tenants/acme/grants",
+        json!({ "subject": format!("apikey:{acme_id}"), "permissions": ["keys:rotate"], "reason": "incident 7", "duration_s": 600 }),
+    )
+    .await;
+    let rotate = || as_key(&cluster, 1, &acme_token, Method::POST, "/v1/tenants/acme/keys/orders/rotate", None);
+    let elevated = rotate().await;
+    assert_eq!(elevated.status, 200, "{}", elevated.body);
+    admin(&cluster, Method::DELETE, &format!("/v1/tenants/acme/grants/{}", grant["id"].as_str().unwrap()), json!({}))
+        .await;
+    assert_eq!(rotate().await.status, 403);
+
+    // Every use of an API key is in the tenant's audit stream, with the key as actor, and a
+    // refusal carries its decision id.
+    let read = as_key(&cluster, 1, &acme_token, Method::GET, "/v1/tenants/acme/keys/orders", None).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    let audited = eventually(Duration::from_secs(10), async || {
+        let page = cluster.get(1, "/v1/tenants/acme/audit?limit=1000").await.unwrap();
+        let events = page.body["events"].as_array().cloned().unwrap_or_default();
+        let by_key = |e: &&Value| e["data"]["actor"]["id"] == json!(format!("apikey:{acme_id}"));
+        let used = events.iter().filter(by_key).any(|e| e["type"] == "dev.custos.apikey.use");
+        let refused = events.iter().filter(by_key).any(|e| {
+            e["data"]["outcome"] == "denied" && e["data"]["decision_id"].as_str().is_some_and(|d| d.starts_with("dec_"))
+        });
+        used && refused
+    })
+    .await;
+    let page = cluster.get(1, "/v1/tenants/acme/audit?limit=1000").await.unwrap();
+    let by_key: Vec<_> = page.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"]["actor"]["kind"] == "api_key")
+        .map(|e| (e["type"].clone(), e["data"]["outcome"].clone(), e["data"]["decision_id"].clone()))
+        .collect();
+    assert!(audited, "API-key use and refusals are audited: {by_key:?}");
+}
