@@ -23,6 +23,7 @@
 //!   storage providers), `edge/` (edge caches), `service.rs` (the operations), `actor.rs`.
 //! - `policy/` — authorization: the permission catalog, roles, ABAC rules, MFA, grants, Rego,
 //!   and the per-node cache of compiled tenant policies the API decides with.
+//! - `identity/` — platform tokens: signing keys held by key custody, issuing and verifying.
 //! - `audit/` — audit events, hash chains, the durable outbox, the shipper and its sinks.
 //! - `restart.rs` — the backoff and failure-window rule both supervisors use.
 //! - `directory.rs` — [`TenantDirectory`].
@@ -35,6 +36,7 @@
 pub mod audit;
 pub mod custody;
 mod directory;
+pub mod identity;
 mod node;
 pub mod policy;
 mod restart;

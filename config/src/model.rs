@@ -506,6 +506,28 @@ pub struct IdentityConfig {
     pub api_key_overlap_s: u64,
     /// Most API keys whose rate buckets one node keeps; idle, full buckets are dropped first.
     pub max_rate_buckets: usize,
+    /// `iss` of platform tokens; the same on every node (gateways check it).
+    pub token_issuer: String,
+    /// `aud` of platform tokens.
+    pub token_audience: String,
+    /// Lifetime of a platform token.
+    pub token_ttl_s: u64,
+    /// Clock difference tolerated when checking a token's `exp` and `nbf`.
+    pub token_clock_skew_s: u64,
+    /// How platform tokens are signed: "RS256" (default) or "EdDSA".
+    pub token_algorithm: TokenAlgorithm,
+    /// How long a signing key signs before the next takes over.
+    pub signing_key_rotation_days: u64,
+    /// How long a new signing key is published before it signs.
+    pub signing_key_publish_ahead_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenAlgorithm {
+    #[serde(rename = "RS256")]
+    Rs256,
+    #[serde(rename = "EdDSA")]
+    EdDsa,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_second`.
@@ -529,6 +551,13 @@ impl Default for IdentityConfig {
             api_key_rotation_days: 90,
             api_key_overlap_s: 24 * 3600,
             max_rate_buckets: 100_000,
+            token_issuer: "custos".into(),
+            token_audience: "custos-api".into(),
+            token_ttl_s: 300,
+            token_clock_skew_s: 30,
+            token_algorithm: TokenAlgorithm::Rs256,
+            signing_key_rotation_days: 30,
+            signing_key_publish_ahead_s: 3600,
         }
     }
 }

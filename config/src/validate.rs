@@ -248,6 +248,21 @@ impl Config {
             "must be at most 604800 (7 days)".into(),
         );
         check(i.max_rate_buckets >= 1, "identity.max_rate_buckets", "must be at least 1".into());
+        check(!i.token_issuer.is_empty(), "identity.token_issuer", "must not be empty".into());
+        check(!i.token_audience.is_empty(), "identity.token_audience", "must not be empty".into());
+        check((10..=86_400).contains(&i.token_ttl_s), "identity.token_ttl_s", "must be between 10 and 86400".into());
+        check(i.token_clock_skew_s <= 300, "identity.token_clock_skew_s", "must be at most 300".into());
+        check(
+            (1..=366).contains(&i.signing_key_rotation_days),
+            "identity.signing_key_rotation_days",
+            "must be between 1 and 366".into(),
+        );
+        check(
+            i.signing_key_publish_ahead_s + i.token_ttl_s + i.token_clock_skew_s < i.signing_key_rotation_days * 86_400,
+            "identity.signing_key_publish_ahead_s",
+            "publish-ahead time, token lifetime and clock skew together must be shorter than the rotation period"
+                .into(),
+        );
     }
 
     fn validate_audit(&self, check: &mut impl FnMut(bool, &str, String)) {

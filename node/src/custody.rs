@@ -103,7 +103,7 @@ pub fn build(config: &CustodyConfig, data_dir: &Path, cluster: &Cluster) -> Resu
     Ok(Built { custody: Arc::new(Custody::new(cluster.reader().clone(), providers, default, edge)), vault })
 }
 
-fn is_leader(cluster: &Cluster) -> bool {
+pub(crate) fn is_leader(cluster: &Cluster) -> bool {
     cluster.raft().metrics().borrow().current_leader == Some(cluster.id())
 }
 

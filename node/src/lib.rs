@@ -23,6 +23,7 @@ pub mod bench;
 pub mod client;
 pub mod custody;
 pub mod dev;
+mod identity;
 mod tenants;
 pub mod tls;
 
@@ -166,7 +167,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let sync_task = tokio::spawn(tenants::sync(cluster.clone(), supervisor.clone(), sync_stopped.clone()));
     let schedule_interval = Duration::from_millis(config.custody.schedule_interval_ms);
     let shred_task =
-        tokio::spawn(custody::shred_pending(cluster.clone(), custody.clone(), schedule_interval, sync_stopped));
+        tokio::spawn(custody::shred_pending(cluster.clone(), custody.clone(), schedule_interval, sync_stopped.clone()));
+    let signing_task = tokio::spawn(identity::maintain_signing_keys(
+        cluster.clone(),
+        custody.clone(),
+        config.identity.clone(),
+        schedule_interval,
+        sync_stopped,
+    ));
+    let tokens = Arc::new(custos_actors::identity::TokenService::new(
+        cluster.reader().clone(),
+        custody.clone(),
+        custos_actors::identity::TokenSettings {
+            issuer: config.identity.token_issuer.clone(),
+            audience: config.identity.token_audience.clone(),
+            ttl_s: config.identity.token_ttl_s,
+            skew_s: config.identity.token_clock_skew_s,
+            algorithm: identity::algorithm(&config.identity),
+        },
+    ));
     let api_app = api::router(api::AppState::new(api::AppParts {
         cluster: cluster.clone(),
         audit: audit.clone(),
@@ -177,6 +196,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         max_batch_items: config.custody.max_batch_items,
         fault_injection: config.actors.fault_injection,
         identity: config.identity.clone(),
+        tokens,
     }));
 
     let raft_handle = axum_server::Handle::new();
@@ -206,6 +226,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = stop_sync.send(true);
     let _ = sync_task.await;
     let _ = shred_task.await;
+    let _ = signing_task.await;
     if let Err(e) = supervisor.stop_and_wait(Some("node stopping".into()), Some(DRAIN_TIMEOUT)).await {
         tracing::warn!(node_id, error = %e, "tenant actors did not stop in time");
     }

@@ -113,6 +113,10 @@ async fn api_keys_policies_and_tenant_isolation() {
         });
         assert!(created.await, "creating a key in {tenant}");
     }
+    // The platform's own key custody has a tenant id no tenant may take.
+    let body = json!({ "id": "custos-platform", "display_name": "x", "region": "eu" });
+    let reserved = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await.unwrap();
+    assert_eq!((reserved.status, reserved.code()), (409, Some("tenant_exists")), "{}", reserved.body);
     let scopes = json!([
         "tenants:read",
         "keys:read",
@@ -342,4 +346,40 @@ async fn api_keys_policies_and_tenant_isolation() {
         .map(|e| (e["type"].clone(), e["data"]["outcome"].clone(), e["data"]["decision_id"].clone()))
         .collect();
     assert!(audited, "API-key use and refusals are audited: {by_key:?}");
+
+    // The key is exchanged for a platform token (once the leader has made the first signing
+    // key), which any node accepts within the key's scopes, and gateways can check against the
+    // published keys.
+    let exchange = async || as_key(&cluster, 2, &acme_token, Method::POST, "/v1/auth/token", None).await;
+    assert!(eventually(Duration::from_secs(20), async || exchange().await.status == 200).await, "no token issued");
+    let issued = exchange().await;
+    let jwt = issued.body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(issued.body["token_type"], "Bearer");
+    let jwks = cluster.call_raw(3, Method::GET, "/.well-known/jwks.json", Vec::new(), &[]).await.unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, jwt.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(jwks.body["keys"].as_array().unwrap().iter().any(|k| k["kid"] == header["kid"]), "{}", jwks.body);
+    assert_eq!(header["alg"], "RS256");
+    let discovery =
+        cluster.call_raw(1, Method::GET, "/.well-known/openid-configuration", Vec::new(), &[]).await.unwrap();
+    assert_eq!(discovery.body["issuer"], "custos");
+    let with_jwt = as_key(&cluster, 3, &jwt, Method::GET, "/v1/tenants/acme/keys/orders", None).await;
+    assert_eq!(with_jwt.status, 200, "{}", with_jwt.body);
+    assert_eq!(as_key(&cluster, 3, &jwt, Method::GET, "/v1/tenants/globex/keys/orders", None).await.status, 403);
+    let mut tampered = jwt.clone();
+    tampered.pop();
+    tampered.push(if jwt.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(as_key(&cluster, 1, &tampered, Method::GET, "/v1/tenants/acme/keys/orders", None).await.status, 401);
+
+    // Revoking the key ends its tokens too, on every node.
+    admin(&cluster, Method::POST, &format!("/v1/tenants/acme/apikeys/{acme_id}/revoke"), json!({})).await;
+    for node in 1..=3 {
+        let refused = eventually(Duration::from_secs(5), async || {
+            as_key(&cluster, node, &jwt, Method::GET, "/v1/tenants/acme/keys/orders", None).await.status == 401
+        });
+        assert!(refused.await, "node {node} still accepts a token of a revoked key");
+    }
 }

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::state::TenantCustody;
 use crate::types::{ApiKeyId, GrantId, TenantId};
 
 /// Most custom roles of one tenant.
@@ -185,7 +186,70 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Checks what the state machine must refuse alike on every node in a policy document.
+/// The tenant id under which the platform's own key custody (token-signing keys) is held by
+/// the core provider. No tenant may take it.
+pub const PLATFORM_TENANT: &str = "custos-platform";
+/// Most token-signing keys published at once (the active one, the next, retiring ones).
+pub const MAX_SIGNING_KEYS: usize = 8;
+
+/// How platform tokens are signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SigningAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 and a 2048-bit key.
+    Rs256,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl SigningAlgorithm {
+    /// The JOSE name (`alg`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::Rs256 => "RS256",
+            SigningAlgorithm::EdDsa => "EdDSA",
+        }
+    }
+}
+
+/// A token-signing key. Its private half is wrapped under the platform KEK, which the core
+/// provider holds like a tenant's; its public half is published in the JWKS.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    pub kid: String,
+    pub algorithm: SigningAlgorithm,
+    /// RS256: the PKCS#1 DER public key; EdDSA: the 32-byte public key.
+    pub public_key: Vec<u8>,
+    /// RS256: PKCS#1 DER, EdDSA: PKCS#8 DER; sealed under the platform KEK.
+    pub private_wrapped: Vec<u8>,
+    pub created_at_ms: u64,
+    /// Tokens are signed with the key of the latest activation at or before now; a key is
+    /// published before it activates, so verifiers know it in time.
+    pub activates_at_ms: u64,
+    /// When it leaves the JWKS: after the last token it signed has expired.
+    pub retires_at_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("activates_at_ms", &self.activates_at_ms)
+            .field("retires_at_ms", &self.retires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The platform's key custody and its token-signing keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformKeys {
+    pub custody: TenantCustody,
+    pub signing: Vec<SigningKey>,
+    /// Log index of the last change.
+    pub revision: u64,
+}
+
+/// Checks what the state machine must refuse alike on every node in a policy document./// Checks what the state machine must refuse alike on every node in a policy document.
 pub fn check_policy(policy: &AccessPolicy) -> Result<(), String> {
     if policy.roles.len() > MAX_CUSTOM_ROLES {
         return Err(format!("at most {MAX_CUSTOM_ROLES} custom roles"));

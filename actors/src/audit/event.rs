@@ -49,10 +49,12 @@ pub enum EventType {
     ApiKeyRevoke,
     /// A request authenticated by an API key that no other event records (a plain read).
     ApiKeyUse,
+    /// A platform token was issued.
+    TokenIssue,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 25] = [
+    pub const ALL: [EventType; 26] = [
         EventType::TenantCreate,
         EventType::TenantUpdate,
         EventType::TenantDelete,
@@ -78,6 +80,7 @@ impl EventType {
         EventType::ApiKeyRotate,
         EventType::ApiKeyRevoke,
         EventType::ApiKeyUse,
+        EventType::TokenIssue,
     ];
 
     /// The type without [`TYPE_PREFIX`], e.g. `key.encrypt`.
@@ -108,6 +111,7 @@ impl EventType {
             EventType::ApiKeyRotate => "apikey.rotate",
             EventType::ApiKeyRevoke => "apikey.revoke",
             EventType::ApiKeyUse => "apikey.use",
+            EventType::TokenIssue => "auth.token",
         }
     }
 

@@ -68,6 +68,10 @@ pub struct Custody {
     edge: Arc<dyn EdgeStorageProvider>,
 }
 
+fn platform_tenant() -> TenantId {
+    TenantId::new(custos_raft::access::PLATFORM_TENANT).expect("the platform id is a valid tenant id")
+}
+
 pub(crate) fn l3_aad(tenant: &TenantId, key: &KeyId, version: u32) -> Vec<u8> {
     labelled_aad("custos/l3/v1", &[tenant.as_str().as_bytes(), key.as_str().as_bytes(), &version.to_be_bytes()])
 }
@@ -137,6 +141,23 @@ impl Custody {
         let custody = self.reader.custody(tenant)?.ok_or_else(|| CustodyError::NoCustody(tenant.clone()))?;
         let kek = self.provider(custody.provider)?.unwrap(tenant, &custody.root, &custody.kek_wrapped).await?;
         self.edge.put(tenant, Slot::Kek, &kek);
+        Ok(kek)
+    }
+
+    /// The platform's own key roots (for token-signing keys), held by the default provider
+    /// under the reserved tenant id [`custos_raft::access::PLATFORM_TENANT`].
+    pub async fn provision_platform(&self) -> Result<TenantCustody, CustodyError> {
+        self.provision_tenant(&platform_tenant(), None).await
+    }
+
+    /// The platform KEK, from the cache or unwrapped by its provider.
+    pub async fn platform_kek(&self, custody: &TenantCustody) -> Result<SecretKey, CustodyError> {
+        let tenant = platform_tenant();
+        if let Some(kek) = self.edge.get(&tenant, &Slot::Kek) {
+            return Ok(kek);
+        }
+        let kek = self.provider(custody.provider)?.unwrap(&tenant, &custody.root, &custody.kek_wrapped).await?;
+        self.edge.put(&tenant, Slot::Kek, &kek);
         Ok(kek)
     }
 

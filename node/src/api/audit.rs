@@ -100,6 +100,7 @@ fn event_type(method: &Method, route: &str) -> Option<EventType> {
         // read, so a reader could never reach its end.
         "/tenants/{tenant}/audit" | "/tenants/{tenant}/audit/tail" => EventType::AuditRead,
         "/tenants/{tenant}/authorize" => EventType::Authorization,
+        "/auth/token" => EventType::TokenIssue,
         "/tenants/{tenant}/policy" if *method == Method::PUT => EventType::PolicyUpdate,
         "/tenants/{tenant}/grants" if post => EventType::GrantCreate,
         "/tenants/{tenant}/grants/{grant}" if *method == Method::DELETE => EventType::GrantRevoke,

@@ -11,7 +11,11 @@
 //! - `cst_…` — the bootstrap admin token (its SHA-256 is in governance state): a platform
 //!   super admin.
 //! - `cak_<id>_<secret>` — an API key of one tenant, looked up by its public id; only the
-//!   secret's SHA-256 is stored. Its scopes are its permissions.
+//!   secret's SHA-256 is stored. Its scopes are its permissions. A key unknown here is looked
+//!   up again after one read barrier, so a key is usable on every node once its creation
+//!   was acknowledged.
+//! - `eyJ…` — a platform token (JWT) signed by a published signing key; its claims are the
+//!   principal (`idp`/`idp_sub` only for audit).
 
 use std::sync::{Arc, Mutex};
 
@@ -108,7 +112,11 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Optio
         .map(str::trim)
         .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be: Bearer <token>"))?;
     if let Some(rest) = token.strip_prefix(API_KEY_PREFIX) {
-        return api_key(state, rest).map(Some);
+        return api_key(state, rest).await.map(Some);
+    }
+    // A JWS in compact form starts with its base64url header, `{"` → `eyJ`.
+    if token.starts_with("eyJ") {
+        return platform_token(state, token).map(Some);
     }
     let expected = match state.admin_sha256.get() {
         Some(hash) => *hash,
@@ -133,30 +141,33 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Optio
 
 /// `<id>_<secret>` of an API key token: the key must exist, be unrevoked and unexpired, its
 /// tenant active, and the key within its rate.
-fn api_key(state: &AppState, rest: &str) -> Result<Principal, ApiError> {
+async fn api_key(state: &AppState, rest: &str) -> Result<Principal, ApiError> {
     let invalid = || ApiError::unauthenticated("the API key is not valid (unknown, revoked, expired or mistyped)");
     let (id, secret) = rest.split_once('_').ok_or_else(invalid)?;
     let id = ApiKeyId::new(id).map_err(|_| invalid())?;
-    let record = state.cluster.reader().api_key_by_id(&id)?.ok_or_else(invalid)?;
-    record.check_secret(&token_sha256(secret), now_ms()).ok_or_else(invalid)?;
+    let secret_sha256 = token_sha256(secret);
+    let matches = |record: &Option<custos_raft::access::ApiKeyRecord>| {
+        record.as_ref().is_some_and(|r| r.check_secret(&secret_sha256, now_ms()).is_some())
+    };
+    let mut record = state.cluster.reader().api_key_by_id(&id)?;
+    if !matches(&record) {
+        // A key (or secret) created or rotated through another node works here as soon as
+        // its write was acknowledged: catch up with the leader once before refusing.
+        if state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await.is_ok() {
+            record = state.cluster.reader().api_key_by_id(&id)?;
+        }
+    }
+    if !matches(&record) {
+        return Err(invalid());
+    }
+    let record = record.ok_or_else(invalid)?;
     match state.cluster.reader().tenant(&record.tenant)? {
         Some(tenant) if tenant.status == TenantStatus::Active => {}
         _ => return Err(ApiError::unauthenticated(format!("the API key's tenant {} is not active", record.tenant))),
     }
-    if let Err(retry_after) = state.rate_limiter.admit(&record.id, &record.tier) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("API key {} is over the rate of its tier {:?} on this node", record.id, record.tier),
-        )
-        .retry_after(retry_after));
-    }
-    // Scopes were checked when the key was created; one the catalog no longer knows is inert.
-    let permissions = record
-        .scopes
-        .iter()
-        .filter_map(|s| PermissionSet::parse(&[s]).ok())
-        .fold(PermissionSet::EMPTY, PermissionSet::union);
+    admit_key(state, &record)?;
+    // Scopes were checked when the key was created.
+    let permissions = permissions_of(&record.scopes);
     Ok(Principal {
         subject: format!("apikey:{}", record.id),
         kind: PrincipalKind::ApiKey,
@@ -167,6 +178,62 @@ fn api_key(state: &AppState, rest: &str) -> Result<Principal, ApiError> {
         mfa_verified: false,
         idp: "custos".into(),
         idp_sub: record.id.to_string(),
+    })
+}
+
+/// A platform token: valid against the published signing keys, and, when it was exchanged
+/// for an API key, that key must still be unrevoked (revocation reaches its tokens at once)
+/// and within its rate.
+fn platform_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    let claims = state.tokens.verify(token)?;
+    let invalid = || ApiError::unauthenticated("the token is not valid: malformed claims");
+    let tenant = claims.tenant_id.as_deref().map(TenantId::new).transpose().map_err(|_| invalid())?;
+    let kind = match claims.sub.strip_prefix("apikey:") {
+        Some(id) => {
+            let id = ApiKeyId::new(id).map_err(|_| invalid())?;
+            let record = state.cluster.reader().api_key_by_id(&id)?;
+            let live = record.as_ref().is_some_and(|r| r.revoked_at_ms.is_none() && Some(&r.tenant) == tenant.as_ref());
+            let Some(record) = record.filter(|_| live) else {
+                return Err(ApiError::unauthenticated("the token's API key has been revoked"));
+            };
+            admit_key(state, &record)?;
+            PrincipalKind::ApiKey
+        }
+        None => PrincipalKind::User,
+    };
+    if let Some(tenant) = &tenant {
+        match state.cluster.reader().tenant(tenant)? {
+            Some(t) if t.status == TenantStatus::Active => {}
+            _ => return Err(ApiError::unauthenticated(format!("the token's tenant {tenant} is not active"))),
+        }
+    }
+    Ok(Principal {
+        subject: claims.sub,
+        kind,
+        tenant,
+        roles: claims.roles,
+        permissions: permissions_of(&claims.permissions),
+        lob: claims.lob,
+        mfa_verified: claims.mfa_verified,
+        idp: claims.idp,
+        idp_sub: claims.idp_sub,
+    })
+}
+
+/// Permission names as a set; a name the catalog no longer knows is inert.
+fn permissions_of(names: &[String]) -> PermissionSet {
+    names.iter().filter_map(|s| PermissionSet::parse(&[s]).ok()).fold(PermissionSet::EMPTY, PermissionSet::union)
+}
+
+/// The key's rate tier on this node, or 429 with Retry-After.
+fn admit_key(state: &AppState, record: &custos_raft::access::ApiKeyRecord) -> Result<(), ApiError> {
+    state.rate_limiter.admit(&record.id, &record.tier).map_err(|retry_after| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("API key {} is over the rate of its tier {:?} on this node", record.id, record.tier),
+        )
+        .retry_after(retry_after)
     })
 }
 

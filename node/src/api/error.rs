@@ -146,6 +146,7 @@ impl From<Rejection> for ApiError {
             Rejection::ApiKeyNotFound(_) => (StatusCode::NOT_FOUND, "api_key_not_found"),
             Rejection::ApiKeyRevoked(_) => (StatusCode::GONE, "api_key_revoked"),
             Rejection::TooManyApiKeys(_) => (StatusCode::CONFLICT, "too_many_api_keys"),
+            Rejection::StaleSigningKeys { .. } => (StatusCode::CONFLICT, "stale_revision"),
         };
         ApiError::new(status, code, rejection.to_string())
     }

@@ -6,7 +6,7 @@
 //! admitted an API key), a handler — asking `auth::Caller::authorize` for the permission it
 //! needs — in `tenants.rs`, `keys.rs` (key management), `crypto.rs` (encrypt, decrypt, data
 //! keys; per-tenant admission), `access.rs` (policy documents, grants, decisions),
-//! `apikeys.rs`, `cluster.rs` or `health.rs` turns it into a [`custos_raft::Proposal`], a read or a key
+//! `apikeys.rs`, `tokens.rs` (platform tokens, JWKS), `cluster.rs` or `health.rs` turns it into a [`custos_raft::Proposal`], a read or a key
 //! operation, and `error.rs` turns every failure into a JSON error with a machine-readable
 //! code.
 
@@ -23,6 +23,7 @@ mod keys;
 pub mod metrics;
 mod ratelimit;
 mod tenants;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +36,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use custos_actors::audit::Audit;
 use custos_actors::custody::Custody;
+use custos_actors::identity::TokenService;
 use custos_actors::policy::PolicyCache;
 use custos_actors::{NodeMsg, TenantDirectory};
 use custos_config::{IdentityConfig, LimitsConfig};
@@ -79,6 +81,8 @@ pub struct AppInner {
     pub policy: PolicyCache,
     pub rate_limiter: ratelimit::RateLimiter,
     pub identity: IdentityConfig,
+    /// Platform tokens: issuing and verifying.
+    pub tokens: Arc<TokenService>,
 }
 
 /// What the API is built from.
@@ -92,6 +96,7 @@ pub struct AppParts {
     pub max_batch_items: usize,
     pub fault_injection: bool,
     pub identity: IdentityConfig,
+    pub tokens: Arc<TokenService>,
 }
 
 impl AppState {
@@ -116,6 +121,7 @@ impl AppState {
             policy,
             rate_limiter,
             identity: parts.identity,
+            tokens: parts.tokens,
         }))
     }
 }
@@ -151,6 +157,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/audit", get(audit::tenant_stream))
         .route("/tenants/{tenant}/audit/tail", get(audit::tail))
         .route("/cluster/audit", get(audit::cluster_stream))
+        .route("/auth/token", post(tokens::exchange))
         .route("/cluster/init", post(cluster::init))
         .route("/cluster/self", get(cluster::node_self))
         .route("/cluster/status", get(cluster::status))
@@ -163,6 +170,8 @@ pub fn router(state: AppState) -> Router {
     let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), audit::record));
     Router::new()
         .nest("/v1", v1)
+        .route("/.well-known/jwks.json", get(tokens::jwks))
+        .route("/.well-known/openid-configuration", get(tokens::discovery))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::scrape))

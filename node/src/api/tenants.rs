@@ -109,6 +109,13 @@ pub async fn create(
     caller.authorize(&state, None, Permission::TenantsCreate)?;
     let Json(body) = body?;
     let id = TenantId::new(body.id)?;
+    if id.as_str() == custos_raft::access::PLATFORM_TENANT {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "tenant_exists",
+            format!("tenant id {id} is reserved for the platform's own key custody"),
+        ));
+    }
     let region = RegionLabel::new(body.region)?;
     check_display_name(&body.display_name)
         .map_err(|reason| ApiError::bad_request("invalid_field", format!("display_name {reason}")))?;

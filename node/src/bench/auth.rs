@@ -1,15 +1,18 @@
 //! `custos bench auth`: authorization decisions, in-process (p50/p99 per decision, from the
 //! compiled policy alone and through the node's policy cache, with and without a Rego
 //! constraint) and over HTTPS (`POST …/authorize` authenticated by an API key, at several
-//! client counts, with the same keep-alive client as the other benchmarks).
+//! client counts, with the same keep-alive client as the other benchmarks); platform tokens
+//! in-process (issue and verify, RS256 and EdDSA) and their issuance over HTTPS (an API key
+//! exchanged at `POST /v1/auth/token`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use custos_actors::policy::{
     AccessRequest, Attributes, Permission, PermissionSet, PolicyCache, Principal, PrincipalKind, TenantPolicy,
 };
-use custos_raft::access::{AccessPolicy, AccessRule, Condition, CustomRole, TenantAccess};
+use custos_raft::access::{AccessPolicy, AccessRule, Condition, CustomRole, SigningAlgorithm, TenantAccess};
 use custos_raft::TenantId;
 use reqwest::Method;
 use serde_json::json;
@@ -150,11 +153,71 @@ async fn apply_policy(sm: &mut custos_raft::store::StateMachineStore, tenant: &T
     Ok(())
 }
 
+/// Issue and verify rates of one token service with a key of `algorithm`, single-threaded.
+async fn token_rates(algorithm: SigningAlgorithm, calls: u32) -> Result<(f64, f64)> {
+    use custos_actors::custody::edge::MemoryEdge;
+    use custos_actors::custody::master::MasterKey;
+    use custos_actors::custody::provider::SealedLocal;
+    use custos_actors::custody::{Custody, SecretKey};
+    use custos_actors::identity::signing::{generate, record};
+    use custos_actors::identity::{PlatformClaims, TokenService, TokenSettings};
+    use custos_raft::{Command, CoreProviderKind};
+    use openraft::storage::RaftStateMachine;
+
+    let dir = tempfile::tempdir()?;
+    let (_log, mut sm, reader) = custos_raft::store::open(dir.path(), 100_000)?;
+    let provider = Arc::new(SealedLocal::new(MasterKey::new(SecretKey::generate())));
+    let edge = Arc::new(MemoryEdge::new(64, Duration::from_secs(3600)));
+    let custody = Arc::new(Custody::new(reader.clone(), vec![provider], CoreProviderKind::SealedLocal, edge));
+    let platform = custody.provision_platform().await?;
+    let generated = generate(algorithm)?;
+    let kek = custody.platform_kek(&platform).await?;
+    let key = record(&kek, &generated, 0, 0);
+    sm.apply([entry(1, Command::PutSigningKeys { custody: platform, keys: vec![key], expected_revision: 0 })]).await?;
+    let settings =
+        TokenSettings { issuer: "custos".into(), audience: "custos-api".into(), ttl_s: 300, skew_s: 30, algorithm };
+    let service = TokenService::new(reader, custody, settings);
+    let claims = |iat, exp| PlatformClaims {
+        sub: "apikey:bench".into(),
+        iss: "custos".into(),
+        aud: "custos-api".into(),
+        exp,
+        iat,
+        nbf: iat,
+        jti: "bench".into(),
+        roles: vec![],
+        tenant_id: Some("bench".into()),
+        permissions: vec!["keys:encrypt".into(), "keys:decrypt".into()],
+        lob: vec![],
+        mfa_verified: false,
+        idp: "custos".into(),
+        idp_sub: "bench".into(),
+    };
+    let start = Instant::now();
+    let mut token = String::new();
+    for _ in 0..calls {
+        token = service.issue(now_ms(), claims).await?.0;
+    }
+    let issue = f64::from(calls) / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for _ in 0..calls {
+        std::hint::black_box(service.verify(&token)?);
+    }
+    let verify = f64::from(calls) / start.elapsed().as_secs_f64();
+    Ok((issue, verify))
+}
+
 pub async fn run(options: Options) -> Result<()> {
     if options.decisions == 0 {
         bail!("--decisions must be at least 1");
     }
     in_process(options.decisions).await?;
+    println!();
+    println!("{:<44} {:>10} {:>10}", "in-process platform tokens (one thread)", "issue/s", "verify/s");
+    for (algorithm, calls) in [(SigningAlgorithm::Rs256, 2_000), (SigningAlgorithm::EdDsa, 20_000)] {
+        let (issue, verify) = token_rates(algorithm, calls).await?;
+        println!("{:<44} {issue:>10.0} {verify:>10.0}", algorithm.as_str());
+    }
     println!();
 
     let exe = std::env::current_exe().context("locating the custos binary")?;
@@ -177,22 +240,33 @@ pub async fn run(options: Options) -> Result<()> {
     let body = json!({ "permission": "keys:decrypt" });
 
     println!(
-        "authorize over HTTPS/1.1 keep-alive (1 node, API key, audit fail-closed to the local log, a connection per client), {} s per run",
+        "authorize and token exchange (RS256) over HTTPS/1.1 keep-alive (1 node, API key, audit fail-closed to the local log, a connection per client), {} s per run",
         options.duration.as_secs()
     );
     println!("{:<10} {:>7} {:>10} {:>9} {:>9} {:>8}", "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors");
+    // The first signing key is made by the leader right after the cluster forms.
+    let token_url = cluster.url(1, "/v1/auth/token")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.call_as(1, token, Method::POST, "/v1/auth/token", None, &[]).await?.status != 200 {
+        if Instant::now() > deadline {
+            bail!("no platform token was issued within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for &clients in &options.clients {
-        let target = Target::new("custos", "authorize", &url, &auth, &body, &tls)?;
-        let stats = run_target(target, clients, options.duration).await;
-        println!(
-            "{:<10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8}",
-            "authorize",
-            clients,
-            stats.ops_per_sec(),
-            stats.latency_ms(0.50),
-            stats.latency_ms(0.99),
-            stats.errors
-        );
+        for (op, url, body) in [("authorize", &url, &body), ("token", &token_url, &json!({}))] {
+            let target = Target::new("custos", op, url, &auth, body, &tls)?;
+            let stats = run_target(target, clients, options.duration).await;
+            println!(
+                "{:<10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8}",
+                op,
+                clients,
+                stats.ops_per_sec(),
+                stats.latency_ms(0.50),
+                stats.latency_ms(0.99),
+                stats.errors
+            );
+        }
     }
     Ok(())
 }

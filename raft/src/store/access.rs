@@ -7,9 +7,9 @@ use openraft::StorageError;
 
 use super::state_machine::{tenant_key, Txn};
 use crate::access::{
-    check_permissions, check_policy, check_text, ApiKeyRecord, JitGrant, RetiringSecret, TenantAccess,
+    check_permissions, check_policy, check_text, ApiKeyRecord, JitGrant, PlatformKeys, RetiringSecret, TenantAccess,
     MAX_API_KEYS_PER_TENANT, MAX_API_KEY_OVERLAP_MS, MAX_API_KEY_ROTATION_MS, MAX_GRANTS_PER_TENANT,
-    MAX_GRANT_DURATION_MS, MIN_API_KEY_ROTATION_MS, MIN_GRANT_DURATION_MS,
+    MAX_GRANT_DURATION_MS, MAX_SIGNING_KEYS, MIN_API_KEY_ROTATION_MS, MIN_GRANT_DURATION_MS,
 };
 use crate::command::{Command, Output, Rejection};
 use crate::state::{Tenant, TenantStatus};
@@ -19,6 +19,8 @@ pub(crate) const ACCESS_PREFIX: &[u8] = b"a/";
 pub(crate) const API_KEY_PREFIX: &[u8] = b"y/";
 pub(crate) const API_KEY_INDEX_PREFIX: &[u8] = b"i/";
 pub(crate) const ACCESS_REVISION_PREFIX: &[u8] = b"w/";
+pub(crate) const PLATFORM_KEYS_KEY: &[u8] = b"m/platform";
+pub(crate) const PLATFORM_KEYS_REVISION_KEY: &[u8] = b"m/platform-revision";
 
 pub(crate) fn access_key(tenant: &TenantId) -> Vec<u8> {
     [ACCESS_PREFIX, tenant.as_str().as_bytes()].concat()
@@ -198,6 +200,30 @@ pub(super) fn execute(txn: &mut Txn, index: u64, now: u64, command: &Command) ->
                 txn.put(api_key_key(tenant, id), &record)?;
             }
             Ok(Ok(Output::ApiKey(record)))
+        }
+        Command::PutSigningKeys { custody, keys, expected_revision } => {
+            let current = txn.get::<PlatformKeys>(PLATFORM_KEYS_KEY)?;
+            let actual = current.as_ref().map_or(0, |c| c.revision);
+            if actual != *expected_revision {
+                return Ok(Err(Rejection::StaleSigningKeys { expected: *expected_revision, actual }));
+            }
+            if keys.len() > MAX_SIGNING_KEYS || keys.iter().any(|k| k.kid.is_empty() || k.kid.len() > 64) {
+                return Ok(Err(Rejection::InvalidAccess(format!(
+                    "at most {MAX_SIGNING_KEYS} signing keys, each with a 1 to 64 byte kid"
+                ))));
+            }
+            // The platform's custody is set once; a rotation proposed by any node keeps it.
+            let custody = match current {
+                Some(current) if current.custody != *custody => {
+                    return Ok(Err(Rejection::InvalidAccess("the platform's key custody is already set".into())))
+                }
+                Some(current) => current.custody,
+                None => custody.clone(),
+            };
+            let keys = PlatformKeys { custody, signing: keys.clone(), revision: index };
+            txn.put(PLATFORM_KEYS_KEY, &keys)?;
+            txn.put(PLATFORM_KEYS_REVISION_KEY, &index)?;
+            Ok(Ok(Output::Done))
         }
         // The state machine dispatches only the commands above here.
         other => unreachable!("{} is not an access-control command", other.kind()),

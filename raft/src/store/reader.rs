@@ -3,14 +3,17 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::access::{access_key, access_revision_key, api_key_index_key, api_key_key, tenant_api_keys_prefix};
+use super::access::{
+    access_key, access_revision_key, api_key_index_key, api_key_key, tenant_api_keys_prefix, PLATFORM_KEYS_KEY,
+    PLATFORM_KEYS_REVISION_KEY,
+};
 use super::codec::decode;
 use super::engine::{EngineError, KvEngine, Space};
 use super::state_machine::{
     custody_key, key_key, key_version_key, prefix_end, tenant_key, tenant_keys_prefix, tenant_revision_key, ADMIN_KEY,
     PENDING_SHRED_PREFIX, TENANT_PREFIX, TENANT_REVISION_PREFIX,
 };
-use crate::access::{ApiKeyRecord, TenantAccess};
+use crate::access::{ApiKeyRecord, PlatformKeys, TenantAccess};
 use crate::state::{KeyRecord, KeyVersion, PendingShred, Tenant, TenantCustody};
 use crate::types::{ApiKeyId, KeyId, TenantId};
 
@@ -136,6 +139,16 @@ impl GovernanceReader {
     /// A tenant's access state; None until its first access-control write.
     pub fn access(&self, tenant: &TenantId) -> Result<Option<TenantAccess>, ReadError> {
         self.get(&access_key(tenant))
+    }
+
+    /// The platform's key custody and token-signing keys, once the leader created them.
+    pub fn platform_keys(&self) -> Result<Option<PlatformKeys>, ReadError> {
+        self.get(PLATFORM_KEYS_KEY)
+    }
+
+    /// The revision of the platform keys alone (0 before they exist).
+    pub fn platform_keys_revision(&self) -> Result<u64, ReadError> {
+        Ok(self.get(PLATFORM_KEYS_REVISION_KEY)?.unwrap_or(0))
     }
 
     /// The revision of a tenant's access state (0 before its first access-control write).

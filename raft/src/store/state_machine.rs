@@ -9,6 +9,7 @@
 //! Key layout in [`Space::State`]:
 //! - `m/applied`, `m/membership` — the applied log id and membership;
 //! - `m/admin` — the admin token hash;
+//! - `m/platform`, `m/platform-revision` — the platform's key custody and token-signing keys;
 //! - `t/<tenant id>` — tenant records;
 //! - `v/<revision be><tenant id>` — the same tenants by last change, for change feeds;
 //! - `r/<request id>` — outcomes of applied requests, for exactly-once apply;
@@ -346,7 +347,8 @@ impl StateMachineStore {
                 }
             }
             Command::CreateTenant { id, display_name, region, custody } => {
-                if txn.get::<Tenant>(&tenant_key(id))?.is_some() {
+                // The platform's own custody lives under its id: it exists, as far as tenants go.
+                if id.as_str() == crate::access::PLATFORM_TENANT || txn.get::<Tenant>(&tenant_key(id))?.is_some() {
                     Err(Rejection::TenantExists(id.clone()))
                 } else {
                     txn.put(custody_key(id), custody)?;
@@ -505,7 +507,8 @@ impl StateMachineStore {
             | Command::RevokeGrant { .. }
             | Command::CreateApiKey { .. }
             | Command::RotateApiKey { .. }
-            | Command::RevokeApiKey { .. } => super::access::execute(txn, index, now, &proposal.command)?,
+            | Command::RevokeApiKey { .. }
+            | Command::PutSigningKeys { .. } => super::access::execute(txn, index, now, &proposal.command)?,
             Command::DestroyKey { tenant, key } => {
                 let mut record = match self.existing_key(txn, tenant, key)? {
                     Ok(record) => record,
