@@ -7,12 +7,14 @@
 //!   control (start, SIGTERM, SIGKILL, restart) and an HTTPS client for the API of each node.
 //! - `openbao.rs` — [`OpenBaoServer`]: a real OpenBao run by `deploy/scripts/openbao.sh`.
 //! - `history.rs` — operation histories (JSON lines) and their linearizability check, per key,
-//!   against a compare-and-set register (stateright's `LinearizabilityTester`).
+//!   against a compare-and-set register (Porcupine, run as the Go program `checker/`).
 //! - `workload.rs` — the register workload: concurrent clients on random nodes doing reads,
 //!   writes and compare-and-sets on tenants' display names, recorded as a history.
 //! - `proxy.rs` — [`LinkProxy`]: a TCP proxy per directed link between nodes that passes,
 //!   delays or cuts traffic ([`ProcessCluster::with_links`], `partition`, `heal`).
 //! - `kafka.rs` — [`KafkaBroker`]: a real Apache Kafka (KRaft) run by `deploy/scripts/kafka.sh`.
+//! - `keycloak.rs` — [`KeycloakServer`]: a real Keycloak 26 with the `custos` realm, run by
+//!   `deploy/scripts/keycloak.sh`.
 //!
 //! The harness talks to nodes only through their public API and their process, so what it
 //! checks is what a client and an operator see. It takes the path of the `custos` binary from
@@ -21,11 +23,13 @@
 mod cluster;
 pub mod history;
 mod kafka;
+mod keycloak;
 mod openbao;
 mod proxy;
 pub mod workload;
 
 pub use cluster::{free_ports, ApiReply, ProcessCluster};
 pub use kafka::KafkaBroker;
+pub use keycloak::KeycloakServer;
 pub use openbao::OpenBaoServer;
 pub use proxy::{Fault, LinkProxy};

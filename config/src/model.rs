@@ -504,6 +504,9 @@ pub struct IdentityConfig {
     pub api_key_rotation_days: u64,
     /// How long a rotated-out secret keeps working when the rotation names no overlap.
     pub api_key_overlap_s: u64,
+    /// How long before a secret expires the leader announces it (`apikey.expiring` in the
+    /// tenant's audit stream); 0 turns announcements off.
+    pub api_key_expiry_warning_days: u64,
     /// Most API keys whose rate buckets one node keeps; idle, full buckets are dropped first.
     pub max_rate_buckets: usize,
     /// `iss` of platform tokens; the same on every node (gateways check it).
@@ -550,6 +553,7 @@ impl Default for IdentityConfig {
             default_api_key_tier: "standard".into(),
             api_key_rotation_days: 90,
             api_key_overlap_s: 24 * 3600,
+            api_key_expiry_warning_days: 14,
             max_rate_buckets: 100_000,
             token_issuer: "custos".into(),
             token_audience: "custos-api".into(),

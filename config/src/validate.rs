@@ -248,6 +248,11 @@ impl Config {
             "must be at most 604800 (7 days)".into(),
         );
         check(i.max_rate_buckets >= 1, "identity.max_rate_buckets", "must be at least 1".into());
+        check(
+            i.api_key_expiry_warning_days <= 366,
+            "identity.api_key_expiry_warning_days",
+            "must be at most 366".into(),
+        );
         check(!i.token_issuer.is_empty(), "identity.token_issuer", "must not be empty".into());
         check(!i.token_audience.is_empty(), "identity.token_audience", "must not be empty".into());
         check((10..=86_400).contains(&i.token_ttl_s), "identity.token_ttl_s", "must be between 10 and 86400".into());

@@ -31,6 +31,10 @@
 #   KEYCLOAK_HEAP               JVM maximum heap (default: 512m)
 #   KEYCLOAK_START_TIMEOUT_S    how long a start waits for the realm to be served (default: 180)
 #   KEYCLOAK_STOP_TIMEOUT_S     how long stop waits after SIGTERM before SIGKILL (default: 30)
+#   KEYCLOAK_TLS_CERT, KEYCLOAK_TLS_KEY
+#                               PEM certificate (covering 127.0.0.1) and key: also serve HTTPS
+#                               on a second free port, written to DIR/https_url (benchmarks
+#                               compare over the same TLS as Custos)
 
 set -euo pipefail
 
@@ -219,7 +223,12 @@ jvm_pid() {
 # Launches the server in the background and waits until it serves the realm's discovery
 # document. Returns 0 when ready, 1 on timeout, 2 when the process exited.
 launch_and_wait() {
-    local dir="$1" java="$2" port="$3" script_pid pid code deadline
+    local dir="$1" java="$2" port="$3" https_port="$4" script_pid pid code deadline
+    local -a tls_options=()
+    if [[ -n "$https_port" ]]; then
+        tls_options=(--https-port="$https_port" --https-certificate-file="$KEYCLOAK_TLS_CERT"
+            --https-certificate-key-file="$KEYCLOAK_TLS_KEY")
+    fi
     # The admin password goes through the environment, not argv, so `ps` does not show it.
     # stdin/stdout/stderr are all redirected so the server never holds a caller's pipe open.
     (
@@ -234,7 +243,8 @@ launch_and_wait() {
         export KC_BOOTSTRAP_ADMIN_PASSWORD
         exec "$dir/home/bin/kc.sh" start --optimized \
             --http-enabled=true --http-host=127.0.0.1 --http-port="$port" \
-            --hostname-strict=false --cache=local --import-realm --log-console-color=false
+            --hostname-strict=false --cache=local --import-realm --log-console-color=false \
+            "${tls_options[@]}"
     ) </dev/null >>"$dir/keycloak.log" 2>&1 &
     script_pid="$!"
     if ! pid="$(jvm_pid "$script_pid")"; then
@@ -269,15 +279,22 @@ cmd_start() {
     [[ -e "$dir/home" ]] && die "$dir/home exists (an earlier server's state); remove $dir first"
     make_home "$dir" "$kc"
     (umask 077 && random_password >"$dir/admin-password")
+    local https_port=""
+    if [[ -n "${KEYCLOAK_TLS_CERT:-}" || -n "${KEYCLOAK_TLS_KEY:-}" ]]; then
+        [[ -r "${KEYCLOAK_TLS_CERT:-}" && -r "${KEYCLOAK_TLS_KEY:-}" ]] \
+            || die "KEYCLOAK_TLS_CERT and KEYCLOAK_TLS_KEY must both name readable PEM files"
+    fi
     for ((attempt = 1; attempt <= start_attempts_max; attempt++)); do
         port="$(free_port)"
+        [[ -n "${KEYCLOAK_TLS_CERT:-}" ]] && https_port="$(free_port)"
         # A failed attempt may have imported part of the realm; start from an empty database.
         rm -rf "$dir/home/data/h2" "$dir/home/data/transaction-logs" "$dir/home/data/tmp"
         : >"$dir/keycloak.log"
         rc=0
-        launch_and_wait "$dir" "$java" "$port" || rc=$?
+        launch_and_wait "$dir" "$java" "$port" "$https_port" || rc=$?
         if ((rc == 0)); then
             printf 'http://127.0.0.1:%s\n' "$port" >"$dir/url"
+            [[ -n "$https_port" ]] && printf 'https://127.0.0.1:%s\n' "$https_port" >"$dir/https_url"
             log "Keycloak ready at http://127.0.0.1:${port}/realms/${realm_name} (pid $(cat "$dir/pid"), ${SECONDS}s)"
             return 0
         fi

@@ -1,13 +1,15 @@
-//! The leader's upkeep of the platform's token-signing keys: the first key right after the
-//! cluster forms, then rotation (publish ahead, retire after the last token it signed).
+//! The leader's identity upkeep: the platform's token-signing keys (the first key right after
+//! the cluster forms, then rotation: publish ahead, retire after the last token it signed),
+//! and announcing API-key secrets that expire soon.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use custos_actors::audit::{Actor, Audit, AuditData, AuditRecord, AuditStream, EventType, Outcome};
 use custos_actors::custody::Custody;
 use custos_actors::identity::signing::{generate, plan, record, RotationPolicy};
 use custos_config::{IdentityConfig, TokenAlgorithm};
-use custos_raft::access::SigningAlgorithm;
+use custos_raft::access::{ApiKeyRecord, SigningAlgorithm};
 use custos_raft::{Cluster, Command, Proposal, RequestId};
 
 /// How often the leader checks while no key exists yet (a fresh cluster's first tokens wait
@@ -29,15 +31,22 @@ pub fn rotation_policy(config: &IdentityConfig) -> RotationPolicy {
     }
 }
 
-/// Runs until `stop` changes: on the leader, creates and rotates the signing keys.
-pub async fn maintain_signing_keys(
+/// Most API keys looked at per round for expiry announcements; a scan resumes where the last
+/// round stopped.
+const KEYS_PER_ROUND: usize = 1000;
+
+/// Runs until `stop` changes: on the leader, creates and rotates the signing keys and
+/// announces expiring API keys.
+pub async fn maintain(
     cluster: Cluster,
     custody: Arc<Custody>,
+    audit: Arc<Audit>,
     config: IdentityConfig,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut wait = FIRST_KEY_INTERVAL;
+    let mut cursor = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -50,7 +59,58 @@ pub async fn maintain_signing_keys(
             Ok(have_key) => wait = if have_key { interval } else { FIRST_KEY_INTERVAL },
             Err(e) => tracing::warn!(error = %e, "signing-key upkeep failed; retrying"),
         }
+        if config.api_key_expiry_warning_days > 0 {
+            match announce_expiring(&cluster, &audit, &config, cursor.take()).await {
+                Ok(next) => cursor = next,
+                Err(e) => tracing::warn!(error = %e, "announcing expiring API keys failed; retrying"),
+            }
+        }
     }
+}
+
+/// Announces each unrevoked key whose current secret expires within the warning window, once
+/// per secret: an `apikey.expiring` event in its tenant's stream, then the mark in governance
+/// state (so a failure between the two announces twice rather than never). Returns where the
+/// next round resumes.
+async fn announce_expiring(
+    cluster: &Cluster,
+    audit: &Audit,
+    config: &IdentityConfig,
+    after: Option<ApiKeyRecord>,
+) -> anyhow::Result<Option<ApiKeyRecord>> {
+    let keys = cluster.reader().all_api_keys(after.as_ref(), KEYS_PER_ROUND)?;
+    let now = crate::api::now_ms();
+    let window_ms = config.api_key_expiry_warning_days * 86_400_000;
+    for key in &keys {
+        let due = key.revoked_at_ms.is_none()
+            && key.expires_at_ms.saturating_sub(window_ms) <= now
+            && key.expiry_announced_for_ms != Some(key.secret_issued_at_ms);
+        if !due {
+            continue;
+        }
+        let mut data = AuditData::new(Actor::system(), Outcome::Success);
+        data.details.insert("expires_at_ms".into(), key.expires_at_ms.into());
+        data.details.insert("api_key_name".into(), key.name.clone().into());
+        let record = AuditRecord {
+            stream: AuditStream::Tenant(key.tenant.clone()),
+            kind: EventType::ApiKeyExpiring,
+            subject: Some(format!("apikeys/{}", key.id)),
+            data,
+        };
+        audit.record(record).await?;
+        let proposal = Proposal {
+            request_id: RequestId::new(format!("apikey-expiry/{}/{}", key.id, key.secret_issued_at_ms))?,
+            proposed_at_ms: now,
+            command: Command::AnnounceApiKeyExpiry {
+                tenant: key.tenant.clone(),
+                id: key.id.clone(),
+                secret_issued_at_ms: key.secret_issued_at_ms,
+            },
+        };
+        cluster.write(proposal).await?.outcome?;
+        tracing::info!(tenant_id = %key.tenant, api_key = %key.id, expires_at_ms = key.expires_at_ms, "API key expiry announced");
+    }
+    Ok(if keys.len() == KEYS_PER_ROUND { keys.last().cloned() } else { None })
 }
 
 /// One round; returns whether a signing key exists afterwards.

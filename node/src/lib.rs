@@ -168,9 +168,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let schedule_interval = Duration::from_millis(config.custody.schedule_interval_ms);
     let shred_task =
         tokio::spawn(custody::shred_pending(cluster.clone(), custody.clone(), schedule_interval, sync_stopped.clone()));
-    let signing_task = tokio::spawn(identity::maintain_signing_keys(
+    let signing_task = tokio::spawn(identity::maintain(
         cluster.clone(),
         custody.clone(),
+        audit.clone(),
         config.identity.clone(),
         schedule_interval,
         sync_stopped,

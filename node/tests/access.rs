@@ -100,6 +100,9 @@ async fn api_keys_policies_and_tenant_isolation() {
     let env = [
         ("CUSTOS_IDENTITY__API_KEY_TIERS__TINY__PER_SECOND", "0.5"),
         ("CUSTOS_IDENTITY__API_KEY_TIERS__TINY__BURST", "3"),
+        // Keys expiring within 2 days are announced, checked every second.
+        ("CUSTOS_IDENTITY__API_KEY_EXPIRY_WARNING_DAYS", "2"),
+        ("CUSTOS_CUSTODY__SCHEDULE_INTERVAL_MS", "1000"),
     ];
     let mut cluster = ProcessCluster::new(binary(), 3, &env).expect("prepare");
     cluster.form().await.expect("form");
@@ -151,10 +154,13 @@ async fn api_keys_policies_and_tenant_isolation() {
     let globex =
         admin(&cluster, Method::POST, "/v1/tenants/globex/apikeys", json!({ "name": "app", "scopes": scopes })).await;
     let (acme_token, acme_id) = (token(&acme), acme["id"].as_str().unwrap().to_string());
+    let short_lived = json!({ "name": "short", "scopes": ["keys:read"], "rotation_days": 1 });
+    let short_lived = admin(&cluster, Method::POST, "/v1/tenants/acme/apikeys", short_lived).await;
+    let short_id = short_lived["id"].as_str().unwrap().to_string();
     let globex_id = globex["id"].as_str().unwrap().to_string();
     assert!(acme_token.starts_with(&format!("cak_{acme_id}_")));
     let listed = cluster.get(2, "/v1/tenants/acme/apikeys").await.unwrap();
-    assert_eq!(listed.body["api_keys"].as_array().unwrap().len(), 1, "{}", listed.body);
+    assert_eq!(listed.body["api_keys"].as_array().unwrap().len(), 2, "{}", listed.body);
     assert!(!listed.body.to_string().contains(&acme_token[acme_id.len() + 5..]), "the secret is never listed");
 
     // The key works on every node within its scopes, and is refused beyond them.
@@ -382,4 +388,21 @@ async fn api_keys_policies_and_tenant_isolation() {
         });
         assert!(refused.await, "node {node} still accepts a token of a revoked key");
     }
+
+    // The key whose secret expires within the warning window was announced once, by the
+    // leader, in the tenant's stream (each node's local log holds the events it recorded).
+    let announcements = async || {
+        let mut found = Vec::new();
+        for node in 1..=3 {
+            let page = cluster.get(node, "/v1/tenants/acme/audit?type=apikey.expiring&limit=1000").await.unwrap();
+            for event in page.body["events"].as_array().cloned().unwrap_or_default() {
+                found.push((event["subject"].clone(), event["data"]["actor"]["kind"].clone()));
+            }
+        }
+        found
+    };
+    assert!(eventually(Duration::from_secs(15), async || !announcements().await.is_empty()).await, "no announcement");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let found = announcements().await;
+    assert_eq!(found, vec![(json!(format!("apikeys/{short_id}")), json!("system"))], "announced once: {found:?}");
 }

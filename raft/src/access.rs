@@ -130,6 +130,9 @@ pub struct ApiKeyRecord {
     /// The current secret stops working at this time unless the key is rotated before.
     pub expires_at_ms: u64,
     pub revoked_at_ms: Option<u64>,
+    /// The `secret_issued_at_ms` of the secret whose coming expiry was announced (an
+    /// `apikey.expiring` audit event), so each secret is announced once.
+    pub expiry_announced_for_ms: Option<u64>,
     /// Log index of the last change.
     pub revision: u64,
 }
@@ -335,6 +338,7 @@ mod tests {
             rotation_period_ms: 100,
             expires_at_ms,
             revoked_at_ms: None,
+            expiry_announced_for_ms: None,
             revision: 1,
         }
     }

@@ -51,10 +51,12 @@ pub enum EventType {
     ApiKeyUse,
     /// A platform token was issued.
     TokenIssue,
+    /// An API key's secret expires soon (announced once per secret, by the leader).
+    ApiKeyExpiring,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 26] = [
+    pub const ALL: [EventType; 27] = [
         EventType::TenantCreate,
         EventType::TenantUpdate,
         EventType::TenantDelete,
@@ -81,6 +83,7 @@ impl EventType {
         EventType::ApiKeyRevoke,
         EventType::ApiKeyUse,
         EventType::TokenIssue,
+        EventType::ApiKeyExpiring,
     ];
 
     /// The type without [`TYPE_PREFIX`], e.g. `key.encrypt`.
@@ -112,6 +115,7 @@ impl EventType {
             EventType::ApiKeyRevoke => "apikey.revoke",
             EventType::ApiKeyUse => "apikey.use",
             EventType::TokenIssue => "auth.token",
+            EventType::ApiKeyExpiring => "apikey.expiring",
         }
     }
 

@@ -3,7 +3,8 @@
 //! constraint) and over HTTPS (`POST …/authorize` authenticated by an API key, at several
 //! client counts, with the same keep-alive client as the other benchmarks); platform tokens
 //! in-process (issue and verify, RS256 and EdDSA) and their issuance over HTTPS (an API key
-//! exchanged at `POST /v1/auth/token`).
+//! exchanged at `POST /v1/auth/token`) next to Keycloak's client-credentials grant, over the
+//! same TLS, in the same run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use custos_actors::policy::{
     AccessRequest, Attributes, Permission, PermissionSet, PolicyCache, Principal, PrincipalKind, TenantPolicy,
 };
+use custos_chaos_tests::KeycloakServer;
 use custos_raft::access::{AccessPolicy, AccessRule, Condition, CustomRole, SigningAlgorithm, TenantAccess};
 use custos_raft::TenantId;
 use reqwest::Method;
@@ -26,6 +28,8 @@ pub struct Options {
     pub clients: Vec<usize>,
     /// Decisions timed in-process per variant.
     pub decisions: u32,
+    /// `deploy/scripts/keycloak.sh`, which installs and runs the peer.
+    pub keycloak_script: std::path::PathBuf,
 }
 
 /// A policy of the size a real tenant has: custom roles and ABAC rules on other permissions
@@ -239,11 +243,36 @@ pub async fn run(options: Options) -> Result<()> {
     let url = cluster.url(1, "/v1/tenants/bench/authorize")?;
     let body = json!({ "permission": "keys:decrypt" });
 
+    // The peer: Keycloak's client-credentials grant (RS256, its default), over HTTPS with the
+    // same certificate and CA as the node, started while the node idles.
+    let tls_dir = cluster.root().join("tls");
+    eprintln!("starting Keycloak (keycloak.sh; tens of seconds) …");
+    let keycloak = KeycloakServer::start(
+        &options.keycloak_script,
+        Some((&tls_dir.join("node-1.pem"), &tls_dir.join("node-1-key.pem"))),
+    )?;
+    let keycloak_base = keycloak.https_url()?;
+    let keycloak_addr = keycloak_base.trim_start_matches("https://").parse().context("a loopback address")?;
+    let grant = b"grant_type=client_credentials&client_id=custos-bench&client_secret=custos-bench-secret";
+    let keycloak_request = super::wire::post_typed(
+        keycloak_addr,
+        "/realms/custos/protocol/openid-connect/token",
+        "application/x-www-form-urlencoded",
+        None,
+        grant,
+    );
+
     println!(
-        "authorize and token exchange (RS256) over HTTPS/1.1 keep-alive (1 node, API key, audit fail-closed to the local log, a connection per client), {} s per run",
+        "authorization decisions and token issuance over HTTPS/1.1 keep-alive (same CA and certificate, a connection per client), {} s per run",
         options.duration.as_secs()
     );
-    println!("{:<10} {:>7} {:>10} {:>9} {:>9} {:>8}", "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors");
+    println!("  custos authorize: 1 node, API key, audit fail-closed to the local log");
+    println!("  custos token: API key exchanged for an RS256 platform token (audited)");
+    println!("  keycloak token: client-credentials grant, realm custos, RS256");
+    println!(
+        "{:<9} {:<10} {:>7} {:>10} {:>9} {:>9} {:>8}",
+        "system", "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors"
+    );
     // The first signing key is made by the leader right after the cluster forms.
     let token_url = cluster.url(1, "/v1/auth/token")?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -253,12 +282,20 @@ pub async fn run(options: Options) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let mut ratios = Vec::new();
     for &clients in &options.clients {
-        for (op, url, body) in [("authorize", &url, &body), ("token", &token_url, &json!({}))] {
-            let target = Target::new("custos", op, url, &auth, body, &tls)?;
+        let targets = [
+            Target::new("custos", "authorize", &url, &auth, &body, &tls)?,
+            Target::new("custos", "token", &token_url, &auth, &json!({}), &tls)?,
+            Target::raw("keycloak", "token", &keycloak_base, keycloak_request.clone(), b"\"access_token\"", &tls)?,
+        ];
+        let mut token_rates = Vec::new();
+        for target in targets {
+            let (system, op) = (target.system, target.op);
             let stats = run_target(target, clients, options.duration).await;
             println!(
-                "{:<10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8}",
+                "{:<9} {:<10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8}",
+                system,
                 op,
                 clients,
                 stats.ops_per_sec(),
@@ -266,7 +303,15 @@ pub async fn run(options: Options) -> Result<()> {
                 stats.latency_ms(0.99),
                 stats.errors
             );
+            if op == "token" {
+                token_rates.push(stats.ops_per_sec());
+            }
         }
+        ratios.push((clients, token_rates[0] / token_rates[1]));
+    }
+    println!();
+    for (clients, ratio) in ratios {
+        println!("token issuance, custos/keycloak at {clients} clients: {ratio:.2}x");
     }
     Ok(())
 }

@@ -51,8 +51,8 @@ fn print_row(row: &Row) {
 
 /// One system's endpoint for one operation: where to connect and the prepared request.
 pub(super) struct Target {
-    system: &'static str,
-    op: &'static str,
+    pub(super) system: &'static str,
+    pub(super) op: &'static str,
     server: wire::Target,
     request: Vec<u8>,
     /// The response field that shows success, quoted as it appears in the JSON.
@@ -79,6 +79,21 @@ impl Target {
         let addr = base.trim_start_matches("https://").parse().context("a loopback address")?;
         let request = wire::post(addr, path, (token.0, &token.1), body.to_string().as_bytes());
         Ok(Target { system, op, server, request, field })
+    }
+}
+
+impl Target {
+    /// A target sending `request` (built with `wire`) to `base` (`https://127.0.0.1:PORT`); a
+    /// request succeeds on 200 with `field` in the body.
+    pub(super) fn raw(
+        system: &'static str,
+        op: &'static str,
+        base: &str,
+        request: Vec<u8>,
+        field: &'static [u8],
+        tls: &rustls::ClientConfig,
+    ) -> Result<Self> {
+        Ok(Target { system, op, server: wire::Target::new(base, tls.clone())?, request, field })
     }
 }
 

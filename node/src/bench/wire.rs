@@ -42,10 +42,20 @@ impl Target {
 
 /// Builds a POST request with a JSON body and one extra header.
 pub fn post(addr: SocketAddr, path: &str, header: (&str, &str), body: &[u8]) -> Vec<u8> {
+    post_typed(addr, path, "application/json", Some(header), body)
+}
+
+/// Builds a POST request with a body of `content_type` and at most one extra header.
+pub fn post_typed(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    header: Option<(&str, &str)>,
+    body: &[u8],
+) -> Vec<u8> {
+    let extra = header.map(|(name, value)| format!("{name}: {value}\r\n")).unwrap_or_default();
     let mut request = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{}: {}\r\ncontent-length: {}\r\n\r\n",
-        header.0,
-        header.1,
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\n{extra}content-length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();

@@ -173,7 +173,8 @@ pub enum BenchCommand {
         #[arg(long, default_value = "deploy/scripts/kafka.sh")]
         kafka_script: PathBuf,
     },
-    /// Authorization decisions: in-process p50/p99 and `POST …/authorize` over HTTPS.
+    /// Authorization decisions (in-process p50/p99, HTTPS) and platform-token issuance next to
+    /// Keycloak's client-credentials grant.
     Auth {
         /// Seconds per HTTPS run.
         #[arg(long, default_value_t = 10)]
@@ -184,6 +185,9 @@ pub enum BenchCommand {
         /// Decisions timed in-process per variant.
         #[arg(long, default_value_t = 200_000)]
         decisions: u32,
+        /// The script that installs and runs Keycloak (run from the repository root).
+        #[arg(long, default_value = "deploy/scripts/keycloak.sh")]
+        keycloak_script: PathBuf,
     },
 }
 
@@ -298,11 +302,12 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             custos_node::bench::audit::run(options).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { command: BenchCommand::Auth { duration_secs, clients, decisions } } => {
+        Command::Bench { command: BenchCommand::Auth { duration_secs, clients, decisions, keycloak_script } } => {
             let options = custos_node::bench::auth::Options {
                 duration: std::time::Duration::from_secs(duration_secs),
                 clients,
                 decisions,
+                keycloak_script,
             };
             custos_node::bench::auth::run(options).await?;
             Ok(ExitCode::SUCCESS)

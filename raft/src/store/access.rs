@@ -161,6 +161,7 @@ pub(super) fn execute(txn: &mut Txn, index: u64, now: u64, command: &Command) ->
                 rotation_period_ms: *rotation_period_ms,
                 expires_at_ms: now.saturating_add(*rotation_period_ms),
                 revoked_at_ms: None,
+                expiry_announced_for_ms: None,
                 revision: index,
             };
             txn.put(api_key_index_key(id), tenant)?;
@@ -196,6 +197,17 @@ pub(super) fn execute(txn: &mut Txn, index: u64, now: u64, command: &Command) ->
             if record.revoked_at_ms.is_none() {
                 record.revoked_at_ms = Some(now);
                 record.previous = None;
+                record.revision = index;
+                txn.put(api_key_key(tenant, id), &record)?;
+            }
+            Ok(Ok(Output::ApiKey(record)))
+        }
+        Command::AnnounceApiKeyExpiry { tenant, id, secret_issued_at_ms } => {
+            let Some(mut record) = txn.get::<ApiKeyRecord>(&api_key_key(tenant, id))? else {
+                return Ok(Err(Rejection::ApiKeyNotFound(id.clone())));
+            };
+            if record.secret_issued_at_ms == *secret_issued_at_ms {
+                record.expiry_announced_for_ms = Some(*secret_issued_at_ms);
                 record.revision = index;
                 txn.put(api_key_key(tenant, id), &record)?;
             }

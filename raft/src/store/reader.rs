@@ -4,8 +4,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::access::{
-    access_key, access_revision_key, api_key_index_key, api_key_key, tenant_api_keys_prefix, PLATFORM_KEYS_KEY,
-    PLATFORM_KEYS_REVISION_KEY,
+    access_key, access_revision_key, api_key_index_key, api_key_key, tenant_api_keys_prefix, API_KEY_PREFIX,
+    PLATFORM_KEYS_KEY, PLATFORM_KEYS_REVISION_KEY,
 };
 use super::codec::decode;
 use super::engine::{EngineError, KvEngine, Space};
@@ -166,6 +166,16 @@ impl GovernanceReader {
 
     pub fn api_key(&self, tenant: &TenantId, id: &ApiKeyId) -> Result<Option<ApiKeyRecord>, ReadError> {
         self.get(&api_key_key(tenant, id))
+    }
+
+    /// Up to `limit` API keys of every tenant after `after` (a key returned by an earlier
+    /// call), in (tenant, id) order: for scans by the leader.
+    pub fn all_api_keys(&self, after: Option<&ApiKeyRecord>, limit: usize) -> Result<Vec<ApiKeyRecord>, ReadError> {
+        let from = match after {
+            Some(key) => Bound::Excluded(api_key_key(&key.tenant, &key.id)),
+            None => Bound::Included(API_KEY_PREFIX.to_vec()),
+        };
+        self.decode_range(from, prefix_end(API_KEY_PREFIX), limit)
     }
 
     /// Up to `limit` API keys of a tenant with ids strictly after `after`, in id order.

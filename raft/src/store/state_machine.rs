@@ -508,7 +508,8 @@ impl StateMachineStore {
             | Command::CreateApiKey { .. }
             | Command::RotateApiKey { .. }
             | Command::RevokeApiKey { .. }
-            | Command::PutSigningKeys { .. } => super::access::execute(txn, index, now, &proposal.command)?,
+            | Command::PutSigningKeys { .. }
+            | Command::AnnounceApiKeyExpiry { .. } => super::access::execute(txn, index, now, &proposal.command)?,
             Command::DestroyKey { tenant, key } => {
                 let mut record = match self.existing_key(txn, tenant, key)? {
                     Ok(record) => record,
