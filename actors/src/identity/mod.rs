@@ -6,8 +6,12 @@
 //!   and the rotation plan the leader follows (publish ahead, retire after the last token).
 //! - `token.rs` — [`TokenService`]: issues tokens with the active key and verifies them
 //!   against the published ones; [`PlatformClaims`].
+//! - `oidc.rs` — [`OidcProvider`]: the OIDC relying party (discovery, PKCE code flow, ID-token
+//!   verification) and [`ExternalIdentity`], the normalised shape of an external identity.
 
+mod oidc;
 pub mod signing;
 mod token;
 
+pub use oidc::{ExternalIdentity, LoginRequest, OidcError, OidcProvider, OidcSettings};
 pub use token::{PlatformClaims, TokenError, TokenService, TokenSettings};
