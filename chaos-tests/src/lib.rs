@@ -30,6 +30,6 @@ pub mod workload;
 
 pub use cluster::{free_ports, ApiReply, ProcessCluster};
 pub use kafka::KafkaBroker;
-pub use keycloak::KeycloakServer;
+pub use keycloak::{dave_totp, log_in as keycloak_log_in, query_param, KeycloakServer, RealmUser};
 pub use openbao::OpenBaoServer;
 pub use proxy::{Fault, LinkProxy};

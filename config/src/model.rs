@@ -523,6 +523,37 @@ pub struct IdentityConfig {
     pub signing_key_rotation_days: u64,
     /// How long a new signing key is published before it signs.
     pub signing_key_publish_ahead_s: u64,
+    /// Operator sign-in through OIDC; absent: no sign-in routes.
+    pub oidc: Option<OidcConfig>,
+    /// Sign-in sessions.
+    pub session_idle_timeout_s: u64,
+    pub session_absolute_timeout_s: u64,
+    pub max_sessions_per_user: u32,
+    /// How long a started sign-in may take to complete.
+    pub login_timeout_s: u64,
+}
+
+/// The identity provider operators sign in with (Keycloak by default, or any OIDC provider).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Recorded as `idp` in sessions and audit events.
+    #[serde(default = "default_oidc_name")]
+    pub name: String,
+    /// e.g. `https://keycloak.example/realms/custos`.
+    pub issuer: String,
+    pub client_id: String,
+    /// A file holding the client secret (owner-only permissions).
+    pub client_secret_file: std::path::PathBuf,
+    /// The externally visible base URL of Custos (`https://custos.example:7443`): the callback
+    /// is `<public_url>/v1/auth/callback`; the node's API address when absent.
+    pub public_url: Option<String>,
+    /// A CA bundle (PEM) for the provider's TLS, in addition to the system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+fn default_oidc_name() -> String {
+    "keycloak".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -562,6 +593,11 @@ impl Default for IdentityConfig {
             token_algorithm: TokenAlgorithm::Rs256,
             signing_key_rotation_days: 30,
             signing_key_publish_ahead_s: 3600,
+            oidc: None,
+            session_idle_timeout_s: 1800,
+            session_absolute_timeout_s: 12 * 3600,
+            max_sessions_per_user: 5,
+            login_timeout_s: 600,
         }
     }
 }

@@ -253,6 +253,39 @@ impl Config {
             "identity.api_key_expiry_warning_days",
             "must be at most 366".into(),
         );
+        check(
+            (60..=30 * 86_400).contains(&i.session_absolute_timeout_s),
+            "identity.session_absolute_timeout_s",
+            "must be between 60 and 2592000 (30 days)".into(),
+        );
+        check(
+            i.session_idle_timeout_s >= 60 && i.session_idle_timeout_s <= i.session_absolute_timeout_s,
+            "identity.session_idle_timeout_s",
+            "must be at least 60 and at most identity.session_absolute_timeout_s".into(),
+        );
+        check(
+            (1..=100).contains(&i.max_sessions_per_user),
+            "identity.max_sessions_per_user",
+            "must be between 1 and 100".into(),
+        );
+        check(
+            (10..=3600).contains(&i.login_timeout_s),
+            "identity.login_timeout_s",
+            "must be between 10 and 3600".into(),
+        );
+        if let Some(oidc) = &i.oidc {
+            check(
+                oidc.issuer.starts_with("https://") || oidc.issuer.starts_with("http://"),
+                "identity.oidc.issuer",
+                "must be an http(s) URL".into(),
+            );
+            check(!oidc.client_id.is_empty(), "identity.oidc.client_id", "must not be empty".into());
+            check(
+                oidc.public_url.as_deref().is_none_or(|u| u.starts_with("https://")),
+                "identity.oidc.public_url",
+                "must be an https URL".into(),
+            );
+        }
         check(!i.token_issuer.is_empty(), "identity.token_issuer", "must not be empty".into());
         check(!i.token_audience.is_empty(), "identity.token_audience", "must not be empty".into());
         check((10..=86_400).contains(&i.token_ttl_s), "identity.token_ttl_s", "must be between 10 and 86400".into());

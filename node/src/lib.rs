@@ -63,6 +63,8 @@ pub enum NodeError {
     Vault(String),
     #[error("opening audit: {0}")]
     Audit(String),
+    #[error("configuring sign-in (identity.oidc): {0}")]
+    SignIn(String),
     #[error("starting the tenant actor supervisor: {0}")]
     Actors(String),
     #[error("serving {what}: {source}")]
@@ -198,6 +200,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         fault_injection: config.actors.fault_injection,
         identity: config.identity.clone(),
         tokens,
+        sign_in: api::login::build(&config.identity, &cluster.info().api_addr)
+            .map_err(|e| NodeError::SignIn(format!("{e:#}")))?,
     }));
 
     let raft_handle = axum_server::Handle::new();

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::state::TenantCustody;
-use crate::types::{ApiKeyId, GrantId, TenantId};
+use crate::types::{ApiKeyId, GrantId, SessionId, TenantId};
 
 /// Most custom roles of one tenant.
 pub const MAX_CUSTOM_ROLES: usize = 100;
@@ -250,6 +250,84 @@ pub struct PlatformKeys {
     pub signing: Vec<SigningKey>,
     /// Log index of the last change.
     pub revision: u64,
+}
+
+/// Longest time between starting a sign-in and completing it.
+pub const MAX_LOGIN_TTL_MS: u64 = 3600 * 1000;
+/// Most sessions one person may hold at once, whatever the configuration says.
+pub const MAX_SESSIONS_PER_USER: u32 = 100;
+/// Longest session.
+pub const MAX_SESSION_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// A sign-in in progress: what the callback needs, kept in governance state so that it may
+/// complete on any node.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginState {
+    /// The OAuth `state` the provider returns (random, also the record's key).
+    pub state: String,
+    pub nonce: String,
+    /// The PKCE verifier, sealed under the platform KEK.
+    pub pkce_verifier_sealed: Vec<u8>,
+    /// The identity provider's name.
+    pub provider: String,
+    /// Where to send the browser once signed in (a path on Custos).
+    pub return_to: Option<String>,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+impl std::fmt::Debug for LoginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginState")
+            .field("provider", &self.provider)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A signed-in person's session, valid on every node. The cookie is `<id>.<secret>`; only the
+/// secret's SHA-256 is stored.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub secret_sha256: [u8; 32],
+    /// `user:<name>` as grants and audit name the person.
+    pub subject: String,
+    pub tenant: Option<TenantId>,
+    pub roles: Vec<String>,
+    pub lob: Vec<String>,
+    pub mfa_verified: bool,
+    pub idp: String,
+    pub idp_sub: String,
+    pub created_at_ms: u64,
+    /// Refreshed (through Raft, at most every quarter of the idle timeout) while in use.
+    pub last_seen_ms: u64,
+    pub idle_timeout_ms: u64,
+    /// The absolute end.
+    pub expires_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("id", &self.id)
+            .field("subject", &self.subject)
+            .field("tenant", &self.tenant)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("revoked_at_ms", &self.revoked_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionRecord {
+    /// Whether the session admits a request at `now_ms`: not revoked, not past its absolute
+    /// end, not idle for longer than its idle timeout.
+    pub fn live_at(&self, now_ms: u64) -> bool {
+        self.revoked_at_ms.is_none()
+            && now_ms < self.expires_at_ms
+            && now_ms < self.last_seen_ms.saturating_add(self.idle_timeout_ms)
+    }
 }
 
 /// Checks what the state machine must refuse alike on every node in a policy document./// Checks what the state machine must refuse alike on every node in a policy document.

@@ -46,7 +46,7 @@ pub use state::{
     PendingShred, Tenant, TenantCustody, TenantStatus,
 };
 pub use store::GovernanceReader;
-pub use types::{ApiKeyId, GrantId, InvalidId, KeyId, NodeId, NodeInfo, RegionLabel, RequestId, TenantId};
+pub use types::{ApiKeyId, GrantId, InvalidId, KeyId, NodeId, NodeInfo, RegionLabel, RequestId, SessionId, TenantId};
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of the governance group.

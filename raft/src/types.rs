@@ -114,6 +114,12 @@ label_newtype!(
     GrantId,
     "grant id"
 );
+label_newtype!(
+    /// A sign-in session's public identifier, chosen at random by the node that created it;
+    /// the session cookie is `<id>.<secret>`.
+    SessionId,
+    "session id"
+);
 
 /// A client-chosen identifier of one logical write. A retried write carries the same id and is
 /// applied once; the state machine answers the retry with the first outcome.

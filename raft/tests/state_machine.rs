@@ -1,10 +1,11 @@
 //! The governance state machine applies each request once and enforces tenant lifecycle rules.
 
-use custos_raft::access::{AccessPolicy, CustomRole, SecretMatch};
+use custos_raft::access::{AccessPolicy, CustomRole, LoginState, SecretMatch, SessionRecord};
 use custos_raft::store::{self, StateMachineStore};
 use custos_raft::{
     ApiKeyId, Command, CoreProviderKind, GrantId, KeyAlgorithm, KeyChange, KeyId, KeyPurpose, KeyState, Output,
-    Proposal, Proposals, RegionLabel, Rejection, RequestId, TenantCustody, TenantId, TenantStatus, TypeConfig,
+    Proposal, Proposals, RegionLabel, Rejection, RequestId, SessionId, TenantCustody, TenantId, TenantStatus,
+    TypeConfig,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -472,4 +473,92 @@ async fn grants_expire_by_themselves_and_policies_compare_and_set() {
     // A deleted tenant takes no access writes.
     apply(&mut sm, entry(8, "d", Command::DeleteTenant { id: tenant("acme") })).await;
     assert_eq!(apply(&mut sm, entry(9, "p4", put(None))).await.outcome, Err(Rejection::TenantDeleted(tenant("acme"))));
+}
+
+fn login(state: &str) -> Command {
+    Command::BeginLogin {
+        login: LoginState {
+            state: state.into(),
+            nonce: "n".into(),
+            pkce_verifier_sealed: vec![1, 2, 3],
+            provider: "keycloak".into(),
+            return_to: None,
+            created_at_ms: 0,
+            expires_at_ms: 600_000,
+        },
+    }
+}
+
+fn complete(state: &str, session: &str) -> Command {
+    Command::CompleteLogin {
+        state: state.into(),
+        session: SessionRecord {
+            id: SessionId::new(session).unwrap(),
+            secret_sha256: [7; 32],
+            subject: "user:alice".into(),
+            tenant: Some(tenant("acme")),
+            roles: vec!["admin".into()],
+            lob: vec![],
+            mfa_verified: false,
+            idp: "keycloak".into(),
+            idp_sub: "a1".into(),
+            created_at_ms: 0,
+            last_seen_ms: 0,
+            idle_timeout_ms: 1_000,
+            expires_at_ms: 10_000,
+            revoked_at_ms: None,
+        },
+        max_sessions_per_user: 2,
+    }
+}
+
+#[tokio::test]
+async fn sign_ins_complete_once_and_sessions_are_bounded_per_person() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    apply(&mut sm, entry(1, "t", create("acme"))).await;
+
+    // A sign-in completes once: the state is consumed with the session's creation.
+    apply(&mut sm, entry(2, "l1", login("state-1"))).await.outcome.unwrap();
+    assert!(reader.login("state-1").unwrap().is_some());
+    let created = apply(&mut sm, entry(3, "c1", complete("state-1", "s1"))).await;
+    assert!(
+        matches!(created.outcome, Ok(Output::Session(ref s)) if s.created_at_ms == 1_003 && s.expires_at_ms == 11_003)
+    );
+    assert!(reader.login("state-1").unwrap().is_none());
+    let again = apply(&mut sm, entry(4, "c1-again", complete("state-1", "s1b"))).await;
+    assert_eq!(again.outcome, Err(Rejection::LoginNotFound));
+
+    // A sign-in past its expiry is refused (proposed after the ten minutes it had).
+    apply(&mut sm, entry(5, "l2", login("state-2"))).await.outcome.unwrap();
+    let late = Proposal {
+        request_id: RequestId::new("c2").unwrap(),
+        proposed_at_ms: 700_000,
+        command: complete("state-2", "s2"),
+    };
+    assert_eq!(apply(&mut sm, batch(6, vec![late])).await.outcome, Err(Rejection::LoginNotFound));
+
+    // Two sessions per person: the third ends the oldest, in the same apply.
+    for (index, state, session) in [(7, "state-3", "s3"), (9, "state-4", "s4")] {
+        apply(&mut sm, entry(index, &format!("l-{state}"), login(state))).await.outcome.unwrap();
+        apply(&mut sm, entry(index + 1, &format!("c-{state}"), complete(state, session))).await.outcome.unwrap();
+    }
+    let live = |id: &str, at| reader.session(&SessionId::new(id).unwrap()).unwrap().is_some_and(|s| s.live_at(at));
+    assert!(!live("s1", 1_011), "the oldest session was ended");
+    assert!(live("s3", 1_011) && live("s4", 1_011));
+
+    // Idle sessions lapse unless touched; revoked ones stay ended.
+    assert!(!live("s3", 2_009), "idle for a second");
+    let touch = Proposal {
+        request_id: RequestId::new("touch").unwrap(),
+        proposed_at_ms: 1_900,
+        command: Command::TouchSession { id: SessionId::new("s3").unwrap(), at_ms: 1_900 },
+    };
+    apply(&mut sm, batch(11, vec![touch])).await.outcome.unwrap();
+    assert!(live("s3", 2_009));
+    apply(&mut sm, entry(12, "revoke", Command::RevokeSession { id: SessionId::new("s3").unwrap() }))
+        .await
+        .outcome
+        .unwrap();
+    assert!(!live("s3", 1_013));
 }

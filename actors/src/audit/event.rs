@@ -53,10 +53,14 @@ pub enum EventType {
     TokenIssue,
     /// An API key's secret expires soon (announced once per secret, by the leader).
     ApiKeyExpiring,
+    /// A person signed in through an identity provider (a session was created), or failed to.
+    SignIn,
+    /// A session was ended by its holder.
+    SignOut,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 27] = [
+    pub const ALL: [EventType; 29] = [
         EventType::TenantCreate,
         EventType::TenantUpdate,
         EventType::TenantDelete,
@@ -84,6 +88,8 @@ impl EventType {
         EventType::ApiKeyUse,
         EventType::TokenIssue,
         EventType::ApiKeyExpiring,
+        EventType::SignIn,
+        EventType::SignOut,
     ];
 
     /// The type without [`TYPE_PREFIX`], e.g. `key.encrypt`.
@@ -116,6 +122,8 @@ impl EventType {
             EventType::ApiKeyUse => "apikey.use",
             EventType::TokenIssue => "auth.token",
             EventType::ApiKeyExpiring => "apikey.expiring",
+            EventType::SignIn => "auth.login",
+            EventType::SignOut => "auth.logout",
         }
     }
 

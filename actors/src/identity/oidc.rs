@@ -100,6 +100,8 @@ pub struct OidcProvider {
     settings: OidcSettings,
     http: reqwest::Client,
     client: Mutex<(Client, Instant)>,
+    /// The provider's RP-initiated logout endpoint, when it has one.
+    end_session_endpoint: Option<String>,
 }
 
 impl OidcProvider {
@@ -107,7 +109,28 @@ impl OidcProvider {
     /// must not follow redirects.
     pub async fn discover(settings: OidcSettings, http: reqwest::Client) -> Result<OidcProvider, OidcError> {
         let client = Self::client(&settings, &http).await?;
-        Ok(OidcProvider { settings, http, client: Mutex::new((client, Instant::now())) })
+        // openidconnect's core metadata leaves `end_session_endpoint` out; read it directly.
+        let discovery = format!("{}/.well-known/openid-configuration", settings.issuer.trim_end_matches('/'));
+        let end_session_endpoint = match http.get(&discovery).send().await {
+            Ok(response) => response
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|doc| doc["end_session_endpoint"].as_str().map(str::to_string)),
+            Err(_) => None,
+        };
+        Ok(OidcProvider { settings, http, client: Mutex::new((client, Instant::now())), end_session_endpoint })
+    }
+
+    /// Where to send the browser to end its session at the provider too (RP-initiated
+    /// logout), then back to `post_logout_redirect_uri`.
+    pub fn logout_url(&self, post_logout_redirect_uri: &str) -> Option<String> {
+        let endpoint = self.end_session_endpoint.as_ref()?;
+        let mut url = reqwest::Url::parse(endpoint).ok()?;
+        url.query_pairs_mut()
+            .append_pair("client_id", &self.settings.client_id)
+            .append_pair("post_logout_redirect_uri", post_logout_redirect_uri);
+        Some(url.to_string())
     }
 
     async fn client(settings: &OidcSettings, http: &reqwest::Client) -> Result<Client, OidcError> {

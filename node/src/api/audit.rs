@@ -101,6 +101,8 @@ fn event_type(method: &Method, route: &str) -> Option<EventType> {
         "/tenants/{tenant}/audit" | "/tenants/{tenant}/audit/tail" => EventType::AuditRead,
         "/tenants/{tenant}/authorize" => EventType::Authorization,
         "/auth/token" => EventType::TokenIssue,
+        "/auth/callback" => EventType::SignIn,
+        "/auth/logout" => EventType::SignOut,
         "/tenants/{tenant}/policy" if *method == Method::PUT => EventType::PolicyUpdate,
         "/tenants/{tenant}/grants" if post => EventType::GrantCreate,
         "/tenants/{tenant}/grants/{grant}" if *method == Method::DELETE => EventType::GrantRevoke,
@@ -165,7 +167,7 @@ pub async fn record(
     request.extensions_mut().insert(slot.clone());
     // Authentication first: a credential that does not authenticate is refused whatever the
     // route, and the principal is the actor of this request's event.
-    let (principal, mut response) = match super::auth::authenticate(&state, request.headers()).await {
+    let (principal, mut response) = match super::auth::authenticate(&state, &method, request.headers()).await {
         Ok(principal) => {
             let principal = principal.map(std::sync::Arc::new);
             if let Some(principal) = &principal {

@@ -16,18 +16,20 @@
 //!   was acknowledged.
 //! - `eyJ…` — a platform token (JWT) signed by a published signing key; its claims are the
 //!   principal (`idp`/`idp_sub` only for audit).
+//!
+//! Without an Authorization header, the session cookie of a signed-in person (`login.rs`).
 
 use std::sync::{Arc, Mutex};
 
 use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use base64::Engine;
 use custos_actors::policy::{
     AccessRequest, Attributes, Decision, DenyKind, Permission, PermissionSet, Principal, PrincipalKind,
 };
-use custos_raft::{ApiKeyId, TenantId, TenantStatus};
+use custos_raft::{ApiKeyId, SessionId, TenantId, TenantStatus};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -42,6 +44,11 @@ pub const TOKEN_PREFIX: &str = "cst_";
 pub const API_KEY_PREFIX: &str = "cak_";
 /// Request headers carrying the ABAC attributes of the resource a request acts on.
 pub const LOB_HEADER: &str = "custos-lob";
+/// The session cookie: `<session id>.<secret>`.
+pub const SESSION_COOKIE: &str = "custos_session";
+/// A request authenticated by the session cookie that changes anything must carry this
+/// header (any value): another site cannot make a browser send it (CSRF).
+pub const CSRF_HEADER: &str = "x-custos-csrf";
 pub const ENVIRONMENT_HEADER: &str = "custos-environment";
 
 /// A new random admin token. Returned once to the operator, never stored in the clear.
@@ -103,8 +110,17 @@ impl DecisionSlot {
 
 /// Authenticates the request's credentials, if it presents any. A presented credential that
 /// does not authenticate is an error; none at all is `Ok(None)` (the route decides).
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
-    let Some(header) = headers.get(AUTHORIZATION) else { return Ok(None) };
+pub async fn authenticate(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Option<Principal>, ApiError> {
+    let Some(header) = headers.get(AUTHORIZATION) else {
+        return match session_cookie(headers) {
+            Some((id, secret)) => session(state, method, headers, &id, &secret).await.map(Some),
+            None => Ok(None),
+        };
+    };
     let token = header
         .to_str()
         .ok()
@@ -181,6 +197,88 @@ async fn api_key(state: &AppState, rest: &str) -> Result<Principal, ApiError> {
     })
 }
 
+/// The `(id, secret)` of the session cookie, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<(String, String)> {
+    headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        let (id, secret) = value.split_once('.')?;
+        (name == SESSION_COOKIE).then(|| (id.to_string(), secret.to_string()))
+    })
+}
+
+/// A session cookie: the session must exist (after one read barrier: it may have been
+/// created through another node a moment ago), match its secret, be live and belong to an
+/// active tenant. A request that changes anything must carry [`CSRF_HEADER`]. While in use, the
+/// session's last activity is refreshed through Raft at most every quarter of its idle timeout.
+async fn session(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    id: &str,
+    secret: &str,
+) -> Result<Principal, ApiError> {
+    let invalid =
+        || ApiError::unauthenticated("the session is not valid (signed out, expired or unknown): sign in again");
+    let id = SessionId::new(id).map_err(|_| invalid())?;
+    let mut record = state.cluster.reader().session(&id)?;
+    if record.is_none() && state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await.is_ok() {
+        record = state.cluster.reader().session(&id)?;
+    }
+    let record = record.ok_or_else(invalid)?;
+    let now = now_ms();
+    if !bool::from(token_sha256(secret).ct_eq(&record.secret_sha256)) || !record.live_at(now) {
+        return Err(invalid());
+    }
+    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe && !headers.contains_key(CSRF_HEADER) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf_required",
+            format!("a change made with the session cookie needs the {CSRF_HEADER} header"),
+        ));
+    }
+    if let Some(tenant) = &record.tenant {
+        match state.cluster.reader().tenant(tenant)? {
+            Some(t) if t.status == TenantStatus::Active => {}
+            _ => return Err(ApiError::unauthenticated(format!("the session's tenant {tenant} is not active"))),
+        }
+    }
+    if now.saturating_sub(record.last_seen_ms) > record.idle_timeout_ms / 4 {
+        touch(state, &record.id, now);
+    }
+    Ok(Principal {
+        subject: record.subject,
+        kind: PrincipalKind::User,
+        tenant: record.tenant,
+        roles: record.roles,
+        permissions: PermissionSet::EMPTY,
+        lob: record.lob,
+        mfa_verified: record.mfa_verified,
+        idp: record.idp,
+        idp_sub: record.idp_sub,
+    })
+}
+
+/// Records a session's activity in the background; skipped when many are in flight (the next
+/// request will try again).
+fn touch(state: &AppState, id: &SessionId, now: u64) {
+    let Ok(permit) = state.touches.clone().try_acquire_owned() else { return };
+    let (cluster, id) = (state.cluster.clone(), id.clone());
+    tokio::spawn(async move {
+        let _permit = permit;
+        // One request id per session and quarter-minute, so retries and racing nodes dedupe.
+        let Ok(request_id) = custos_raft::RequestId::new(format!("touch/{id}/{}", now / 15_000)) else { return };
+        let proposal = custos_raft::Proposal {
+            request_id,
+            proposed_at_ms: now,
+            command: custos_raft::Command::TouchSession { id, at_ms: now },
+        };
+        if let Err(e) = cluster.write(proposal).await {
+            tracing::debug!(error = %e, "recording session activity failed; the next request retries");
+        }
+    });
+}
+
 /// A platform token: valid against the published signing keys, and, when it was exchanged
 /// for an API key, that key must still be unrevoked (revocation reaches its tokens at once)
 /// and within its rate.
@@ -253,7 +351,9 @@ impl FromRequestParts<AppState> for Caller {
         let principal = match parts.extensions.get::<Authenticated>() {
             Some(authenticated) => authenticated.0.clone(),
             // Routes outside the audit middleware (`/metrics`) authenticate here.
-            None if slot.is_none() => Arc::new(authenticate(state, &parts.headers).await?.ok_or_else(missing)?),
+            None if slot.is_none() => {
+                Arc::new(authenticate(state, &parts.method, &parts.headers).await?.ok_or_else(missing)?)
+            }
             None => return Err(missing()),
         };
         let header = |name: &str| -> Result<Option<String>, ApiError> {

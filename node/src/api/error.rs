@@ -147,6 +147,8 @@ impl From<Rejection> for ApiError {
             Rejection::ApiKeyRevoked(_) => (StatusCode::GONE, "api_key_revoked"),
             Rejection::TooManyApiKeys(_) => (StatusCode::CONFLICT, "too_many_api_keys"),
             Rejection::StaleSigningKeys { .. } => (StatusCode::CONFLICT, "stale_revision"),
+            Rejection::LoginNotFound => (StatusCode::BAD_REQUEST, "login_not_found"),
+            Rejection::SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
         };
         ApiError::new(status, code, rejection.to_string())
     }

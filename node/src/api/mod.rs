@@ -6,7 +6,7 @@
 //! admitted an API key), a handler — asking `auth::Caller::authorize` for the permission it
 //! needs — in `tenants.rs`, `keys.rs` (key management), `crypto.rs` (encrypt, decrypt, data
 //! keys; per-tenant admission), `access.rs` (policy documents, grants, decisions),
-//! `apikeys.rs`, `tokens.rs` (platform tokens, JWKS), `cluster.rs` or `health.rs` turns it into a [`custos_raft::Proposal`], a read or a key
+//! `apikeys.rs`, `tokens.rs` (platform tokens, JWKS), `login.rs` (OIDC sign-in, sessions), `cluster.rs` or `health.rs` turns it into a [`custos_raft::Proposal`], a read or a key
 //! operation, and `error.rs` turns every failure into a JSON error with a machine-readable
 //! code.
 
@@ -20,6 +20,7 @@ pub mod error;
 mod faults;
 mod health;
 mod keys;
+pub mod login;
 pub mod metrics;
 mod ratelimit;
 mod tenants;
@@ -83,6 +84,10 @@ pub struct AppInner {
     pub identity: IdentityConfig,
     /// Platform tokens: issuing and verifying.
     pub tokens: Arc<TokenService>,
+    /// Operator sign-in, when an identity provider is configured.
+    pub sign_in: Option<login::SignIn>,
+    /// Session-activity writes in flight (`auth::touch`).
+    pub touches: Arc<Semaphore>,
 }
 
 /// What the API is built from.
@@ -97,6 +102,7 @@ pub struct AppParts {
     pub fault_injection: bool,
     pub identity: IdentityConfig,
     pub tokens: Arc<TokenService>,
+    pub sign_in: Option<login::SignIn>,
 }
 
 impl AppState {
@@ -122,6 +128,8 @@ impl AppState {
             rate_limiter,
             identity: parts.identity,
             tokens: parts.tokens,
+            sign_in: parts.sign_in,
+            touches: Arc::new(Semaphore::new(MAX_TOUCHES)),
         }))
     }
 }
@@ -158,6 +166,10 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/audit/tail", get(audit::tail))
         .route("/cluster/audit", get(audit::cluster_stream))
         .route("/auth/token", post(tokens::exchange))
+        .route("/auth/login", get(login::login))
+        .route("/auth/callback", get(login::callback))
+        .route("/auth/logout", post(login::logout))
+        .route("/auth/session", get(login::session))
         .route("/cluster/init", post(cluster::init))
         .route("/cluster/self", get(cluster::node_self))
         .route("/cluster/status", get(cluster::status))
@@ -231,6 +243,9 @@ impl From<ReadConsistency> for Consistency {
 }
 
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Most session-activity writes in flight on a node.
+const MAX_TOUCHES: usize = 32;
 
 /// The page size of a list: `requested`, or 100 (at most `limits.max_batch`) when absent.
 pub fn page_limit(state: &AppState, requested: Option<usize>) -> Result<usize, ApiError> {

@@ -7,6 +7,7 @@ pub mod engine;
 mod flusher;
 mod log_store;
 pub mod reader;
+mod sessions;
 mod sled_engine;
 mod state_machine;
 

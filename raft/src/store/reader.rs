@@ -9,13 +9,14 @@ use super::access::{
 };
 use super::codec::decode;
 use super::engine::{EngineError, KvEngine, Space};
+use super::sessions::{login_key, session_key};
 use super::state_machine::{
     custody_key, key_key, key_version_key, prefix_end, tenant_key, tenant_keys_prefix, tenant_revision_key, ADMIN_KEY,
     PENDING_SHRED_PREFIX, TENANT_PREFIX, TENANT_REVISION_PREFIX,
 };
-use crate::access::{ApiKeyRecord, PlatformKeys, TenantAccess};
+use crate::access::{ApiKeyRecord, LoginState, PlatformKeys, SessionRecord, TenantAccess};
 use crate::state::{KeyRecord, KeyVersion, PendingShred, Tenant, TenantCustody};
-use crate::types::{ApiKeyId, KeyId, TenantId};
+use crate::types::{ApiKeyId, KeyId, SessionId, TenantId};
 
 /// A read failure: the engine failed or a stored value is corrupt.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +145,15 @@ impl GovernanceReader {
     /// The platform's key custody and token-signing keys, once the leader created them.
     pub fn platform_keys(&self) -> Result<Option<PlatformKeys>, ReadError> {
         self.get(PLATFORM_KEYS_KEY)
+    }
+
+    /// A sign-in in progress, by its OAuth state.
+    pub fn login(&self, state: &str) -> Result<Option<LoginState>, ReadError> {
+        self.get(&login_key(state))
+    }
+
+    pub fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, ReadError> {
+        self.get(&session_key(id))
     }
 
     /// The revision of the platform keys alone (0 before they exist).

@@ -23,7 +23,8 @@
 //!   — its revision alone;
 //! - `y/<tenant id>/<api key id>` — API keys; `i/<api key id>` — the tenant of each key.
 //!
-//! Access-control commands are applied in `access.rs`.
+//! Access-control commands are applied in `access.rs`, sign-in commands (with their own keys)
+//! in `sessions.rs`.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -215,6 +216,9 @@ struct SnapshotFile {
 
 /// The writes of one log entry: visible to later reads of the same entry (a batch of
 /// proposals may create a tenant and then change it), and written as one atomic batch.
+/// A stored key and its value.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
 pub(super) struct Txn<'a> {
     engine: &'a dyn KvEngine,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -231,6 +235,31 @@ impl<'a> Txn<'a> {
             None => self.engine.get(Space::State, key).map_err(sm_read_err)?,
         };
         bytes.map(|b| decode(&b).map_err(sm_read_err)).transpose()
+    }
+
+    /// Up to `limit` entries from `from` (inclusive) to `to`, as this entry's writes so far
+    /// leave them.
+    pub(super) fn range(
+        &self,
+        from: &[u8],
+        to: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError<NodeId>> {
+        let bounds = (Bound::Included(from.to_vec()), to.clone());
+        let pending: Vec<_> = self.writes.range(bounds).collect();
+        // Enough stored entries that the pending deletions cannot leave fewer than `limit`.
+        let stored = self
+            .engine
+            .range(Space::State, Bound::Included(from.to_vec()), to, limit + pending.len())
+            .map_err(sm_read_err)?;
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
+        for (key, value) in pending {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
     }
 
     pub(super) fn put<T: Serialize>(&mut self, key: impl Into<Vec<u8>>, value: &T) -> Result<(), StorageError<NodeId>> {
@@ -267,7 +296,7 @@ pub struct StateMachineStore {
     snapshot_counter: Arc<AtomicU64>,
 }
 
-fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+pub(super) fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::read_state_machine(&e).into()
 }
 
@@ -510,6 +539,10 @@ impl StateMachineStore {
             | Command::RevokeApiKey { .. }
             | Command::PutSigningKeys { .. }
             | Command::AnnounceApiKeyExpiry { .. } => super::access::execute(txn, index, now, &proposal.command)?,
+            Command::BeginLogin { .. }
+            | Command::CompleteLogin { .. }
+            | Command::TouchSession { .. }
+            | Command::RevokeSession { .. } => super::sessions::execute(txn, now, &proposal.command)?,
             Command::DestroyKey { tenant, key } => {
                 let mut record = match self.existing_key(txn, tenant, key)? {
                     Ok(record) => record,

@@ -1,0 +1,336 @@
+//! Operator sign-in through OIDC: `GET /v1/auth/login` starts the code flow (PKCE S256,
+//! state, nonce) and remembers it in governance state, so `GET /v1/auth/callback` completes it
+//! on any node; the session it creates is a replicated record behind an HTTP-only, Secure,
+//! SameSite=Lax cookie. `POST /v1/auth/logout` revokes it everywhere and names the provider's
+//! logout URL; `GET /v1/auth/session` shows who the cookie is.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use custos_actors::custody::crypto::{labelled_aad, open, seal};
+use custos_actors::identity::{ExternalIdentity, OidcError, OidcProvider, OidcSettings};
+use custos_actors::policy::{BuiltinRole, PrincipalKind};
+use custos_config::{IdentityConfig, OidcConfig};
+use custos_raft::access::{LoginState, SessionRecord};
+use custos_raft::{Command, Consistency, Output, Proposal, RequestId, SessionId, TenantId, TenantStatus};
+use serde::Deserialize;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::audit::Note;
+use super::auth::{token_sha256, Caller, SESSION_COOKIE};
+use super::error::ApiError;
+use super::{now_ms, AppState};
+
+/// The configured identity provider, discovered on first use (and again after a failure), so
+/// a node starts while its provider is down.
+pub struct SignIn {
+    settings: OidcSettings,
+    http: reqwest::Client,
+    provider: tokio::sync::Mutex<Option<Arc<OidcProvider>>>,
+}
+
+impl SignIn {
+    pub fn new(config: &OidcConfig, api_addr: &str) -> anyhow::Result<SignIn> {
+        let secret = std::fs::read_to_string(&config.client_secret_file)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", config.client_secret_file.display()))?;
+        let public = config.public_url.clone().unwrap_or_else(|| format!("https://{api_addr}"));
+        let settings = OidcSettings {
+            name: config.name.clone(),
+            issuer: config.issuer.clone(),
+            client_id: config.client_id.clone(),
+            client_secret: Zeroizing::new(secret.trim().to_string()),
+            redirect_uri: format!("{}/v1/auth/callback", public.trim_end_matches('/')),
+            clock_skew: std::time::Duration::from_secs(60),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = &config.ca_file {
+            for cert in crate::tls::load_certs(ca)? {
+                roots.add(cert)?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        // The provider's answers are never followed elsewhere (no redirects: no SSRF).
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        Ok(SignIn { settings, http, provider: tokio::sync::Mutex::new(None) })
+    }
+
+    async fn provider(&self) -> Result<Arc<OidcProvider>, ApiError> {
+        let mut slot = self.provider.lock().await;
+        if let Some(provider) = slot.as_ref() {
+            return Ok(provider.clone());
+        }
+        let provider = Arc::new(OidcProvider::discover(self.settings.clone(), self.http.clone()).await?);
+        *slot = Some(provider.clone());
+        Ok(provider)
+    }
+}
+
+impl From<OidcError> for ApiError {
+    fn from(e: OidcError) -> Self {
+        match e {
+            OidcError::Discovery { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable", e.to_string())
+            }
+            OidcError::Exchange(_) | OidcError::Invalid(_) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "sign_in_failed", e.to_string())
+            }
+            OidcError::Config(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+fn sign_in(state: &AppState) -> Result<&SignIn, ApiError> {
+    state.sign_in.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "sign_in_not_configured",
+            "no identity provider is configured (identity.oidc)",
+        )
+    })
+}
+
+/// The PKCE verifier sealed under the platform KEK, bound to its login's state.
+async fn platform_kek(state: &AppState) -> Result<custos_actors::custody::SecretKey, ApiError> {
+    let platform = state.cluster.reader().platform_keys()?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "signing_key_unavailable",
+            "the platform keys are not created yet; retry shortly",
+        )
+    })?;
+    Ok(state.custody.platform_kek(&platform.custody).await?)
+}
+
+fn verifier_aad(login_state: &str) -> Vec<u8> {
+    labelled_aad("custos/login/v1", &[login_state.as_bytes()])
+}
+
+fn redirect(status: StatusCode, location: &str) -> Result<Response, ApiError> {
+    let mut response = status.into_response();
+    let value = HeaderValue::from_str(location).map_err(|_| ApiError::internal("an unusable redirect location"))?;
+    response.headers_mut().insert(header::LOCATION, value);
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+async fn write(state: &AppState, id: String, command: Command) -> Result<Output, ApiError> {
+    let request_id = RequestId::new(id).map_err(|e| ApiError::internal(e.to_string()))?;
+    let proposal = Proposal { request_id, proposed_at_ms: now_ms(), command };
+    Ok(state.cluster.write(proposal).await?.outcome?)
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoginQuery {
+    /// A path on Custos to land on once signed in.
+    return_to: Option<String>,
+}
+
+/// `GET /v1/auth/login`: 302 to the provider's sign-in page.
+pub async fn login(
+    State(state): State<AppState>,
+    query: Result<Query<LoginQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    if let Some(path) = &query.return_to {
+        // A path here, never another site: no open redirect.
+        let local = path.starts_with('/') && !path.starts_with("//") && path.len() <= 512 && !path.contains('\\');
+        if !local {
+            return Err(ApiError::bad_request("invalid_query", "return_to must be a path on this service"));
+        }
+    }
+    let sign_in = sign_in(&state)?;
+    let provider = sign_in.provider().await?;
+    let request = provider.begin();
+    let kek = platform_kek(&state).await?;
+    let now = now_ms();
+    let login = LoginState {
+        state: request.state.clone(),
+        nonce: request.nonce.clone(),
+        pkce_verifier_sealed: seal(&kek, request.pkce_verifier.as_bytes(), &verifier_aad(&request.state)),
+        provider: provider.name().to_string(),
+        return_to: query.return_to,
+        created_at_ms: now,
+        expires_at_ms: now + state.identity.login_timeout_s * 1000,
+    };
+    write(&state, format!("login/{}", request.state), Command::BeginLogin { login }).await?;
+    redirect(StatusCode::FOUND, &request.url)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+    // The provider may add parameters of its own (session_state, iss); they are not needed.
+    #[serde(flatten)]
+    _other: std::collections::HashMap<String, String>,
+}
+
+/// `GET /v1/auth/callback`: completes the sign-in started on any node, sets the session
+/// cookie and sends the browser on (303).
+pub async fn callback(
+    State(state): State<AppState>,
+    query: Result<Query<CallbackQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    if let Some(error) = query.error {
+        let detail = query.error_description.unwrap_or_default();
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "sign_in_failed",
+            format!("the identity provider said {error}: {detail}"),
+        ));
+    }
+    let (Some(code), Some(login_state)) = (query.code, query.state) else {
+        return Err(ApiError::bad_request("invalid_query", "the callback needs code and state"));
+    };
+    if login_state.is_empty() || login_state.len() > 128 {
+        return Err(custos_raft::Rejection::LoginNotFound.into());
+    }
+    let sign_in = sign_in(&state)?;
+    let mut login = state.cluster.reader().login(&login_state)?;
+    if login.is_none() {
+        // Started on another node a moment ago: catch up once.
+        state.cluster.read_barrier(Consistency::Linearizable).await?;
+        login = state.cluster.reader().login(&login_state)?;
+    }
+    let login = login.filter(|l| l.expires_at_ms > now_ms()).ok_or(custos_raft::Rejection::LoginNotFound)?;
+    let kek = platform_kek(&state).await?;
+    let verifier = Zeroizing::new(
+        open(&kek, &login.pkce_verifier_sealed, &verifier_aad(&login.state))
+            .map_err(|_| ApiError::internal("a stored sign-in does not open under the platform KEK"))?,
+    );
+    let verifier =
+        std::str::from_utf8(&verifier).map_err(|_| ApiError::internal("a stored PKCE verifier is not text"))?;
+    let provider = sign_in.provider().await?;
+    let identity = provider.complete(&code, verifier, &login.nonce).await?;
+    let (session, cookie) = new_session(&state, &identity)?;
+    let tenant = session.tenant.clone();
+    let subject = session.subject.clone();
+    let command = Command::CompleteLogin {
+        state: login.state.clone(),
+        session,
+        max_sessions_per_user: state.identity.max_sessions_per_user,
+    };
+    write(&state, format!("login-complete/{}", login.state), command).await?;
+    let mut response = redirect(StatusCode::SEE_OTHER, login.return_to.as_deref().unwrap_or("/v1/auth/session"))?;
+    let max_age = state.identity.session_absolute_timeout_s;
+    let set =
+        format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={max_age}", cookie.as_str());
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, HeaderValue::from_str(&set).map_err(|_| ApiError::internal("cookie"))?);
+    let note = Note { tenant, ..Note::default() }
+        .detail("subject", subject)
+        .detail("idp", identity.idp.clone())
+        .detail("idp_sub", identity.subject.clone())
+        .detail("mfa_verified", identity.mfa_verified);
+    response.extensions_mut().insert(note);
+    Ok(response)
+}
+
+/// The session record (times are set by the state machine) and the cookie value for a person
+/// the provider vouched for. Their tenant must be active; a person without a tenant signs in
+/// only as a super admin.
+fn new_session(state: &AppState, identity: &ExternalIdentity) -> Result<(SessionRecord, Zeroizing<String>), ApiError> {
+    let refuse = |code, message: String| ApiError::new(StatusCode::FORBIDDEN, code, message);
+    let tenant = match &identity.tenant {
+        Some(raw) => {
+            let tenant = TenantId::new(raw.clone())
+                .map_err(|_| refuse("no_tenant", format!("the identity provider names an invalid tenant {raw:?}")))?;
+            match state.cluster.reader().tenant(&tenant)? {
+                Some(t) if t.status == TenantStatus::Active => Some(tenant),
+                _ => {
+                    return Err(refuse("tenant_not_active", format!("tenant {tenant} does not exist or is not active")))
+                }
+            }
+        }
+        None if identity.roles.iter().any(|r| r == BuiltinRole::SuperAdmin.as_str()) => None,
+        None => return Err(refuse("no_tenant", "the identity provider names no tenant for this person".into())),
+    };
+    let name = identity.username.clone().unwrap_or_else(|| identity.subject.clone());
+    let key = super::auth::new_api_key(None);
+    let id = SessionId::new(key.id.to_string()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let secret = key.token.rsplit_once('_').map(|(_, s)| s.to_string()).unwrap_or_default();
+    let cookie = Zeroizing::new(format!("{id}.{secret}"));
+    let now = now_ms();
+    let session = SessionRecord {
+        id,
+        secret_sha256: token_sha256(&secret),
+        subject: format!("user:{name}"),
+        tenant,
+        roles: identity.roles.clone(),
+        lob: identity.lob.clone(),
+        mfa_verified: identity.mfa_verified,
+        idp: identity.idp.clone(),
+        idp_sub: identity.subject.clone(),
+        created_at_ms: now,
+        last_seen_ms: now,
+        idle_timeout_ms: state.identity.session_idle_timeout_s * 1000,
+        expires_at_ms: now + state.identity.session_absolute_timeout_s * 1000,
+        revoked_at_ms: None,
+    };
+    Ok((session, cookie))
+}
+
+/// `GET /v1/auth/session`: who the request is.
+pub async fn session(caller: Caller) -> Json<serde_json::Value> {
+    let p = &caller.principal;
+    Json(json!({
+        "subject": p.subject,
+        "kind": p.kind.as_str(),
+        "tenant_id": p.tenant.as_ref().map(|t| t.as_str()),
+        "roles": p.roles,
+        "lob": p.lob,
+        "mfa_verified": p.mfa_verified,
+        "idp": p.idp,
+        "idp_sub": p.idp_sub,
+    }))
+}
+
+/// `POST /v1/auth/logout`: revokes the cookie's session on every node, clears the cookie, and
+/// names the provider's logout URL (RP-initiated logout) to end the sign-in there too.
+pub async fn logout(caller: Caller, State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if caller.principal.kind != PrincipalKind::User {
+        return Err(ApiError::bad_request("unsupported_credential", "only a signed-in session logs out"));
+    }
+    let id = super::auth::session_cookie(&headers)
+        .and_then(|(id, _)| SessionId::new(id).ok())
+        .ok_or_else(|| ApiError::bad_request("unsupported_credential", "log out with the session cookie"))?;
+    write(&state, format!("logout/{id}"), Command::RevokeSession { id }).await?;
+    let provider_logout = match &state.sign_in {
+        Some(sign_in) => {
+            sign_in.provider().await.ok().and_then(|p| p.logout_url(&format!("{}/v1/auth/login", public_base(sign_in))))
+        }
+        None => None,
+    };
+    let mut response = Json(json!({ "logged_out": true, "provider_logout_url": provider_logout })).into_response();
+    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0");
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, HeaderValue::from_str(&clear).map_err(|_| ApiError::internal("cookie"))?);
+    Ok(response)
+}
+
+fn public_base(sign_in: &SignIn) -> String {
+    sign_in.settings.redirect_uri.trim_end_matches("/v1/auth/callback").to_string()
+}
+
+/// What the identity configuration gives sessions; for `AppState`.
+pub fn build(config: &IdentityConfig, api_addr: &str) -> anyhow::Result<Option<SignIn>> {
+    config.oidc.as_ref().map(|oidc| SignIn::new(oidc, api_addr)).transpose()
+}
