@@ -523,8 +523,15 @@ pub struct IdentityConfig {
     pub signing_key_rotation_days: u64,
     /// How long a new signing key is published before it signs.
     pub signing_key_publish_ahead_s: u64,
-    /// Operator sign-in through OIDC; absent: no sign-in routes.
+    /// The deployment's identity provider for operator sign-in; tenants may bind their own.
     pub oidc: Option<OidcConfig>,
+    /// The externally visible base URL of Custos (`https://custos.example:7443`, a load
+    /// balancer's): identity providers send browsers back to `<public_url>/v1/auth/callback`.
+    /// The node's own API address when absent.
+    pub public_url: Option<String>,
+    /// A CA bundle (PEM) trusted for identity providers' TLS; without it only plain-HTTP
+    /// providers (tests) are reachable.
+    pub idp_ca_file: Option<std::path::PathBuf>,
     /// Sign-in sessions.
     pub session_idle_timeout_s: u64,
     pub session_absolute_timeout_s: u64,
@@ -545,11 +552,6 @@ pub struct OidcConfig {
     pub client_id: String,
     /// A file holding the client secret (owner-only permissions).
     pub client_secret_file: std::path::PathBuf,
-    /// The externally visible base URL of Custos (`https://custos.example:7443`): the callback
-    /// is `<public_url>/v1/auth/callback`; the node's API address when absent.
-    pub public_url: Option<String>,
-    /// A CA bundle (PEM) for the provider's TLS, in addition to the system roots.
-    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_oidc_name() -> String {
@@ -594,6 +596,8 @@ impl Default for IdentityConfig {
             signing_key_rotation_days: 30,
             signing_key_publish_ahead_s: 3600,
             oidc: None,
+            public_url: None,
+            idp_ca_file: None,
             session_idle_timeout_s: 1800,
             session_absolute_timeout_s: 12 * 3600,
             max_sessions_per_user: 5,

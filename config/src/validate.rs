@@ -280,12 +280,12 @@ impl Config {
                 "must be an http(s) URL".into(),
             );
             check(!oidc.client_id.is_empty(), "identity.oidc.client_id", "must not be empty".into());
-            check(
-                oidc.public_url.as_deref().is_none_or(|u| u.starts_with("https://")),
-                "identity.oidc.public_url",
-                "must be an https URL".into(),
-            );
         }
+        check(
+            i.public_url.as_deref().is_none_or(|u| u.starts_with("https://")),
+            "identity.public_url",
+            "must be an https URL".into(),
+        );
         check(!i.token_issuer.is_empty(), "identity.token_issuer", "must not be empty".into());
         check(!i.token_audience.is_empty(), "identity.token_audience", "must not be empty".into());
         check((10..=86_400).contains(&i.token_ttl_s), "identity.token_ttl_s", "must be between 10 and 86400".into());

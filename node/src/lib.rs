@@ -200,7 +200,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         fault_injection: config.actors.fault_injection,
         identity: config.identity.clone(),
         tokens,
-        sign_in: api::login::build(&config.identity, &cluster.info().api_addr)
+        sign_in: api::login::SignIn::new(&config.identity, &cluster.info().api_addr)
             .map_err(|e| NodeError::SignIn(format!("{e:#}")))?,
     }));
 

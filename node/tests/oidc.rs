@@ -53,14 +53,15 @@ impl Browser<'_> {
     /// Starts a sign-in on `start`, logs `user` in at Keycloak, and completes it on `finish`;
     /// returns the session cookie (`custos_session=…`).
     async fn sign_in(&self, start: u64, finish: u64, user: RealmUser) -> String {
+        self.sign_in_at(start, finish, user, "").await
+    }
+
+    /// As `sign_in`, with more query parameters for the login route (`&tenant=…`).
+    async fn sign_in_at(&self, start: u64, finish: u64, user: RealmUser, query: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         let redirect = loop {
-            let reply = self
-                .http
-                .get(self.cluster.url(start, "/v1/auth/login?return_to=/v1/auth/session").unwrap())
-                .send()
-                .await
-                .unwrap();
+            let path = format!("/v1/auth/login?return_to=/v1/auth/session{query}");
+            let reply = self.http.get(self.cluster.url(start, &path).unwrap()).send().await.unwrap();
             if reply.status() == StatusCode::FOUND {
                 break reply.headers()["location"].to_str().unwrap().to_string();
             }
@@ -133,7 +134,7 @@ async fn sign_in_through_keycloak_works_on_every_node() {
         ("CUSTOS_IDENTITY__OIDC__ISSUER", issuer.as_str()),
         ("CUSTOS_IDENTITY__OIDC__CLIENT_ID", "custos"),
         ("CUSTOS_IDENTITY__OIDC__CLIENT_SECRET_FILE", secret_file.to_str().unwrap()),
-        ("CUSTOS_IDENTITY__OIDC__PUBLIC_URL", PUBLIC_URL),
+        ("CUSTOS_IDENTITY__PUBLIC_URL", PUBLIC_URL),
         ("CUSTOS_IDENTITY__MAX_SESSIONS_PER_USER", "2"),
     ];
     let mut cluster = ProcessCluster::new(binary(), 3, &env).expect("prepare");
@@ -236,4 +237,47 @@ async fn sign_in_through_keycloak_works_on_every_node() {
     assert_eq!(first.status(), StatusCode::SEE_OTHER);
     let replay = browser.http.get(cluster.url(3, &path).unwrap()).send().await.unwrap();
     assert_eq!(replay.status(), StatusCode::BAD_REQUEST, "{}", replay.text().await.unwrap());
+
+    // globex binds its own identity provider (here the same realm, under another name): its
+    // people sign in through it, belong to globex whatever their claims say, and keep the
+    // roles it gives them.
+    let binding = json!({
+        "name": "globex-idp",
+        "issuer": issuer,
+        "client_id": "custos",
+        "client_secret": "custos-test-secret",
+        "default_roles": ["viewer"],
+    });
+    let bound =
+        cluster.call(2, Method::PUT, "/v1/tenants/globex/identity-provider", Some(&binding), &[]).await.unwrap();
+    assert_eq!(bound.status, 200, "{}", bound.body);
+    assert_eq!(bound.body["redirect_uri"], format!("{PUBLIC_URL}/v1/auth/callback"));
+    assert!(!bound.body.to_string().contains("custos-test-secret"), "the secret is never shown");
+    let carol = browser.sign_in_at(3, 1, RealmUser::CAROL, "&tenant=globex").await;
+    let (_, me) = browser.call(2, &carol, Method::GET, "/v1/auth/session", None, false).await;
+    assert_eq!((me["tenant_id"].as_str(), me["idp"].as_str()), (Some("globex"), Some("globex-idp")), "{me}");
+    assert_eq!(me["roles"], json!(["analyst"]));
+    assert_eq!(browser.call(2, &carol, Method::GET, "/v1/tenants/globex/keys", None, false).await.0, StatusCode::OK);
+    assert_eq!(
+        browser.call(2, &carol, Method::GET, "/v1/tenants/acme/keys", None, false).await.0,
+        StatusCode::FORBIDDEN
+    );
+    // A tenant without a provider of its own has no tenant sign-in.
+    let none = browser.http.get(cluster.url(1, "/v1/auth/login?tenant=acme").unwrap()).send().await.unwrap();
+    assert_eq!(none.status(), StatusCode::NOT_FOUND);
+    // Unbinding ends it; a bad issuer is refused before it is stored.
+    let bad = json!({ "name": "x", "issuer": format!("{issuer}-nope"), "client_id": "custos", "client_secret": "s" });
+    let refused = cluster.call(1, Method::PUT, "/v1/tenants/acme/identity-provider", Some(&bad), &[]).await.unwrap();
+    assert_eq!((refused.status, refused.code()), (400, Some("idp_unreachable")), "{}", refused.body);
+    let unbound = cluster.call(1, Method::DELETE, "/v1/tenants/globex/identity-provider", None, &[]).await.unwrap();
+    assert_eq!(unbound.status, 200, "{}", unbound.body);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let gone = browser.http.get(cluster.url(3, "/v1/auth/login?tenant=globex").unwrap()).send().await.unwrap();
+        if gone.status() == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 still signs globex in through its old provider");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -259,6 +259,33 @@ pub const MAX_SESSIONS_PER_USER: u32 = 100;
 /// Longest session.
 pub const MAX_SESSION_MS: u64 = 30 * 24 * 3600 * 1000;
 
+/// A tenant's own identity provider (ADR-0002: bring your own IdP by configuration): an OIDC
+/// provider — Entra ID, Okta, Google, a Keycloak realm — found by its issuer's discovery
+/// document. Everyone who signs in through it belongs to the tenant.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityBinding {
+    /// Recorded as `idp` in sessions and audit events.
+    pub name: String,
+    pub issuer: String,
+    pub client_id: String,
+    /// The client secret, sealed under the tenant KEK (so deleting the tenant shreds it).
+    pub client_secret_sealed: Vec<u8>,
+    /// Roles given to people whose provider asserts none of Custos' roles.
+    pub default_roles: Vec<String>,
+    /// Log index of the last change.
+    pub revision: u64,
+}
+
+impl std::fmt::Debug for IdentityBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityBinding")
+            .field("name", &self.name)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A sign-in in progress: what the callback needs, kept in governance state so that it may
 /// complete on any node.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +297,8 @@ pub struct LoginState {
     pub pkce_verifier_sealed: Vec<u8>,
     /// The identity provider's name.
     pub provider: String,
+    /// The tenant whose own identity provider is used; None for the deployment's.
+    pub tenant: Option<TenantId>,
     /// Where to send the browser once signed in (a path on Custos).
     pub return_to: Option<String>,
     pub created_at_ms: u64,

@@ -482,6 +482,7 @@ fn login(state: &str) -> Command {
             nonce: "n".into(),
             pkce_verifier_sealed: vec![1, 2, 3],
             provider: "keycloak".into(),
+            tenant: None,
             return_to: None,
             created_at_ms: 0,
             expires_at_ms: 600_000,

@@ -18,7 +18,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::{now_ms, replicate, AppState};
 
-fn tenant_path(path: Result<Path<String>, PathRejection>) -> Result<TenantId, ApiError> {
+pub(super) fn tenant_path(path: Result<Path<String>, PathRejection>) -> Result<TenantId, ApiError> {
     let Path(tenant) = path?;
     Ok(TenantId::new(tenant)?)
 }

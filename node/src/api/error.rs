@@ -149,6 +149,7 @@ impl From<Rejection> for ApiError {
             Rejection::StaleSigningKeys { .. } => (StatusCode::CONFLICT, "stale_revision"),
             Rejection::LoginNotFound => (StatusCode::BAD_REQUEST, "login_not_found"),
             Rejection::SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
+            Rejection::NoIdentityProvider(_) => (StatusCode::NOT_FOUND, "no_identity_provider"),
         };
         ApiError::new(status, code, rejection.to_string())
     }

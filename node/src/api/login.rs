@@ -1,9 +1,11 @@
-//! Operator sign-in through OIDC: `GET /v1/auth/login` starts the code flow (PKCE S256,
-//! state, nonce) and remembers it in governance state, so `GET /v1/auth/callback` completes it
+//! Operator sign-in through OIDC — with the deployment's identity provider, or with a tenant's
+//! own (`?tenant=`; bound through `PUT …/identity-provider`): `GET /v1/auth/login` starts the
+//! code flow (PKCE S256, state, nonce) and remembers it in governance state, so `GET /v1/auth/callback` completes it
 //! on any node; the session it creates is a replicated record behind an HTTP-only, Secure,
 //! SameSite=Lax cookie. `POST /v1/auth/logout` revokes it everywhere and names the provider's
 //! logout URL; `GET /v1/auth/session` shows who the cookie is.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
@@ -14,8 +16,8 @@ use axum::Json;
 use custos_actors::custody::crypto::{labelled_aad, open, seal};
 use custos_actors::identity::{ExternalIdentity, OidcError, OidcProvider, OidcSettings};
 use custos_actors::policy::{BuiltinRole, PrincipalKind};
-use custos_config::{IdentityConfig, OidcConfig};
-use custos_raft::access::{LoginState, SessionRecord};
+use custos_config::IdentityConfig;
+use custos_raft::access::{IdentityBinding, LoginState, SessionRecord};
 use custos_raft::{Command, Consistency, Output, Proposal, RequestId, SessionId, TenantId, TenantStatus};
 use serde::Deserialize;
 use serde_json::json;
@@ -26,29 +28,44 @@ use super::auth::{token_sha256, Caller, SESSION_COOKIE};
 use super::error::ApiError;
 use super::{now_ms, AppState};
 
-/// The configured identity provider, discovered on first use (and again after a failure), so
-/// a node starts while its provider is down.
+/// The identity providers people sign in with: the deployment's (`[identity.oidc]`) and each
+/// tenant's own (a replicated binding). Each is discovered on first use (and again after a
+/// failure or, for a tenant's, a change of its binding), so a node starts while they are down.
 pub struct SignIn {
-    settings: OidcSettings,
+    default: Option<OidcSettings>,
+    redirect_uri: String,
     http: reqwest::Client,
     provider: tokio::sync::Mutex<Option<Arc<OidcProvider>>>,
+    /// A tenant's provider with the binding revision it was built from.
+    tenants: tokio::sync::Mutex<HashMap<TenantId, (u64, Arc<OidcProvider>)>>,
 }
 
+/// How long an identity provider may take to answer.
+const IDP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Clock difference tolerated on ID tokens' expiry.
+const ID_TOKEN_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl SignIn {
-    pub fn new(config: &OidcConfig, api_addr: &str) -> anyhow::Result<SignIn> {
-        let secret = std::fs::read_to_string(&config.client_secret_file)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", config.client_secret_file.display()))?;
+    pub fn new(config: &IdentityConfig, api_addr: &str) -> anyhow::Result<SignIn> {
         let public = config.public_url.clone().unwrap_or_else(|| format!("https://{api_addr}"));
-        let settings = OidcSettings {
-            name: config.name.clone(),
-            issuer: config.issuer.clone(),
-            client_id: config.client_id.clone(),
-            client_secret: Zeroizing::new(secret.trim().to_string()),
-            redirect_uri: format!("{}/v1/auth/callback", public.trim_end_matches('/')),
-            clock_skew: std::time::Duration::from_secs(60),
+        let redirect_uri = format!("{}/v1/auth/callback", public.trim_end_matches('/'));
+        let default = match &config.oidc {
+            Some(oidc) => {
+                let secret = std::fs::read_to_string(&oidc.client_secret_file)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", oidc.client_secret_file.display()))?;
+                Some(OidcSettings {
+                    name: oidc.name.clone(),
+                    issuer: oidc.issuer.clone(),
+                    client_id: oidc.client_id.clone(),
+                    client_secret: Zeroizing::new(secret.trim().to_string()),
+                    redirect_uri: redirect_uri.clone(),
+                    clock_skew: ID_TOKEN_SKEW,
+                })
+            }
+            None => None,
         };
         let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = &config.ca_file {
+        if let Some(ca) = &config.idp_ca_file {
             for cert in crate::tls::load_certs(ca)? {
                 roots.add(cert)?;
             }
@@ -61,20 +78,95 @@ impl SignIn {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_secs(10))
+            .timeout(IDP_TIMEOUT)
             .build()?;
-        Ok(SignIn { settings, http, provider: tokio::sync::Mutex::new(None) })
+        Ok(SignIn {
+            default,
+            redirect_uri,
+            http,
+            provider: tokio::sync::Mutex::new(None),
+            tenants: tokio::sync::Mutex::new(HashMap::new()),
+        })
     }
 
-    async fn provider(&self) -> Result<Arc<OidcProvider>, ApiError> {
+    async fn default_provider(&self) -> Result<Arc<OidcProvider>, ApiError> {
+        let settings = self.default.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "sign_in_not_configured",
+                "no identity provider is configured (identity.oidc)",
+            )
+        })?;
         let mut slot = self.provider.lock().await;
         if let Some(provider) = slot.as_ref() {
             return Ok(provider.clone());
         }
-        let provider = Arc::new(OidcProvider::discover(self.settings.clone(), self.http.clone()).await?);
+        let provider = Arc::new(OidcProvider::discover(settings, self.http.clone()).await?);
         *slot = Some(provider.clone());
         Ok(provider)
     }
+
+    /// The tenant's own provider, as its current binding describes it.
+    async fn tenant_provider(
+        &self,
+        state: &AppState,
+        tenant: &TenantId,
+    ) -> Result<(Arc<OidcProvider>, IdentityBinding), ApiError> {
+        let binding = state
+            .cluster
+            .reader()
+            .identity_binding(tenant)?
+            .ok_or_else(|| custos_raft::Rejection::NoIdentityProvider(tenant.clone()))?;
+        let mut cache = self.tenants.lock().await;
+        if let Some((revision, provider)) = cache.get(tenant) {
+            if *revision == binding.revision {
+                return Ok((provider.clone(), binding));
+            }
+        }
+        let settings = self.tenant_settings(state, tenant, &binding).await?;
+        let provider = Arc::new(OidcProvider::discover(settings, self.http.clone()).await?);
+        cache.insert(tenant.clone(), (binding.revision, provider.clone()));
+        Ok((provider, binding))
+    }
+
+    async fn tenant_settings(
+        &self,
+        state: &AppState,
+        tenant: &TenantId,
+        binding: &IdentityBinding,
+    ) -> Result<OidcSettings, ApiError> {
+        let kek = state.custody.kek(tenant).await?;
+        let secret = open(&kek, &binding.client_secret_sealed, &idp_secret_aad(tenant))
+            .map_err(|_| ApiError::internal("a tenant's identity-provider secret does not open under its KEK"))?;
+        let secret = Zeroizing::new(
+            String::from_utf8(secret).map_err(|_| ApiError::internal("an identity-provider secret is not text"))?,
+        );
+        Ok(OidcSettings {
+            name: binding.name.clone(),
+            issuer: binding.issuer.clone(),
+            client_id: binding.client_id.clone(),
+            client_secret: secret,
+            redirect_uri: self.redirect_uri.clone(),
+            clock_skew: ID_TOKEN_SKEW,
+        })
+    }
+
+    /// Checks that a provider can be discovered before a tenant binds it.
+    pub async fn probe(&self, settings: OidcSettings) -> Result<(), ApiError> {
+        OidcProvider::discover(settings, self.http.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::bad_request("idp_unreachable", format!("the identity provider cannot be used: {e}")))
+    }
+
+    pub fn redirect_uri(&self) -> &str {
+        &self.redirect_uri
+    }
+}
+
+/// The AAD of a tenant's sealed identity-provider secret.
+pub fn idp_secret_aad(tenant: &TenantId) -> Vec<u8> {
+    labelled_aad("custos/idp-secret/v1", &[tenant.as_str().as_bytes()])
 }
 
 impl From<OidcError> for ApiError {
@@ -89,16 +181,6 @@ impl From<OidcError> for ApiError {
             OidcError::Config(_) => ApiError::internal(e.to_string()),
         }
     }
-}
-
-fn sign_in(state: &AppState) -> Result<&SignIn, ApiError> {
-    state.sign_in.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "sign_in_not_configured",
-            "no identity provider is configured (identity.oidc)",
-        )
-    })
 }
 
 /// The PKCE verifier sealed under the platform KEK, bound to its login's state.
@@ -136,6 +218,8 @@ async fn write(state: &AppState, id: String, command: Command) -> Result<Output,
 pub struct LoginQuery {
     /// A path on Custos to land on once signed in.
     return_to: Option<String>,
+    /// Sign in through this tenant's own identity provider.
+    tenant: Option<String>,
 }
 
 /// `GET /v1/auth/login`: 302 to the provider's sign-in page.
@@ -151,8 +235,11 @@ pub async fn login(
             return Err(ApiError::bad_request("invalid_query", "return_to must be a path on this service"));
         }
     }
-    let sign_in = sign_in(&state)?;
-    let provider = sign_in.provider().await?;
+    let tenant = query.tenant.map(TenantId::new).transpose()?;
+    let provider = match &tenant {
+        Some(tenant) => state.sign_in.tenant_provider(&state, tenant).await?.0,
+        None => state.sign_in.default_provider().await?,
+    };
     let request = provider.begin();
     let kek = platform_kek(&state).await?;
     let now = now_ms();
@@ -161,6 +248,7 @@ pub async fn login(
         nonce: request.nonce.clone(),
         pkce_verifier_sealed: seal(&kek, request.pkce_verifier.as_bytes(), &verifier_aad(&request.state)),
         provider: provider.name().to_string(),
+        tenant,
         return_to: query.return_to,
         created_at_ms: now,
         expires_at_ms: now + state.identity.login_timeout_s * 1000,
@@ -201,7 +289,6 @@ pub async fn callback(
     if login_state.is_empty() || login_state.len() > 128 {
         return Err(custos_raft::Rejection::LoginNotFound.into());
     }
-    let sign_in = sign_in(&state)?;
     let mut login = state.cluster.reader().login(&login_state)?;
     if login.is_none() {
         // Started on another node a moment ago: catch up once.
@@ -216,8 +303,22 @@ pub async fn callback(
     );
     let verifier =
         std::str::from_utf8(&verifier).map_err(|_| ApiError::internal("a stored PKCE verifier is not text"))?;
-    let provider = sign_in.provider().await?;
-    let identity = provider.complete(&code, verifier, &login.nonce).await?;
+    let (provider, binding) = match &login.tenant {
+        Some(tenant) => {
+            let (provider, binding) = state.sign_in.tenant_provider(&state, tenant).await?;
+            (provider, Some(binding))
+        }
+        None => (state.sign_in.default_provider().await?, None),
+    };
+    let mut identity = provider.complete(&code, verifier, &login.nonce).await?;
+    if let (Some(tenant), Some(binding)) = (&login.tenant, binding) {
+        // Everyone a tenant's own provider vouches for belongs to that tenant, whatever its
+        // claims say; people it gives none of Custos' roles get the binding's default roles.
+        identity.tenant = Some(tenant.to_string());
+        if identity.roles.is_empty() {
+            identity.roles = binding.default_roles;
+        }
+    }
     let (session, cookie) = new_session(&state, &identity)?;
     let tenant = session.tenant.clone();
     let subject = session.subject.clone();
@@ -312,25 +413,21 @@ pub async fn logout(caller: Caller, State(state): State<AppState>, headers: Head
         .and_then(|(id, _)| SessionId::new(id).ok())
         .ok_or_else(|| ApiError::bad_request("unsupported_credential", "log out with the session cookie"))?;
     write(&state, format!("logout/{id}"), Command::RevokeSession { id }).await?;
-    let provider_logout = match &state.sign_in {
-        Some(sign_in) => {
-            sign_in.provider().await.ok().and_then(|p| p.logout_url(&format!("{}/v1/auth/login", public_base(sign_in))))
+    let back = format!("{}/v1/auth/login", state.sign_in.redirect_uri().trim_end_matches("/v1/auth/callback"));
+    let provider = match &caller.principal.tenant {
+        // A person of a tenant with its own provider signed in there.
+        Some(tenant)
+            if state.cluster.reader().identity_binding(tenant)?.is_some_and(|b| b.name == caller.principal.idp) =>
+        {
+            state.sign_in.tenant_provider(&state, tenant).await.ok().map(|(p, _)| p)
         }
-        None => None,
+        _ => state.sign_in.default_provider().await.ok(),
     };
+    let provider_logout = provider.and_then(|p| p.logout_url(&back));
     let mut response = Json(json!({ "logged_out": true, "provider_logout_url": provider_logout })).into_response();
     let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0");
     response
         .headers_mut()
         .insert(header::SET_COOKIE, HeaderValue::from_str(&clear).map_err(|_| ApiError::internal("cookie"))?);
     Ok(response)
-}
-
-fn public_base(sign_in: &SignIn) -> String {
-    sign_in.settings.redirect_uri.trim_end_matches("/v1/auth/callback").to_string()
-}
-
-/// What the identity configuration gives sessions; for `AppState`.
-pub fn build(config: &IdentityConfig, api_addr: &str) -> anyhow::Result<Option<SignIn>> {
-    config.oidc.as_ref().map(|oidc| SignIn::new(oidc, api_addr)).transpose()
 }

@@ -19,6 +19,7 @@ mod crypto;
 pub mod error;
 mod faults;
 mod health;
+mod idp;
 mod keys;
 pub mod login;
 pub mod metrics;
@@ -84,8 +85,8 @@ pub struct AppInner {
     pub identity: IdentityConfig,
     /// Platform tokens: issuing and verifying.
     pub tokens: Arc<TokenService>,
-    /// Operator sign-in, when an identity provider is configured.
-    pub sign_in: Option<login::SignIn>,
+    /// Operator sign-in: the deployment's and the tenants' identity providers.
+    pub sign_in: login::SignIn,
     /// Session-activity writes in flight (`auth::touch`).
     pub touches: Arc<Semaphore>,
 }
@@ -102,7 +103,7 @@ pub struct AppParts {
     pub fault_injection: bool,
     pub identity: IdentityConfig,
     pub tokens: Arc<TokenService>,
-    pub sign_in: Option<login::SignIn>,
+    pub sign_in: login::SignIn,
 }
 
 impl AppState {
@@ -158,6 +159,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/policy", get(access::get_policy).put(access::put_policy))
         .route("/tenants/{tenant}/grants", post(access::grant).get(access::list_grants))
         .route("/tenants/{tenant}/grants/{grant}", delete(access::revoke_grant))
+        .route("/tenants/{tenant}/identity-provider", get(idp::get).put(idp::put).delete(idp::delete))
         .route("/tenants/{tenant}/apikeys", post(apikeys::create).get(apikeys::list))
         .route("/tenants/{tenant}/apikeys/{apikey}", get(apikeys::get))
         .route("/tenants/{tenant}/apikeys/{apikey}/rotate", post(apikeys::rotate))

@@ -7,8 +7,8 @@ use openraft::StorageError;
 
 use super::state_machine::{tenant_key, Txn};
 use crate::access::{
-    check_permissions, check_policy, check_text, ApiKeyRecord, JitGrant, PlatformKeys, RetiringSecret, TenantAccess,
-    MAX_API_KEYS_PER_TENANT, MAX_API_KEY_OVERLAP_MS, MAX_API_KEY_ROTATION_MS, MAX_GRANTS_PER_TENANT,
+    check_permissions, check_policy, check_text, ApiKeyRecord, IdentityBinding, JitGrant, PlatformKeys, RetiringSecret,
+    TenantAccess, MAX_API_KEYS_PER_TENANT, MAX_API_KEY_OVERLAP_MS, MAX_API_KEY_ROTATION_MS, MAX_GRANTS_PER_TENANT,
     MAX_GRANT_DURATION_MS, MAX_SIGNING_KEYS, MIN_API_KEY_ROTATION_MS, MIN_GRANT_DURATION_MS,
 };
 use crate::command::{Command, Output, Rejection};
@@ -20,6 +20,12 @@ pub(crate) const API_KEY_PREFIX: &[u8] = b"y/";
 pub(crate) const API_KEY_INDEX_PREFIX: &[u8] = b"i/";
 pub(crate) const ACCESS_REVISION_PREFIX: &[u8] = b"w/";
 pub(crate) const PLATFORM_KEYS_KEY: &[u8] = b"m/platform";
+pub(crate) const BINDING_PREFIX: &[u8] = b"b/";
+
+/// `b/<tenant>`: the tenant's own identity provider.
+pub(crate) fn binding_key(tenant: &TenantId) -> Vec<u8> {
+    [BINDING_PREFIX, tenant.as_str().as_bytes()].concat()
+}
 pub(crate) const PLATFORM_KEYS_REVISION_KEY: &[u8] = b"m/platform-revision";
 
 pub(crate) fn access_key(tenant: &TenantId) -> Vec<u8> {
@@ -201,6 +207,32 @@ pub(super) fn execute(txn: &mut Txn, index: u64, now: u64, command: &Command) ->
                 txn.put(api_key_key(tenant, id), &record)?;
             }
             Ok(Ok(Output::ApiKey(record)))
+        }
+        Command::BindIdentityProvider { tenant, binding } => {
+            if let Err(rejection) = live_access(txn, tenant, false)? {
+                return Ok(Err(rejection));
+            }
+            match binding {
+                None => {
+                    if txn.get::<IdentityBinding>(&binding_key(tenant))?.is_none() {
+                        return Ok(Err(Rejection::NoIdentityProvider(tenant.clone())));
+                    }
+                    txn.delete(binding_key(tenant));
+                }
+                Some(binding) => {
+                    let checked = check_text("name", &binding.name)
+                        .and_then(|()| check_text("issuer", &binding.issuer))
+                        .and_then(|()| check_text("client_id", &binding.client_id))
+                        .and_then(|()| check_permissions(&binding.default_roles));
+                    if let Err(reason) = checked {
+                        return Ok(Err(Rejection::InvalidAccess(reason)));
+                    }
+                    let mut binding = binding.clone();
+                    binding.revision = index;
+                    txn.put(binding_key(tenant), &binding)?;
+                }
+            }
+            Ok(Ok(Output::Done))
         }
         Command::AnnounceApiKeyExpiry { tenant, id, secret_issued_at_ms } => {
             let Some(mut record) = txn.get::<ApiKeyRecord>(&api_key_key(tenant, id))? else {

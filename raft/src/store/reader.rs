@@ -4,8 +4,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::access::{
-    access_key, access_revision_key, api_key_index_key, api_key_key, tenant_api_keys_prefix, API_KEY_PREFIX,
-    PLATFORM_KEYS_KEY, PLATFORM_KEYS_REVISION_KEY,
+    access_key, access_revision_key, api_key_index_key, api_key_key, binding_key, tenant_api_keys_prefix,
+    API_KEY_PREFIX, PLATFORM_KEYS_KEY, PLATFORM_KEYS_REVISION_KEY,
 };
 use super::codec::decode;
 use super::engine::{EngineError, KvEngine, Space};
@@ -14,7 +14,7 @@ use super::state_machine::{
     custody_key, key_key, key_version_key, prefix_end, tenant_key, tenant_keys_prefix, tenant_revision_key, ADMIN_KEY,
     PENDING_SHRED_PREFIX, TENANT_PREFIX, TENANT_REVISION_PREFIX,
 };
-use crate::access::{ApiKeyRecord, LoginState, PlatformKeys, SessionRecord, TenantAccess};
+use crate::access::{ApiKeyRecord, IdentityBinding, LoginState, PlatformKeys, SessionRecord, TenantAccess};
 use crate::state::{KeyRecord, KeyVersion, PendingShred, Tenant, TenantCustody};
 use crate::types::{ApiKeyId, KeyId, SessionId, TenantId};
 
@@ -145,6 +145,11 @@ impl GovernanceReader {
     /// The platform's key custody and token-signing keys, once the leader created them.
     pub fn platform_keys(&self) -> Result<Option<PlatformKeys>, ReadError> {
         self.get(PLATFORM_KEYS_KEY)
+    }
+
+    /// The tenant's own identity provider, if it has one.
+    pub fn identity_binding(&self, tenant: &TenantId) -> Result<Option<IdentityBinding>, ReadError> {
+        self.get(&binding_key(tenant))
     }
 
     /// A sign-in in progress, by its OAuth state.

@@ -21,7 +21,8 @@
 //! - `s/<tenant id>` — a deleted tenant's root still to be destroyed at its provider;
 //! - `a/<tenant id>` — the tenant's access state (policy document, grants); `w/<tenant id>`
 //!   — its revision alone;
-//! - `y/<tenant id>/<api key id>` — API keys; `i/<api key id>` — the tenant of each key.
+//! - `y/<tenant id>/<api key id>` — API keys; `i/<api key id>` — the tenant of each key;
+//! - `b/<tenant id>` — the tenant's own identity provider.
 //!
 //! Access-control commands are applied in `access.rs`, sign-in commands (with their own keys)
 //! in `sessions.rs`.
@@ -447,6 +448,7 @@ impl StateMachineStore {
                         }
                     }
                     txn.delete(custody_key(id));
+                    txn.delete(super::access::binding_key(id));
                     txn.put_raw(purge_key(id), Vec::new());
                     Ok(Output::Tenant(t))
                 }
@@ -538,7 +540,8 @@ impl StateMachineStore {
             | Command::RotateApiKey { .. }
             | Command::RevokeApiKey { .. }
             | Command::PutSigningKeys { .. }
-            | Command::AnnounceApiKeyExpiry { .. } => super::access::execute(txn, index, now, &proposal.command)?,
+            | Command::AnnounceApiKeyExpiry { .. }
+            | Command::BindIdentityProvider { .. } => super::access::execute(txn, index, now, &proposal.command)?,
             Command::BeginLogin { .. }
             | Command::CompleteLogin { .. }
             | Command::TouchSession { .. }

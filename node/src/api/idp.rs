@@ -1,0 +1,144 @@
+//! `/v1/tenants/{tenant}/identity-provider`: a tenant's own OIDC identity provider (Entra ID,
+//! Okta, Google, a Keycloak realm …), bound by configuration: its people then sign in with
+//! `GET /v1/auth/login?tenant=<tenant>`. The client secret is sealed under the tenant KEK.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use custos_actors::custody::crypto::seal;
+use custos_actors::identity::OidcSettings;
+use custos_actors::policy::Permission;
+use custos_raft::access::IdentityBinding;
+use custos_raft::{Command, Output, TenantId};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::access::tenant_path;
+use super::auth::Caller;
+use super::error::ApiError;
+use super::login::idp_secret_aad;
+use super::{replicate, AppState};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindBody {
+    /// Recorded as `idp` (e.g. `acme-entra`).
+    name: String,
+    /// The issuer whose `/.well-known/openid-configuration` describes the provider.
+    issuer: String,
+    client_id: String,
+    client_secret: Zeroizing<String>,
+    /// Roles for people the provider gives none of Custos' roles.
+    #[serde(default)]
+    default_roles: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct BindingView {
+    name: String,
+    issuer: String,
+    client_id: String,
+    default_roles: Vec<String>,
+    revision: u64,
+    /// Where the provider must send browsers back (register it there).
+    redirect_uri: String,
+    /// Where the tenant's people start signing in.
+    login_path: String,
+}
+
+fn view(state: &AppState, tenant: &TenantId, binding: IdentityBinding) -> BindingView {
+    BindingView {
+        name: binding.name,
+        issuer: binding.issuer,
+        client_id: binding.client_id,
+        default_roles: binding.default_roles,
+        revision: binding.revision,
+        redirect_uri: state.sign_in.redirect_uri().to_string(),
+        login_path: format!("/v1/auth/login?tenant={tenant}"),
+    }
+}
+
+/// `PUT`: binds (or replaces) the tenant's provider, once it answers discovery.
+pub async fn put(
+    caller: Caller,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<BindBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_path(path)?;
+    caller.authorize(&state, Some(&tenant), Permission::UsersManage)?;
+    let Json(body) = body?;
+    let valid_name = !body.name.is_empty()
+        && body.name.len() <= 64
+        && body.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !valid_name {
+        return Err(ApiError::bad_request("invalid_field", "name is 1 to 64 letters, digits or '-'"));
+    }
+    if !(body.issuer.starts_with("https://") || body.issuer.starts_with("http://")) || body.client_id.is_empty() {
+        return Err(ApiError::bad_request("invalid_field", "issuer must be an http(s) URL and client_id non-empty"));
+    }
+    let settings = OidcSettings {
+        name: body.name.clone(),
+        issuer: body.issuer.clone(),
+        client_id: body.client_id.clone(),
+        client_secret: body.client_secret.clone(),
+        redirect_uri: state.sign_in.redirect_uri().to_string(),
+        clock_skew: std::time::Duration::from_secs(60),
+    };
+    state.sign_in.probe(settings).await?;
+    let kek = state.custody.kek(&tenant).await?;
+    let binding = IdentityBinding {
+        name: body.name,
+        issuer: body.issuer,
+        client_id: body.client_id,
+        client_secret_sealed: seal(&kek, body.client_secret.as_bytes(), &idp_secret_aad(&tenant)),
+        default_roles: body.default_roles,
+        revision: 0,
+    };
+    let command = Command::BindIdentityProvider { tenant: tenant.clone(), binding: Some(binding) };
+    let stored = state.clone();
+    replicate(&state, &headers, command, StatusCode::OK, move |output| match output {
+        Output::Done => {
+            stored.cluster.reader().identity_binding(&tenant).ok().flatten().map(|b| view(&stored, &tenant, b))
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// `GET`: the binding, without its secret.
+pub async fn get(
+    caller: Caller,
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<BindingView>, ApiError> {
+    let tenant = tenant_path(path)?;
+    caller.authorize(&state, Some(&tenant), Permission::UsersManage)?;
+    state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await?;
+    let binding = state
+        .cluster
+        .reader()
+        .identity_binding(&tenant)?
+        .ok_or_else(|| custos_raft::Rejection::NoIdentityProvider(tenant.clone()))?;
+    Ok(Json(view(&state, &tenant, binding)))
+}
+
+/// `DELETE`: the tenant's people sign in through the deployment's provider again.
+pub async fn delete(
+    caller: Caller,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_path(path)?;
+    caller.authorize(&state, Some(&tenant), Permission::UsersManage)?;
+    let command = Command::BindIdentityProvider { tenant, binding: None };
+    replicate(&state, &headers, command, StatusCode::OK, |output| match output {
+        Output::Done => Some(serde_json::json!({ "unbound": true })),
+        _ => None,
+    })
+    .await
+}
