@@ -53,6 +53,9 @@ async fn keycloak_logins_verify_and_normalise() {
     // alice: password only. The authorization request carries PKCE S256, state and nonce.
     let login = provider.begin();
     assert!(login.url.contains("code_challenge_method=S256"), "{}", login.url);
+    // The realm brokers a SAML provider too (docs/identity.md): its sign-in page offers it.
+    let page = http().get(&login.url).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("/broker/corp-saml/login"), "no SAML broker on the login page");
     assert!(login.url.contains(&format!("state={}", login.state)));
     let (code, state) = log_in(&login.url, RealmUser::ALICE).await;
     assert_eq!(state, login.state, "the provider returns our state");

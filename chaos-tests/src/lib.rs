@@ -13,6 +13,7 @@
 //! - `proxy.rs` — [`LinkProxy`]: a TCP proxy per directed link between nodes that passes,
 //!   delays or cuts traffic ([`ProcessCluster::with_links`], `partition`, `heal`).
 //! - `kafka.rs` — [`KafkaBroker`]: a real Apache Kafka (KRaft) run by `deploy/scripts/kafka.sh`.
+//! - `routes.rs` — [`tenant_routes`]: every tenant-scoped route, for isolation tests.
 //! - `keycloak.rs` — [`KeycloakServer`]: a real Keycloak 26 with the `custos` realm, run by
 //!   `deploy/scripts/keycloak.sh`.
 //!
@@ -26,6 +27,7 @@ mod kafka;
 mod keycloak;
 mod openbao;
 mod proxy;
+mod routes;
 pub mod workload;
 
 pub use cluster::{free_ports, ApiReply, ProcessCluster};
@@ -33,3 +35,4 @@ pub use kafka::KafkaBroker;
 pub use keycloak::{dave_totp, log_in as keycloak_log_in, query_param, KeycloakServer, RealmUser};
 pub use openbao::OpenBaoServer;
 pub use proxy::{Fault, LinkProxy};
+pub use routes::tenant_routes;

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use custos_chaos_tests::{keycloak_log_in, KeycloakServer, ProcessCluster, RealmUser};
+use custos_chaos_tests::{keycloak_log_in, tenant_routes, KeycloakServer, ProcessCluster, RealmUser};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -179,6 +179,15 @@ async fn sign_in_through_keycloak_works_on_every_node() {
         StatusCode::FORBIDDEN
     );
     assert_eq!(browser.call(2, &alice, Method::GET, "/v1/cluster/status", None, false).await.0, StatusCode::FORBIDDEN);
+
+    // Tenant isolation with a session: every tenant-scoped route against globex is refused and
+    // shows none of its data.
+    for (method, route, body) in tenant_routes() {
+        let path = route.replace("{t}", "globex").replace("{k}", "unknown");
+        let (status, reply) = browser.call(2, &alice, method.clone(), &path, body, true).await;
+        assert!(matches!(status.as_u16(), 403 | 404), "{method} {path}: {status} {reply}");
+        assert!(!reply.to_string().contains("custos:v1:"), "{method} {path}: {reply}");
+    }
 
     // Destroying a key needs MFA: refused for alice, allowed for dave (password + TOTP).
     let browser = &browser;
