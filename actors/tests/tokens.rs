@@ -42,6 +42,7 @@ fn claims(iat: u64, exp: u64) -> PlatformClaims {
         mfa_verified: false,
         idp: "custos".into(),
         idp_sub: "k1".into(),
+        sid: None,
     }
 }
 

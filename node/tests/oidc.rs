@@ -206,6 +206,22 @@ async fn sign_in_through_keycloak_works_on_every_node() {
         browser.call(2, &bob, Method::POST, "/v1/tenants/acme/keys", Some(json!({ "id": "x" })), true).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
+    // dave exchanges his session for a platform token: it carries his roles and MFA, works on
+    // any node, and ends with his session (checked below, after logout).
+    let (status, issued) = browser.call(2, &dave, Method::POST, "/v1/auth/token", None, true).await;
+    assert_eq!(status, StatusCode::OK, "{issued}");
+    let dave_jwt = issued["access_token"].as_str().unwrap().to_string();
+    let with_jwt = cluster.call_as(3, &dave_jwt, Method::GET, "/v1/auth/session", None, &[]).await.unwrap();
+    assert_eq!(with_jwt.status, 200, "{}", with_jwt.body);
+    assert_eq!(
+        (with_jwt.body["subject"].as_str(), with_jwt.body["mfa_verified"].as_bool()),
+        (Some("user:dave"), Some(true))
+    );
+    assert_eq!(
+        cluster.call_as(1, &dave_jwt, Method::GET, "/v1/tenants/globex/keys", None, &[]).await.unwrap().status,
+        403
+    );
+
     // A forged or foreign cookie is refused.
     let forged = format!("{}x", &alice[..alice.len() - 1]);
     assert_eq!(
@@ -235,6 +251,18 @@ async fn sign_in_through_keycloak_works_on_every_node() {
             browser.eventually(node, &third, StatusCode::UNAUTHORIZED).await,
             "node {node} kept a logged-out session"
         );
+    }
+
+    // dave logs out: his session's token stops working on every node too.
+    let (status, _) = browser.call(3, &dave, Method::POST, "/v1/auth/logout", None, true).await;
+    assert_eq!(status, StatusCode::OK);
+    for node in 1..=3 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cluster.call_as(node, &dave_jwt, Method::GET, "/v1/auth/session", None, &[]).await.unwrap().status != 401
+        {
+            assert!(Instant::now() < deadline, "node {node} accepts a token of an ended session");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     // A completed sign-in cannot be replayed: its state is consumed.

@@ -38,6 +38,9 @@ pub struct PlatformClaims {
     /// Where the identity came from; recorded for audit, never used to decide.
     pub idp: String,
     pub idp_sub: String,
+    /// The sign-in session a token was issued from: it stops working when that session ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// Issuer, audience and lifetimes; the same on every node.

@@ -297,7 +297,17 @@ fn platform_token(state: &AppState, token: &str) -> Result<Principal, ApiError> 
             admit_key(state, &record)?;
             PrincipalKind::ApiKey
         }
-        None => PrincipalKind::User,
+        None => {
+            // A token issued from a session lives no longer than the session.
+            if let Some(sid) = &claims.sid {
+                let id = SessionId::new(sid.clone()).map_err(|_| invalid())?;
+                let live = state.cluster.reader().session(&id)?.is_some_and(|s| s.live_at(now_ms()));
+                if !live {
+                    return Err(ApiError::unauthenticated("the token's session has ended"));
+                }
+            }
+            PrincipalKind::User
+        }
     };
     if let Some(tenant) = &tenant {
         match state.cluster.reader().tenant(tenant)? {

@@ -1,5 +1,5 @@
-//! Platform tokens at the edge: `POST /v1/auth/token` exchanges an API key for a short-lived
-//! JWT; `/.well-known/jwks.json` and `/.well-known/openid-configuration` publish what
+//! Platform tokens at the edge: `POST /v1/auth/token` exchanges an API key or a signed-in
+//! session for a short-lived JWT; `/.well-known/jwks.json` and `/.well-known/openid-configuration` publish what
 //! gateways need to validate tokens without calling Custos.
 
 use axum::extract::State;
@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use custos_actors::identity::{PlatformClaims, TokenError};
-use custos_actors::policy::PrincipalKind;
+use custos_actors::policy::{PermissionSet, PrincipalKind, TenantPolicy};
 use serde_json::{json, Value};
 
 use super::auth::Caller;
@@ -31,16 +31,38 @@ impl From<TokenError> for ApiError {
     }
 }
 
-/// `POST /v1/auth/token` with an API key: a platform token carrying the key's tenant and
-/// scopes, valid for `identity.token_ttl_s`.
-pub async fn exchange(caller: Caller, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// `POST /v1/auth/token` with an API key or a signed-in session (with its CSRF header): a
+/// platform token carrying the principal's tenant, roles and permissions (an API key's scopes;
+/// what a person's roles and grants give), valid for `identity.token_ttl_s`. A session's
+/// token names the session (`sid`) and stops working when the session ends.
+pub async fn exchange(
+    caller: Caller,
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let principal = caller.principal.clone();
-    if principal.kind != PrincipalKind::ApiKey {
-        return Err(ApiError::bad_request(
-            "unsupported_credential",
-            "only an API key is exchanged for a platform token here",
-        ));
-    }
+    let (permissions, sid) = match principal.kind {
+        PrincipalKind::ApiKey => (principal.permissions, None),
+        PrincipalKind::User => {
+            let sid = super::auth::session_cookie(&headers).map(|(id, _)| id).ok_or_else(|| {
+                ApiError::bad_request("unsupported_credential", "a person exchanges their session cookie for a token")
+            })?;
+            let granted = match &principal.tenant {
+                Some(tenant) => match state.policy.compiled(tenant)?.as_ref() {
+                    Ok(policy) => policy.granted(&principal, now_ms()),
+                    Err(_) => PermissionSet::EMPTY,
+                },
+                None => TenantPolicy::builtin().granted(&principal, now_ms()),
+            };
+            (granted, Some(sid))
+        }
+        PrincipalKind::Bootstrap => {
+            return Err(ApiError::bad_request(
+                "unsupported_credential",
+                "the bootstrap admin token is not exchanged; create an API key or sign in",
+            ))
+        }
+    };
     let settings = state.tokens.settings().clone();
     let (token, exp) = state
         .tokens
@@ -54,18 +76,19 @@ pub async fn exchange(caller: Caller, State(state): State<AppState>) -> Result<J
             jti: uuid::Uuid::new_v4().simple().to_string(),
             roles: principal.roles.clone(),
             tenant_id: principal.tenant.as_ref().map(|t| t.to_string()),
-            permissions: principal.permissions.names(),
+            permissions: permissions.names(),
             lob: principal.lob.clone(),
             mfa_verified: principal.mfa_verified,
             idp: principal.idp.clone(),
             idp_sub: principal.idp_sub.clone(),
+            sid,
         })
         .await?;
     Ok(Json(json!({
         "access_token": token,
         "token_type": "Bearer",
         "expires_in": exp.saturating_sub(now_ms() / 1000),
-        "scope": principal.permissions.names().join(" "),
+        "scope": permissions.names().join(" "),
     })))
 }
 

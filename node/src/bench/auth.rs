@@ -196,6 +196,7 @@ async fn token_rates(algorithm: SigningAlgorithm, calls: u32) -> Result<(f64, f6
         mfa_verified: false,
         idp: "custos".into(),
         idp_sub: "bench".into(),
+        sid: None,
     };
     let start = Instant::now();
     let mut token = String::new();
