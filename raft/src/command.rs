@@ -356,6 +356,7 @@ pub enum Output {
     Grant(JitGrant),
     ApiKey(ApiKeyRecord),
     Session(SessionRecord),
+    Binding(IdentityBinding),
 }
 
 /// A command the state machine refused. Deterministic: every node refuses it the same way.

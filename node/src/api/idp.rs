@@ -99,11 +99,9 @@ pub async fn put(
         revision: 0,
     };
     let command = Command::BindIdentityProvider { tenant: tenant.clone(), binding: Some(binding) };
-    let stored = state.clone();
-    replicate(&state, &headers, command, StatusCode::OK, move |output| match output {
-        Output::Done => {
-            stored.cluster.reader().identity_binding(&tenant).ok().flatten().map(|b| view(&stored, &tenant, b))
-        }
+    // The answer comes from the apply itself: this node may not have applied it yet.
+    replicate(&state, &headers, command, StatusCode::OK, |output| match output {
+        Output::Binding(binding) => Some(view(&state, &tenant, binding)),
         _ => None,
     })
     .await

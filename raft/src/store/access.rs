@@ -230,6 +230,7 @@ pub(super) fn execute(txn: &mut Txn, index: u64, now: u64, command: &Command) ->
                     let mut binding = binding.clone();
                     binding.revision = index;
                     txn.put(binding_key(tenant), &binding)?;
+                    return Ok(Ok(Output::Binding(binding)));
                 }
             }
             Ok(Ok(Output::Done))
