@@ -36,7 +36,7 @@ stop_pid() {
         rm -f "$dir/pid"
         return 0
     fi
-    if pid_alive "$pid" && ! tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -q "$process_pattern"; then
+    if pid_alive "$pid" && ! tr '\0' ' ' 2>/dev/null <"/proc/${pid}/cmdline" | grep -q "$process_pattern"; then
         log "pid $pid from $dir/pid is not a ${process_pattern} process any more; leaving it alone"
         rm -f "$dir/pid"
         return 0

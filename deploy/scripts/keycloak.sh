@@ -209,7 +209,7 @@ jvm_pid() {
             read -r -a fields <<<"${line##*) }"
             [[ "${fields[1]:-}" == "$script_pid" ]] || continue
             pid="${line%% *}"
-            if tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -q "$process_pattern"; then
+            if tr '\0' ' ' 2>/dev/null <"/proc/${pid}/cmdline" | grep -q "$process_pattern"; then
                 printf '%s\n' "$pid"
                 return 0
             fi

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use custos_actors::policy::{
     AccessRequest, Attributes, Permission, PermissionSet, PolicyCache, Principal, PrincipalKind, TenantPolicy,
 };
-use custos_chaos_tests::KeycloakServer;
+use custos_chaos_tests::{KeycloakServer, ProcessCluster};
 use custos_raft::access::{AccessPolicy, AccessRule, Condition, CustomRole, SigningAlgorithm, TenantAccess};
 use custos_raft::TenantId;
 use reqwest::Method;
@@ -212,6 +212,29 @@ async fn token_rates(algorithm: SigningAlgorithm, calls: u32) -> Result<(f64, f6
     Ok((issue, verify))
 }
 
+/// One node holding tenant `bench`, signing platform tokens with `algorithm`, with an API key
+/// of an unlimited tier; returns once a token was issued (the leader makes the first signing
+/// key right after the cluster forms).
+async fn token_node(exe: &std::path::Path, algorithm: &str) -> Result<(ProcessCluster, String)> {
+    let env = [
+        ("CUSTOS_IDENTITY__API_KEY_TIERS__STANDARD__PER_SECOND", "1000000000"),
+        ("CUSTOS_IDENTITY__TOKEN_ALGORITHM", algorithm),
+    ];
+    let cluster = bench_node(exe, &env).await?;
+    let key = json!({ "name": "bench", "scopes": ["keys:read", "keys:encrypt", "keys:decrypt"] });
+    let reply = cluster.call(1, Method::POST, "/v1/tenants/bench/apikeys", Some(&key), &[]).await?;
+    let token =
+        reply.body["token"].as_str().with_context(|| format!("creating the API key: {}", reply.body))?.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.call_as(1, &token, Method::POST, "/v1/auth/token", None, &[]).await?.status != 200 {
+        if Instant::now() > deadline {
+            bail!("no {algorithm} platform token was issued within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok((cluster, token))
+}
+
 pub async fn run(options: Options) -> Result<()> {
     if options.decisions == 0 {
         bail!("--decisions must be at least 1");
@@ -226,8 +249,9 @@ pub async fn run(options: Options) -> Result<()> {
     println!();
 
     let exe = std::env::current_exe().context("locating the custos binary")?;
-    eprintln!("starting 1 custos node on 127.0.0.1 …");
-    let cluster = bench_node(&exe, &[("CUSTOS_IDENTITY__API_KEY_TIERS__STANDARD__PER_SECOND", "1000000000")]).await?;
+    eprintln!("starting 2 custos nodes (RS256 and EdDSA platform tokens) on 127.0.0.1 …");
+    let (cluster, token) = token_node(&exe, "RS256").await?;
+    let (eddsa_cluster, eddsa_token) = token_node(&exe, "EdDSA").await?;
     let policy = json!({
         "roles": [{ "name": "key-user", "permissions": ["keys:encrypt", "keys:decrypt"] }],
         "rules": [{ "id": "prod", "permissions": ["config:write"], "conditions": [{ "type": "environment", "allowed": ["prod"] }] }],
@@ -236,16 +260,15 @@ pub async fn run(options: Options) -> Result<()> {
     if reply.status != 200 {
         bail!("writing the benchmark policy: {} {}", reply.status, reply.body);
     }
-    let key = json!({ "name": "bench", "scopes": ["keys:read", "keys:encrypt", "keys:decrypt"] });
-    let reply = cluster.call(1, Method::POST, "/v1/tenants/bench/apikeys", Some(&key), &[]).await?;
-    let token = reply.body["token"].as_str().with_context(|| format!("creating the API key: {}", reply.body))?;
     let auth: (&'static str, String) = ("authorization", format!("Bearer {token}"));
     let tls = super::audit::client_tls(&cluster)?;
+    let eddsa_tls = super::audit::client_tls(&eddsa_cluster)?;
     let url = cluster.url(1, "/v1/tenants/bench/authorize")?;
     let body = json!({ "permission": "keys:decrypt" });
 
-    // The peer: Keycloak's client-credentials grant (RS256, its default), over HTTPS with the
-    // same certificate and CA as the node, started while the node idles.
+    // The peer: Keycloak's client-credentials grant, RS256 (its default) and EdDSA (a client
+    // of its own), over HTTPS with the same certificate and CA as the first node, started
+    // while the nodes idle.
     let tls_dir = cluster.root().join("tls");
     eprintln!("starting Keycloak (keycloak.sh; tens of seconds) …");
     let keycloak = KeycloakServer::start(
@@ -254,48 +277,52 @@ pub async fn run(options: Options) -> Result<()> {
     )?;
     let keycloak_base = keycloak.https_url()?;
     let keycloak_addr = keycloak_base.trim_start_matches("https://").parse().context("a loopback address")?;
-    let grant = b"grant_type=client_credentials&client_id=custos-bench&client_secret=custos-bench-secret";
-    let keycloak_request = super::wire::post_typed(
-        keycloak_addr,
-        "/realms/custos/protocol/openid-connect/token",
-        "application/x-www-form-urlencoded",
-        None,
-        grant,
-    );
+    let grant = |client: &str| {
+        let form = format!("grant_type=client_credentials&client_id={client}&client_secret=custos-bench-secret");
+        super::wire::post_typed(
+            keycloak_addr,
+            "/realms/custos/protocol/openid-connect/token",
+            "application/x-www-form-urlencoded",
+            None,
+            form.as_bytes(),
+        )
+    };
+    let exchange = |cluster: &ProcessCluster, token: &str| -> Result<(String, Vec<u8>)> {
+        let base = cluster.url(1, "")?.trim_end_matches('/').to_string();
+        let addr = base.trim_start_matches("https://").parse().context("a loopback address")?;
+        let bearer = format!("Bearer {token}");
+        Ok((base, super::wire::post(addr, "/v1/auth/token", ("authorization", &bearer), b"{}")))
+    };
+    let (custos_base, custos_rs256) = exchange(&cluster, &token)?;
+    let (eddsa_base, custos_eddsa) = exchange(&eddsa_cluster, &eddsa_token)?;
 
     println!(
-        "authorization decisions and token issuance over HTTPS/1.1 keep-alive (same CA and certificate, a connection per client), {} s per run",
+        "authorization decisions and token issuance over HTTPS/1.1 keep-alive (a connection per client), {} s per run",
         options.duration.as_secs()
     );
     println!("  custos authorize: 1 node, API key, audit fail-closed to the local log");
-    println!("  custos token: API key exchanged for an RS256 platform token (audited)");
-    println!("  keycloak token: client-credentials grant, realm custos, RS256");
+    println!("  custos token: an API key exchanged for a platform token (audited), one node per algorithm");
+    println!("  keycloak token: client-credentials grant, realm custos, a client per algorithm");
     println!(
-        "{:<9} {:<10} {:>7} {:>10} {:>9} {:>9} {:>8}",
+        "{:<9} {:<16} {:>7} {:>10} {:>9} {:>9} {:>8}",
         "system", "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors"
     );
-    // The first signing key is made by the leader right after the cluster forms.
-    let token_url = cluster.url(1, "/v1/auth/token")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster.call_as(1, token, Method::POST, "/v1/auth/token", None, &[]).await?.status != 200 {
-        if Instant::now() > deadline {
-            bail!("no platform token was issued within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let field: &[u8] = b"\"access_token\"";
     let mut ratios = Vec::new();
     for &clients in &options.clients {
         let targets = [
             Target::new("custos", "authorize", &url, &auth, &body, &tls)?,
-            Target::new("custos", "token", &token_url, &auth, &json!({}), &tls)?,
-            Target::raw("keycloak", "token", &keycloak_base, keycloak_request.clone(), b"\"access_token\"", &tls)?,
+            Target::raw("custos", "token RS256", &custos_base, custos_rs256.clone(), field, &tls)?,
+            Target::raw("keycloak", "token RS256", &keycloak_base, grant("custos-bench"), field, &tls)?,
+            Target::raw("custos", "token EdDSA", &eddsa_base, custos_eddsa.clone(), field, &eddsa_tls)?,
+            Target::raw("keycloak", "token EdDSA", &keycloak_base, grant("custos-bench-eddsa"), field, &tls)?,
         ];
-        let mut token_rates = Vec::new();
+        let mut rates = Vec::new();
         for target in targets {
             let (system, op) = (target.system, target.op);
             let stats = run_target(target, clients, options.duration).await;
             println!(
-                "{:<9} {:<10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8}",
+                "{:<9} {:<16} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8}",
                 system,
                 op,
                 clients,
@@ -304,15 +331,13 @@ pub async fn run(options: Options) -> Result<()> {
                 stats.latency_ms(0.99),
                 stats.errors
             );
-            if op == "token" {
-                token_rates.push(stats.ops_per_sec());
-            }
+            rates.push(stats.ops_per_sec());
         }
-        ratios.push((clients, token_rates[0] / token_rates[1]));
+        ratios.push((clients, rates[1] / rates[2], rates[3] / rates[4]));
     }
     println!();
-    for (clients, ratio) in ratios {
-        println!("token issuance, custos/keycloak at {clients} clients: {ratio:.2}x");
+    for (clients, rs256, eddsa) in ratios {
+        println!("token issuance, custos/keycloak at {clients} clients: RS256 {rs256:.2}x, EdDSA {eddsa:.2}x");
     }
     Ok(())
 }

@@ -71,7 +71,6 @@ impl Target {
         let field: &[u8] = match op {
             "encrypt" => b"\"ciphertext\"",
             "decrypt" => b"\"plaintext\"",
-            "token" => b"\"access_token\"",
             _ => b"\"decision_id\"",
         };
         let (base, path) = url.split_at(url[8..].find('/').map_or(url.len(), |i| i + 8));
