@@ -265,6 +265,11 @@ async fn sign_in_through_keycloak_works_on_every_node() {
         }
     }
 
+    // A browser still holding its ended session's cookie signs in again.
+    let stale =
+        browser.http.get(cluster.url(2, "/v1/auth/login").unwrap()).header("cookie", &third).send().await.unwrap();
+    assert_eq!(stale.status(), StatusCode::FOUND, "{}", stale.text().await.unwrap());
+
     // A completed sign-in cannot be replayed: its state is consumed.
     let redirect = browser.http.get(cluster.url(1, "/v1/auth/login").unwrap()).send().await.unwrap();
     let location = redirect.headers()["location"].to_str().unwrap().to_string();

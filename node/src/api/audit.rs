@@ -166,8 +166,15 @@ pub async fn record(
     let slot = DecisionSlot::default();
     request.extensions_mut().insert(slot.clone());
     // Authentication first: a credential that does not authenticate is refused whatever the
-    // route, and the principal is the actor of this request's event.
-    let (principal, mut response) = match super::auth::authenticate(&state, &method, request.headers()).await {
+    // route, and the principal is the actor of this request's event. The sign-in routes take
+    // no credential: a browser's stale session cookie must not stop it signing in again.
+    let path = request.uri().path();
+    let signing_in = ["/auth/login", "/auth/callback"].iter().any(|p| route.ends_with(p) || path.ends_with(p));
+    let authenticated = match signing_in {
+        true => Ok(None),
+        false => super::auth::authenticate(&state, &method, request.headers()).await,
+    };
+    let (principal, mut response) = match authenticated {
         Ok(principal) => {
             let principal = principal.map(std::sync::Arc::new);
             if let Some(principal) = &principal {
