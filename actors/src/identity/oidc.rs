@@ -12,9 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
-    AccessTokenHash, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
-    TokenResponse,
+    AccessTokenHash, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet,
+    EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, Scope, SignatureVerificationError, TokenResponse,
 };
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -43,6 +43,9 @@ pub struct OidcSettings {
 pub enum OidcError {
     #[error("the identity provider at {issuer} cannot be used: {reason}")]
     Discovery { issuer: String, reason: String },
+    /// The ID token names a signing key the provider's JWKS (as last fetched) lacks.
+    #[error("the ID token is signed with a key the provider does not publish")]
+    UnknownKey,
     #[error("the code exchange failed: {0}")]
     Exchange(String),
     /// The ID token does not verify (signature, issuer, audience, nonce, expiry, at_hash).
@@ -185,7 +188,7 @@ impl OidcProvider {
         let id_token = response.id_token().ok_or_else(|| OidcError::Invalid("no ID token in the answer".into()))?;
         let nonce = Nonce::new(nonce.to_string());
         let verified = match self.verify(&client, id_token, response.access_token(), &nonce) {
-            Err(OidcError::Invalid(reason)) if reason.contains("key") && self.may_refetch() => {
+            Err(OidcError::UnknownKey) if self.may_refetch() => {
                 // A token signed with a key we do not know yet: the provider rotated. Fetch its
                 // keys again (rate-limited) and try once more.
                 let fresh = Self::client(&self.settings, &self.http).await?;
@@ -212,7 +215,12 @@ impl OidcProvider {
         let skew = chrono::Duration::from_std(self.settings.clock_skew).map_err(|e| invalid(&e))?;
         // Time seen `skew` earlier: a token up to `skew` past its expiry still passes.
         let verifier = client.id_token_verifier().set_time_fn(move || chrono::Utc::now() - skew);
-        let claims = id_token.claims(&verifier, nonce).map_err(|e| invalid(&e))?;
+        let claims = id_token.claims(&verifier, nonce).map_err(|e| match e {
+            ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey) => {
+                OidcError::UnknownKey
+            }
+            other => invalid(&other),
+        })?;
         if let Some(expected) = claims.access_token_hash() {
             let algorithm = id_token.signing_alg().map_err(|e| invalid(&e))?;
             let key = id_token.signing_key(&verifier).map_err(|e| invalid(&e))?;

@@ -57,7 +57,7 @@ pub fn new_admin_token() -> Zeroizing<String> {
 }
 
 /// 256 random bits, base64url.
-fn random_secret() -> Zeroizing<String> {
+pub fn random_secret() -> Zeroizing<String> {
     let mut bytes = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(bytes.as_mut());
     Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref()))
@@ -65,6 +65,15 @@ fn random_secret() -> Zeroizing<String> {
 
 pub fn token_sha256(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// A public identifier (API keys, sessions): 16 characters of a-z and 2-7, 80 bits, an id no
+/// one guesses or collides with.
+pub fn random_id() -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| ALPHABET[(b & 31) as usize] as char).collect()
 }
 
 /// A new API key: its public id, the token shown once, and the hash that is stored.
@@ -76,14 +85,7 @@ pub struct NewApiKey {
 
 /// Mints an API key token (for a new key, or a new secret of `id`).
 pub fn new_api_key(id: Option<ApiKeyId>) -> NewApiKey {
-    let id = id.unwrap_or_else(|| {
-        // 16 characters of a-z and 2-7: 80 bits, an id no one guesses or collides with.
-        const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-        let mut bytes = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let text: String = bytes.iter().map(|b| ALPHABET[(b & 31) as usize] as char).collect();
-        ApiKeyId::new(text).expect("lowercase letters and digits make a valid id")
-    });
+    let id = id.unwrap_or_else(|| ApiKeyId::new(random_id()).expect("lowercase letters and digits make a valid id"));
     let secret = random_secret();
     let secret_sha256 = token_sha256(&secret);
     let token = Zeroizing::new(format!("{API_KEY_PREFIX}{id}_{}", secret.as_str()));

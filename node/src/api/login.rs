@@ -175,7 +175,7 @@ impl From<OidcError> for ApiError {
             OidcError::Discovery { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable", e.to_string())
             }
-            OidcError::Exchange(_) | OidcError::Invalid(_) => {
+            OidcError::Exchange(_) | OidcError::Invalid(_) | OidcError::UnknownKey => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "sign_in_failed", e.to_string())
             }
             OidcError::Config(_) => ApiError::internal(e.to_string()),
@@ -364,10 +364,9 @@ fn new_session(state: &AppState, identity: &ExternalIdentity) -> Result<(Session
         None => return Err(refuse("no_tenant", "the identity provider names no tenant for this person".into())),
     };
     let name = identity.username.clone().unwrap_or_else(|| identity.subject.clone());
-    let key = super::auth::new_api_key(None);
-    let id = SessionId::new(key.id.to_string()).map_err(|e| ApiError::internal(e.to_string()))?;
-    let secret = key.token.rsplit_once('_').map(|(_, s)| s.to_string()).unwrap_or_default();
-    let cookie = Zeroizing::new(format!("{id}.{secret}"));
+    let id = SessionId::new(super::auth::random_id()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let secret = super::auth::random_secret();
+    let cookie = Zeroizing::new(format!("{id}.{}", secret.as_str()));
     let now = now_ms();
     let session = SessionRecord {
         id,
