@@ -468,3 +468,17 @@ impl Drop for ProcessCluster {
         }
     }
 }
+
+/// Polls `check` every 100 ms until it holds or `timeout` passes; whether it held.
+pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hmac::{Hmac, Mac};
 
 /// The TOTP key of the realm's MFA user `dave` (HMAC-SHA1, 6 digits, 30 s).
 const DAVE_TOTP_KEY: &[u8] = b"custos-dave-totp-k01";
@@ -72,13 +71,10 @@ impl RealmUser {
 
 /// The current TOTP code of `dave` (RFC 6238).
 pub fn dave_totp() -> String {
-    let counter = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() / 30;
-    let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(DAVE_TOTP_KEY).expect("HMAC takes any key length");
-    mac.update(&counter.to_be_bytes());
-    let digest = mac.finalize().into_bytes();
-    let offset = usize::from(digest[19] & 0x0f);
-    let code = u32::from_be_bytes([digest[offset] & 0x7f, digest[offset + 1], digest[offset + 2], digest[offset + 3]]);
-    format!("{:06}", code % 1_000_000)
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    // Keycloak's realm settings: SHA-1, 6 digits, 30-second steps.
+    totp_rs::TOTP::new_unchecked(totp_rs::Algorithm::SHA1, 6, 1, 30, DAVE_TOTP_KEY.to_vec(), None, "dave".into())
+        .generate(now)
 }
 
 /// The `action` of the form with `id` in a page, unescaped.

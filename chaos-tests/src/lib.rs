@@ -30,7 +30,7 @@ mod proxy;
 mod routes;
 pub mod workload;
 
-pub use cluster::{free_ports, ApiReply, ProcessCluster};
+pub use cluster::{eventually, free_ports, ApiReply, ProcessCluster};
 pub use kafka::KafkaBroker;
 pub use keycloak::{dave_totp, log_in as keycloak_log_in, query_param, KeycloakServer, RealmUser};
 pub use openbao::OpenBaoServer;

@@ -4,9 +4,9 @@
 //! trail of API-key use.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use custos_chaos_tests::{tenant_routes, ApiReply, ProcessCluster};
+use custos_chaos_tests::{eventually, tenant_routes, ApiReply, ProcessCluster};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -33,20 +33,6 @@ async fn as_key(
 
 fn token(reply: &Value) -> String {
     reply["token"].as_str().expect("a token in the answer").to_string()
-}
-
-/// Polls until `check` holds on node `node` or `timeout` passes; returns whether it held.
-async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::access::{
     AccessPolicy, ApiKeyRecord, IdentityBinding, JitGrant, LoginState, SessionRecord, SigningKey, TenantAccess,
 };
+use crate::directory::{DirectoryGroup, DirectoryUser, NativeSignIn};
 use crate::state::{KeyAlgorithm, KeyChange, KeyPurpose, KeyRecord, KeyState, Tenant, TenantCustody, TenantStatus};
-use crate::types::{ApiKeyId, GrantId, KeyId, RegionLabel, RequestId, SessionId, TenantId};
+use crate::types::{ApiKeyId, DirectoryId, GrantId, KeyId, RegionLabel, RequestId, SessionId, TenantId};
 
 /// Most keys one tenant may ever create. A constant, not configuration: every node must apply
 /// the same rule.
@@ -115,6 +116,41 @@ impl Proposal {
                             + b.client_secret_sealed.len()
                             + b.default_roles.iter().map(|r| r.len() + 8).sum::<usize>()
                     })
+            }
+            Command::PutDirectoryUser { tenant, user, .. } => {
+                let texts = |list: &[String]| list.iter().map(|s| s.len() + 8).sum::<usize>();
+                let opt = |o: &Option<String>| o.as_ref().map_or(0, String::len);
+                tenant.as_str().len()
+                    + user.id.as_str().len()
+                    + user.user_name.len()
+                    + opt(&user.external_id)
+                    + opt(&user.display_name)
+                    + opt(&user.given_name)
+                    + opt(&user.family_name)
+                    + opt(&user.password_hash)
+                    + user.totp_sealed.as_ref().map_or(0, Vec::len)
+                    + user.emails.iter().map(|e| e.value.len() + opt(&e.kind) + 8).sum::<usize>()
+                    + texts(&user.roles)
+                    + texts(&user.lob)
+            }
+            Command::PutDirectoryGroup { tenant, group, .. } => {
+                tenant.as_str().len()
+                    + group.id.as_str().len()
+                    + group.display_name.len()
+                    + group.external_id.as_ref().map_or(0, String::len)
+                    + group.members.iter().map(|m| m.as_str().len() + 8).sum::<usize>()
+            }
+            Command::DeleteDirectoryUser { tenant, id } | Command::DeleteDirectoryGroup { tenant, id } => {
+                tenant.as_str().len() + id.as_str().len()
+            }
+            Command::SetNativeSignIn { tenant, .. } => tenant.as_str().len(),
+            Command::OpenSession { user, session, .. } => {
+                user.as_str().len()
+                    + session.subject.len()
+                    + session.idp.len()
+                    + session.idp_sub.len()
+                    + session.roles.iter().chain(&session.lob).map(|s| s.len() + 8).sum::<usize>()
+                    + 64
             }
             Command::PutSigningKeys { custody, keys, .. } => {
                 custody.root.len()
@@ -276,6 +312,45 @@ pub enum Command {
         keys: Vec<SigningKey>,
         expected_revision: u64,
     },
+    /// Creates (with no `expected_revision`) or replaces (only while still at
+    /// `expected_revision`) a directory user. Making the user inactive, or renaming it, ends the
+    /// sessions and revokes the API keys of the person it named, in the same apply.
+    PutDirectoryUser {
+        tenant: TenantId,
+        user: DirectoryUser,
+        expected_revision: Option<u64>,
+    },
+    /// Deprovisions a user: removes it from the directory and its groups, ends its sessions,
+    /// revokes the API keys it created and drops its just-in-time grants, in one apply.
+    DeleteDirectoryUser {
+        tenant: TenantId,
+        id: DirectoryId,
+    },
+    /// Creates or replaces a directory group, like [`Command::PutDirectoryUser`].
+    PutDirectoryGroup {
+        tenant: TenantId,
+        group: DirectoryGroup,
+        expected_revision: Option<u64>,
+    },
+    DeleteDirectoryGroup {
+        tenant: TenantId,
+        id: DirectoryId,
+    },
+    /// Makes the tenant's people sign in natively (removing any OIDC binding), or, with None,
+    /// stops native sign-in.
+    SetNativeSignIn {
+        tenant: TenantId,
+        native: Option<NativeSignIn>,
+    },
+    /// Opens a session for a directory user who signed in natively. Refused unless the user is
+    /// still active and its tenant still signs in natively; a TOTP step must be later than the
+    /// last one the user used.
+    OpenSession {
+        user: DirectoryId,
+        session: SessionRecord,
+        max_sessions_per_user: u32,
+        totp_step: Option<u64>,
+    },
 }
 
 impl Command {
@@ -305,6 +380,12 @@ impl Command {
             Command::TouchSession { .. } => "touch_session",
             Command::RevokeSession { .. } => "revoke_session",
             Command::BindIdentityProvider { .. } => "bind_identity_provider",
+            Command::PutDirectoryUser { .. } => "put_directory_user",
+            Command::DeleteDirectoryUser { .. } => "delete_directory_user",
+            Command::PutDirectoryGroup { .. } => "put_directory_group",
+            Command::DeleteDirectoryGroup { .. } => "delete_directory_group",
+            Command::SetNativeSignIn { .. } => "set_native_sign_in",
+            Command::OpenSession { .. } => "open_session",
         }
     }
 
@@ -325,7 +406,14 @@ impl Command {
                 *secret_sha256 = [0; 32]
             }
             Command::BeginLogin { login } => login.pkce_verifier_sealed.clear(),
-            Command::CompleteLogin { session, .. } => session.secret_sha256 = [0; 32],
+            Command::CompleteLogin { session, .. } | Command::OpenSession { session, .. } => {
+                session.secret_sha256 = [0; 32]
+            }
+            // A retry hashes the password with a fresh salt and seals with a fresh nonce.
+            Command::PutDirectoryUser { user, .. } => {
+                user.password_hash = None;
+                user.totp_sealed = None;
+            }
             Command::PutSigningKeys { custody, keys, .. } => {
                 custody.root.clear();
                 custody.kek_wrapped.clear();
@@ -357,6 +445,8 @@ pub enum Output {
     ApiKey(ApiKeyRecord),
     Session(SessionRecord),
     Binding(IdentityBinding),
+    DirectoryUser(DirectoryUser),
+    DirectoryGroup(DirectoryGroup),
 }
 
 /// A command the state machine refused. Deterministic: every node refuses it the same way.
@@ -424,6 +514,18 @@ pub enum Rejection {
     SessionNotFound(SessionId),
     #[error("tenant {0} has no identity provider of its own")]
     NoIdentityProvider(TenantId),
+    #[error("directory entry {0} does not exist")]
+    DirectoryEntryNotFound(DirectoryId),
+    #[error("{0}")]
+    DirectoryConflict(String),
+    #[error("directory entry {id} is at version {actual}, not {expected}")]
+    StaleDirectoryRevision { id: DirectoryId, expected: u64, actual: u64 },
+    #[error("tenant {0} holds the most directory entries a tenant may have")]
+    TooManyDirectoryEntries(TenantId),
+    #[error("{0} is not an active person of this tenant's directory")]
+    NotProvisioned(String),
+    #[error("this one-time code was already used; wait for the next one")]
+    TotpReplayed,
 }
 
 impl KeyState {

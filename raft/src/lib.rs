@@ -2,8 +2,9 @@
 //! node-to-node transport.
 //!
 //! Governance state (tenants, the admin credential, the key registry — tenant key roots and
-//! L3 key metadata with wrapped material — and access control: custom roles, ABAC rules,
-//! just-in-time grants and API keys) is a Raft-replicated state machine. Every node holds
+//! L3 key metadata with wrapped material — access control: custom roles, ABAC rules,
+//! just-in-time grants and API keys — sign-in sessions, and each tenant's directory of people
+//! and groups) is a Raft-replicated state machine. Every node holds
 //! a full copy; writes go through the leader and reads are linearizable unless a caller asks
 //! for a stale read.
 //!
@@ -12,6 +13,7 @@
 //! - `command.rs` — [`Proposal`], [`Command`] and their outcomes ([`Response`], [`Rejection`]).
 //! - `state.rs` — the data model: [`Tenant`], [`TenantCustody`], [`KeyRecord`], [`KeyVersion`].
 //! - `access.rs` — access-control state: policy documents, just-in-time grants, API keys.
+//! - `directory.rs` — each tenant's directory (SCIM users and groups) and native sign-in.
 //! - `store/` — the only code that touches the storage engine: the storage trait
 //!   (`engine.rs`), its sled implementation (`sled_engine.rs`, the only file importing sled),
 //!   the value codec (`codec.rs`), the log store, the state machine with snapshots, and the
@@ -32,6 +34,7 @@ pub mod access;
 mod batcher;
 pub mod cluster;
 pub mod command;
+pub mod directory;
 pub mod network;
 pub mod state;
 pub mod store;
@@ -46,7 +49,9 @@ pub use state::{
     PendingShred, Tenant, TenantCustody, TenantStatus,
 };
 pub use store::GovernanceReader;
-pub use types::{ApiKeyId, GrantId, InvalidId, KeyId, NodeId, NodeInfo, RegionLabel, RequestId, SessionId, TenantId};
+pub use types::{
+    ApiKeyId, DirectoryId, GrantId, InvalidId, KeyId, NodeId, NodeInfo, RegionLabel, RequestId, SessionId, TenantId,
+};
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of the governance group.

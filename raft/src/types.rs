@@ -120,6 +120,12 @@ label_newtype!(
     SessionId,
     "session id"
 );
+label_newtype!(
+    /// A directory user's or group's identifier (SCIM `id`), chosen at random by the node
+    /// that created it and never reused.
+    DirectoryId,
+    "directory id"
+);
 
 /// A client-chosen identifier of one logical write. A retried write carries the same id and is
 /// applied once; the state machine answers the retry with the first outcome.

@@ -1,10 +1,11 @@
 //! The governance state machine applies each request once and enforces tenant lifecycle rules.
 
 use custos_raft::access::{AccessPolicy, CustomRole, LoginState, SecretMatch, SessionRecord};
+use custos_raft::directory::{DirectoryGroup, DirectoryUser, NativeSignIn};
 use custos_raft::store::{self, StateMachineStore};
 use custos_raft::{
-    ApiKeyId, Command, CoreProviderKind, GrantId, KeyAlgorithm, KeyChange, KeyId, KeyPurpose, KeyState, Output,
-    Proposal, Proposals, RegionLabel, Rejection, RequestId, SessionId, TenantCustody, TenantId, TenantStatus,
+    ApiKeyId, Command, CoreProviderKind, DirectoryId, GrantId, KeyAlgorithm, KeyChange, KeyId, KeyPurpose, KeyState,
+    Output, Proposal, Proposals, RegionLabel, Rejection, RequestId, SessionId, TenantCustody, TenantId, TenantStatus,
     TypeConfig,
 };
 use openraft::storage::RaftStateMachine;
@@ -562,4 +563,154 @@ async fn sign_ins_complete_once_and_sessions_are_bounded_per_person() {
         .outcome
         .unwrap();
     assert!(!live("s3", 1_013));
+}
+
+fn directory_user(id: &str, name: &str) -> DirectoryUser {
+    DirectoryUser {
+        id: DirectoryId::new(id).unwrap(),
+        user_name: name.into(),
+        external_id: None,
+        display_name: None,
+        given_name: None,
+        family_name: None,
+        emails: vec![],
+        active: true,
+        roles: vec![],
+        lob: vec![],
+        password_hash: None,
+        totp_sealed: None,
+        totp_last_step: 0,
+        created_at_ms: 0,
+        modified_at_ms: 0,
+        revision: 0,
+    }
+}
+
+fn put_user(user: DirectoryUser, expected_revision: Option<u64>) -> Command {
+    Command::PutDirectoryUser { tenant: tenant("acme"), user, expected_revision }
+}
+
+#[tokio::test]
+async fn directory_names_are_unique_and_versions_compare_and_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    apply(&mut sm, entry(1, "t", create("acme"))).await;
+    apply(&mut sm, entry(2, "u1", put_user(directory_user("u1", "alice"), None))).await.outcome.unwrap();
+    // The same name in another case is the same name; the same id cannot be created twice.
+    let clash = apply(&mut sm, entry(3, "u2", put_user(directory_user("u2", "ALICE"), None))).await;
+    assert!(matches!(clash.outcome, Err(Rejection::DirectoryConflict(_))), "{clash:?}");
+    let again = apply(&mut sm, entry(4, "u1b", put_user(directory_user("u1", "alice2"), None))).await;
+    assert!(matches!(again.outcome, Err(Rejection::DirectoryConflict(_))));
+    // A replace names the version it read.
+    let stale = apply(&mut sm, entry(5, "r1", put_user(directory_user("u1", "alice"), Some(1)))).await;
+    assert!(matches!(stale.outcome, Err(Rejection::StaleDirectoryRevision { actual: 2, .. })));
+    let renamed = apply(&mut sm, entry(6, "r2", put_user(directory_user("u1", "alice.m"), Some(2)))).await;
+    assert!(matches!(renamed.outcome, Ok(Output::DirectoryUser(ref u)) if u.revision == 6 && u.created_at_ms == 1_002));
+    // The old name is free again and the new one finds the user.
+    assert!(reader.directory_user_by_name(&tenant("acme"), "alice").unwrap().is_none());
+    assert_eq!(reader.directory_user_by_name(&tenant("acme"), "Alice.M").unwrap().unwrap().id.as_str(), "u1");
+    apply(&mut sm, entry(7, "u3", put_user(directory_user("u3", "alice"), None))).await.outcome.unwrap();
+
+    // Groups hold only users of the directory; deleting a user takes it out of its groups.
+    let group = |members: &[&str]| DirectoryGroup {
+        id: DirectoryId::new("g1").unwrap(),
+        display_name: "admin".into(),
+        external_id: None,
+        members: members.iter().map(|m| DirectoryId::new(*m).unwrap()).collect(),
+        created_at_ms: 0,
+        modified_at_ms: 0,
+        revision: 0,
+    };
+    let put_group =
+        |g, expected_revision| Command::PutDirectoryGroup { tenant: tenant("acme"), group: g, expected_revision };
+    let unknown = apply(&mut sm, entry(8, "g0", put_group(group(&["u1", "nobody"]), None))).await;
+    assert!(matches!(unknown.outcome, Err(Rejection::InvalidAccess(_))));
+    apply(&mut sm, entry(9, "g1", put_group(group(&["u3", "u1", "u1"]), None))).await.outcome.unwrap();
+    let g1 = DirectoryId::new("g1").unwrap();
+    assert_eq!(reader.directory_group(&tenant("acme"), &g1).unwrap().unwrap().members.len(), 2, "deduplicated");
+    let delete = Command::DeleteDirectoryUser { tenant: tenant("acme"), id: DirectoryId::new("u1").unwrap() };
+    apply(&mut sm, entry(10, "del", delete)).await.outcome.unwrap();
+    let members = reader.directory_group(&tenant("acme"), &g1).unwrap().unwrap().members;
+    assert_eq!(members, vec![DirectoryId::new("u3").unwrap()]);
+    assert_eq!(reader.directory(&tenant("acme")).unwrap().users, 1);
+
+    // Deleting the tenant purges its directory (with the entries after the deletion).
+    apply(&mut sm, entry(11, "dt", Command::DeleteTenant { id: tenant("acme") })).await.outcome.unwrap();
+    apply(&mut sm, entry(12, "next", create("globex"))).await.outcome.unwrap();
+    assert!(reader.directory_users(&tenant("acme"), None, 10).unwrap().is_empty());
+    assert!(reader.directory_groups(&tenant("acme"), None, 10).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn deprovisioning_ends_sessions_and_revokes_api_keys_in_the_same_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    apply(&mut sm, entry(1, "t", create("acme"))).await;
+    apply(&mut sm, entry(2, "t2", create("globex"))).await;
+    // Before the directory holds anyone, every sign-in of the tenant is admitted.
+    apply(&mut sm, entry(3, "l1", login("state-1"))).await.outcome.unwrap();
+    apply(&mut sm, entry(4, "c1", complete("state-1", "s1"))).await.outcome.unwrap();
+    apply(&mut sm, entry(5, "k1", create_api_key("acme", "k1", 1))).await.outcome.unwrap();
+    // The same subject in another tenant is another person.
+    let mut other = complete("state-2", "s2");
+    if let Command::CompleteLogin { session, .. } = &mut other {
+        session.tenant = Some(tenant("globex"));
+    }
+    apply(&mut sm, entry(6, "l2", login("state-2"))).await.outcome.unwrap();
+    apply(&mut sm, entry(7, "c2", other)).await.outcome.unwrap();
+
+    // Once the directory holds people, only they sign in.
+    apply(&mut sm, entry(8, "bob", put_user(directory_user("u2", "bob"), None))).await.outcome.unwrap();
+    apply(&mut sm, entry(9, "l3", login("state-3"))).await.outcome.unwrap();
+    let refused = apply(&mut sm, entry(10, "c3", complete("state-3", "s3"))).await;
+    assert_eq!(refused.outcome, Err(Rejection::NotProvisioned("user:alice".into())));
+
+    // Provisioned, alice signs in; deactivated, everything she held ends at once.
+    apply(&mut sm, entry(11, "alice", put_user(directory_user("u1", "alice"), None))).await.outcome.unwrap();
+    let live = |id: &str| reader.session(&SessionId::new(id).unwrap()).unwrap().is_some_and(|s| s.live_at(1_020));
+    assert!(live("s1") && live("s2"));
+    let inactive = DirectoryUser { active: false, ..directory_user("u1", "alice") };
+    apply(&mut sm, entry(12, "off", put_user(inactive, Some(11)))).await.outcome.unwrap();
+    assert!(!live("s1"), "her acme session ended");
+    assert!(live("s2"), "the globex person of the same name is untouched");
+    let key = reader.api_key(&tenant("acme"), &api_key("k1")).unwrap().unwrap();
+    assert_eq!(key.revoked_at_ms, Some(1_012));
+    apply(&mut sm, entry(13, "l4", login("state-4"))).await.outcome.unwrap();
+    let refused = apply(&mut sm, entry(14, "c4", complete("state-4", "s4"))).await;
+    assert_eq!(refused.outcome, Err(Rejection::NotProvisioned("user:alice".into())));
+}
+
+#[tokio::test]
+async fn native_sessions_need_an_active_user_and_a_fresh_totp_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    apply(&mut sm, entry(1, "t", create("acme"))).await;
+    apply(&mut sm, entry(2, "alice", put_user(directory_user("u1", "alice"), None))).await.outcome.unwrap();
+    let open = |session: &str, totp_step| {
+        let Command::CompleteLogin { session: mut record, .. } = complete("unused", session) else { unreachable!() };
+        record.idp = "native".into();
+        Command::OpenSession {
+            user: DirectoryId::new("u1").unwrap(),
+            session: record,
+            max_sessions_per_user: 5,
+            totp_step,
+        }
+    };
+    let refused = apply(&mut sm, entry(3, "o1", open("s1", Some(10)))).await;
+    assert!(matches!(refused.outcome, Err(Rejection::InvalidAccess(_))), "the tenant does not sign in natively");
+    let native = Command::SetNativeSignIn { tenant: tenant("acme"), native: Some(NativeSignIn { mfa_required: true }) };
+    apply(&mut sm, entry(4, "n", native)).await.outcome.unwrap();
+    apply(&mut sm, entry(5, "o2", open("s2", Some(10)))).await.outcome.unwrap();
+    assert_eq!(
+        reader.directory_user(&tenant("acme"), &DirectoryId::new("u1").unwrap()).unwrap().unwrap().totp_last_step,
+        10
+    );
+    // A code's time step is accepted once.
+    assert_eq!(apply(&mut sm, entry(6, "o3", open("s3", Some(10)))).await.outcome, Err(Rejection::TotpReplayed));
+    apply(&mut sm, entry(7, "o4", open("s4", Some(11)))).await.outcome.unwrap();
+    let delete = Command::DeleteDirectoryUser { tenant: tenant("acme"), id: DirectoryId::new("u1").unwrap() };
+    apply(&mut sm, entry(8, "del", delete)).await.outcome.unwrap();
+    let refused = apply(&mut sm, entry(9, "o5", open("s5", Some(12)))).await;
+    assert_eq!(refused.outcome, Err(Rejection::NotProvisioned("user:alice".into())));
+    assert!(!reader.session(&SessionId::new("s4").unwrap()).unwrap().unwrap().live_at(1_010));
 }

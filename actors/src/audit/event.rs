@@ -57,10 +57,22 @@ pub enum EventType {
     SignIn,
     /// A session was ended by its holder.
     SignOut,
+    /// A tenant's identity provider was bound, changed or removed.
+    IdentityProviderUpdate,
+    /// A directory user was provisioned (SCIM).
+    DirectoryUserCreate,
+    /// A directory user was changed (SCIM replace or patch, TOTP enrolment); deactivating one
+    /// also ends its sessions and revokes its API keys.
+    DirectoryUserUpdate,
+    /// A directory user was deprovisioned: its sessions ended and its API keys were revoked.
+    DirectoryUserDelete,
+    DirectoryGroupCreate,
+    DirectoryGroupUpdate,
+    DirectoryGroupDelete,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 29] = [
+    pub const ALL: [EventType; 36] = [
         EventType::TenantCreate,
         EventType::TenantUpdate,
         EventType::TenantDelete,
@@ -90,6 +102,13 @@ impl EventType {
         EventType::ApiKeyExpiring,
         EventType::SignIn,
         EventType::SignOut,
+        EventType::IdentityProviderUpdate,
+        EventType::DirectoryUserCreate,
+        EventType::DirectoryUserUpdate,
+        EventType::DirectoryUserDelete,
+        EventType::DirectoryGroupCreate,
+        EventType::DirectoryGroupUpdate,
+        EventType::DirectoryGroupDelete,
     ];
 
     /// The type without [`TYPE_PREFIX`], e.g. `key.encrypt`.
@@ -124,6 +143,13 @@ impl EventType {
             EventType::ApiKeyExpiring => "apikey.expiring",
             EventType::SignIn => "auth.login",
             EventType::SignOut => "auth.logout",
+            EventType::IdentityProviderUpdate => "access.identity_provider",
+            EventType::DirectoryUserCreate => "directory.user_create",
+            EventType::DirectoryUserUpdate => "directory.user_update",
+            EventType::DirectoryUserDelete => "directory.user_delete",
+            EventType::DirectoryGroupCreate => "directory.group_create",
+            EventType::DirectoryGroupUpdate => "directory.group_update",
+            EventType::DirectoryGroupDelete => "directory.group_delete",
         }
     }
 

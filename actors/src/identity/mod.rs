@@ -8,7 +8,9 @@
 //!   against the published ones; [`PlatformClaims`].
 //! - `oidc.rs` — [`OidcProvider`]: the OIDC relying party (discovery, PKCE code flow, ID-token
 //!   verification) and [`ExternalIdentity`], the normalised shape of an external identity.
+//! - `native.rs` — the `native` provider's credentials: argon2id password hashes and TOTP.
 
+pub mod native;
 mod oidc;
 pub mod signing;
 mod token;

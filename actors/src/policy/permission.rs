@@ -39,10 +39,13 @@ pub enum Permission {
     PoliciesElevate,
     ClusterRead,
     ClusterManage,
+    /// SCIM provisioning of a tenant's directory: what an IdP's provisioning client holds.
+    /// Unlike `users:manage` it needs no MFA, since provisioning clients are machines.
+    UsersProvision,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 29] = [
+    pub const ALL: [Permission; 30] = [
         Permission::FindingsRead,
         Permission::FindingsWrite,
         Permission::FindingsDelete,
@@ -72,6 +75,7 @@ impl Permission {
         Permission::PoliciesElevate,
         Permission::ClusterRead,
         Permission::ClusterManage,
+        Permission::UsersProvision,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +109,7 @@ impl Permission {
             Permission::PoliciesElevate => "policies:elevate",
             Permission::ClusterRead => "cluster:read",
             Permission::ClusterManage => "cluster:manage",
+            Permission::UsersProvision => "users:provision",
         }
     }
 

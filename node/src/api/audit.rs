@@ -75,6 +75,9 @@ pub struct ErrorCode(pub &'static str);
 
 /// Which event a route makes, and where its tenant comes from.
 fn event_type(method: &Method, route: &str) -> Option<EventType> {
+    if let Some(scim) = route.strip_prefix("/scim/v2/{tenant}") {
+        return scim_event_type(method, scim);
+    }
     let route = route.strip_prefix("/v1")?;
     let post = *method == Method::POST;
     Some(match route {
@@ -101,7 +104,9 @@ fn event_type(method: &Method, route: &str) -> Option<EventType> {
         "/tenants/{tenant}/audit" | "/tenants/{tenant}/audit/tail" => EventType::AuditRead,
         "/tenants/{tenant}/authorize" => EventType::Authorization,
         "/auth/token" => EventType::TokenIssue,
-        "/auth/callback" => EventType::SignIn,
+        "/auth/callback" | "/auth/native/login" => EventType::SignIn,
+        "/tenants/{tenant}/identity-provider" if *method != Method::GET => EventType::IdentityProviderUpdate,
+        "/tenants/{tenant}/users/{user}/totp" => EventType::DirectoryUserUpdate,
         "/auth/logout" => EventType::SignOut,
         "/tenants/{tenant}/policy" if *method == Method::PUT => EventType::PolicyUpdate,
         "/tenants/{tenant}/grants" if post => EventType::GrantCreate,
@@ -109,6 +114,19 @@ fn event_type(method: &Method, route: &str) -> Option<EventType> {
         "/tenants/{tenant}/apikeys" if post => EventType::ApiKeyCreate,
         "/tenants/{tenant}/apikeys/{apikey}/rotate" => EventType::ApiKeyRotate,
         "/tenants/{tenant}/apikeys/{apikey}/revoke" => EventType::ApiKeyRevoke,
+        _ => return None,
+    })
+}
+
+/// SCIM writes: directory changes. Reads are not events (an API key's use still is).
+fn scim_event_type(method: &Method, route: &str) -> Option<EventType> {
+    Some(match (route, method.as_str()) {
+        ("/Users", "POST") => EventType::DirectoryUserCreate,
+        ("/Users/{id}", "PUT" | "PATCH") => EventType::DirectoryUserUpdate,
+        ("/Users/{id}", "DELETE") => EventType::DirectoryUserDelete,
+        ("/Groups", "POST") => EventType::DirectoryGroupCreate,
+        ("/Groups/{id}", "PUT" | "PATCH") => EventType::DirectoryGroupUpdate,
+        ("/Groups/{id}", "DELETE") => EventType::DirectoryGroupDelete,
         _ => return None,
     })
 }
@@ -169,7 +187,8 @@ pub async fn record(
     // route, and the principal is the actor of this request's event. The sign-in routes take
     // no credential: a browser's stale session cookie must not stop it signing in again.
     let path = request.uri().path();
-    let signing_in = ["/auth/login", "/auth/callback"].iter().any(|p| route.ends_with(p) || path.ends_with(p));
+    let signing_in =
+        ["/auth/login", "/auth/callback", "/auth/native/login"].iter().any(|p| route.ends_with(p) || path.ends_with(p));
     let authenticated = match signing_in {
         true => Ok(None),
         false => super::auth::authenticate(&state, &method, request.headers()).await,

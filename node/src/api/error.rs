@@ -150,6 +150,12 @@ impl From<Rejection> for ApiError {
             Rejection::LoginNotFound => (StatusCode::BAD_REQUEST, "login_not_found"),
             Rejection::SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
             Rejection::NoIdentityProvider(_) => (StatusCode::NOT_FOUND, "no_identity_provider"),
+            Rejection::DirectoryEntryNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Rejection::DirectoryConflict(_) => (StatusCode::CONFLICT, "directory_conflict"),
+            Rejection::StaleDirectoryRevision { .. } => (StatusCode::PRECONDITION_FAILED, "stale_version"),
+            Rejection::TooManyDirectoryEntries(_) => (StatusCode::CONFLICT, "too_many_directory_entries"),
+            Rejection::NotProvisioned(_) => (StatusCode::FORBIDDEN, "not_provisioned"),
+            Rejection::TotpReplayed => (StatusCode::UNAUTHORIZED, "totp_replayed"),
         };
         ApiError::new(status, code, rejection.to_string())
     }

@@ -1,16 +1,20 @@
-//! `/v1/tenants/{tenant}/identity-provider`: a tenant's own OIDC identity provider (Entra ID,
-//! Okta, Google, a Keycloak realm …), bound by configuration: its people then sign in with
-//! `GET /v1/auth/login?tenant=<tenant>`. The client secret is sealed under the tenant KEK.
+//! `/v1/tenants/{tenant}/identity-provider`: which identity provider a tenant's people sign in
+//! with, bound by configuration (ADR-0002). Either the tenant's own OIDC provider (Entra ID,
+//! Okta, Google, a Keycloak realm …; `kind` absent or `"oidc"`): its people then sign in with
+//! `GET /v1/auth/login?tenant=<tenant>`, and its client secret is sealed under the tenant KEK.
+//! Or `{"kind":"native"}`: the people of the tenant's directory sign in with a password (and
+//! TOTP) at `POST /v1/auth/native/login`. Without a binding, the deployment's provider.
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use custos_actors::custody::crypto::seal;
 use custos_actors::identity::OidcSettings;
 use custos_actors::policy::Permission;
 use custos_raft::access::IdentityBinding;
+use custos_raft::directory::NativeSignIn;
 use custos_raft::{Command, Output, TenantId};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -35,8 +39,20 @@ pub struct BindBody {
     default_roles: Vec<String>,
 }
 
+/// `{"kind":"native"}`: passwords (and TOTP codes) held by the tenant's directory.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeBody {
+    #[serde(rename = "kind")]
+    _kind: String,
+    /// Every sign-in needs a TOTP code.
+    #[serde(default)]
+    mfa_required: bool,
+}
+
 #[derive(Serialize)]
 pub struct BindingView {
+    kind: &'static str,
     name: String,
     issuer: String,
     client_id: String,
@@ -50,6 +66,7 @@ pub struct BindingView {
 
 fn view(state: &AppState, tenant: &TenantId, binding: IdentityBinding) -> BindingView {
     BindingView {
+        kind: "oidc",
         name: binding.name,
         issuer: binding.issuer,
         client_id: binding.client_id,
@@ -66,11 +83,36 @@ pub async fn put(
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-    body: Result<Json<BindBody>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_path(path)?;
     caller.authorize(&state, Some(&tenant), Permission::UsersManage)?;
-    let Json(body) = body?;
+    let Json(mut body) = body?;
+    let invalid = |e: serde_json::Error| ApiError::bad_request("invalid_body", e.to_string());
+    match body.get("kind").and_then(|k| k.as_str()) {
+        Some("native") => {
+            let native: NativeBody = serde_json::from_value(body).map_err(invalid)?;
+            let settings = NativeSignIn { mfa_required: native.mfa_required };
+            let command = Command::SetNativeSignIn { tenant, native: Some(settings.clone()) };
+            return replicate(&state, &headers, command, StatusCode::OK, |output| match output {
+                Output::Done => Some(native_view(&settings)),
+                _ => None,
+            })
+            .await;
+        }
+        Some("oidc") | None => {
+            if let Some(map) = body.as_object_mut() {
+                map.remove("kind");
+            }
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("kind is \"oidc\" or \"native\", not {other:?}"),
+            ))
+        }
+    }
+    let body: BindBody = serde_json::from_value(body).map_err(invalid)?;
     let valid_name = !body.name.is_empty()
         && body.name.len() <= 64
         && body.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -107,21 +149,31 @@ pub async fn put(
     .await
 }
 
+fn native_view(settings: &NativeSignIn) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "native",
+        "mfa_required": settings.mfa_required,
+        "login_path": "/v1/auth/native/login",
+    })
+}
+
 /// `GET`: the binding, without its secret.
 pub async fn get(
     caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<BindingView>, ApiError> {
+) -> Result<Response, ApiError> {
     let tenant = tenant_path(path)?;
     caller.authorize(&state, Some(&tenant), Permission::UsersManage)?;
     state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await?;
-    let binding = state
-        .cluster
-        .reader()
-        .identity_binding(&tenant)?
-        .ok_or_else(|| custos_raft::Rejection::NoIdentityProvider(tenant.clone()))?;
-    Ok(Json(view(&state, &tenant, binding)))
+    let reader = state.cluster.reader();
+    if let Some(binding) = reader.identity_binding(&tenant)? {
+        return Ok(Json(view(&state, &tenant, binding)).into_response());
+    }
+    match reader.directory(&tenant)?.native {
+        Some(settings) => Ok(Json(native_view(&settings)).into_response()),
+        None => Err(custos_raft::Rejection::NoIdentityProvider(tenant).into()),
+    }
 }
 
 /// `DELETE`: the tenant's people sign in through the deployment's provider again.
@@ -133,7 +185,11 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_path(path)?;
     caller.authorize(&state, Some(&tenant), Permission::UsersManage)?;
-    let command = Command::BindIdentityProvider { tenant, binding: None };
+    state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await?;
+    let command = match state.cluster.reader().directory(&tenant)?.native {
+        Some(_) => Command::SetNativeSignIn { tenant, native: None },
+        None => Command::BindIdentityProvider { tenant, binding: None },
+    };
     replicate(&state, &headers, command, StatusCode::OK, |output| match output {
         Output::Done => Some(serde_json::json!({ "unbound": true })),
         _ => None,

@@ -162,6 +162,11 @@ impl SignIn {
     pub fn redirect_uri(&self) -> &str {
         &self.redirect_uri
     }
+
+    /// Where clients reach this deployment (`identity.public_url`, or this node).
+    pub fn public_url(&self) -> &str {
+        self.redirect_uri.trim_end_matches("/v1/auth/callback")
+    }
 }
 
 /// The AAD of a tenant's sealed identity-provider secret.
@@ -319,6 +324,21 @@ pub async fn callback(
             identity.roles = binding.default_roles;
         }
     }
+    if let Some(tenant) = identity.tenant.as_deref().and_then(|t| TenantId::new(t).ok()) {
+        // A person the tenant's directory holds also has the roles and lines of business it
+        // gives (directly and through groups named like roles).
+        let name = identity.username.as_deref().unwrap_or(&identity.subject);
+        if let Some(entry) = state.cluster.reader().directory_user_by_name(&tenant, name)? {
+            let (roles, lob) = super::native::directory_access(&state, &tenant, &entry)?;
+            for (have, more) in [(&mut identity.roles, roles), (&mut identity.lob, lob)] {
+                for value in more {
+                    if !have.contains(&value) {
+                        have.push(value);
+                    }
+                }
+            }
+        }
+    }
     let (session, cookie) = new_session(&state, &identity)?;
     let tenant = session.tenant.clone();
     let subject = session.subject.clone();
@@ -329,12 +349,7 @@ pub async fn callback(
     };
     write(&state, format!("login-complete/{}", login.state), command).await?;
     let mut response = redirect(StatusCode::SEE_OTHER, login.return_to.as_deref().unwrap_or("/v1/auth/session"))?;
-    let max_age = state.identity.session_absolute_timeout_s;
-    let set =
-        format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={max_age}", cookie.as_str());
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, HeaderValue::from_str(&set).map_err(|_| ApiError::internal("cookie"))?);
+    set_session_cookie(&state, &mut response, &cookie)?;
     let note = Note { tenant, ..Note::default() }
         .detail("subject", subject)
         .detail("idp", identity.idp.clone())
@@ -344,10 +359,23 @@ pub async fn callback(
     Ok(response)
 }
 
+/// Sets the session cookie on `response`: HTTP-only, Secure, SameSite=Lax.
+pub(super) fn set_session_cookie(state: &AppState, response: &mut Response, cookie: &str) -> Result<(), ApiError> {
+    let max_age = state.identity.session_absolute_timeout_s;
+    let set = format!("{SESSION_COOKIE}={cookie}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={max_age}");
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, HeaderValue::from_str(&set).map_err(|_| ApiError::internal("cookie"))?);
+    Ok(())
+}
+
 /// The session record (times are set by the state machine) and the cookie value for a person
 /// the provider vouched for. Their tenant must be active; a person without a tenant signs in
 /// only as a super admin.
-fn new_session(state: &AppState, identity: &ExternalIdentity) -> Result<(SessionRecord, Zeroizing<String>), ApiError> {
+pub(super) fn new_session(
+    state: &AppState,
+    identity: &ExternalIdentity,
+) -> Result<(SessionRecord, Zeroizing<String>), ApiError> {
     let refuse = |code, message: String| ApiError::new(StatusCode::FORBIDDEN, code, message);
     let tenant = match &identity.tenant {
         Some(raw) => {

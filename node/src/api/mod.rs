@@ -6,9 +6,12 @@
 //! admitted an API key), a handler — asking `auth::Caller::authorize` for the permission it
 //! needs — in `tenants.rs`, `keys.rs` (key management), `crypto.rs` (encrypt, decrypt, data
 //! keys; per-tenant admission), `access.rs` (policy documents, grants, decisions),
-//! `apikeys.rs`, `tokens.rs` (platform tokens, JWKS), `login.rs` (OIDC sign-in, sessions), `cluster.rs` or `health.rs` turns it into a [`custos_raft::Proposal`], a read or a key
+//! `apikeys.rs`, `tokens.rs` (platform tokens, JWKS), `login.rs` (OIDC sign-in, sessions),
+//! `native.rs` (password and TOTP sign-in), `idp.rs` (a tenant's identity provider),
+//! `cluster.rs` or `health.rs` turns it into a [`custos_raft::Proposal`], a read or a key
 //! operation, and `error.rs` turns every failure into a JSON error with a machine-readable
-//! code.
+//! code. `scim/` serves SCIM 2.0 provisioning under `/scim/v2/{tenant}`, through the same
+//! admission, authentication and audit.
 
 mod access;
 mod apikeys;
@@ -23,7 +26,9 @@ mod idp;
 mod keys;
 pub mod login;
 pub mod metrics;
+mod native;
 mod ratelimit;
+mod scim;
 mod tenants;
 mod tokens;
 
@@ -89,6 +94,10 @@ pub struct AppInner {
     pub sign_in: login::SignIn,
     /// Session-activity writes in flight (`auth::touch`).
     pub touches: Arc<Semaphore>,
+    /// Password hashing and verification in progress (`native::MAX_HASHING`).
+    pub password_work: Arc<Semaphore>,
+    /// Failed native sign-ins per name.
+    pub login_throttle: native::LoginThrottle,
 }
 
 /// What the API is built from.
@@ -131,6 +140,8 @@ impl AppState {
             tokens: parts.tokens,
             sign_in: parts.sign_in,
             touches: Arc::new(Semaphore::new(MAX_TOUCHES)),
+            password_work: Arc::new(Semaphore::new(native::MAX_HASHING)),
+            login_throttle: native::LoginThrottle::default(),
         }))
     }
 }
@@ -160,6 +171,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/grants", post(access::grant).get(access::list_grants))
         .route("/tenants/{tenant}/grants/{grant}", delete(access::revoke_grant))
         .route("/tenants/{tenant}/identity-provider", get(idp::get).put(idp::put).delete(idp::delete))
+        .route("/tenants/{tenant}/users/{user}/totp", post(native::enroll_totp).delete(native::remove_totp))
         .route("/tenants/{tenant}/apikeys", post(apikeys::create).get(apikeys::list))
         .route("/tenants/{tenant}/apikeys/{apikey}", get(apikeys::get))
         .route("/tenants/{tenant}/apikeys/{apikey}/rotate", post(apikeys::rotate))
@@ -172,6 +184,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/callback", get(login::callback))
         .route("/auth/logout", post(login::logout))
         .route("/auth/session", get(login::session))
+        .route("/auth/native/login", post(native::login))
         .route("/cluster/init", post(cluster::init))
         .route("/cluster/self", get(cluster::node_self))
         .route("/cluster/status", get(cluster::status))
@@ -184,6 +197,7 @@ pub fn router(state: AppState) -> Router {
     let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), audit::record));
     Router::new()
         .nest("/v1", v1)
+        .nest("/scim/v2", scim::router(&state))
         .route("/.well-known/jwks.json", get(tokens::jwks))
         .route("/.well-known/openid-configuration", get(tokens::discovery))
         .route("/healthz", get(health::healthz))
@@ -277,6 +291,45 @@ pub async fn replicate<T: serde::Serialize>(
         http.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
     }
     Ok(http)
+}
+
+/// Most attempts of a read-change-write that loses compare-and-set races.
+const MAX_CAS_ATTEMPTS: u32 = 4;
+
+/// The attempts of a read-change-write that loses compare-and-set races: each attempt reads the
+/// current version, changes it and proposes the change only while that version is current; a
+/// beaten attempt (`stale_version`) is tried again, up to [`MAX_CAS_ATTEMPTS`] times, unless
+/// the client named the version itself. Attempt `n` writes under `<request id>/<n>`: each
+/// attempt is a new write, yet a client's retry of the whole request replays the same ids.
+pub struct CasAttempts {
+    first: RequestId,
+    retry: bool,
+    made: u32,
+}
+
+impl CasAttempts {
+    pub fn new(headers: &HeaderMap, retry: bool) -> Result<CasAttempts, ApiError> {
+        Ok(CasAttempts { first: request_id(headers)?, retry, made: 0 })
+    }
+
+    /// The request id of the next attempt; an error once every attempt was beaten.
+    pub fn next_id(&mut self) -> Result<RequestId, ApiError> {
+        self.made += 1;
+        match self.made {
+            1 => Ok(self.first.clone()),
+            n if n <= MAX_CAS_ATTEMPTS => Ok(RequestId::new(format!("{}/{}", self.first.as_str(), n - 1))?),
+            _ => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "write_conflict",
+                "the resource kept changing while it was written; retry",
+            )),
+        }
+    }
+
+    /// Whether the failure of an attempt calls for another.
+    pub fn again(&self, error: &ApiError) -> bool {
+        self.retry && error.code == "stale_version"
+    }
 }
 
 /// The request id of a write: the client's Idempotency-Key, or a fresh one. Generated here, at

@@ -230,6 +230,8 @@ pub(super) fn execute(txn: &mut Txn, index: u64, now: u64, command: &Command) ->
                     let mut binding = binding.clone();
                     binding.revision = index;
                     txn.put(binding_key(tenant), &binding)?;
+                    // A tenant signs in through one provider.
+                    super::directory::stop_native(txn, tenant, index)?;
                     return Ok(Ok(Output::Binding(binding)));
                 }
             }

@@ -3,6 +3,7 @@
 
 mod access;
 pub mod codec;
+mod directory;
 pub mod engine;
 mod flusher;
 mod log_store;

@@ -8,6 +8,7 @@ use super::access::{
     API_KEY_PREFIX, PLATFORM_KEYS_KEY, PLATFORM_KEYS_REVISION_KEY,
 };
 use super::codec::decode;
+use super::directory::{group_key, groups_prefix, meta_key, user_key, user_name_key, users_prefix};
 use super::engine::{EngineError, KvEngine, Space};
 use super::sessions::{login_key, session_key};
 use super::state_machine::{
@@ -15,8 +16,9 @@ use super::state_machine::{
     PENDING_SHRED_PREFIX, TENANT_PREFIX, TENANT_REVISION_PREFIX,
 };
 use crate::access::{ApiKeyRecord, IdentityBinding, LoginState, PlatformKeys, SessionRecord, TenantAccess};
+use crate::directory::{DirectoryGroup, DirectoryMeta, DirectoryUser};
 use crate::state::{KeyRecord, KeyVersion, PendingShred, Tenant, TenantCustody};
-use crate::types::{ApiKeyId, KeyId, SessionId, TenantId};
+use crate::types::{ApiKeyId, DirectoryId, KeyId, SessionId, TenantId};
 
 /// A read failure: the engine failed or a stored value is corrupt.
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +205,58 @@ impl GovernanceReader {
         let prefix = tenant_api_keys_prefix(tenant);
         let from = match after {
             Some(id) => Bound::Excluded(api_key_key(tenant, id)),
+            None => Bound::Included(prefix.clone()),
+        };
+        self.decode_range(from, prefix_end(&prefix), limit)
+    }
+
+    /// A tenant's directory counts and native sign-in setting (empty before its first write).
+    pub fn directory(&self, tenant: &TenantId) -> Result<DirectoryMeta, ReadError> {
+        Ok(self.get(&meta_key(tenant))?.unwrap_or_default())
+    }
+
+    pub fn directory_user(&self, tenant: &TenantId, id: &DirectoryId) -> Result<Option<DirectoryUser>, ReadError> {
+        self.get(&user_key(tenant, id))
+    }
+
+    /// A directory user by user name, compared without regard to case.
+    pub fn directory_user_by_name(&self, tenant: &TenantId, name: &str) -> Result<Option<DirectoryUser>, ReadError> {
+        match self.get::<DirectoryId>(&user_name_key(tenant, name))? {
+            Some(id) => self.directory_user(tenant, &id),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` users of a tenant's directory with ids strictly after `after`, in id order.
+    pub fn directory_users(
+        &self,
+        tenant: &TenantId,
+        after: Option<&DirectoryId>,
+        limit: usize,
+    ) -> Result<Vec<DirectoryUser>, ReadError> {
+        let prefix = users_prefix(tenant);
+        let from = match after {
+            Some(id) => Bound::Excluded(user_key(tenant, id)),
+            None => Bound::Included(prefix.clone()),
+        };
+        self.decode_range(from, prefix_end(&prefix), limit)
+    }
+
+    pub fn directory_group(&self, tenant: &TenantId, id: &DirectoryId) -> Result<Option<DirectoryGroup>, ReadError> {
+        self.get(&group_key(tenant, id))
+    }
+
+    /// Up to `limit` groups of a tenant's directory with ids strictly after `after`, in id
+    /// order.
+    pub fn directory_groups(
+        &self,
+        tenant: &TenantId,
+        after: Option<&DirectoryId>,
+        limit: usize,
+    ) -> Result<Vec<DirectoryGroup>, ReadError> {
+        let prefix = groups_prefix(tenant);
+        let from = match after {
+            Some(id) => Bound::Excluded(group_key(tenant, id)),
             None => Bound::Included(prefix.clone()),
         };
         self.decode_range(from, prefix_end(&prefix), limit)

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::state_machine::{prefix_end, Txn};
 use crate::access::{LoginState, SessionRecord, MAX_LOGIN_TTL_MS, MAX_SESSIONS_PER_USER, MAX_SESSION_MS};
 use crate::command::{Command, Output, Rejection};
-use crate::types::{NodeId, SessionId};
+use crate::types::{NodeId, SessionId, TenantId};
 
 const LOGIN_PREFIX: &[u8] = b"l/";
 const LOGIN_EXPIRY_PREFIX: &[u8] = b"o/";
@@ -77,40 +77,12 @@ pub(super) fn execute(txn: &mut Txn, now: u64, command: &Command) -> Applied {
             if login.expires_at_ms <= now {
                 return Ok(Err(Rejection::LoginNotFound));
             }
-            let length = session.expires_at_ms.saturating_sub(session.created_at_ms);
-            if length == 0 || length > MAX_SESSION_MS || session.idle_timeout_ms == 0 {
-                return Ok(Err(Rejection::InvalidAccess("a session lasts at most 30 days".into())));
-            }
-            let mut session = session.clone();
-            session.created_at_ms = now;
-            session.last_seen_ms = now;
-            session.expires_at_ms = now.saturating_add(length);
-            session.revoked_at_ms = None;
-            // The person's oldest live sessions beyond the limit end now.
-            let limit = (*max_sessions_per_user).clamp(1, MAX_SESSIONS_PER_USER) as usize;
-            let prefix = subject_prefix(&session.subject);
-            let existing = txn.range(&prefix, prefix_end(&prefix), MAX_SESSIONS_PER_USER as usize + 1)?;
-            let mut live = Vec::new();
-            for (key, _) in existing {
-                let id = &key[prefix.len() + 8..];
-                let id = SessionId::new(String::from_utf8_lossy(id).into_owned())
-                    .map_err(super::state_machine::sm_read_err)?;
-                match txn.get::<SessionRecord>(&session_key(&id))? {
-                    Some(old) if old.live_at(now) => live.push(old),
-                    Some(old) => {
-                        end(txn, old, now, false)?;
-                    }
-                    None => txn.delete(key),
+            if let Some(tenant) = &session.tenant {
+                if !super::directory::admits(txn, tenant, &session.subject)? {
+                    return Ok(Err(Rejection::NotProvisioned(session.subject.clone())));
                 }
             }
-            let excess = (live.len() + 1).saturating_sub(limit);
-            for old in live.into_iter().take(excess) {
-                end(txn, old, now, true)?;
-            }
-            txn.put_raw(session_expiry_key(session.expires_at_ms, &session.id), Vec::new());
-            txn.put_raw(subject_key(&session), Vec::new());
-            txn.put(session_key(&session.id), &session)?;
-            Ok(Ok(Output::Session(session)))
+            open(txn, now, session, *max_sessions_per_user)
         }
         Command::TouchSession { id, at_ms } => {
             let Some(mut session) = txn.get::<SessionRecord>(&session_key(id))? else {
@@ -133,6 +105,64 @@ pub(super) fn execute(txn: &mut Txn, now: u64, command: &Command) -> Applied {
         // The state machine dispatches only the commands above here.
         other => unreachable!("{} is not a sign-in command", other.kind()),
     }
+}
+
+/// Creates `session` at `now`; the person's oldest live sessions beyond `max_sessions_per_user`
+/// end.
+pub(super) fn open(txn: &mut Txn, now: u64, session: &SessionRecord, max_sessions_per_user: u32) -> Applied {
+    let length = session.expires_at_ms.saturating_sub(session.created_at_ms);
+    if length == 0 || length > MAX_SESSION_MS || session.idle_timeout_ms == 0 {
+        return Ok(Err(Rejection::InvalidAccess("a session lasts at most 30 days".into())));
+    }
+    let mut session = session.clone();
+    session.created_at_ms = now;
+    session.last_seen_ms = now;
+    session.expires_at_ms = now.saturating_add(length);
+    session.revoked_at_ms = None;
+    let limit = max_sessions_per_user.clamp(1, MAX_SESSIONS_PER_USER) as usize;
+    let live = live_sessions(txn, &session.subject, now)?;
+    let excess = (live.len() + 1).saturating_sub(limit);
+    for old in live.into_iter().take(excess) {
+        end(txn, old, now, true)?;
+    }
+    txn.put_raw(session_expiry_key(session.expires_at_ms, &session.id), Vec::new());
+    txn.put_raw(subject_key(&session), Vec::new());
+    txn.put(session_key(&session.id), &session)?;
+    Ok(Ok(Output::Session(session)))
+}
+
+/// Ends every session `subject` holds in `tenant` (deprovisioning).
+pub(super) fn revoke_subject(
+    txn: &mut Txn,
+    tenant: &TenantId,
+    subject: &str,
+    now: u64,
+) -> Result<(), StorageError<NodeId>> {
+    for session in live_sessions(txn, subject, now)? {
+        if session.tenant.as_ref() == Some(tenant) {
+            end(txn, session, now, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// The live sessions of `subject`, oldest first; dead ones found on the way leave its index.
+fn live_sessions(txn: &mut Txn, subject: &str, now: u64) -> Result<Vec<SessionRecord>, StorageError<NodeId>> {
+    let prefix = subject_prefix(subject);
+    let existing = txn.range(&prefix, prefix_end(&prefix), MAX_SESSIONS_PER_USER as usize + 1)?;
+    let mut live = Vec::new();
+    for (key, _) in existing {
+        let id = &key[prefix.len() + 8..];
+        let id = SessionId::new(String::from_utf8_lossy(id).into_owned()).map_err(super::state_machine::sm_read_err)?;
+        match txn.get::<SessionRecord>(&session_key(&id))? {
+            Some(old) if old.live_at(now) => live.push(old),
+            Some(old) => {
+                end(txn, old, now, false)?;
+            }
+            None => txn.delete(key),
+        }
+    }
+    Ok(live)
 }
 
 /// Ends a session: revoked (kept as a tombstone until its absolute expiry, so every node sees

@@ -546,6 +546,12 @@ impl StateMachineStore {
             | Command::CompleteLogin { .. }
             | Command::TouchSession { .. }
             | Command::RevokeSession { .. } => super::sessions::execute(txn, now, &proposal.command)?,
+            Command::PutDirectoryUser { .. }
+            | Command::DeleteDirectoryUser { .. }
+            | Command::PutDirectoryGroup { .. }
+            | Command::DeleteDirectoryGroup { .. }
+            | Command::SetNativeSignIn { .. }
+            | Command::OpenSession { .. } => super::directory::execute(txn, index, now, &proposal.command)?,
             Command::DestroyKey { tenant, key } => {
                 let mut record = match self.existing_key(txn, tenant, key)? {
                     Ok(record) => record,
@@ -618,7 +624,9 @@ impl StateMachineStore {
         let raw = String::from_utf8_lossy(&marker[PURGE_PREFIX.len()..]).into_owned();
         let tenant = TenantId::new(raw).map_err(sm_read_err)?;
         let mut budget = MAX_PURGED_PER_APPLY;
-        for prefix in [tenant_versions_prefix(&tenant), tenant_keys_prefix(&tenant)] {
+        txn.delete(super::directory::meta_key(&tenant));
+        let directory = super::directory::tenant_prefixes(&tenant);
+        for prefix in [tenant_versions_prefix(&tenant), tenant_keys_prefix(&tenant)].into_iter().chain(directory) {
             let found = self
                 .engine
                 .range(Space::State, Bound::Included(prefix.clone()), prefix_end(&prefix), budget)
