@@ -71,6 +71,7 @@ fn every_builtin_role_holds_exactly_its_permissions() {
         ("policies:elevate", [0, 0, 0, 1, 1]),
         ("cluster:read", [0, 0, 0, 0, 1]),
         ("cluster:manage", [0, 0, 0, 0, 1]),
+        ("users:provision", [0, 0, 0, 1, 1]),
     ];
     assert_eq!(table.len(), Permission::ALL.len(), "every permission is in the table");
     let policy = TenantPolicy::builtin();
