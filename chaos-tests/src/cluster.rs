@@ -251,6 +251,39 @@ impl ProcessCluster {
         self.signal_and_wait(id, Signal::SIGTERM)
     }
 
+    /// SIGSTOP: the node freezes (a long GC pause, a stalled VM) with its connections open.
+    pub fn pause(&self, id: u64) -> Result<()> {
+        self.signal(id, Signal::SIGSTOP)
+    }
+
+    /// SIGCONT: a paused node goes on where it stopped.
+    pub fn resume(&self, id: u64) -> Result<()> {
+        self.signal(id, Signal::SIGCONT)
+    }
+
+    /// Whether node `id`'s process is running (started and not stopped or killed).
+    pub fn running(&self, id: u64) -> bool {
+        self.node(id).is_ok_and(|n| n.child.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self, id: u64) -> Result<PathBuf> {
+        Ok(self.node(id)?.config.with_file_name("data"))
+    }
+
+    /// The `custos` binary the nodes run.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    fn signal(&self, id: u64, signal: Signal) -> Result<()> {
+        let node = self.node(id)?;
+        let slot = node.child.lock().unwrap_or_else(|p| p.into_inner());
+        let child = slot.as_ref().ok_or_else(|| anyhow!("node {id} is not running"))?;
+        kill(Pid::from_raw(child.id() as i32), signal)?;
+        Ok(())
+    }
+
     fn signal_and_wait(&self, id: u64, signal: Signal) -> Result<()> {
         let node = self.node(id)?;
         let taken = node.child.lock().unwrap_or_else(|p| p.into_inner()).take();

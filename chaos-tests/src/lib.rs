@@ -4,12 +4,18 @@
 //!
 //! # Layout
 //! - `cluster.rs` — [`ProcessCluster`]: certificates, per-node configuration files, process
-//!   control (start, SIGTERM, SIGKILL, restart) and an HTTPS client for the API of each node.
+//!   control (start, SIGTERM, SIGKILL, SIGSTOP/SIGCONT, restart) and an HTTPS client for the
+//!   API of each node.
 //! - `openbao.rs` — [`OpenBaoServer`]: a real OpenBao run by `deploy/scripts/openbao.sh`.
 //! - `history.rs` — operation histories (JSON lines) and their linearizability check, per key,
 //!   against a compare-and-set register (Porcupine, run as the Go program `checker/`).
 //! - `workload.rs` — the register workload: concurrent clients on random nodes doing reads,
 //!   writes and compare-and-sets on tenants' display names, recorded as a history.
+//! - `crypto.rs` — the encryption workload: encrypt fresh plaintexts, decrypt acknowledged
+//!   ciphertexts, and check afterwards that every one decrypts on every node.
+//! - `scenario.rs` — chaos scenarios: a [`scenario::Plan`] (nemesis, nodes, clients,
+//!   duration, seed) run against a fresh cluster, checked, and summed up in a
+//!   [`scenario::Summary`].
 //! - `proxy.rs` — [`LinkProxy`]: a TCP proxy per directed link between nodes that passes,
 //!   delays or cuts traffic ([`ProcessCluster::with_links`], `partition`, `heal`).
 //! - `kafka.rs` — [`KafkaBroker`]: a real Apache Kafka (KRaft) run by `deploy/scripts/kafka.sh`.
@@ -22,12 +28,14 @@
 //! the caller (integration tests of `custos-node` pass `CARGO_BIN_EXE_custos`).
 
 mod cluster;
+pub mod crypto;
 pub mod history;
 mod kafka;
 mod keycloak;
 mod openbao;
 mod proxy;
 mod routes;
+pub mod scenario;
 pub mod workload;
 
 pub use cluster::{eventually, free_ports, ApiReply, ProcessCluster};

@@ -14,12 +14,14 @@
 //!   after crypto-shredding.
 //! - `client.rs` — the API client used by the CLI.
 //! - `bench/` — `custos bench`: benchmarks against a peer, printing figures.
+//! - `chaos.rs` — `custos chaos`: the chaos scenarios, with a results table.
 //! - `dev.rs` — `custos dev`: a local one- or multi-node cluster with generated certificates.
 //! - `main.rs`, `cli/` — the command line (binary only).
 
 pub mod api;
 pub mod audit;
 pub mod bench;
+pub mod chaos;
 pub mod client;
 pub mod custody;
 pub mod dev;

@@ -86,6 +86,28 @@ pub enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Chaos scenarios against local clusters of this binary (docs/chaos.md); exits 1 when
+    /// any finds an anomaly.
+    Chaos {
+        /// Scenarios to run (comma-separated); all of them when absent.
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
+        /// Cluster sizes, comma-separated; every scenario runs on each.
+        #[arg(long, value_delimiter = ',', default_value = "3,5")]
+        nodes: Vec<u64>,
+        /// Seconds per scenario.
+        #[arg(long, default_value_t = 60)]
+        duration_secs: u64,
+        /// Register clients (half as many encrypt).
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// The seed of the clients' and nemeses' choices; random when absent.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the results table (Markdown) here, e.g. docs/chaos-results.md.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Tenants.
     Tenant {
         #[command(subcommand)]
@@ -311,6 +333,18 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             };
             custos_node::bench::auth::run(options).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Chaos { scenarios, nodes, duration_secs, clients, seed, out } => {
+            let options = custos_node::chaos::Options {
+                nemeses: scenarios,
+                nodes,
+                duration: std::time::Duration::from_secs(duration_secs),
+                clients,
+                seed: seed.unwrap_or_else(rand::random),
+                out,
+            };
+            let clean = custos_node::chaos::run(options).await?;
+            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Cluster { command } => cluster::run(&global, command).await,
         Command::Tenant { command } => tenant::run(&global, command).await,

@@ -1,0 +1,432 @@
+//! Chaos scenarios: a cluster of `custos` processes, the register and encryption workloads
+//! running against it, and a nemesis breaking it; then the checks — linearizable register
+//! histories, every acknowledged write on every node, every acknowledged ciphertext
+//! decryptable everywhere, every audit chain complete — and a [`Summary`].
+//!
+//! A scenario is a [`Plan`]: which [`Nemesis`], how many nodes and clients, how long, and the
+//! seed that fixes the clients' and the nemesis' choices (`CUSTOS_CHAOS_SEED` in the tests).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::crypto::{self, CryptoWorkload};
+use crate::history::{check, Phase};
+use crate::workload::{self, Workload};
+use crate::ProcessCluster;
+
+/// How the cluster is broken, again and again while the workloads run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nemesis {
+    /// SIGKILL the leader; restart it a little later.
+    LeaderKill,
+    /// SIGKILL a random member; restart it a little later.
+    RandomKill,
+    /// Cut the leader off from every other node; heal. It must step down and stop serving
+    /// linearizable reads.
+    LeaderPartition,
+    /// Cut a random minority off from the majority; heal.
+    MinorityPartition,
+    /// Cut every node off from every other (no majority anywhere); heal.
+    NoQuorum,
+    /// SIGSTOP the leader for longer than an election timeout; SIGCONT.
+    Pause,
+    /// Restart every node in turn (SIGTERM, start), waiting for it to serve.
+    RollingRestart,
+    /// SIGKILL every node at once; start them all again.
+    FullRestart,
+}
+
+impl Nemesis {
+    pub const ALL: [Nemesis; 8] = [
+        Nemesis::LeaderKill,
+        Nemesis::RandomKill,
+        Nemesis::LeaderPartition,
+        Nemesis::MinorityPartition,
+        Nemesis::NoQuorum,
+        Nemesis::Pause,
+        Nemesis::RollingRestart,
+        Nemesis::FullRestart,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Nemesis::LeaderKill => "leader-kill",
+            Nemesis::RandomKill => "random-kill",
+            Nemesis::LeaderPartition => "leader-partition",
+            Nemesis::MinorityPartition => "minority-partition",
+            Nemesis::NoQuorum => "no-quorum",
+            Nemesis::Pause => "pause",
+            Nemesis::RollingRestart => "rolling-restart",
+            Nemesis::FullRestart => "full-restart",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Nemesis> {
+        Nemesis::ALL.into_iter().find(|n| n.name() == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub nemesis: Nemesis,
+    pub nodes: u64,
+    /// Register clients; half as many (at least one) encrypt and decrypt.
+    pub clients: usize,
+    pub duration: Duration,
+    pub seed: u64,
+}
+
+/// What a scenario found.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub plan: Plan,
+    pub ok: usize,
+    pub failed: usize,
+    pub indeterminate: usize,
+    /// Registers whose history is not linearizable.
+    pub anomalies: Vec<String>,
+    /// Nodes that did not come to hold the cluster's value of a register.
+    pub diverged: Vec<String>,
+    pub crypto_ok: usize,
+    pub crypto_failed: usize,
+    /// Acknowledged ciphertexts that did not decrypt to their plaintext.
+    pub crypto_broken: Vec<String>,
+    /// Audit chains with gaps, reorderings, conflicts or modified events.
+    pub audit_findings: Vec<String>,
+    /// How long each fault took to heal from (a new leader, writes through the node again).
+    pub recovery: Vec<Duration>,
+    /// The register history, kept when the scenario is not clean.
+    pub history: Option<PathBuf>,
+}
+
+impl Summary {
+    pub fn clean(&self) -> bool {
+        self.anomalies.is_empty()
+            && self.diverged.is_empty()
+            && self.crypto_broken.is_empty()
+            && self.audit_findings.is_empty()
+    }
+
+    /// Most time a fault took to heal from.
+    pub fn worst_recovery(&self) -> Duration {
+        self.recovery.iter().copied().max().unwrap_or_default()
+    }
+
+    /// The one-line summary every scenario prints.
+    pub fn line(&self) -> String {
+        format!(
+            "chaos {} nodes={} seed={} duration={}s: ops ok={} failed={} indeterminate={} anomalies={} lost={} \
+             crypto ok={} failed={} undecryptable={} audit_findings={} recovery max={:.1}s ({} faults)",
+            self.plan.nemesis.name(),
+            self.plan.nodes,
+            self.plan.seed,
+            self.plan.duration.as_secs(),
+            self.ok,
+            self.failed,
+            self.indeterminate,
+            self.anomalies.len(),
+            self.diverged.len(),
+            self.crypto_ok,
+            self.crypto_failed,
+            self.crypto_broken.len(),
+            self.audit_findings.len(),
+            self.worst_recovery().as_secs_f64(),
+            self.recovery.len(),
+        )
+    }
+
+    /// Everything found, for a failure message.
+    pub fn findings(&self) -> String {
+        let mut all = Vec::new();
+        all.extend(self.anomalies.iter().map(|a| format!("not linearizable: {a}")));
+        all.extend(self.diverged.iter().cloned());
+        all.extend(self.crypto_broken.iter().cloned());
+        all.extend(self.audit_findings.iter().cloned());
+        if let Some(history) = &self.history {
+            all.push(format!("history kept in {}", history.display()));
+        }
+        all.join("\n")
+    }
+}
+
+const REGISTERS: usize = 3;
+const CRYPTO_TENANT: &str = "chaos-crypto";
+const CRYPTO_KEY: &str = "orders";
+/// The quiet time at the end of a run in which no new fault starts.
+const TAIL: Duration = Duration::from_secs(4);
+
+/// Runs one scenario on a fresh cluster of `binary` processes.
+pub async fn run(binary: &Path, plan: &Plan) -> Result<Summary> {
+    let mut cluster = ProcessCluster::with_links(binary, plan.nodes, &[]).await?;
+    cluster.form().await?;
+    let keys: Vec<String> = (1..=REGISTERS).map(|i| format!("reg-{i}")).collect();
+    let mut initial = HashMap::new();
+    for key in &keys {
+        let body = json!({ "id": key, "display_name": "init", "region": "eu" });
+        let reply = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await?;
+        if reply.status != 201 {
+            bail!("creating register {key}: {} {}", reply.status, reply.body);
+        }
+        initial.insert(key.clone(), Some("init".to_string()));
+    }
+    let body = json!({ "id": CRYPTO_TENANT, "display_name": "chaos", "region": "eu" });
+    let reply = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await?;
+    if reply.status != 201 {
+        bail!("creating {CRYPTO_TENANT}: {} {}", reply.status, reply.body);
+    }
+    // The tenant's actors start right after the apply; until then: 503 tenant_starting.
+    let path = format!("/v1/tenants/{CRYPTO_TENANT}/keys");
+    let created = crate::eventually(Duration::from_secs(15), async || {
+        let body = json!({ "id": CRYPTO_KEY });
+        cluster.call(1, Method::POST, &path, Some(&body), &[]).await.is_ok_and(|r| r.status == 201)
+    });
+    if !created.await {
+        bail!("the key of {CRYPTO_TENANT} could not be created");
+    }
+
+    let cluster = Arc::new(cluster);
+    let registers = tokio::spawn(workload::run(
+        cluster.clone(),
+        Workload { keys: keys.clone(), clients: plan.clients, duration: plan.duration, seed: plan.seed },
+    ));
+    let crypto_workload = CryptoWorkload {
+        tenant: CRYPTO_TENANT.into(),
+        key: CRYPTO_KEY.into(),
+        clients: (plan.clients / 2).max(1),
+        duration: plan.duration,
+        seed: plan.seed,
+    };
+    let sealing = tokio::spawn(crypto::run(cluster.clone(), crypto_workload.clone()));
+
+    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(plan.seed ^ 0x006e_656d_6573_6973);
+    let mut recovery = Vec::new();
+    while started.elapsed() + TAIL < plan.duration {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(2_000..4_000))).await;
+        if started.elapsed() + TAIL >= plan.duration {
+            break;
+        }
+        recovery.extend(strike(&cluster, plan.nemesis, &mut rng).await?);
+    }
+    let recorded = registers.await?;
+    let sealed = sealing.await?;
+
+    // Everything is back: every node runs, every link passes.
+    cluster.heal();
+    for id in cluster.ids() {
+        if !cluster.running(id) {
+            cluster.start(id)?;
+        }
+        cluster.wait_healthy(id, Duration::from_secs(30)).await?;
+    }
+    let diverged = converged(&cluster, &initial).await?;
+    let verdicts = check(&recorded.events, &initial).context("the linearizability checker (Go is required)")?;
+    let anomalies: Vec<String> = verdicts.iter().filter(|v| !v.linearizable()).map(|v| format!("{v:?}")).collect();
+    let mut crypto_broken = sealed.anomalies.clone();
+    crypto_broken.extend(crypto::check_decryptable(&cluster, &crypto_workload, &sealed.sealed).await);
+    let mut tenants: Vec<&str> = keys.iter().map(String::as_str).collect();
+    tenants.extend([CRYPTO_TENANT, "_cluster"]);
+    let audit_findings = audit_chains(&cluster, &tenants).await?;
+
+    let mut summary = Summary {
+        plan: plan.clone(),
+        ok: recorded.count(Phase::Ok),
+        failed: recorded.count(Phase::Fail),
+        indeterminate: recorded.count(Phase::Info),
+        anomalies,
+        diverged,
+        crypto_ok: sealed.ok,
+        crypto_failed: sealed.failed,
+        crypto_broken,
+        audit_findings,
+        recovery,
+        history: None,
+    };
+    if !summary.clean() {
+        let kept = std::env::temp_dir().join(format!("custos-chaos-{}-{}.jsonl", plan.nemesis.name(), plan.seed));
+        std::fs::write(&kept, recorded.to_jsonl())?;
+        summary.history = Some(kept);
+    }
+    Ok(summary)
+}
+
+/// One fault, and the recovery times it measured.
+async fn strike(cluster: &ProcessCluster, nemesis: Nemesis, rng: &mut StdRng) -> Result<Vec<Duration>> {
+    let all = cluster.ids();
+    let others = |id: u64| all.iter().copied().filter(|n| *n != id).collect::<Vec<_>>();
+    let leader = cluster.wait_leader(&all, Duration::from_secs(20)).await?;
+    Ok(match nemesis {
+        Nemesis::LeaderKill | Nemesis::RandomKill => {
+            let victim = if nemesis == Nemesis::LeaderKill { leader } else { *all.choose(rng).unwrap_or(&leader) };
+            cluster.kill(victim)?;
+            let since = Instant::now();
+            cluster.wait_leader(&others(victim), Duration::from_secs(20)).await?;
+            let elected = since.elapsed();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cluster.start(victim)?;
+            cluster.wait_healthy(victim, Duration::from_secs(30)).await?;
+            writes_commit_through(cluster, victim, Duration::from_secs(30)).await?;
+            vec![elected]
+        }
+        Nemesis::LeaderPartition => {
+            cluster.partition(&[&[leader], &others(leader)])?;
+            let since = Instant::now();
+            cluster.wait_leader(&others(leader), Duration::from_secs(20)).await?;
+            let elected = since.elapsed();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            cluster.heal();
+            writes_commit_through(cluster, leader, Duration::from_secs(30)).await?;
+            vec![elected]
+        }
+        Nemesis::MinorityPartition => {
+            let mut shuffled = all.clone();
+            shuffled.shuffle(rng);
+            let (minority, majority) = shuffled.split_at((all.len() - 1) / 2);
+            cluster.partition(&[minority, majority])?;
+            let since = Instant::now();
+            cluster.wait_leader(majority, Duration::from_secs(20)).await?;
+            let elected = since.elapsed();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            cluster.heal();
+            for id in minority {
+                writes_commit_through(cluster, *id, Duration::from_secs(30)).await?;
+            }
+            vec![elected]
+        }
+        Nemesis::NoQuorum => {
+            let alone: Vec<[u64; 1]> = all.iter().map(|id| [*id]).collect();
+            let groups: Vec<&[u64]> = alone.iter().map(|g| &g[..]).collect();
+            cluster.partition(&groups)?;
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            cluster.heal();
+            vec![writes_commit_through(cluster, leader, Duration::from_secs(30)).await?]
+        }
+        Nemesis::Pause => {
+            cluster.pause(leader)?;
+            let since = Instant::now();
+            let elected = cluster.wait_leader(&others(leader), Duration::from_secs(20)).await;
+            let elected_after = since.elapsed();
+            // Paused past several election timeouts, whatever the election took.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            cluster.resume(leader)?;
+            elected?;
+            writes_commit_through(cluster, leader, Duration::from_secs(30)).await?;
+            vec![elected_after]
+        }
+        Nemesis::RollingRestart => {
+            let mut took = Vec::new();
+            for id in all.clone() {
+                cluster.stop(id)?;
+                let since = Instant::now();
+                cluster.start(id)?;
+                cluster.wait_healthy(id, Duration::from_secs(30)).await?;
+                writes_commit_through(cluster, id, Duration::from_secs(30)).await?;
+                took.push(since.elapsed());
+            }
+            took
+        }
+        Nemesis::FullRestart => {
+            for id in &all {
+                cluster.kill(*id)?;
+            }
+            let since = Instant::now();
+            for id in &all {
+                cluster.start(*id)?;
+            }
+            cluster.wait_leader(&all, Duration::from_secs(30)).await?;
+            writes_commit_through(cluster, leader, Duration::from_secs(30)).await?;
+            vec![since.elapsed()]
+        }
+    })
+}
+
+/// How long until a write through `node` reaches the state machine again.
+pub async fn writes_commit_through(cluster: &ProcessCluster, node: u64, within: Duration) -> Result<Duration> {
+    let since = Instant::now();
+    loop {
+        let body = json!({ "display_name": "probe" });
+        let reply = cluster.call(node, Method::PATCH, "/v1/tenants/probe-missing", Some(&body), &[]).await;
+        // Any answer from the state machine (404 here) shows writes commit again.
+        if reply.is_ok_and(|r| r.status == 404) {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > within {
+            bail!("no write committed through node {node} within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The nodes that do not come to hold, in their own state, what a linearizable read returns.
+async fn converged(cluster: &ProcessCluster, initial: &HashMap<String, Option<String>>) -> Result<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut diverged = Vec::new();
+    for key in initial.keys() {
+        let path = format!("/v1/tenants/{key}");
+        let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(20)).await?;
+        let truth = cluster.get(leader, &path).await?;
+        if truth.status != 200 {
+            bail!("reading {key}: {} {}", truth.status, truth.body);
+        }
+        for node in cluster.ids() {
+            loop {
+                let local = cluster.get(node, &format!("{path}?consistency=stale")).await?;
+                if local.body["display_name"] == truth.body["display_name"] {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    diverged.push(format!(
+                        "node {node} holds {} for {key}, the cluster {}",
+                        local.body["display_name"], truth.body["display_name"]
+                    ));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Ok(diverged)
+}
+
+/// Waits until every node shipped its audit outbox, stops the nodes, and verifies each node's
+/// audit chains of `tenants` with `custos audit verify`.
+async fn audit_chains(cluster: &ProcessCluster, tenants: &[&str]) -> Result<Vec<String>> {
+    for id in cluster.ids() {
+        let drained = crate::eventually(Duration::from_secs(30), async || {
+            cluster.get(id, "/v1/cluster/status").await.is_ok_and(|r| r.body["audit"]["outbox_depth"] == json!(0))
+        });
+        if !drained.await {
+            bail!("node {id} did not ship its audit outbox");
+        }
+    }
+    for id in cluster.ids() {
+        cluster.stop(id)?;
+    }
+    let mut findings = Vec::new();
+    for id in cluster.ids() {
+        let log = cluster.data_dir(id)?.join("audit").join("log");
+        for tenant in tenants {
+            let output = std::process::Command::new(cluster.binary())
+                .args(["--output", "json", "audit", "verify", "--tenant", tenant, "--log-dir"])
+                .arg(&log)
+                .output()
+                .context("running custos audit verify")?;
+            let report: Value = serde_json::from_slice(&output.stdout).with_context(|| {
+                format!("custos audit verify answered: {}", String::from_utf8_lossy(&output.stderr))
+            })?;
+            for finding in report["findings"].as_array().into_iter().flatten() {
+                findings.push(format!("node {id}, tenant {tenant}: {finding}"));
+            }
+        }
+    }
+    Ok(findings)
+}
