@@ -266,6 +266,11 @@ impl ProcessCluster {
         self.node(id).is_ok_and(|n| n.child.lock().unwrap_or_else(|p| p.into_inner()).is_some())
     }
 
+    /// The node's configuration file.
+    pub fn config_file(&self, id: u64) -> Result<PathBuf> {
+        Ok(self.node(id)?.config.clone())
+    }
+
     /// The node's data directory.
     pub fn data_dir(&self, id: u64) -> Result<PathBuf> {
         Ok(self.node(id)?.config.with_file_name("data"))

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use crate::crypto::{self, CryptoWorkload};
 use crate::history::{check, Phase};
 use crate::workload::{self, Workload};
-use crate::ProcessCluster;
+use crate::{KafkaBroker, OpenBaoServer, ProcessCluster};
 
 /// How the cluster is broken, again and again while the workloads run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +43,14 @@ pub enum Nemesis {
     RollingRestart,
     /// SIGKILL every node at once; start them all again.
     FullRestart,
+    /// SIGKILL the Kafka broker the audit trail goes to; restart it 5 s later.
+    KafkaOutage,
+    /// Stop the OpenBao holding the encryption tenant's keys; restart it 5 s later.
+    VaultOutage,
 }
 
 impl Nemesis {
-    pub const ALL: [Nemesis; 8] = [
+    pub const ALL: [Nemesis; 10] = [
         Nemesis::LeaderKill,
         Nemesis::RandomKill,
         Nemesis::LeaderPartition,
@@ -55,6 +59,8 @@ impl Nemesis {
         Nemesis::Pause,
         Nemesis::RollingRestart,
         Nemesis::FullRestart,
+        Nemesis::KafkaOutage,
+        Nemesis::VaultOutage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +73,8 @@ impl Nemesis {
             Nemesis::Pause => "pause",
             Nemesis::RollingRestart => "rolling-restart",
             Nemesis::FullRestart => "full-restart",
+            Nemesis::KafkaOutage => "kafka-outage",
+            Nemesis::VaultOutage => "vault-outage",
         }
     }
 
@@ -83,6 +91,9 @@ pub struct Plan {
     pub clients: usize,
     pub duration: Duration,
     pub seed: u64,
+    /// The repository, whose `deploy/scripts` start Kafka and OpenBao for the outage
+    /// scenarios.
+    pub repo: PathBuf,
 }
 
 /// What a scenario found.
@@ -158,6 +169,46 @@ impl Summary {
     }
 }
 
+/// The external services a scenario's cluster uses, started by the repository's scripts.
+enum Services {
+    None,
+    Kafka(KafkaBroker),
+    Vault(OpenBaoServer),
+}
+
+impl Services {
+    fn start(plan: &Plan) -> Result<Services> {
+        Ok(match plan.nemesis {
+            Nemesis::KafkaOutage => Services::Kafka(KafkaBroker::start(&KafkaBroker::script_in(&plan.repo))?),
+            Nemesis::VaultOutage => {
+                let script = plan.repo.join("deploy/scripts/openbao.sh");
+                Services::Vault(OpenBaoServer::start(&script, "start-raft", &[])?)
+            }
+            _ => Services::None,
+        })
+    }
+
+    /// The nodes' configuration for these services.
+    fn env(&self) -> Result<Vec<(String, String)>> {
+        let pairs = |list: &[(&str, String)]| list.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        Ok(match self {
+            Services::None => Vec::new(),
+            Services::Kafka(kafka) => pairs(&[
+                ("CUSTOS_AUDIT__SINK", "kafka".into()),
+                ("CUSTOS_AUDIT__KAFKA__BROKERS", kafka.bootstrap()?),
+                ("CUSTOS_AUDIT__KAFKA__PARTITIONS", "3".into()),
+                ("CUSTOS_AUDIT__KAFKA__REPLICATION_FACTOR", "1".into()),
+                ("CUSTOS_AUDIT__KAFKA__MESSAGE_TIMEOUT_MS", "2000".into()),
+                ("CUSTOS_AUDIT__SHIP_BACKOFF_MAX_MS", "500".into()),
+            ]),
+            Services::Vault(bao) => pairs(&[
+                ("CUSTOS_CUSTODY__VAULT__ADDRESS", bao.addr()?),
+                ("CUSTOS_CUSTODY__VAULT__TOKEN_FILE", bao.root_token_file().display().to_string()),
+            ]),
+        })
+    }
+}
+
 const REGISTERS: usize = 3;
 const CRYPTO_TENANT: &str = "chaos-crypto";
 const CRYPTO_KEY: &str = "orders";
@@ -166,7 +217,10 @@ const TAIL: Duration = Duration::from_secs(4);
 
 /// Runs one scenario on a fresh cluster of `binary` processes.
 pub async fn run(binary: &Path, plan: &Plan) -> Result<Summary> {
-    let mut cluster = ProcessCluster::with_links(binary, plan.nodes, &[]).await?;
+    let services = Services::start(plan)?;
+    let env = services.env()?;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut cluster = ProcessCluster::with_links(binary, plan.nodes, &env).await?;
     cluster.form().await?;
     let keys: Vec<String> = (1..=REGISTERS).map(|i| format!("reg-{i}")).collect();
     let mut initial = HashMap::new();
@@ -178,7 +232,8 @@ pub async fn run(binary: &Path, plan: &Plan) -> Result<Summary> {
         }
         initial.insert(key.clone(), Some("init".to_string()));
     }
-    let body = json!({ "id": CRYPTO_TENANT, "display_name": "chaos", "region": "eu" });
+    let provider = if matches!(services, Services::Vault(_)) { "vault" } else { "sealed-local" };
+    let body = json!({ "id": CRYPTO_TENANT, "display_name": "chaos", "region": "eu", "key_provider": provider });
     let reply = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await?;
     if reply.status != 201 {
         bail!("creating {CRYPTO_TENANT}: {} {}", reply.status, reply.body);
@@ -215,7 +270,7 @@ pub async fn run(binary: &Path, plan: &Plan) -> Result<Summary> {
         if started.elapsed() + TAIL >= plan.duration {
             break;
         }
-        recovery.extend(strike(&cluster, plan.nemesis, &mut rng).await?);
+        recovery.extend(strike(&cluster, &services, plan.nemesis, &mut rng).await?);
     }
     let recorded = registers.await?;
     let sealed = sealing.await?;
@@ -235,7 +290,7 @@ pub async fn run(binary: &Path, plan: &Plan) -> Result<Summary> {
     crypto_broken.extend(crypto::check_decryptable(&cluster, &crypto_workload, &sealed.sealed).await);
     let mut tenants: Vec<&str> = keys.iter().map(String::as_str).collect();
     tenants.extend([CRYPTO_TENANT, "_cluster"]);
-    let audit_findings = audit_chains(&cluster, &tenants).await?;
+    let audit_findings = audit_chains(&cluster, &tenants, &env).await?;
 
     let mut summary = Summary {
         plan: plan.clone(),
@@ -260,7 +315,12 @@ pub async fn run(binary: &Path, plan: &Plan) -> Result<Summary> {
 }
 
 /// One fault, and the recovery times it measured.
-async fn strike(cluster: &ProcessCluster, nemesis: Nemesis, rng: &mut StdRng) -> Result<Vec<Duration>> {
+async fn strike(
+    cluster: &ProcessCluster,
+    services: &Services,
+    nemesis: Nemesis,
+    rng: &mut StdRng,
+) -> Result<Vec<Duration>> {
     let all = cluster.ids();
     let others = |id: u64| all.iter().copied().filter(|n| *n != id).collect::<Vec<_>>();
     let leader = cluster.wait_leader(&all, Duration::from_secs(20)).await?;
@@ -346,7 +406,50 @@ async fn strike(cluster: &ProcessCluster, nemesis: Nemesis, rng: &mut StdRng) ->
             writes_commit_through(cluster, leader, Duration::from_secs(30)).await?;
             vec![since.elapsed()]
         }
+        Nemesis::KafkaOutage => {
+            let Services::Kafka(kafka) = services else { bail!("kafka-outage runs with Kafka") };
+            kafka.run("kill")?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            kafka.run("restart")?;
+            let since = Instant::now();
+            // Back when every node has shipped what it held while the broker was gone.
+            for id in &all {
+                outbox_drained(cluster, *id, Duration::from_secs(60)).await?;
+            }
+            vec![since.elapsed()]
+        }
+        Nemesis::VaultOutage => {
+            let Services::Vault(bao) = services else { bail!("vault-outage runs with OpenBao") };
+            bao.run("stop")?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            bao.run("restart-raft")?;
+            let since = Instant::now();
+            for id in &all {
+                let healthy = crate::eventually(Duration::from_secs(60), async || {
+                    cluster.get(*id, "/v1/cluster/status").await.is_ok_and(|r| {
+                        r.body["custody"]["providers"]
+                            .as_array()
+                            .is_some_and(|p| p.iter().any(|p| p["provider"] == "vault" && p["healthy"] == true))
+                    })
+                });
+                if !healthy.await {
+                    bail!("node {id} did not see OpenBao again");
+                }
+            }
+            vec![since.elapsed()]
+        }
     })
+}
+
+/// Waits until node `id` has shipped its whole audit outbox.
+async fn outbox_drained(cluster: &ProcessCluster, id: u64, within: Duration) -> Result<()> {
+    let drained = crate::eventually(within, async || {
+        cluster.get(id, "/v1/cluster/status").await.is_ok_and(|r| r.body["audit"]["outbox_depth"] == json!(0))
+    });
+    if !drained.await {
+        bail!("node {id} did not ship its audit outbox within {within:?}");
+    }
+    Ok(())
 }
 
 /// How long until a write through `node` reaches the state machine again.
@@ -397,34 +500,42 @@ async fn converged(cluster: &ProcessCluster, initial: &HashMap<String, Option<St
     Ok(diverged)
 }
 
-/// Waits until every node shipped its audit outbox, stops the nodes, and verifies each node's
-/// audit chains of `tenants` with `custos audit verify`.
-async fn audit_chains(cluster: &ProcessCluster, tenants: &[&str]) -> Result<Vec<String>> {
+/// Waits until every node shipped its audit outbox, stops the nodes, and verifies the audit
+/// chains of `tenants` with `custos audit verify`: in Kafka when the nodes ship there, else in
+/// each node's local log.
+async fn audit_chains(cluster: &ProcessCluster, tenants: &[&str], env: &[(&str, &str)]) -> Result<Vec<String>> {
     for id in cluster.ids() {
-        let drained = crate::eventually(Duration::from_secs(30), async || {
-            cluster.get(id, "/v1/cluster/status").await.is_ok_and(|r| r.body["audit"]["outbox_depth"] == json!(0))
-        });
-        if !drained.await {
-            bail!("node {id} did not ship its audit outbox");
-        }
+        outbox_drained(cluster, id, Duration::from_secs(30)).await?;
     }
     for id in cluster.ids() {
         cluster.stop(id)?;
     }
+    let kafka = env.iter().any(|(k, v)| *k == "CUSTOS_AUDIT__SINK" && *v == "kafka");
+    let sources: Vec<(String, Vec<String>)> = if kafka {
+        let config = cluster.config_file(1)?.display().to_string();
+        vec![("Kafka".into(), vec!["--config".into(), config])]
+    } else {
+        let mut sources = Vec::new();
+        for id in cluster.ids() {
+            let log = cluster.data_dir(id)?.join("audit").join("log").display().to_string();
+            sources.push((format!("node {id}"), vec!["--log-dir".into(), log]));
+        }
+        sources
+    };
     let mut findings = Vec::new();
-    for id in cluster.ids() {
-        let log = cluster.data_dir(id)?.join("audit").join("log");
+    for (source, args) in &sources {
         for tenant in tenants {
             let output = std::process::Command::new(cluster.binary())
-                .args(["--output", "json", "audit", "verify", "--tenant", tenant, "--log-dir"])
-                .arg(&log)
+                .args(["--output", "json", "audit", "verify", "--tenant", tenant])
+                .args(args)
+                .envs(env.iter().copied())
                 .output()
                 .context("running custos audit verify")?;
             let report: Value = serde_json::from_slice(&output.stdout).with_context(|| {
                 format!("custos audit verify answered: {}", String::from_utf8_lossy(&output.stderr))
             })?;
             for finding in report["findings"].as_array().into_iter().flatten() {
-                findings.push(format!("node {id}, tenant {tenant}: {finding}"));
+                findings.push(format!("{source}, tenant {tenant}: {finding}"));
             }
         }
     }

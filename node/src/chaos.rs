@@ -41,11 +41,23 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         bail!("a chaos cluster has 3 to 7 nodes, not {bad}");
     }
     let binary = std::env::current_exe().context("locating the custos binary")?;
+    // The outage scenarios start Kafka and OpenBao with the repository's scripts.
+    let repo = std::env::current_dir().context("reading the working directory")?;
+    let outages = nemeses.iter().any(|n| matches!(n, Nemesis::KafkaOutage | Nemesis::VaultOutage));
+    if outages && !repo.join("deploy/scripts").is_dir() {
+        bail!("the outage scenarios need deploy/scripts: run custos chaos from the repository root");
+    }
     let mut summaries = Vec::new();
     for &nodes in &options.nodes {
         for &nemesis in &nemeses {
-            let plan =
-                Plan { nemesis, nodes, clients: options.clients, duration: options.duration, seed: options.seed };
+            let plan = Plan {
+                nemesis,
+                nodes,
+                clients: options.clients,
+                duration: options.duration,
+                seed: options.seed,
+                repo: repo.clone(),
+            };
             let summary = scenario::run(&binary, &plan)
                 .await
                 .with_context(|| format!("scenario {} on {nodes} nodes", nemesis.name()))?;

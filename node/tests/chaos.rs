@@ -18,7 +18,8 @@ fn seed() -> u64 {
 }
 
 async fn smoke(nemesis: Nemesis) {
-    let plan = Plan { nemesis, nodes: 3, clients: 4, duration: Duration::from_secs(24), seed: seed() };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the repository").to_path_buf();
+    let plan = Plan { nemesis, nodes: 3, clients: 4, duration: Duration::from_secs(24), seed: seed(), repo };
     let summary = run(binary(), &plan).await.expect("the scenario runs");
     println!("{}", summary.line());
     assert!(summary.clean(), "{}\n{}", summary.line(), summary.findings());
