@@ -449,9 +449,9 @@ impl ProcessCluster {
         Ok(())
     }
 
-    /// This node's own status (`node` of `/v1/cluster/status`).
+    /// This node's own status (`node` of `/v1/cluster/status`), without asking the leader.
     pub async fn node_status(&self, id: u64) -> Result<Value> {
-        let reply = self.get(id, "/v1/cluster/status").await?;
+        let reply = self.get(id, "/v1/cluster/status?scope=node").await?;
         if reply.status != 200 {
             bail!("status of node {id}: {} {}", reply.status, reply.body);
         }

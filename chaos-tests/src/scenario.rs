@@ -426,7 +426,7 @@ async fn strike(
             let since = Instant::now();
             for id in &all {
                 let healthy = crate::eventually(Duration::from_secs(60), async || {
-                    cluster.get(*id, "/v1/cluster/status").await.is_ok_and(|r| {
+                    cluster.get(*id, "/v1/cluster/status?scope=node").await.is_ok_and(|r| {
                         r.body["custody"]["providers"]
                             .as_array()
                             .is_some_and(|p| p.iter().any(|p| p["provider"] == "vault" && p["healthy"] == true))
@@ -444,7 +444,10 @@ async fn strike(
 /// Waits until node `id` has shipped its whole audit outbox.
 async fn outbox_drained(cluster: &ProcessCluster, id: u64, within: Duration) -> Result<()> {
     let drained = crate::eventually(within, async || {
-        cluster.get(id, "/v1/cluster/status").await.is_ok_and(|r| r.body["audit"]["outbox_depth"] == json!(0))
+        cluster
+            .get(id, "/v1/cluster/status?scope=node")
+            .await
+            .is_ok_and(|r| r.body["audit"]["outbox_depth"] == json!(0))
     });
     if !drained.await {
         bail!("node {id} did not ship its audit outbox within {within:?}");

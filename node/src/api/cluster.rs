@@ -1,7 +1,7 @@
 //! `/v1/cluster`: init, self, status, members.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use custos_actors::custody::edge::EdgeStats;
@@ -72,12 +72,37 @@ pub struct CustodyView {
     edge: EdgeStats,
 }
 
-pub async fn status(caller: Caller, State(state): State<AppState>) -> Result<Json<StatusView>, ApiError> {
+/// `?scope=node` answers from this node alone, without asking the leader for the cluster's
+/// view: quick whether or not there is a leader (for monitors polling through elections).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StatusQuery {
+    #[serde(default)]
+    scope: StatusScope,
+}
+
+#[derive(Debug, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusScope {
+    #[default]
+    Cluster,
+    Node,
+}
+
+pub async fn status(
+    caller: Caller,
+    State(state): State<AppState>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> Result<Json<StatusView>, ApiError> {
     caller.authorize(&state, None, Permission::ClusterRead)?;
+    let Query(query) = query?;
     let node = state.cluster.node_status();
-    let (cluster, cluster_error) = match state.cluster.status().await {
-        Ok(status) => (Some(status), None),
-        Err(e) => (None, Some(e.to_string())),
+    let (cluster, cluster_error) = match query.scope {
+        StatusScope::Node => (None, None),
+        StatusScope::Cluster => match state.cluster.status().await {
+            Ok(status) => (Some(status), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
     };
     let tenant_actors = ractor::call_t!(state.supervisor, NodeMsg::Health, 1000).ok();
     let custody = CustodyView {
