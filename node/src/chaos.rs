@@ -93,7 +93,7 @@ fn table(options: &Options, summaries: &[Summary]) -> String {
          Written by `custos chaos --out docs/chaos-results.md` on {date}, commit `{}`: seed {}, {} s and {} \
          register clients (half as many encrypting) per scenario, on a {cores}-core machine. What each scenario \
          does and checks: docs/chaos.md.\n\n\
-         | scenario | nodes | ops ok | failed | indeterminate | anomalies | lost writes | ciphertexts | \
+         | scenario | nodes | ops ok | failed | indeterminate | anomalies | lost writes | crypto ops ok | \
          undecryptable | audit findings | faults | worst recovery |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         commit(),
