@@ -421,20 +421,25 @@ async fn strike(
         Nemesis::VaultOutage => {
             let Services::Vault(bao) = services else { bail!("vault-outage runs with OpenBao") };
             bao.run("stop")?;
+            // Keys cached at the edge keep encrypting; what needs OpenBao itself — a new
+            // tenant's root — fails closed, with a clear answer.
+            let tenant = format!("outage-{}", rng.gen_range(0..u32::MAX));
+            let body = json!({ "id": tenant, "display_name": "outage", "region": "eu", "key_provider": "vault" });
+            let node = *all.choose(rng).unwrap_or(&leader);
+            let during = cluster.call(node, Method::POST, "/v1/tenants", Some(&body), &[]).await?;
+            if (during.status, during.code()) != (503, Some("key_provider_unavailable")) {
+                bail!("creating a tenant while OpenBao is down answered {} {}", during.status, during.body);
+            }
             tokio::time::sleep(Duration::from_secs(5)).await;
             bao.run("restart-raft")?;
+            // Back when that tenant can be created.
             let since = Instant::now();
-            for id in &all {
-                let healthy = crate::eventually(Duration::from_secs(60), async || {
-                    cluster.get(*id, "/v1/cluster/status?scope=node").await.is_ok_and(|r| {
-                        r.body["custody"]["providers"]
-                            .as_array()
-                            .is_some_and(|p| p.iter().any(|p| p["provider"] == "vault" && p["healthy"] == true))
-                    })
-                });
-                if !healthy.await {
-                    bail!("node {id} did not see OpenBao again");
-                }
+            let created = crate::eventually(Duration::from_secs(60), async || {
+                let reply = cluster.call(node, Method::POST, "/v1/tenants", Some(&body), &[]).await;
+                reply.is_ok_and(|r| r.status == 201 || r.code() == Some("tenant_exists"))
+            });
+            if !created.await {
+                bail!("no tenant could be created on OpenBao a minute after it came back");
             }
             vec![since.elapsed()]
         }
