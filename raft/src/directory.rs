@@ -69,13 +69,8 @@ impl std::fmt::Debug for DirectoryUser {
 impl DirectoryUser {
     /// The subject grants, sessions and audit name the person by.
     pub fn subject(&self) -> String {
-        subject_of(&self.user_name)
+        format!("user:{}", self.user_name)
     }
-}
-
-/// `user:<user_name>`.
-pub fn subject_of(user_name: &str) -> String {
-    format!("user:{user_name}")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

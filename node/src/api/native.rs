@@ -61,6 +61,20 @@ async fn verify_password(state: &AppState, password: Zeroizing<String>, hash: St
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
+/// Whether a name is a role a tenant's directory may give: a built-in tenant role (not the
+/// platform's `super_admin`) or one of the tenant's custom roles.
+pub fn tenant_roles(state: &AppState, tenant: &TenantId) -> Result<impl Fn(&str) -> bool, ApiError> {
+    let custom: Vec<String> = state
+        .cluster
+        .reader()
+        .access(tenant)?
+        .map(|a| a.policy.roles.into_iter().map(|r| r.name).collect())
+        .unwrap_or_default();
+    Ok(move |name: &str| {
+        BuiltinRole::from_name(name).is_some_and(|b| b != BuiltinRole::SuperAdmin) || custom.iter().any(|c| c == name)
+    })
+}
+
 /// The roles and lines of business a directory entry gives its person: its own roles, and
 /// each group's name that is a role of the tenant (built-in or custom).
 pub fn directory_access(
@@ -68,15 +82,9 @@ pub fn directory_access(
     tenant: &TenantId,
     user: &DirectoryUser,
 ) -> Result<(Vec<String>, Vec<String>), ApiError> {
-    let reader = state.cluster.reader();
-    let custom: Vec<String> =
-        reader.access(tenant)?.map(|a| a.policy.roles.into_iter().map(|r| r.name).collect()).unwrap_or_default();
-    let is_role = |name: &str| {
-        (BuiltinRole::ALL.iter().any(|b| b.as_str() == name) && name != BuiltinRole::SuperAdmin.as_str())
-            || custom.iter().any(|c| c == name)
-    };
+    let is_role = tenant_roles(state, tenant)?;
     let mut roles = user.roles.clone();
-    for group in reader.directory_groups(tenant, None, MAX_DIRECTORY_GROUPS as usize)? {
+    for group in state.cluster.reader().directory_groups(tenant, None, MAX_DIRECTORY_GROUPS as usize)? {
         if group.members.contains(&user.id) && is_role(&group.display_name) && !roles.contains(&group.display_name) {
             roles.push(group.display_name);
         }

@@ -82,14 +82,8 @@ pub(super) fn execute(txn: &mut Txn, index: u64, now: u64, command: &Command) ->
                 Err(rejection) => return Ok(Err(rejection)),
             };
             let name = user_name_key(tenant, &user.user_name);
-            match txn.get::<DirectoryId>(&name)? {
-                Some(holder) if holder != user.id => {
-                    return Ok(Err(Rejection::DirectoryConflict(format!(
-                        "userName {:?} is taken in tenant {tenant}",
-                        user.user_name
-                    ))))
-                }
-                _ => {}
+            if let Some(taken) = name_taken(txn, &name, &user.id, "userName", &user.user_name, tenant)? {
+                return Ok(Err(taken));
             }
             let mut ended = Vec::new();
             if let Some(old) = &old {
@@ -100,7 +94,9 @@ pub(super) fn execute(txn: &mut Txn, index: u64, now: u64, command: &Command) ->
                     ended.push(old.subject());
                 }
             }
-            if !user.active {
+            // An inactive person holds nothing, so only a change to inactive (or a new name)
+            // has access to take away.
+            if !user.active && old.as_ref().is_none_or(|o| o.active || o.subject() != user.subject()) {
                 ended.push(user.subject());
             }
             let mut user = user.clone();
@@ -157,14 +153,8 @@ pub(super) fn execute(txn: &mut Txn, index: u64, now: u64, command: &Command) ->
                 Err(rejection) => return Ok(Err(rejection)),
             };
             let name = group_name_key(tenant, &group.display_name);
-            match txn.get::<DirectoryId>(&name)? {
-                Some(holder) if holder != group.id => {
-                    return Ok(Err(Rejection::DirectoryConflict(format!(
-                        "displayName {:?} is taken in tenant {tenant}",
-                        group.display_name
-                    ))))
-                }
-                _ => {}
+            if let Some(taken) = name_taken(txn, &name, &group.id, "displayName", &group.display_name, tenant)? {
+                return Ok(Err(taken));
             }
             let mut group = group.clone();
             group.members.sort();
@@ -242,6 +232,23 @@ pub(super) fn execute(txn: &mut Txn, index: u64, now: u64, command: &Command) ->
         // The state machine dispatches only the commands above here.
         other => unreachable!("{} is not a directory command", other.kind()),
     }
+}
+
+/// The conflict when another entry than `id` holds the name indexed under `key`.
+fn name_taken(
+    txn: &Txn,
+    key: &[u8],
+    id: &DirectoryId,
+    attribute: &str,
+    name: &str,
+    tenant: &TenantId,
+) -> Result<Option<Rejection>, StorageError<NodeId>> {
+    Ok(match txn.get::<DirectoryId>(key)? {
+        Some(holder) if holder != *id => {
+            Some(Rejection::DirectoryConflict(format!("{attribute} {name:?} is taken in tenant {tenant}")))
+        }
+        _ => None,
+    })
 }
 
 /// The creation time of an entry being written: now for a create (counted against `limit`,

@@ -4,13 +4,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 
-use custos_actors::policy::BuiltinRole;
 use custos_raft::directory::{DirectoryGroup, DirectoryUser, MAX_DIRECTORY_GROUPS, MAX_DIRECTORY_USERS};
 use custos_raft::{Command, DirectoryId, Output, TenantId};
 use serde_json::Value;
 
 use super::filter::Filter;
-use super::resource::{lowercase_keys, render_group, render_user, GroupInput, UserInput};
+use super::resource::{lowercase_keys, render_group, render_user, GroupInput, UserInput, ValueInput};
 use crate::api::error::ApiError;
 use crate::api::AppState;
 
@@ -45,20 +44,16 @@ fn read_body<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, ApiError>
     serde_json::from_value(lowercase_keys(body)).map_err(|e| ApiError::bad_request("invalid_value", e.to_string()))
 }
 
-/// Role names a directory may give: the built-in tenant roles and the tenant's custom ones.
-fn check_roles(state: &AppState, tenant: &TenantId, roles: &[String]) -> Result<(), ApiError> {
-    let access = state.cluster.reader().access(tenant)?;
-    for role in roles {
-        let builtin = BuiltinRole::ALL.iter().any(|b| b.as_str() == role) && role != BuiltinRole::SuperAdmin.as_str();
-        let custom = access.as_ref().is_some_and(|a| a.policy.roles.iter().any(|r| r.name == *role));
-        if !builtin && !custom {
-            return Err(ApiError::bad_request(
-                "invalid_value",
-                format!("{role:?} is not a tenant role (built-in or custom) of {tenant}"),
-            ));
-        }
+/// Refuses role names a directory may not give (see `native::tenant_roles`).
+fn check_roles(state: &AppState, tenant: &TenantId, roles: &[ValueInput]) -> Result<(), ApiError> {
+    let is_role = crate::api::native::tenant_roles(state, tenant)?;
+    match roles.iter().find(|r| !is_role(&r.value)) {
+        Some(role) => Err(ApiError::bad_request(
+            "invalid_value",
+            format!("{:?} is not a tenant role (built-in or custom) of {tenant}", role.value),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 pub struct Users;
@@ -109,7 +104,7 @@ impl Kind for Users {
         previous: Option<&DirectoryUser>,
     ) -> Result<DirectoryUser, ApiError> {
         let mut input: UserInput = read_body(body)?;
-        check_roles(state, tenant, &input.roles.iter().map(|r| r.value.clone()).collect::<Vec<_>>())?;
+        check_roles(state, tenant, &input.roles)?;
         let hash = crate::api::native::hash_password(state, input.password.take()).await?;
         Ok(input.into_user(id, previous, hash))
     }
