@@ -9,11 +9,11 @@
 //! # Layout
 //! - `event.rs` — [`AuditRecord`] (what callers give) and [`AuditEvent`] (the envelope).
 //! - `chain.rs` — the canonical hash and the [`chain::Verifier`].
-//! - `outbox.rs` — the group-committed sled outbox and its writer task.
+//! - `outbox/` — the group-committed outbox: its writer task and its segment files.
 //! - `shipper.rs` — the loop that moves outbox entries to the sink.
 //! - `sink/` — the [`sink::AuditSink`] port, the local log and Kafka adapters.
 //!
-//! Only `outbox.rs` touches sled, in a database of its own (not Raft's). No secret ever
+//! Only `outbox/log.rs` writes the outbox's files (`<data_dir>/audit/outbox`). No secret ever
 //! enters an event: callers pass HMACs (see [`Audit::hmac`]) where a value would identify one.
 
 pub mod chain;

@@ -1,18 +1,17 @@
 //! The durable outbox: audit events are made durable here, on this node, before the request
 //! they record is acknowledged, and stay until a sink has them.
 //!
-//! One writer task owns the chain heads. It takes every record queued since its last group
-//! (up to `max_batch`), places each in its tenant's chain and hands the group to a flusher
-//! task, which writes it with the chain heads in one atomic sled batch and flushes once for the
-//! whole group (group commit); only then are the waiting requests answered. The writer builds
-//! the next group while the flusher writes the previous one. The shipper reads entries in append order and removes them
-//! once its sink has accepted them, so a crash at any point replays what was not shipped —
-//! under the same event ids.
+//! One writer task owns the chain heads. It places each record in its tenant's chain and
+//! encodes it into the open group as it arrives; the moment the flusher is idle it takes the
+//! whole group, appends it to the log with one write and one `fdatasync` (group commit), and
+//! only then answers the waiting requests. The shipper reads durable entries in append order
+//! and releases them once its sink has accepted them, so a crash at any point replays what was
+//! not shipped — under the same event ids.
 //!
-//! The outbox has its own sled database (`<data_dir>/audit/outbox`), apart from Raft's.
-//!
-//! Keys in its one tree: `e` + position (u64, big-endian) → entry; `h` + tenant → chain head;
-//! `m/next` → the next position; `m/chain` → this outbox's chain id.
+//! # Layout
+//! - `mod.rs` — [`Outbox`]: recording, the writer and flusher tasks, the shipper's view.
+//! - `log.rs` — the files under `<data_dir>/audit/outbox`: checksummed segments, the chain-head
+//!   checkpoint, the shipped cursor; torn-tail repair on open.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,8 +25,8 @@ use super::chain::{seal, GENESIS};
 use super::event::{rfc3339_ms, AuditEvent, AuditRecord, AuditStream, SCHEMA_VERSION, SPEC_VERSION};
 use super::AuditError;
 
-const NEXT_KEY: &[u8] = b"m/next";
-const CHAIN_KEY: &[u8] = b"m/chain";
+mod log;
+
 /// Live subscribers that fall this far behind lose the oldest events (and are told so).
 const TAIL_CAPACITY: usize = 4096;
 
@@ -74,7 +73,8 @@ struct Pending {
     reply: Option<Reply>,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Where a chain stands: its last sequence number and that event's hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Head {
     seq: u64,
     hash: [u8; 32],
@@ -91,8 +91,7 @@ pub struct OutboxStats {
 }
 
 pub struct Outbox {
-    db: sled::Db,
-    tree: sled::Tree,
+    log: Arc<log::Shared>,
     chain: String,
     node_id: u64,
     tx: mpsc::Sender<Pending>,
@@ -101,65 +100,12 @@ pub struct Outbox {
     committed: Arc<Notify>,
     tail: broadcast::Sender<Committed>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-fn storage(e: impl std::fmt::Display) -> AuditError {
-    AuditError::Storage(e.to_string())
+    /// The last position `pending` returned and the cursor after it, for `remove`.
+    read: Mutex<Option<(u64, log::Cursor)>>,
 }
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn entry_key(position: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = b'e';
-    key[1..].copy_from_slice(&position.to_be_bytes());
-    key
-}
-
-fn head_key(tenant: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + tenant.len());
-    key.push(b'h');
-    key.extend_from_slice(tenant.as_bytes());
-    key
-}
-
-/// Entry value: time (u64 BE), tenant length (u8), tenant, event JSON.
-fn encode_entry(time_ms: u64, tenant: &str, json: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(9 + tenant.len() + json.len());
-    value.extend_from_slice(&time_ms.to_be_bytes());
-    // Tenant ids are at most 63 bytes (a DNS label), so the length fits a byte.
-    assert!(tenant.len() <= u8::MAX as usize, "tenant id longer than 255 bytes");
-    value.push(tenant.len() as u8);
-    value.extend_from_slice(tenant.as_bytes());
-    value.extend_from_slice(json);
-    value
-}
-
-fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, AuditError> {
-    let damaged = || AuditError::Storage("damaged outbox entry".into());
-    let position = u64::from_be_bytes(key.get(1..9).ok_or_else(damaged)?.try_into().map_err(|_| damaged())?);
-    let time_ms = u64::from_be_bytes(value.get(..8).ok_or_else(damaged)?.try_into().map_err(|_| damaged())?);
-    let len = *value.get(8).ok_or_else(damaged)? as usize;
-    let tenant = std::str::from_utf8(value.get(9..9 + len).ok_or_else(damaged)?).map_err(|_| damaged())?;
-    Ok(Entry { position, tenant: tenant.to_string(), time_ms, json: Arc::from(&value[9 + len..]) })
-}
-
-fn decode_head(value: &[u8]) -> Result<Head, AuditError> {
-    if value.len() != 40 {
-        return Err(AuditError::Storage("damaged chain head".into()));
-    }
-    let seq = u64::from_be_bytes(value[..8].try_into().map_err(storage)?);
-    let hash: [u8; 32] = value[8..].try_into().map_err(storage)?;
-    Ok(Head { seq, hash })
-}
-
-fn encode_head(head: Head) -> [u8; 40] {
-    let mut value = [0u8; 40];
-    value[..8].copy_from_slice(&head.seq.to_be_bytes());
-    value[8..].copy_from_slice(&head.hash);
-    value
 }
 
 impl Outbox {
@@ -167,47 +113,17 @@ impl Outbox {
     /// run are pending again. Needs a tokio runtime.
     pub fn open(dir: &Path, node_id: u64, limits: OutboxLimits) -> Result<Arc<Outbox>, AuditError> {
         assert!(limits.max_batch > 0 && limits.queue > 0, "outbox limits must be positive");
-        let db = sled::Config::new()
-            .path(dir)
-            // Durability comes from the writer's explicit flush per group; the background flush
-            // only makes removals of shipped entries stick sooner.
-            .flush_every_ms(Some(1000))
-            // Append-heavy with whole-batch removals: measured 1.3–1.9× faster group commits
-            // than the default mode for groups of 16 to 1000 events.
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(storage)?;
-        let tree = db.open_tree("outbox").map_err(storage)?;
-        let chain = match tree.get(CHAIN_KEY).map_err(storage)? {
-            Some(value) => String::from_utf8(value.to_vec()).map_err(storage)?,
-            None => {
-                // A fresh outbox (or a node whose data was wiped) starts a new chain, so its
-                // sequence numbers never collide with an earlier chain of the same node.
-                let epoch = &uuid::Uuid::new_v4().simple().to_string()[..12];
-                let chain = format!("node-{node_id}.{epoch}");
-                tree.insert(CHAIN_KEY, chain.as_bytes()).map_err(storage)?;
-                db.flush().map_err(storage)?;
-                chain
-            }
-        };
-        let depth = tree.scan_prefix(b"e").count() as u64;
-        let last = tree.scan_prefix(b"e").keys().next_back().transpose().map_err(storage)?;
-        let after_last = match last {
-            Some(key) => decode_entry(&key, &[0u8; 9])?.position + 1,
-            None => 0,
-        };
-        let stored_next = match tree.get(NEXT_KEY).map_err(storage)? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(storage)?),
-            None => 0,
-        };
+        // A fresh outbox (or a node whose data was wiped) starts a new chain, so its sequence
+        // numbers never collide with an earlier chain of the same node.
+        let new_chain = || format!("node-{node_id}.{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let (log, appender, recovered) = log::Shared::open(dir, new_chain)?;
         let stats = Arc::new(OutboxStats::default());
-        stats.depth.store(depth, Ordering::Relaxed);
+        stats.depth.store(recovered.next - recovered.shipped, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(limits.queue);
         let (tail, _) = broadcast::channel(TAIL_CAPACITY);
         let outbox = Arc::new(Outbox {
-            db,
-            tree,
-            chain,
+            log: log.clone(),
+            chain: recovered.chain,
             node_id,
             tx,
             limits,
@@ -215,16 +131,17 @@ impl Outbox {
             committed: Arc::new(Notify::new()),
             tail,
             writer: Mutex::new(None),
+            read: Mutex::new(None),
         });
         let writer = Writer {
             outbox: Arc::downgrade(&outbox),
-            tree: outbox.tree.clone(),
-            heads: HashMap::new(),
-            next: stored_next.max(after_last),
+            log,
+            heads: recovered.heads,
+            next: recovered.next,
             generation: 0,
             failures: Arc::new(AtomicU64::new(0)),
         };
-        let handle = tokio::spawn(writer.run(rx, outbox.limits.max_batch, outbox.db.clone()));
+        let handle = tokio::spawn(writer.run(rx, outbox.limits.max_batch, appender));
         *outbox.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(outbox)
     }
@@ -264,24 +181,33 @@ impl Outbox {
         queued
     }
 
-    /// Up to `limit` unshipped entries, oldest first.
+    /// Up to `limit` unshipped durable entries, oldest first. Blocking file reads: call it
+    /// where blocking is fine (the shipper does, between batches).
     pub fn pending(&self, limit: usize) -> Result<Vec<Entry>, AuditError> {
-        let mut entries = Vec::with_capacity(limit.min(1024));
-        for item in self.tree.scan_prefix(b"e").take(limit) {
-            let (key, value) = item.map_err(storage)?;
-            entries.push(decode_entry(&key, &value)?);
+        let (entries, after) = self.log.read(limit)?;
+        if let Some(last) = entries.last() {
+            *self.read.lock().unwrap_or_else(|p| p.into_inner()) = Some((last.position, after));
         }
         Ok(entries)
     }
 
-    /// Forgets entries a sink has accepted. Not flushed: after a crash they may be shipped
-    /// again, under the same ids.
+    /// Releases the oldest pending entries up to and including the last of `entries` (a sink
+    /// has accepted them). Their segments go once wholly shipped; the cursor is not flushed,
+    /// so after a crash they may be shipped again, under the same ids.
     pub fn remove(&self, entries: &[Entry]) -> Result<(), AuditError> {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.remove(entry_key(entry.position).to_vec());
-        }
-        self.tree.apply_batch(batch).map_err(storage)?;
+        let Some(last) = entries.last() else { return Ok(()) };
+        let after = match *self.read.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((position, after)) if position == last.position => after,
+            _ => {
+                // Not the batch `pending` returned last: find where it ends.
+                let (again, after) = self.log.read(entries.len())?;
+                if again.last().map(|e| e.position) != Some(last.position) {
+                    return Err(AuditError::Storage("released entries are not the oldest pending ones".into()));
+                }
+                after
+            }
+        };
+        self.log.release(after)?;
         self.stats.depth.fetch_sub(entries.len() as u64, Ordering::Relaxed);
         Ok(())
     }
@@ -298,30 +224,28 @@ impl Outbox {
 
     /// The chain head (sequence, hex hash) of a stream on this node, from durable state.
     pub fn head(&self, stream: &AuditStream) -> Result<Option<(u64, String)>, AuditError> {
-        let Some(value) = self.tree.get(head_key(stream.as_str())).map_err(storage)? else {
-            return Ok(None);
-        };
-        let head = decode_head(&value)?;
-        Ok(Some((head.seq, hex::encode(head.hash))))
+        Ok(self.log.head(stream.as_str()).map(|head| (head.seq, hex::encode(head.hash))))
     }
 
-    /// Stops the writer — records still queued are answered `Closed`, never acknowledged —
-    /// and flushes what was committed.
+    /// Stops the writer: records still queued are answered `Closed`, never acknowledged.
+    /// Everything acknowledged is already durable.
     pub async fn close(&self) {
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
             handle.abort();
             let _ = handle.await;
         }
-        let _ = self.db.flush_async().await;
     }
 }
 
-/// Builds groups: places each record in its chain and encodes it. While one group is being
-/// flushed the writer already builds the next, so the CPU work and the fsync overlap.
+/// Builds groups: places each record in its chain and encodes it as it arrives. A group stays
+/// open while the flusher writes the previous one and is handed over the moment the flusher is
+/// idle, so every record that arrives during one flush goes out with the next: when idle, a
+/// lone record is flushed at once; under load, groups grow with the load and a record waits for
+/// at most the flush in progress and its own. The CPU work overlaps with the fsync.
 struct Writer {
     outbox: std::sync::Weak<Outbox>,
-    tree: sled::Tree,
+    log: Arc<log::Shared>,
     heads: HashMap<String, Head>,
     next: u64,
     /// The generation this writer builds for; see [`Flusher`].
@@ -331,100 +255,80 @@ struct Writer {
 
 type Made = Result<(String, Arc<AuditEvent>), AuditError>;
 
-/// One group, ready to be written.
+/// One group, open while records join it, then written as a whole.
+#[derive(Default)]
 struct Group {
     generation: u64,
-    batch: sled::Batch,
-    entries: u64,
+    /// Encoded records, positions `first..next`.
+    records: Vec<u8>,
+    first: u64,
+    next: u64,
+    /// Chain heads this group moves.
+    moved: HashMap<String, Head>,
     pending: Vec<(Option<Reply>, Made)>,
 }
 
-/// Number of groups built ahead of the one being flushed.
-const GROUPS_AHEAD: usize = 2;
-
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Pending>, max_batch: usize, db: sled::Db) {
-        let (groups, built) = mpsc::channel(GROUPS_AHEAD);
+    async fn run(mut self, mut rx: mpsc::Receiver<Pending>, max_batch: usize, appender: log::Appender) {
+        // The flusher holds the one permit while it writes a group, so acquiring it means
+        // "the flusher is idle".
+        let idle = Arc::new(tokio::sync::Semaphore::new(1));
+        let (groups, built) = mpsc::channel(1);
         let flusher = Flusher {
             outbox: self.outbox.clone(),
-            tree: self.tree.clone(),
-            db,
+            appender: Arc::new(Mutex::new(appender)),
             generation: 0,
             failures: self.failures.clone(),
         };
         let flushing = tokio::spawn(flusher.run(built));
         let mut records = Vec::with_capacity(max_batch);
+        let mut open = self.open();
         loop {
-            if rx.recv_many(&mut records, max_batch).await == 0 {
-                break;
-            }
-            let Some(outbox) = self.outbox.upgrade() else { break };
-            let group = self.build(&outbox, &mut records);
-            drop(outbox);
-            if groups.send(group).await.is_err() {
-                break;
+            tokio::select! {
+                biased;
+                permit = idle.clone().acquire_owned(), if !open.pending.is_empty() => {
+                    let Ok(permit) = permit else { break };
+                    let mut group = std::mem::take(&mut open);
+                    group.next = self.next;
+                    if groups.send((group, permit)).await.is_err() {
+                        break;
+                    }
+                    open = self.open();
+                }
+                received = rx.recv_many(&mut records, max_batch - open.pending.len()),
+                    if open.pending.len() < max_batch =>
+                {
+                    if received == 0 {
+                        break;
+                    }
+                    let Some(outbox) = self.outbox.upgrade() else { break };
+                    for record in records.drain(..) {
+                        let Pending { record, time_ms, reply } = record;
+                        let made = self.place(&outbox, record, time_ms, &mut open);
+                        open.pending.push((reply, made));
+                    }
+                }
             }
         }
         drop(groups);
         let _ = flushing.await;
     }
 
-    fn head(&mut self, tenant: &str) -> Result<Head, AuditError> {
-        if let Some(head) = self.heads.get(tenant) {
-            return Ok(*head);
-        }
-        let head = match self.tree.get(head_key(tenant)).map_err(storage)? {
-            Some(value) => decode_head(&value)?,
-            None => Head { seq: 0, hash: [0u8; 32] },
-        };
-        self.heads.insert(tenant.to_string(), head);
-        Ok(head)
-    }
-
-    /// After a failed flush, continue from whatever the tree holds.
-    fn resync(&mut self) {
+    /// A new group. After a failed commit the chain heads and positions start again from what
+    /// is durable.
+    fn open(&mut self) -> Group {
         let failures = self.failures.load(Ordering::Acquire);
-        if failures == self.generation {
-            return;
+        if failures != self.generation {
+            self.generation = failures;
+            (self.next, self.heads) = self.log.durable();
         }
-        self.generation = failures;
-        self.heads.clear();
-        if let Ok(Some(v)) = self.tree.get(NEXT_KEY) {
-            if let Ok(bytes) = v.as_ref().try_into() {
-                self.next = u64::from_be_bytes(bytes);
-            }
-        }
-    }
-
-    fn build(&mut self, outbox: &Outbox, records: &mut Vec<Pending>) -> Group {
-        self.resync();
-        let mut batch = sled::Batch::default();
-        let mut touched: HashMap<String, Head> = HashMap::new();
-        let mut pending = Vec::with_capacity(records.len());
-        let first = self.next;
-        for record in records.drain(..) {
-            let Pending { record, time_ms, reply } = record;
-            let made = self.place(outbox, record, time_ms, &mut batch, &mut touched);
-            pending.push((reply, made));
-        }
-        for (tenant, head) in &touched {
-            batch.insert(head_key(tenant), encode_head(*head).to_vec());
-        }
-        batch.insert(NEXT_KEY, self.next.to_be_bytes().to_vec());
-        Group { generation: self.generation, batch, entries: self.next - first, pending }
+        Group { generation: self.generation, first: self.next, next: self.next, ..Group::default() }
     }
 
     /// Gives one record its place in its chain and adds it to the batch.
-    fn place(
-        &mut self,
-        outbox: &Outbox,
-        record: AuditRecord,
-        time_ms: u64,
-        batch: &mut sled::Batch,
-        touched: &mut HashMap<String, Head>,
-    ) -> Made {
+    fn place(&mut self, outbox: &Outbox, record: AuditRecord, time_ms: u64, group: &mut Group) -> Made {
         let tenant = record.stream.as_str();
-        let head = self.head(tenant)?;
+        let head = self.heads.get(tenant).copied().unwrap_or(Head { seq: 0, hash: [0u8; 32] });
         let seq = head.seq + 1;
         let mut event = AuditEvent {
             auditschema: SCHEMA_VERSION,
@@ -443,62 +347,69 @@ impl Writer {
             kind: record.kind.full(),
         };
         seal(&mut event);
-        let json = serde_json::to_vec(&event).map_err(storage)?;
+        let json = serde_json::to_vec(&event).map_err(|e| AuditError::Storage(e.to_string()))?;
         let mut hash = [0u8; 32];
         // seal always yields 64 hex digits.
         hex::decode_to_slice(&event.chainhash, &mut hash).expect("chain hash is 32 bytes of hex");
         let new_head = Head { seq, hash };
+        log::encode(
+            &mut group.records,
+            &log::Record { position: self.next, time_ms, head: new_head, tenant, json: &json },
+        )?;
         // The in-memory head moves now, so the next record (in this group or the next one,
-        // built while this one flushes) chains onto it; a failed flush resyncs from the tree.
+        // built while this one flushes) chains onto it; a failed commit resyncs from the log.
         self.heads.insert(tenant.to_string(), new_head);
-        touched.insert(tenant.to_string(), new_head);
-        batch.insert(entry_key(self.next).to_vec(), encode_entry(time_ms, tenant, &json));
+        group.moved.insert(tenant.to_string(), new_head);
         self.next += 1;
         Ok((tenant.to_string(), Arc::new(event)))
     }
 }
 
-/// Writes groups in the order they were built, one atomic batch and one flush each, then
-/// answers their requests. A failed group bumps the failure generation: groups built before the
-/// writer noticed (chained onto the failed one) are refused unwritten, and the writer resyncs
-/// its chain heads from the tree before building more.
+/// Writes groups in the order they were built, one append and one `fdatasync` each, then
+/// answers their requests. A failed group bumps the failure generation: a group built before
+/// the writer noticed (chained onto the failed one) is refused unwritten, and the writer
+/// resyncs its chain heads from the log before building more.
 struct Flusher {
     outbox: std::sync::Weak<Outbox>,
-    tree: sled::Tree,
-    db: sled::Db,
+    appender: Arc<Mutex<log::Appender>>,
     generation: u64,
     failures: Arc<AtomicU64>,
 }
 
 impl Flusher {
-    async fn run(mut self, mut built: mpsc::Receiver<Group>) {
-        while let Some(group) = built.recv().await {
+    async fn run(mut self, mut built: mpsc::Receiver<(Group, tokio::sync::OwnedSemaphorePermit)>) {
+        while let Some((group, _idle)) = built.recv().await {
             let Some(outbox) = self.outbox.upgrade() else { return };
             self.write(&outbox, group).await;
         }
     }
 
-    async fn write(&mut self, outbox: &Outbox, group: Group) {
+    async fn write(&mut self, outbox: &Outbox, mut group: Group) {
         let stats = &outbox.stats;
+        let entries = group.next - group.first;
         let written = if group.generation != self.generation {
             Err(AuditError::Storage("an earlier audit group failed to be written".into()))
         } else {
             // Counted before the entries become visible: the shipper may read, ship and
-            // remove them while the flush is still running, and its decrement must not come
+            // release them before this task runs again, and its decrement must not come
             // first (the depth would wrap around and refuse every request as a backlog).
-            stats.depth.fetch_add(group.entries, Ordering::Relaxed);
-            let (tree, db, batch) = (self.tree.clone(), self.db.clone(), group.batch);
-            tokio::task::spawn_blocking(move || -> Result<(), AuditError> {
-                tree.apply_batch(batch).map_err(storage)?;
-                db.flush().map_err(storage)?;
-                Ok(())
+            stats.depth.fetch_add(entries, Ordering::Relaxed);
+            let appender = self.appender.clone();
+            let (records, moved) = (std::mem::take(&mut group.records), std::mem::take(&mut group.moved));
+            let (first, next) = (group.first, group.next);
+            let written = tokio::task::spawn_blocking(move || {
+                appender.lock().unwrap_or_else(|p| p.into_inner()).append(&records, first, next, &moved)
             })
             .await
-            .unwrap_or_else(|join| Err(AuditError::Storage(join.to_string())))
+            .unwrap_or_else(|join| Err(AuditError::Storage(join.to_string())));
+            if written.is_err() {
+                stats.depth.fetch_sub(entries, Ordering::Relaxed);
+            }
+            written
         };
         match written {
             Ok(()) => {
-                stats.committed.fetch_add(group.entries, Ordering::Relaxed);
+                stats.committed.fetch_add(entries, Ordering::Relaxed);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 outbox.committed.notify_one();
                 for (reply, made) in group.pending {
@@ -521,8 +432,6 @@ impl Flusher {
                     self.generation += 1;
                     self.failures.store(self.generation, Ordering::Release);
                     tracing::error!(%error, events = group.pending.len(), "audit outbox commit failed");
-                    // The batch may or may not have reached the tree: count what is there.
-                    stats.depth.store(self.tree.scan_prefix(b"e").count() as u64, Ordering::Relaxed);
                 }
                 stats.failed.fetch_add(group.pending.len() as u64, Ordering::Relaxed);
                 for (reply, _) in group.pending {
