@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// glibc's allocator spent a tenth of a busy node's CPU in malloc and free (most of it
+/// consolidating fragmented bins); mimalloc's thread-local free lists cost a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     cli::init_tracing(&args);
