@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::outbox::Outbox;
 use super::sink::AuditSink;
+use super::AuditError;
 
 #[derive(Debug, Clone)]
 pub struct ShipperLimits {
@@ -50,7 +51,10 @@ pub async fn run(
         if *stop.borrow() {
             return;
         }
-        let batch = match outbox.pending(limits.max_batch) {
+        // File reads (mostly from the page cache), off the async threads.
+        let reading = outbox.clone();
+        let read = tokio::task::spawn_blocking(move || reading.pending(limits.max_batch)).await;
+        let batch = match read.unwrap_or_else(|join| Err(AuditError::Storage(join.to_string()))) {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::error!(%error, "reading the audit outbox failed");
@@ -70,11 +74,13 @@ pub async fn run(
         }
         match sink.deliver(&batch).await {
             Ok(()) => {
-                if let Err(error) = outbox.remove(&batch) {
+                let (releasing, shipped) = (outbox.clone(), batch.len() as u64);
+                let released = tokio::task::spawn_blocking(move || releasing.remove(&batch)).await;
+                if let Err(error) = released.unwrap_or_else(|join| Err(AuditError::Storage(join.to_string()))) {
                     // The batch was delivered; it will be delivered again (same ids) later.
                     tracing::error!(%error, "removing shipped entries from the audit outbox failed");
                 }
-                stats.shipped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                stats.shipped.fetch_add(shipped, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 let recovered = stats.last_error.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if recovered.is_some() {

@@ -435,7 +435,10 @@ impl Shared {
     }
 
     /// Marks everything before `cursor` shipped and removes segments left wholly behind it.
-    pub(super) fn release(&self, cursor: Cursor) -> Result<(), AuditError> {
+    /// The in-memory cursor is what counts: failing to write the cursor file or to remove a
+    /// segment is logged, never an error (the one ships again, under the same ids; the other
+    /// leaves a file to remove by hand).
+    pub(super) fn release(&self, cursor: Cursor) {
         let removable: Vec<PathBuf> = {
             let mut state = self.state();
             assert!(cursor.position >= state.shipped.position, "the shipped cursor never moves back");
@@ -443,12 +446,14 @@ impl Shared {
             let keep_from = state.segments.iter().position(|s| s.first == cursor.segment).unwrap_or(0);
             state.segments.drain(..keep_from).map(|s| s.path).collect()
         };
-        // Not fsynced: a stale cursor ships entries again under the same ids.
-        fs::write(self.dir.join("shipped"), encode_cursor(cursor)).map_err(storage)?;
-        for path in removable {
-            fs::remove_file(&path).map_err(storage)?;
+        if let Err(error) = fs::write(self.dir.join("shipped"), encode_cursor(cursor)) {
+            tracing::warn!(%error, "writing the audit outbox's shipped cursor failed");
         }
-        Ok(())
+        for path in removable {
+            if let Err(error) = fs::remove_file(&path) {
+                tracing::error!(%error, segment = %path.display(), "removing a shipped audit outbox segment failed");
+            }
+        }
     }
 }
 
@@ -559,7 +564,7 @@ mod tests {
         let (entries, cursor) = shared.read(2 * per_group + 5).unwrap();
         assert_eq!(entries.len(), 2 * per_group + 5);
         assert!(entries.windows(2).all(|w| w[1].position == w[0].position + 1));
-        shared.release(cursor).unwrap();
+        shared.release(cursor);
         assert_eq!(list_segments(dir.path()).unwrap().len(), 1, "the shipped segment is removed");
         drop((shared, appender));
 

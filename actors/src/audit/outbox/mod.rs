@@ -181,8 +181,8 @@ impl Outbox {
         queued
     }
 
-    /// Up to `limit` unshipped durable entries, oldest first. Blocking file reads: call it
-    /// where blocking is fine (the shipper does, between batches).
+    /// Up to `limit` unshipped durable entries, oldest first. Reads files: off the async
+    /// threads (the shipper calls it through `spawn_blocking`).
     pub fn pending(&self, limit: usize) -> Result<Vec<Entry>, AuditError> {
         let (entries, after) = self.log.read(limit)?;
         if let Some(last) = entries.last() {
@@ -193,7 +193,8 @@ impl Outbox {
 
     /// Releases the oldest pending entries up to and including the last of `entries` (a sink
     /// has accepted them). Their segments go once wholly shipped; the cursor is not flushed,
-    /// so after a crash they may be shipped again, under the same ids.
+    /// so after a crash they may be shipped again, under the same ids. Writes files, like
+    /// [`Outbox::pending`].
     pub fn remove(&self, entries: &[Entry]) -> Result<(), AuditError> {
         let Some(last) = entries.last() else { return Ok(()) };
         let after = match *self.read.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -207,7 +208,7 @@ impl Outbox {
                 after
             }
         };
-        self.log.release(after)?;
+        self.log.release(after);
         self.stats.depth.fetch_sub(entries.len() as u64, Ordering::Relaxed);
         Ok(())
     }
