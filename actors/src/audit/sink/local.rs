@@ -19,6 +19,10 @@ use super::{AuditSink, SinkError};
 use crate::audit::event::AuditEvent;
 use crate::audit::outbox::Entry;
 
+/// Tenant logs kept open at once: one file descriptor each. A node with more tenants closes
+/// the least recently written one to open another.
+const MAX_OPEN_TENANTS: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct LocalLogLimits {
     pub segment_bytes: u64,
@@ -34,6 +38,8 @@ struct Segment {
 
 struct TenantLog {
     dir: PathBuf,
+    /// When it last took a delivery (a counter, not a time): the least recent is closed first.
+    used: u64,
     /// Oldest first; the last one is appended to.
     segments: Vec<Segment>,
     /// Position of the next line.
@@ -65,6 +71,8 @@ pub struct LocalLog {
     dir: PathBuf,
     limits: LocalLogLimits,
     tenants: Arc<Mutex<HashMap<String, TenantLog>>>,
+    /// Stamps [`TenantLog::used`].
+    clock: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn io(e: impl std::fmt::Display) -> SinkError {
@@ -130,7 +138,7 @@ impl TenantLog {
         };
         let active = segments.last().map(|s| s.path.clone()).unwrap_or_default();
         let file = OpenOptions::new().create(true).append(true).open(&active).map_err(io)?;
-        Ok(TenantLog { dir, segments, next, file })
+        Ok(TenantLog { dir, used: 0, segments, next, file })
     }
 
     fn append(&mut self, lines: &[&[u8]], limits: &LocalLogLimits) -> Result<(), SinkError> {
@@ -180,7 +188,12 @@ fn sync_dir(dir: &Path) -> Result<(), SinkError> {
 impl LocalLog {
     pub fn open(dir: &Path, limits: LocalLogLimits) -> Result<LocalLog, SinkError> {
         fs::create_dir_all(dir).map_err(io)?;
-        Ok(LocalLog { dir: dir.to_path_buf(), limits, tenants: Arc::new(Mutex::new(HashMap::new())) })
+        Ok(LocalLog {
+            dir: dir.to_path_buf(),
+            limits,
+            tenants: Arc::new(Mutex::new(HashMap::new())),
+            clock: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        })
     }
 
     fn tenant_dir(&self, tenant: &str) -> PathBuf {
@@ -281,9 +294,18 @@ impl AuditSink for LocalLog {
         let tenants = self.tenants.clone();
         let dir = self.dir.clone();
         let limits = self.limits.clone();
+        let clock = self.clock.clone();
         tokio::task::spawn_blocking(move || -> Result<(), SinkError> {
             let mut tenants = tenants.lock().unwrap_or_else(|p| p.into_inner());
             for (tenant, lines) in by_tenant {
+                if !tenants.contains_key(&tenant) && tenants.len() >= MAX_OPEN_TENANTS {
+                    // Close the least recently written log; it is opened again when needed.
+                    let oldest = tenants.iter().min_by_key(|(_, log)| log.used).map(|(t, _)| t.clone());
+                    if let Some(oldest) = oldest {
+                        tenants.remove(&oldest);
+                    }
+                }
+                let used = clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let log = match tenants.entry(tenant) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => {
@@ -291,6 +313,7 @@ impl AuditSink for LocalLog {
                         v.insert(log)
                     }
                 };
+                log.used = used;
                 let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_ref()).collect();
                 log.append(&lines, &limits)?;
             }
@@ -380,6 +403,24 @@ mod tests {
         let page = log.read("acme", &ReadFilter { limit: 10, ..Default::default() }).unwrap();
         assert_eq!(page.events.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert_eq!(log.extent("acme").unwrap(), (0, 3));
+    }
+
+    #[tokio::test]
+    async fn more_tenants_than_open_files_still_append_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LocalLog::open(dir.path(), limits(1 << 20)).unwrap();
+        let tenants: Vec<String> = (0..MAX_OPEN_TENANTS + 10).map(|i| format!("t{i}")).collect();
+        for round in 0..2 {
+            for tenant in &tenants {
+                log.deliver(&[entry(tenant, round, "dev.custos.key.encrypt", round)]).await.unwrap();
+            }
+            assert!(log.tenants.lock().unwrap().len() <= MAX_OPEN_TENANTS, "one open file per tenant");
+        }
+        // The first tenants were closed and opened again: their second event follows the first.
+        for tenant in [&tenants[0], &tenants[MAX_OPEN_TENANTS + 9]] {
+            let page = log.read(tenant, &ReadFilter { limit: 10, ..Default::default() }).unwrap();
+            assert_eq!(page.events.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![0, 1]);
+        }
     }
 
     #[tokio::test]
