@@ -25,6 +25,8 @@
 #   OPENBAO_TLS_CERT, OPENBAO_TLS_KEY, OPENBAO_TLS_CA
 #                              start-raft only: serve HTTPS with this certificate (for
 #                              127.0.0.1) and key, signed by this CA; `addr` is then https://
+#   OPENBAO_AUDIT_FILE         start-raft only: declare a `file` audit device writing to this
+#                              path (OpenBao enables audit devices only from its configuration)
 
 set -euo pipefail
 
@@ -265,6 +267,16 @@ listener "tcp" {
 ${tls}
 }
 EOF
+    if [[ -n "${OPENBAO_AUDIT_FILE:-}" ]]; then
+        cat >>"$dir/config.hcl" <<EOF
+
+audit "file" "file" {
+  options {
+    file_path = "${OPENBAO_AUDIT_FILE}"
+  }
+}
+EOF
+    fi
 }
 
 # Starts the server from DIR/config.hcl and waits until its API answers in any state

@@ -4,6 +4,11 @@
 //! with the same TLS CA and the same minimal HTTP/1.1 keep-alive client (`wire.rs`), one
 //! connection per load client. Prints ops/s, p50/p99 and the ratios, then the
 //! in-process cost of one encrypt.
+//!
+//! Custos runs as it ships: every encrypt and decrypt is audited, fail-closed (its event is
+//! fsynced to the outbox before the answer). OpenBao runs twice: as provisioned (no audit
+//! device) and then with a `file` audit device, which logs every request but does not fsync
+//! it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -124,6 +129,19 @@ pub(super) async fn run_target(target: Target, clients: usize, duration: Duratio
     .await
 }
 
+/// OpenBao's transit URL, its token header, and a decrypt body holding a ciphertext it made.
+async fn bao_endpoint(
+    bao: &OpenBao,
+    http: &reqwest::Client,
+    encrypt_body: &Value,
+) -> Result<(String, (&'static str, String), Value)> {
+    let base = format!("{}/v1/transit", bao.addr);
+    let token: (&'static str, String) = ("x-vault-token", bao.token.clone());
+    let url = format!("{base}/encrypt/{}", openbao::KEY);
+    let ciphertext = first_ciphertext(http, &url, (token.0, &token.1), encrypt_body).await?;
+    Ok((base, token, json!({ "ciphertext": ciphertext })))
+}
+
 async fn first_ciphertext(http: &reqwest::Client, url: &str, token: (&str, &str), body: &Value) -> Result<String> {
     let reply: Value =
         http.post(url).header(token.0, token.1).json(body).send().await?.error_for_status()?.json().await?;
@@ -172,28 +190,20 @@ pub async fn run(options: Options) -> Result<()> {
     let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     let http =
         reqwest::Client::builder().use_preconfigured_tls(tls.clone()).timeout(Duration::from_secs(30)).build()?;
-    let bao = Arc::new(OpenBao::start(&options.openbao_script, &tls_dir, &http).await?);
+    let bao = OpenBao::start(&options.openbao_script, &tls_dir, &http, None).await?;
 
     let payload = STANDARD.encode(vec![0x5a; options.payload_bytes]);
     let auth = format!("Bearer {}", cluster.token().context("no admin token")?);
     let custos_token: (&'static str, String) = ("authorization", auth);
-    let bao_token: (&'static str, String) = ("x-vault-token", bao.token.clone());
     let custos_base = cluster.url(1, "/v1/tenants/bench/keys/k")?;
-    let bao_base = format!("{}/v1/transit", bao.addr);
     let encrypt_body = json!({ "plaintext": payload });
     let custos_ct =
         first_ciphertext(&http, &format!("{custos_base}/encrypt"), (custos_token.0, &custos_token.1), &encrypt_body)
             .await?;
-    let bao_ct = first_ciphertext(
-        &http,
-        &format!("{bao_base}/encrypt/{}", openbao::KEY),
-        (bao_token.0, &bao_token.1),
-        &encrypt_body,
-    )
-    .await?;
+    let (bao_base, bao_token, bao_decrypt) = bao_endpoint(&bao, &http, &encrypt_body).await?;
 
     println!(
-        "encryption: {}-byte payloads over HTTPS/1.1 keep-alive (same CA, same client, a connection per client), {} s per run; custos = 1 node, OpenBao = raft storage, transit aes256-gcm96, transit-only token",
+        "encryption: {}-byte payloads over HTTPS/1.1 keep-alive (same CA, same client, a connection per client), {} s per run; custos = 1 node, audit fail-closed (fsynced before the answer); openbao = raft storage, transit aes256-gcm96, transit-only token, no audit device; bao+aud = the same server with a file audit device (not fsynced)",
         options.payload_bytes,
         options.duration.as_secs()
     );
@@ -202,8 +212,8 @@ pub async fn run(options: Options) -> Result<()> {
         "system", "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors"
     );
     let custos_decrypt = json!({ "ciphertext": custos_ct });
-    let bao_decrypt = json!({ "ciphertext": bao_ct });
     let mut rows = Vec::new();
+    let mut audited = Vec::new();
     for &clients in &options.clients {
         let runs = [
             Target::new("custos", "encrypt", &format!("{custos_base}/encrypt"), &custos_token, &encrypt_body, &tls)?,
@@ -234,16 +244,38 @@ pub async fn run(options: Options) -> Result<()> {
         }
     }
 
+    // The same server again, with a file audit device: only its configuration can add one.
+    drop(bao);
+    eprintln!("starting OpenBao again with a file audit device …");
+    let audit_log = cluster.root().join("openbao-audit.log");
+    let bao = OpenBao::start(&options.openbao_script, &tls_dir, &http, Some(&audit_log)).await?;
+    let (bao_base, bao_token, bao_decrypt) = bao_endpoint(&bao, &http, &encrypt_body).await?;
+    for &clients in &options.clients {
+        for (op, body) in [("encrypt", &encrypt_body), ("decrypt", &bao_decrypt)] {
+            let url = format!("{bao_base}/{op}/{}", openbao::KEY);
+            let target = Target::new("bao+aud", op, &url, &bao_token, body, &tls)?;
+            let stats = run_target(target, clients, options.duration).await;
+            let row = Row { system: "bao+aud", op, clients, stats };
+            print_row(&row);
+            audited.push(row);
+        }
+    }
+
     println!();
-    println!("{:<8} {:>7} {:>20} {:>20}", "op", "clients", "ops/s custos/openbao", "p99 custos/openbao");
-    for group in rows.chunks(2) {
+    println!(
+        "{:<8} {:>7} {:>12} {:>12} {:>14} {:>14}",
+        "op", "clients", "ops/s ÷ bao", "p99 ÷ bao", "ops/s ÷ b+aud", "p99 ÷ b+aud"
+    );
+    for (group, a) in rows.chunks(2).zip(audited.iter()) {
         let (c, b) = (&group[0], &group[1]);
         println!(
-            "{:<8} {:>7} {:>20.2} {:>20.2}",
+            "{:<8} {:>7} {:>12.2} {:>12.2} {:>14.2} {:>14.2}",
             c.op,
             c.clients,
             c.stats.ops_per_sec() / b.stats.ops_per_sec(),
-            c.stats.latency_ms(0.99) / b.stats.latency_ms(0.99)
+            c.stats.latency_ms(0.99) / b.stats.latency_ms(0.99),
+            c.stats.ops_per_sec() / a.stats.ops_per_sec(),
+            c.stats.latency_ms(0.99) / a.stats.latency_ms(0.99)
         );
     }
     println!();

@@ -20,14 +20,23 @@ pub const KEY: &str = "bench";
 
 impl OpenBao {
     /// Starts the server and provisions transit. `tls_dir` holds the cluster CA and node 1's
-    /// certificate, which covers 127.0.0.1.
-    pub async fn start(script: &Path, tls_dir: &Path, http: &reqwest::Client) -> Result<Self> {
+    /// certificate, which covers 127.0.0.1. With `audit_file`, the server logs every request and
+    /// response there through a `file` audit device (written without an fsync per request).
+    pub async fn start(
+        script: &Path,
+        tls_dir: &Path,
+        http: &reqwest::Client,
+        audit_file: Option<&Path>,
+    ) -> Result<Self> {
         let (cert, key, ca) = (tls_dir.join("node-1.pem"), tls_dir.join("node-1-key.pem"), tls_dir.join("ca.pem"));
-        let env = [
+        let mut env = vec![
             ("OPENBAO_TLS_CERT", cert.as_path()),
             ("OPENBAO_TLS_KEY", key.as_path()),
             ("OPENBAO_TLS_CA", ca.as_path()),
         ];
+        if let Some(path) = audit_file {
+            env.push(("OPENBAO_AUDIT_FILE", path));
+        }
         let server = OpenBaoServer::start(script, "start-raft", &env)?;
         server.api(http, "POST", "sys/mounts/transit", json!({ "type": "transit" })).await?;
         server.api(http, "POST", &format!("transit/keys/{KEY}"), json!({ "type": "aes256-gcm96" })).await?;
