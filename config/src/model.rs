@@ -450,7 +450,7 @@ impl Default for AuditConfig {
             queue_events: 16_384,
             max_outbox_events: 1_000_000,
             ship_backoff_min_ms: 100,
-            ship_backoff_max_ms: 5_000,
+            ship_backoff_max_ms: 1_000,
             local: AuditLocalConfig::default(),
             kafka: AuditKafkaConfig::default(),
         }
