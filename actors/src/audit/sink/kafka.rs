@@ -101,7 +101,7 @@ fn client_config(config: &KafkaSinkConfig) -> ClientConfig {
     client.set("bootstrap.servers", &config.brokers);
     // librdkafka waits up to 10 s between reconnects by default, so a broker back after an
     // outage went unnoticed for that long while the outbox filled; audit shipping wants it
-    // within a second. `client_properties` may override both.
+    // within a second.
     client.set("reconnect.backoff.max.ms", "1000").set("retry.backoff.max.ms", "1000");
     for (key, value) in &config.client_properties {
         client.set(key, value);
