@@ -32,19 +32,34 @@ pub fn value_hash(value: &mut serde_json::Value) -> String {
     hash
 }
 
-/// Sets `chainhash` to the hash of the event's canonical form. Serializing the struct with an
-/// empty `chainhash` yields that form directly (see [`AuditEvent`]), which is what makes
-/// sealing cheap on the outbox writer's path.
-pub fn seal(event: &mut AuditEvent) {
+/// Sets `chainhash` to the hash of the event's canonical form and returns the sealed event's
+/// JSON. Serializing the struct with an empty `chainhash` yields the canonical form directly
+/// (see [`AuditEvent`]); the stored JSON is that form with `"chainhash":"…",` put in its place
+/// before `chainprev`, so the event is serialized once on the outbox writer's path.
+pub fn seal(event: &mut AuditEvent) -> Result<Vec<u8>, serde_json::Error> {
     event.chainhash.clear();
-    let bytes = serde_json::to_vec(&*event).unwrap_or_default();
-    event.chainhash = hex::encode(Sha256::digest(bytes));
+    let canonical = serde_json::to_vec(&*event)?;
+    event.chainhash = hex::encode(Sha256::digest(&canonical));
+    // The fields before it are a number and the chain id (no quotes inside), so the first
+    // occurrence is the key.
+    const NEXT_KEY: &[u8] = b"\"chainprev\":";
+    let Some(at) = canonical.windows(NEXT_KEY.len()).position(|w| w == NEXT_KEY) else {
+        return serde_json::to_vec(&*event);
+    };
+    let mut json = Vec::with_capacity(canonical.len() + 80);
+    json.extend_from_slice(&canonical[..at]);
+    json.extend_from_slice(b"\"chainhash\":\"");
+    json.extend_from_slice(event.chainhash.as_bytes());
+    json.extend_from_slice(b"\",");
+    json.extend_from_slice(&canonical[at..]);
+    Ok(json)
 }
 
 /// Hex SHA-256 of the canonical form of a typed event (what [`seal`] would set).
 pub fn event_hash(event: &AuditEvent) -> String {
     let mut sealed = event.clone();
-    seal(&mut sealed);
+    // A typed event always serializes; on the impossible error the hash stays empty.
+    let _ = seal(&mut sealed);
     sealed.chainhash
 }
 
@@ -361,7 +376,8 @@ mod tests {
                 event.data.actor.idp = Some("keycloak".into());
                 event.data.reason = Some("decryption_failed".into());
             }
-            seal(&mut event);
+            let json = seal(&mut event).unwrap();
+            assert_eq!(json, serde_json::to_vec(&event).unwrap(), "variant {variant}: the sealed JSON is the event's");
             let mut stored = serde_json::to_value(&event).unwrap();
             assert_eq!(event.chainhash, value_hash(&mut stored), "variant {variant}");
             assert_eq!(stored["chainhash"], event.chainhash.as_str(), "the stored hash is put back");

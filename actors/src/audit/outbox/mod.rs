@@ -347,8 +347,7 @@ impl Writer {
             time: rfc3339_ms(time_ms),
             kind: record.kind.full(),
         };
-        seal(&mut event);
-        let json = serde_json::to_vec(&event).map_err(|e| AuditError::Storage(e.to_string()))?;
+        let json = seal(&mut event).map_err(|e| AuditError::Storage(e.to_string()))?;
         let mut hash = [0u8; 32];
         // seal always yields 64 hex digits.
         hex::decode_to_slice(&event.chainhash, &mut hash).expect("chain hash is 32 bytes of hex");
