@@ -21,6 +21,8 @@ pub enum SigningError {
     Generate(String),
     #[error("the signing key {0} does not open under the platform KEK")]
     Open(String),
+    #[error("the signing key {0} is not a usable key pair")]
+    Unusable(String),
 }
 
 /// Generates a key pair (an RSA 2048 key takes a noticeable fraction of a second: call this

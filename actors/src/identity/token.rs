@@ -9,7 +9,7 @@ use base64::Engine;
 use custos_raft::access::{PlatformKeys, SigningAlgorithm, SigningKey};
 use custos_raft::store::reader::ReadError;
 use custos_raft::GovernanceReader;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::signing::{open_private, SigningError};
@@ -87,11 +87,59 @@ struct Published {
 /// The active key at one revision, unwrapped (never leaves this struct; no Debug).
 struct Signer {
     revision: u64,
-    kid: String,
-    algorithm: Algorithm,
     /// Until when this key signs (the next key's activation), if a next one is published.
     until_ms: Option<u64>,
-    key: EncodingKey,
+    /// The JOSE header (`typ`, `alg`, `kid`), base64url: the same for every token it signs.
+    header: String,
+    /// Parsed once. (jsonwebtoken's `encode` parses the DER key again for every token, and for
+    /// RSA that check costs about as much as the signature.)
+    pair: KeyPair,
+}
+
+enum KeyPair {
+    Rs256(ring::signature::RsaKeyPair),
+    EdDsa(ring::signature::Ed25519KeyPair),
+}
+
+impl Signer {
+    fn new(key: &SigningKey, der: &[u8], revision: u64, until_ms: Option<u64>) -> Result<Signer, SigningError> {
+        let unusable = |e: &dyn std::fmt::Display| SigningError::Unusable(format!("{} ({e})", key.kid));
+        let pair = match key.algorithm {
+            SigningAlgorithm::Rs256 => {
+                KeyPair::Rs256(ring::signature::RsaKeyPair::from_der(der).map_err(|e| unusable(&e))?)
+            }
+            SigningAlgorithm::EdDsa => {
+                KeyPair::EdDsa(ring::signature::Ed25519KeyPair::from_pkcs8(der).map_err(|e| unusable(&e))?)
+            }
+        };
+        let mut header = Header::new(jose(key.algorithm));
+        header.kid = Some(key.kid.clone());
+        let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(|e| unusable(&e))?);
+        Ok(Signer { revision, until_ms, header, pair })
+    }
+
+    /// `header.claims.signature`, each part base64url (RFC 7515 compact serialization).
+    fn sign(&self, claims: &PlatformClaims) -> Result<String, TokenError> {
+        let failed = |e: &dyn std::fmt::Display| TokenError::Invalid(format!("signing failed: {e}"));
+        let claims = serde_json::to_vec(claims).map_err(|e| failed(&e))?;
+        let mut token = String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 360);
+        token.push_str(&self.header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
+        let signature = match &self.pair {
+            KeyPair::Rs256(pair) => {
+                let mut signature = vec![0u8; pair.public().modulus_len()];
+                let rng = ring::rand::SystemRandom::new();
+                pair.sign(&ring::signature::RSA_PKCS1_SHA256, &rng, token.as_bytes(), &mut signature)
+                    .map_err(|e| failed(&e))?;
+                signature
+            }
+            KeyPair::EdDsa(pair) => pair.sign(token.as_bytes()).as_ref().to_vec(),
+        };
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
+        Ok(token)
+    }
 }
 
 pub struct TokenService {
@@ -100,6 +148,9 @@ pub struct TokenService {
     settings: TokenSettings,
     published: RwLock<Arc<Published>>,
     signer: tokio::sync::Mutex<Option<Arc<Signer>>>,
+    /// RSA signatures (about half a millisecond each) run on the blocking pool, at most one per
+    /// core at a time, so they neither stall the async threads nor crowd the cores.
+    rsa_slots: Arc<tokio::sync::Semaphore>,
 }
 
 fn jwk(key: &SigningKey) -> Result<(serde_json::Value, DecodingKey), String> {
@@ -132,6 +183,9 @@ impl TokenService {
             settings,
             published: RwLock::new(Arc::new(empty)),
             signer: tokio::sync::Mutex::new(None),
+            rsa_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            )),
         }
     }
 
@@ -214,11 +268,20 @@ impl TokenService {
         let signer = self.signer(now_ms).await?;
         let iat = now_ms / 1000;
         let claims = make(iat, iat + self.settings.ttl_s);
-        let mut header = Header::new(signer.algorithm);
-        header.kid = Some(signer.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &signer.key)
-            .map_err(|e| TokenError::Invalid(format!("signing failed: {e}")))?;
-        Ok((token, claims.exp))
+        let exp = claims.exp;
+        let token = match signer.pair {
+            KeyPair::EdDsa(_) => signer.sign(&claims)?,
+            KeyPair::Rs256(_) => {
+                let slot = self.rsa_slots.clone().acquire_owned().await;
+                tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    signer.sign(&claims)
+                })
+                .await
+                .map_err(|e| TokenError::Invalid(format!("signing failed: {e}")))??
+            }
+        };
+        Ok((token, exp))
     }
 
     /// The unwrapped active key, reused while the applied keys do not change and it is still
@@ -242,12 +305,7 @@ impl TokenService {
             platform.signing.iter().map(|k| k.activates_at_ms).filter(|at| *at > active.activates_at_ms).min();
         let kek = self.custody.platform_kek(&platform.custody).await?;
         let der = open_private(&kek, active)?;
-        let key = match active.algorithm {
-            SigningAlgorithm::Rs256 => EncodingKey::from_rsa_der(&der),
-            SigningAlgorithm::EdDsa => EncodingKey::from_ed_der(&der),
-        };
-        let signer =
-            Arc::new(Signer { revision, kid: active.kid.clone(), algorithm: jose(active.algorithm), until_ms, key });
+        let signer = Arc::new(Signer::new(active, &der, revision, until_ms)?);
         *slot = Some(signer.clone());
         Ok(signer)
     }
