@@ -19,9 +19,10 @@ use super::{AuditSink, SinkError};
 use crate::audit::event::AuditEvent;
 use crate::audit::outbox::Entry;
 
-/// Tenant logs kept open at once: one file descriptor each. A node with more tenants closes
-/// the least recently written one to open another.
-const MAX_OPEN_TENANTS: usize = 256;
+/// Tenant log files kept open at once: one file descriptor each. A node with more tenants
+/// closes the least recently written file to open another; the log's place is kept, so
+/// opening it again costs one `open`.
+const MAX_OPEN_FILES: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct LocalLogLimits {
@@ -38,13 +39,24 @@ struct Segment {
 
 struct TenantLog {
     dir: PathBuf,
-    /// When it last took a delivery (a counter, not a time): the least recent is closed first.
+    /// When it last took a delivery (a counter, not a time): the least recent file is closed
+    /// first.
     used: u64,
     /// Oldest first; the last one is appended to.
     segments: Vec<Segment>,
     /// Position of the next line.
     next: u64,
-    file: File,
+    /// The newest segment, open for appending; `None` once closed to free its descriptor.
+    file: Option<File>,
+}
+
+/// The tenant logs this node has written to, and which of them hold an open file.
+#[derive(Default)]
+struct Logs {
+    logs: HashMap<String, TenantLog>,
+    /// `used` → tenant, for the logs whose file is open: the first is the least recent.
+    open: std::collections::BTreeMap<u64, String>,
+    clock: u64,
 }
 
 /// Filters and paging for reading a tenant's log.
@@ -70,9 +82,7 @@ pub struct Page {
 pub struct LocalLog {
     dir: PathBuf,
     limits: LocalLogLimits,
-    tenants: Arc<Mutex<HashMap<String, TenantLog>>>,
-    /// Stamps [`TenantLog::used`].
-    clock: Arc<std::sync::atomic::AtomicU64>,
+    tenants: Arc<Mutex<Logs>>,
 }
 
 fn io(e: impl std::fmt::Display) -> SinkError {
@@ -138,7 +148,7 @@ impl TenantLog {
         };
         let active = segments.last().map(|s| s.path.clone()).unwrap_or_default();
         let file = OpenOptions::new().create(true).append(true).open(&active).map_err(io)?;
-        Ok(TenantLog { dir, used: 0, segments, next, file })
+        Ok(TenantLog { dir, used: 0, segments, next, file: Some(file) })
     }
 
     fn append(&mut self, lines: &[&[u8]], limits: &LocalLogLimits) -> Result<(), SinkError> {
@@ -147,14 +157,21 @@ impl TenantLog {
             buffer.extend_from_slice(line);
             buffer.push(b'\n');
         }
-        self.file.write_all(&buffer).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => {
+                let active = self.segments.last().expect("a tenant log always has an active segment");
+                self.file.insert(OpenOptions::new().append(true).open(&active.path).map_err(io)?)
+            }
+        };
+        file.write_all(&buffer).map_err(io)?;
+        file.sync_data().map_err(io)?;
         self.next += lines.len() as u64;
         let active = self.segments.last_mut().expect("a tenant log always has an active segment");
         active.bytes += buffer.len() as u64;
         if active.bytes >= limits.segment_bytes {
             let path = self.dir.join(segment_name(self.next));
-            self.file = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+            self.file = Some(OpenOptions::new().create(true).append(true).open(&path).map_err(io)?);
             self.segments.push(Segment { first: self.next, path, bytes: 0 });
             sync_dir(&self.dir)?;
             self.enforce_retention(limits)?;
@@ -188,12 +205,7 @@ fn sync_dir(dir: &Path) -> Result<(), SinkError> {
 impl LocalLog {
     pub fn open(dir: &Path, limits: LocalLogLimits) -> Result<LocalLog, SinkError> {
         fs::create_dir_all(dir).map_err(io)?;
-        Ok(LocalLog {
-            dir: dir.to_path_buf(),
-            limits,
-            tenants: Arc::new(Mutex::new(HashMap::new())),
-            clock: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-        })
+        Ok(LocalLog { dir: dir.to_path_buf(), limits, tenants: Arc::new(Mutex::new(Logs::default())) })
     }
 
     fn tenant_dir(&self, tenant: &str) -> PathBuf {
@@ -264,7 +276,7 @@ impl LocalLog {
     #[cfg(test)]
     fn extent(&self, tenant: &str) -> Result<(u64, u64), SinkError> {
         let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(log) = tenants.get(tenant) {
+        if let Some(log) = tenants.logs.get(tenant) {
             return Ok((log.segments.first().map(|s| s.first).unwrap_or(0), log.next));
         }
         let segments = list_segments(&self.tenant_dir(tenant))?;
@@ -294,28 +306,29 @@ impl AuditSink for LocalLog {
         let tenants = self.tenants.clone();
         let dir = self.dir.clone();
         let limits = self.limits.clone();
-        let clock = self.clock.clone();
         tokio::task::spawn_blocking(move || -> Result<(), SinkError> {
             let mut tenants = tenants.lock().unwrap_or_else(|p| p.into_inner());
+            let Logs { logs, open, clock } = &mut *tenants;
             for (tenant, lines) in by_tenant {
-                if !tenants.contains_key(&tenant) && tenants.len() >= MAX_OPEN_TENANTS {
-                    // Close the least recently written log; it is opened again when needed.
-                    let oldest = tenants.iter().min_by_key(|(_, log)| log.used).map(|(t, _)| t.clone());
-                    if let Some(oldest) = oldest {
-                        tenants.remove(&oldest);
-                    }
-                }
-                let used = clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let log = match tenants.entry(tenant) {
+                *clock += 1;
+                let log = match logs.entry(tenant.clone()) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => {
                         let log = TenantLog::open(dir.join(v.key()))?;
                         v.insert(log)
                     }
                 };
-                log.used = used;
+                open.remove(&log.used);
+                log.used = *clock;
+                open.insert(*clock, tenant);
                 let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_ref()).collect();
                 log.append(&lines, &limits)?;
+                while open.len() > MAX_OPEN_FILES {
+                    let Some((_, oldest)) = open.pop_first() else { break };
+                    if let Some(log) = logs.get_mut(&oldest) {
+                        log.file = None;
+                    }
+                }
             }
             Ok(())
         })
@@ -409,15 +422,17 @@ mod tests {
     async fn more_tenants_than_open_files_still_append_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let log = LocalLog::open(dir.path(), limits(1 << 20)).unwrap();
-        let tenants: Vec<String> = (0..MAX_OPEN_TENANTS + 10).map(|i| format!("t{i}")).collect();
+        let tenants: Vec<String> = (0..MAX_OPEN_FILES + 10).map(|i| format!("t{i}")).collect();
         for round in 0..2 {
             for tenant in &tenants {
                 log.deliver(&[entry(tenant, round, "dev.custos.key.encrypt", round)]).await.unwrap();
             }
-            assert!(log.tenants.lock().unwrap().len() <= MAX_OPEN_TENANTS, "one open file per tenant");
+            let logs = log.tenants.lock().unwrap();
+            let files = logs.logs.values().filter(|l| l.file.is_some()).count();
+            assert!(files <= MAX_OPEN_FILES && logs.open.len() == files, "{files} open files");
         }
         // The first tenants were closed and opened again: their second event follows the first.
-        for tenant in [&tenants[0], &tenants[MAX_OPEN_TENANTS + 9]] {
+        for tenant in [&tenants[0], &tenants[MAX_OPEN_FILES + 9]] {
             let page = log.read(tenant, &ReadFilter { limit: 10, ..Default::default() }).unwrap();
             assert_eq!(page.events.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![0, 1]);
         }
