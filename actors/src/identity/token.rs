@@ -91,8 +91,8 @@ struct Signer {
     until_ms: Option<u64>,
     /// The JOSE header (`typ`, `alg`, `kid`), base64url: the same for every token it signs.
     header: String,
-    /// Parsed once. (jsonwebtoken's `encode` parses the DER key again for every token, and for
-    /// RSA that check costs about as much as the signature.)
+    /// Parsed once. (jsonwebtoken's `encode` parses the DER key again for every token; for
+    /// Ed25519 that parse costs about as much as the signature.)
     pair: KeyPair,
 }
 

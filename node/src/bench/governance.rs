@@ -67,6 +67,19 @@ fn print_row(row: &Row) {
     );
 }
 
+/// Prints one run's row, fsyncs counted from the per-node counters around it, and keeps it.
+fn push_row(
+    rows: &mut Vec<Row>,
+    (system, op): (&'static str, &'static str),
+    clients: usize,
+    stats: RunStats,
+    (before, after): (&[u64], &[u64]),
+) {
+    let row = Row { system, op, clients, fsyncs_per_write: fsyncs_per_write(before, after, stats.ok), stats };
+    print_row(&row);
+    rows.push(row);
+}
+
 pub async fn run(options: Options) -> Result<()> {
     if options.value_bytes == 0 || options.value_bytes > 200 {
         bail!("--value-bytes must be between 1 and 200 (the display-name limit)");
@@ -112,15 +125,7 @@ pub async fn run(options: Options) -> Result<()> {
         })
         .await;
         let after = custos_fsyncs(&cluster).await?;
-        let row = Row {
-            system: "custos",
-            op: "create",
-            clients,
-            fsyncs_per_write: fsyncs_per_write(&before, &after, stats.ok),
-            stats,
-        };
-        print_row(&row);
-        rows.push(row);
+        push_row(&mut rows, ("custos", "create"), clients, stats, (&before, &after));
 
         for client in 0..clients {
             let body = json!({ "id": format!("u{run}-{client}"), "display_name": name, "region": "bench" });
@@ -147,15 +152,7 @@ pub async fn run(options: Options) -> Result<()> {
         })
         .await;
         let after = custos_fsyncs(&cluster).await?;
-        let row = Row {
-            system: "custos",
-            op: "update",
-            clients,
-            fsyncs_per_write: fsyncs_per_write(&before, &after, stats.ok),
-            stats,
-        };
-        print_row(&row);
-        rows.push(row);
+        push_row(&mut rows, ("custos", "update"), clients, stats, (&before, &after));
 
         let before = etcd.fsyncs(&http).await?;
         let (e, h, n) = (etcd.clone(), http.clone(), name.clone());
@@ -170,15 +167,7 @@ pub async fn run(options: Options) -> Result<()> {
         })
         .await;
         let after = etcd.fsyncs(&http).await?;
-        let row = Row {
-            system: "etcd",
-            op: "put",
-            clients,
-            fsyncs_per_write: fsyncs_per_write(&before, &after, stats.ok),
-            stats,
-        };
-        print_row(&row);
-        rows.push(row);
+        push_row(&mut rows, ("etcd", "put"), clients, stats, (&before, &after));
     }
 
     println!();
