@@ -1,25 +1,27 @@
 //! The durable outbox: audit events are made durable here, on this node, before the request
 //! they record is acknowledged, and stay until a sink has them.
 //!
-//! One writer task owns the chain heads. It places each record in its tenant's chain and
-//! encodes it into the open group as it arrives; the moment the flusher is idle it takes the
-//! whole group, appends it to the log with one write and one `fdatasync` (group commit), and
-//! only then answers the waiting requests. The shipper reads durable entries in append order
-//! and releases them once its sink has accepted them, so a crash at any point replays what was
-//! not shipped — under the same event ids.
+//! A request places its own record: under one lock it takes the next place in its tenant's
+//! chain, is sealed, encoded and appended to the open group. A committer thread of its own
+//! takes the oldest group the moment it is free, appends it to the log with one write and one
+//! `fdatasync` (group commit) and answers the group's requests straight from that thread. No
+//! task sits between a request and the disk, so a record waits for at most the commit in
+//! progress and its own, and under load groups grow with the load. The shipper reads durable
+//! entries in append order and releases them once its sink has accepted them, so a crash at
+//! any point replays what was not shipped — under the same event ids.
 //!
 //! # Layout
-//! - `mod.rs` — [`Outbox`]: recording, the writer and flusher tasks, the shipper's view.
+//! - `mod.rs` — [`Outbox`]: recording, the committer thread, the shipper's view.
 //! - `log.rs` — the files under `<data_dir>/audit/outbox`: checksummed segments, the chain-head
 //!   checkpoint, the shipped cursor; torn-tail repair on open.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, oneshot, Notify, Semaphore};
 
 use super::chain::{seal, GENESIS};
 use super::event::{rfc3339_ms, AuditEvent, AuditRecord, AuditStream, SCHEMA_VERSION, SPEC_VERSION};
@@ -35,7 +37,7 @@ const TAIL_CAPACITY: usize = 4096;
 pub struct OutboxLimits {
     /// Records per group commit, and entries per shipping batch.
     pub max_batch: usize,
-    /// Records waiting for the writer; a full queue makes `record` wait.
+    /// Records placed and not yet committed; when that many wait, `record` waits too.
     pub queue: usize,
     /// Entries not yet shipped; beyond it, recording fails (fail-closed) or drops (best-effort).
     pub max_depth: u64,
@@ -67,12 +69,6 @@ pub struct Committed {
 /// Where a waiting request learns its event's fate.
 type Reply = oneshot::Sender<Result<Receipt, AuditError>>;
 
-struct Pending {
-    record: AuditRecord,
-    time_ms: u64,
-    reply: Option<Reply>,
-}
-
 /// Where a chain stands: its last sequence number and that event's hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Head {
@@ -91,17 +87,50 @@ pub struct OutboxStats {
 }
 
 pub struct Outbox {
-    log: Arc<log::Shared>,
-    chain: String,
-    node_id: u64,
-    tx: mpsc::Sender<Pending>,
-    limits: OutboxLimits,
-    stats: Arc<OutboxStats>,
-    committed: Arc<Notify>,
-    tail: broadcast::Sender<Committed>,
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    core: Arc<Core>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The last position `pending` returned and the cursor after it, for `remove`.
     read: Mutex<Option<(u64, log::Cursor)>>,
+}
+
+/// What requests and the committer thread share.
+struct Core {
+    log: Arc<log::Shared>,
+    chain: String,
+    /// `custos://node/<id>`, the source of every event.
+    source: String,
+    limits: OutboxLimits,
+    stats: OutboxStats,
+    committed: Notify,
+    tail: broadcast::Sender<Committed>,
+    building: Mutex<Building>,
+    /// Signalled when a group is ready for an idle committer, or on close.
+    ready: Condvar,
+    /// One permit per record that may be placed and not yet committed.
+    room: Semaphore,
+}
+
+/// The chain heads as records are placed, and the groups waiting to be committed.
+struct Building {
+    /// Heads including every placed record; a failed commit resets them to the durable ones.
+    heads: HashMap<String, Head>,
+    /// The position the next placed record takes.
+    next: u64,
+    /// Oldest first; records join the newest until it holds `max_batch`.
+    groups: VecDeque<Group>,
+    /// The committer is waiting on `ready`.
+    idle: bool,
+    closed: bool,
+}
+
+/// One group: encoded records at positions `first..next`, written as a whole.
+struct Group {
+    records: Vec<u8>,
+    first: u64,
+    next: u64,
+    /// Chain heads this group moves.
+    moved: HashMap<String, Head>,
+    waiting: Vec<(Option<Reply>, String, Arc<AuditEvent>)>,
 }
 
 fn now_ms() -> u64 {
@@ -109,82 +138,84 @@ fn now_ms() -> u64 {
 }
 
 impl Outbox {
-    /// Opens (or creates) the outbox in `dir` and starts its writer. Entries left by an earlier
-    /// run are pending again. Needs a tokio runtime.
+    /// Opens (or creates) the outbox in `dir` and starts its committer thread. Entries left
+    /// by an earlier run are pending again.
     pub fn open(dir: &Path, node_id: u64, limits: OutboxLimits) -> Result<Arc<Outbox>, AuditError> {
         assert!(limits.max_batch > 0 && limits.queue > 0, "outbox limits must be positive");
         // A fresh outbox (or a node whose data was wiped) starts a new chain, so its sequence
         // numbers never collide with an earlier chain of the same node.
         let new_chain = || format!("node-{node_id}.{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let (log, appender, recovered) = log::Shared::open(dir, new_chain)?;
-        let stats = Arc::new(OutboxStats::default());
+        let stats = OutboxStats::default();
         stats.depth.store(recovered.next - recovered.shipped, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(limits.queue);
         let (tail, _) = broadcast::channel(TAIL_CAPACITY);
-        let outbox = Arc::new(Outbox {
-            log: log.clone(),
+        let core = Arc::new(Core {
+            log,
             chain: recovered.chain,
-            node_id,
-            tx,
+            source: format!("custos://node/{node_id}"),
+            room: Semaphore::new(limits.queue),
             limits,
             stats,
-            committed: Arc::new(Notify::new()),
+            committed: Notify::new(),
             tail,
-            writer: Mutex::new(None),
-            read: Mutex::new(None),
+            building: Mutex::new(Building {
+                heads: recovered.heads,
+                next: recovered.next,
+                groups: VecDeque::new(),
+                idle: false,
+                closed: false,
+            }),
+            ready: Condvar::new(),
         });
-        let writer = Writer {
-            outbox: Arc::downgrade(&outbox),
-            log,
-            heads: recovered.heads,
-            next: recovered.next,
-            generation: 0,
-            failures: Arc::new(AtomicU64::new(0)),
+        let committer = {
+            let core = core.clone();
+            std::thread::Builder::new()
+                .name("custos-audit-commit".into())
+                .spawn(move || core.commit_groups(appender))
+                .map_err(|e| AuditError::Storage(format!("starting the audit committer: {e}")))?
         };
-        let handle = tokio::spawn(writer.run(rx, outbox.limits.max_batch, appender));
-        *outbox.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-        Ok(outbox)
+        Ok(Arc::new(Outbox { core, committer: Mutex::new(Some(committer)), read: Mutex::new(None) }))
     }
 
     /// This outbox's chain id (the `chain` of every event it writes).
     pub fn chain(&self) -> &str {
-        &self.chain
+        &self.core.chain
     }
 
     pub fn stats(&self) -> &OutboxStats {
-        &self.stats
+        &self.core.stats
     }
 
     /// Records an event and returns once it is durable on this node.
     pub async fn record(&self, record: AuditRecord) -> Result<Receipt, AuditError> {
-        if self.stats.depth.load(Ordering::Relaxed) >= self.limits.max_depth {
-            self.stats.failed.fetch_add(1, Ordering::Relaxed);
-            return Err(AuditError::Backlog { depth: self.limits.max_depth });
+        let core = &self.core;
+        if core.stats.depth.load(Ordering::Relaxed) >= core.limits.max_depth {
+            core.stats.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(AuditError::Backlog { depth: core.limits.max_depth });
         }
+        core.room.acquire().await.map_err(|_| AuditError::Closed)?.forget();
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { record, time_ms: now_ms(), reply: Some(reply) };
-        self.tx.send(pending).await.map_err(|_| AuditError::Closed)?;
+        core.place(record, Some(reply))?;
         answer.await.map_err(|_| AuditError::Closed)?
     }
 
-    /// Queues an event without waiting for it to be durable; when the queue or the outbox is
-    /// full the event is dropped and counted. Returns whether it was queued.
+    /// Places an event without waiting for it to be durable; when the queue or the outbox is
+    /// full the event is dropped and counted. Returns whether it was placed.
     pub fn record_detached(&self, record: AuditRecord) -> bool {
-        if self.stats.depth.load(Ordering::Relaxed) >= self.limits.max_depth {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
+        let core = &self.core;
+        let placed = core.stats.depth.load(Ordering::Relaxed) < core.limits.max_depth
+            && core.room.try_acquire().map(|permit| permit.forget()).is_ok()
+            && core.place(record, None).is_ok();
+        if !placed {
+            core.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        let queued = self.tx.try_send(Pending { record, time_ms: now_ms(), reply: None }).is_ok();
-        if !queued {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        queued
+        placed
     }
 
     /// Up to `limit` unshipped durable entries, oldest first. Reads files: off the async
     /// threads (the shipper calls it through `spawn_blocking`).
     pub fn pending(&self, limit: usize) -> Result<Vec<Entry>, AuditError> {
-        let (entries, after) = self.log.read(limit)?;
+        let (entries, after) = self.core.log.read(limit)?;
         if let Some(last) = entries.last() {
             *self.read.lock().unwrap_or_else(|p| p.into_inner()) = Some((last.position, after));
         }
@@ -201,146 +232,103 @@ impl Outbox {
             Some((position, after)) if position == last.position => after,
             _ => {
                 // Not the batch `pending` returned last: find where it ends.
-                let (again, after) = self.log.read(entries.len())?;
+                let (again, after) = self.core.log.read(entries.len())?;
                 if again.last().map(|e| e.position) != Some(last.position) {
                     return Err(AuditError::Storage("released entries are not the oldest pending ones".into()));
                 }
                 after
             }
         };
-        self.log.release(after);
-        self.stats.depth.fetch_sub(entries.len() as u64, Ordering::Relaxed);
+        self.core.log.release(after);
+        self.core.stats.depth.fetch_sub(entries.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
     /// Resolves after the next group commit (or at once if one happened since the last call).
     pub async fn committed(&self) {
-        self.committed.notified().await
+        self.core.committed.notified().await
     }
 
     /// Every event committed from now on, all tenants; callers filter by tenant.
     pub fn subscribe(&self) -> broadcast::Receiver<Committed> {
-        self.tail.subscribe()
+        self.core.tail.subscribe()
     }
 
     /// The chain head (sequence, hex hash) of a stream on this node, from durable state.
     pub fn head(&self, stream: &AuditStream) -> Result<Option<(u64, String)>, AuditError> {
-        Ok(self.log.head(stream.as_str()).map(|head| (head.seq, hex::encode(head.hash))))
+        Ok(self.core.log.head(stream.as_str()).map(|head| (head.seq, hex::encode(head.hash))))
     }
 
-    /// Stops the writer: records still queued are answered `Closed`, never acknowledged.
-    /// Everything acknowledged is already durable.
+    /// Stops recording: new records are refused `Closed`; records already placed are
+    /// committed and answered, then the committer thread ends.
     pub async fn close(&self) {
-        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
-            handle.abort();
-            let _ = handle.await;
-        }
-    }
-}
-
-/// Builds groups: places each record in its chain and encodes it as it arrives. A group stays
-/// open while the flusher writes the previous one and is handed over the moment the flusher is
-/// idle, so every record that arrives during one flush goes out with the next: when idle, a
-/// lone record is flushed at once; under load, groups grow with the load and a record waits for
-/// at most the flush in progress and its own. The CPU work overlaps with the fsync.
-struct Writer {
-    outbox: std::sync::Weak<Outbox>,
-    log: Arc<log::Shared>,
-    heads: HashMap<String, Head>,
-    next: u64,
-    /// The generation this writer builds for; see [`Flusher`].
-    generation: u64,
-    failures: Arc<AtomicU64>,
-}
-
-type Made = Result<(String, Arc<AuditEvent>), AuditError>;
-
-/// One group, open while records join it, then written as a whole.
-#[derive(Default)]
-struct Group {
-    generation: u64,
-    /// Encoded records, positions `first..next`.
-    records: Vec<u8>,
-    first: u64,
-    next: u64,
-    /// Chain heads this group moves.
-    moved: HashMap<String, Head>,
-    pending: Vec<(Option<Reply>, Made)>,
-}
-
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Pending>, max_batch: usize, appender: log::Appender) {
-        // The flusher holds the one permit while it writes a group, so acquiring it means
-        // "the flusher is idle".
-        let idle = Arc::new(tokio::sync::Semaphore::new(1));
-        let (groups, built) = mpsc::channel(1);
-        let flusher = Flusher {
-            outbox: self.outbox.clone(),
-            appender: Arc::new(Mutex::new(appender)),
-            generation: 0,
-            failures: self.failures.clone(),
-        };
-        let flushing = tokio::spawn(flusher.run(built));
-        let mut records = Vec::with_capacity(max_batch);
-        let mut open = self.open();
-        loop {
-            tokio::select! {
-                biased;
-                permit = idle.clone().acquire_owned(), if !open.pending.is_empty() => {
-                    let Ok(permit) = permit else { break };
-                    let mut group = std::mem::take(&mut open);
-                    group.next = self.next;
-                    if groups.send((group, permit)).await.is_err() {
-                        break;
-                    }
-                    open = self.open();
-                }
-                received = rx.recv_many(&mut records, max_batch - open.pending.len()),
-                    if open.pending.len() < max_batch =>
-                {
-                    if received == 0 {
-                        break;
-                    }
-                    let Some(outbox) = self.outbox.upgrade() else { break };
-                    for record in records.drain(..) {
-                        let Pending { record, time_ms, reply } = record;
-                        let made = self.place(&outbox, record, time_ms, &mut open);
-                        open.pending.push((reply, made));
-                    }
-                }
+        self.core.close();
+        let committer = self.committer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(committer) = committer {
+            if tokio::task::spawn_blocking(move || committer.join()).await.is_err() {
+                tracing::error!("the audit committer thread could not be joined");
             }
         }
-        drop(groups);
-        let _ = flushing.await;
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.core.close();
+    }
+}
+
+impl Core {
+    fn building(&self) -> MutexGuard<'_, Building> {
+        self.building.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new group. After a failed commit the chain heads and positions start again from what
-    /// is durable.
-    fn open(&mut self) -> Group {
-        let failures = self.failures.load(Ordering::Acquire);
-        if failures != self.generation {
-            self.generation = failures;
-            (self.next, self.heads) = self.log.durable();
+    fn close(&self) {
+        self.building().closed = true;
+        self.room.close();
+        self.ready.notify_one();
+    }
+
+    /// Gives one record (whose caller holds a `room` permit, which passes to the group) its
+    /// place in its chain and adds it to the newest group. On an error the permit is given
+    /// back and nothing was placed.
+    fn place(&self, record: AuditRecord, reply: Option<Reply>) -> Result<(), AuditError> {
+        let time_ms = now_ms();
+        let mut building = self.building();
+        let placed = self.place_locked(&mut building, record, time_ms, reply);
+        let wake = placed.is_ok() && std::mem::take(&mut building.idle);
+        drop(building);
+        match placed {
+            Ok(()) if wake => self.ready.notify_one(),
+            Ok(()) => {}
+            Err(_) => self.room.add_permits(1),
         }
-        Group { generation: self.generation, first: self.next, next: self.next, ..Group::default() }
+        placed
     }
 
-    /// Gives one record its place in its chain and adds it to the batch.
-    fn place(&mut self, outbox: &Outbox, record: AuditRecord, time_ms: u64, group: &mut Group) -> Made {
+    fn place_locked(
+        &self,
+        building: &mut Building,
+        record: AuditRecord,
+        time_ms: u64,
+        reply: Option<Reply>,
+    ) -> Result<(), AuditError> {
+        if building.closed {
+            return Err(AuditError::Closed);
+        }
         let tenant = record.stream.as_str();
-        let head = self.heads.get(tenant).copied().unwrap_or(Head { seq: 0, hash: [0u8; 32] });
+        let head = building.heads.get(tenant).copied().unwrap_or(Head { seq: 0, hash: [0u8; 32] });
         let seq = head.seq + 1;
         let mut event = AuditEvent {
             auditschema: SCHEMA_VERSION,
-            chain: outbox.chain.clone(),
+            chain: self.chain.clone(),
             chainhash: String::new(),
             chainprev: if head.seq == 0 { GENESIS.to_string() } else { hex::encode(head.hash) },
             chainseq: seq,
             data: record.data,
             datacontenttype: "application/json".to_string(),
-            id: format!("{}.{}.{}", tenant, outbox.chain, seq),
-            source: format!("custos://node/{}", outbox.node_id),
+            id: format!("{}.{}.{}", tenant, self.chain, seq),
+            source: self.source.clone(),
             specversion: SPEC_VERSION.to_string(),
             subject: record.subject,
             tenant: tenant.to_string(),
@@ -352,94 +340,87 @@ impl Writer {
         // seal always yields 64 hex digits.
         hex::decode_to_slice(&event.chainhash, &mut hash).expect("chain hash is 32 bytes of hex");
         let new_head = Head { seq, hash };
-        log::encode(
-            &mut group.records,
-            &log::Record { position: self.next, time_ms, head: new_head, tenant, json: &json },
-        )?;
-        // The in-memory head moves now, so the next record (in this group or the next one,
-        // built while this one flushes) chains onto it; a failed commit resyncs from the log.
-        self.heads.insert(tenant.to_string(), new_head);
-        group.moved.insert(tenant.to_string(), new_head);
-        self.next += 1;
-        Ok((tenant.to_string(), Arc::new(event)))
-    }
-}
-
-/// Writes groups in the order they were built, one append and one `fdatasync` each, then
-/// answers their requests. A failed group bumps the failure generation: a group built before
-/// the writer noticed (chained onto the failed one) is refused unwritten, and the writer
-/// resyncs its chain heads from the log before building more.
-struct Flusher {
-    outbox: std::sync::Weak<Outbox>,
-    appender: Arc<Mutex<log::Appender>>,
-    generation: u64,
-    failures: Arc<AtomicU64>,
-}
-
-impl Flusher {
-    async fn run(mut self, mut built: mpsc::Receiver<(Group, tokio::sync::OwnedSemaphorePermit)>) {
-        while let Some((group, _idle)) = built.recv().await {
-            let Some(outbox) = self.outbox.upgrade() else { return };
-            self.write(&outbox, group).await;
+        let position = building.next;
+        let max_batch = self.limits.max_batch;
+        if building.groups.back().is_none_or(|g| g.waiting.len() >= max_batch) {
+            building.groups.push_back(Group {
+                records: Vec::new(),
+                first: position,
+                next: position,
+                moved: HashMap::new(),
+                waiting: Vec::new(),
+            });
         }
+        let group = building.groups.back_mut().expect("a group was just ensured");
+        log::encode(&mut group.records, &log::Record { position, time_ms, head: new_head, tenant, json: &json })?;
+        // The head moves now, so the next record (in this group or a later one, placed while
+        // this one commits) chains onto it; a failed commit resets the heads from the log.
+        group.moved.insert(tenant.to_string(), new_head);
+        group.next = position + 1;
+        group.waiting.push((reply, tenant.to_string(), Arc::new(event)));
+        building.heads.insert(tenant.to_string(), new_head);
+        building.next = position + 1;
+        Ok(())
     }
 
-    async fn write(&mut self, outbox: &Outbox, mut group: Group) {
-        let stats = &outbox.stats;
-        let entries = group.next - group.first;
-        let written = if group.generation != self.generation {
-            Err(AuditError::Storage("an earlier audit group failed to be written".into()))
-        } else {
+    /// The committer thread: takes the oldest group whenever there is one, appends it and
+    /// answers its requests; after a failed commit every group placed behind it (chained onto
+    /// it) fails too and placing starts again from what is durable. Ends once closed and empty.
+    fn commit_groups(&self, mut appender: log::Appender) {
+        loop {
+            let group = {
+                let mut building = self.building();
+                loop {
+                    if let Some(group) = building.groups.pop_front() {
+                        break group;
+                    }
+                    if building.closed {
+                        return;
+                    }
+                    building.idle = true;
+                    building = self.ready.wait(building).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let stats = &self.stats;
+            let entries = group.next - group.first;
             // Counted before the entries become visible: the shipper may read, ship and
-            // release them before this task runs again, and its decrement must not come
-            // first (the depth would wrap around and refuse every request as a backlog).
+            // release them before the answers go out, and its decrement must not come first
+            // (the depth would wrap around and refuse every request as a backlog).
             stats.depth.fetch_add(entries, Ordering::Relaxed);
-            let appender = self.appender.clone();
-            let (records, moved) = (std::mem::take(&mut group.records), std::mem::take(&mut group.moved));
-            let (first, next) = (group.first, group.next);
-            let written = tokio::task::spawn_blocking(move || {
-                appender.lock().unwrap_or_else(|p| p.into_inner()).append(&records, first, next, &moved)
-            })
-            .await
-            .unwrap_or_else(|join| Err(AuditError::Storage(join.to_string())));
-            if written.is_err() {
-                stats.depth.fetch_sub(entries, Ordering::Relaxed);
-            }
-            written
-        };
-        match written {
-            Ok(()) => {
-                stats.committed.fetch_add(entries, Ordering::Relaxed);
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                outbox.committed.notify_one();
-                for (reply, made) in group.pending {
-                    let answer = made.map(|(tenant, event)| {
+            match appender.append(&group.records, group.first, group.next, &group.moved) {
+                Ok(()) => {
+                    stats.committed.fetch_add(entries, Ordering::Relaxed);
+                    stats.commits.fetch_add(1, Ordering::Relaxed);
+                    self.committed.notify_one();
+                    for (reply, tenant, event) in group.waiting {
                         let receipt = Receipt { id: event.id.clone(), chainseq: event.chainseq };
                         // No subscribers is the normal case; a send error only says that.
-                        let _ = outbox.tail.send(Committed { tenant, event });
-                        receipt
-                    });
-                    if answer.is_err() {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.tail.send(Committed { tenant, event });
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(receipt));
+                        }
                     }
-                    if let Some(reply) = reply {
-                        let _ = reply.send(answer);
+                }
+                Err(error) => {
+                    stats.depth.fetch_sub(entries, Ordering::Relaxed);
+                    let mut failed = vec![group];
+                    {
+                        let mut building = self.building();
+                        failed.extend(building.groups.drain(..));
+                        (building.next, building.heads) = self.log.durable();
                     }
+                    let count: usize = failed.iter().map(|g| g.waiting.len()).sum();
+                    tracing::error!(%error, events = count, "audit outbox commit failed");
+                    stats.failed.fetch_add(count as u64, Ordering::Relaxed);
+                    for (reply, _, _) in failed.into_iter().flat_map(|g| g.waiting) {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(error.clone()));
+                        }
+                    }
+                    self.room.add_permits(count - entries as usize);
                 }
             }
-            Err(error) => {
-                if group.generation == self.generation {
-                    self.generation += 1;
-                    self.failures.store(self.generation, Ordering::Release);
-                    tracing::error!(%error, events = group.pending.len(), "audit outbox commit failed");
-                }
-                stats.failed.fetch_add(group.pending.len() as u64, Ordering::Relaxed);
-                for (reply, _) in group.pending {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
-            }
+            self.room.add_permits(entries as usize);
         }
     }
 }
