@@ -392,6 +392,10 @@ pub struct AuditConfig {
     /// Retry backoff of the shipper while the sink is down: doubles from min to max.
     pub ship_backoff_min_ms: u64,
     pub ship_backoff_max_ms: u64,
+    /// After delivering less than a full batch, the shipper waits this long for more events:
+    /// under load it delivers fewer, larger batches; an event reaches the sink at most this
+    /// much later. 0 ships every commit at once.
+    pub ship_linger_ms: u64,
     pub local: AuditLocalConfig,
     pub kafka: AuditKafkaConfig,
 }
@@ -451,6 +455,7 @@ impl Default for AuditConfig {
             max_outbox_events: 1_000_000,
             ship_backoff_min_ms: 100,
             ship_backoff_max_ms: 1_000,
+            ship_linger_ms: 5,
             local: AuditLocalConfig::default(),
             kafka: AuditKafkaConfig::default(),
         }

@@ -341,6 +341,7 @@ impl Config {
             "audit.ship_backoff_max_ms",
             format!("must be at least audit.ship_backoff_min_ms ({})", a.ship_backoff_min_ms),
         );
+        check(a.ship_linger_ms <= 1_000, "audit.ship_linger_ms", "must be at most 1000".into());
         check(a.local.segment_bytes >= 4096, "audit.local.segment_bytes", "must be at least 4096".into());
         check(a.local.retention_ms >= 60_000, "audit.local.retention_ms", "must be at least 60000".into());
         check(

@@ -231,6 +231,7 @@ mod tests {
                     max_batch: 8,
                     backoff_min: std::time::Duration::from_millis(10),
                     backoff_max: std::time::Duration::from_millis(10),
+                    linger: std::time::Duration::ZERO,
                     idle_poll: std::time::Duration::from_millis(10),
                 },
                 sink: SinkChoice::Local(sink::local::LocalLogLimits {

@@ -140,6 +140,7 @@ async fn pipeline(brokers: &str, duration: Duration, recorders: usize) -> Result
             max_batch: MAX_BATCH,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
+            linger: Duration::from_millis(5),
             idle_poll: Duration::from_millis(100),
         },
         sink: SinkChoice::Other(sink.clone()),
