@@ -294,12 +294,10 @@ pub async fn callback(
     if login_state.is_empty() || login_state.len() > 128 {
         return Err(custos_raft::Rejection::LoginNotFound.into());
     }
-    let mut login = state.cluster.reader().login(&login_state)?;
-    if login.is_none() {
-        // Started on another node a moment ago: catch up once.
-        state.cluster.read_barrier(Consistency::Linearizable).await?;
-        login = state.cluster.reader().login(&login_state)?;
-    }
+    // Linearizable: a sign-in started on another node a moment ago is found, and one completed
+    // on another node (its state consumed) is refused here too, before its code is spent.
+    state.cluster.read_barrier(Consistency::Linearizable).await?;
+    let login = state.cluster.reader().login(&login_state)?;
     let login = login.filter(|l| l.expires_at_ms > now_ms()).ok_or(custos_raft::Rejection::LoginNotFound)?;
     let kek = platform_kek(&state).await?;
     let verifier = Zeroizing::new(
