@@ -7,6 +7,9 @@
 //!   segment's first record. Only the newest segment is appended to. A group of records is
 //!   written with one `write` and made durable with one `fdatasync` (group commit); a segment
 //!   is closed once it holds [`SEGMENT_BYTES`], and removed once every record in it was shipped.
+//!   The newest segment grows by [`ZERO_CHUNK`] of zeros ahead of its records, so most groups
+//!   land inside the file's length and their `fdatasync` writes no metadata (no size change,
+//!   no inode write); the zeros after the last record end the log like the end of the file.
 //! - `heads` — the chain head of every stream as of the start of the newest segment, written
 //!   (temporary file, fsync, rename) whenever a segment is closed, so removing shipped
 //!   segments never loses where a chain stands. Opening reads it, then the heads carried by
@@ -36,6 +39,8 @@ pub(super) const SEGMENT_BYTES: u64 = 32 << 20;
 const HEADER: usize = 8;
 /// The body's fixed part: position, time, sequence, hash, tenant length.
 const FIXED: usize = 8 + 8 + 8 + 32 + 1;
+/// The newest segment is grown by this many zero bytes at a time, ahead of its records.
+const ZERO_CHUNK: u64 = 1 << 20;
 /// The largest body accepted; an event JSON is a few hundred bytes.
 pub(super) const MAX_BODY: usize = 1 << 20;
 /// Bytes read at a time by the shipper; always holds at least one whole record.
@@ -162,12 +167,15 @@ pub(super) struct Recovered {
     pub shipped: u64,
 }
 
-/// The flusher's end: the open newest segment.
+/// The committer's end: the open newest segment.
 pub(super) struct Appender {
     shared: Arc<Shared>,
     file: File,
     first: u64,
+    /// Where the records end (everything before is durable).
     bytes: u64,
+    /// The file's length: `bytes` and the zeros grown ahead of it.
+    length: u64,
 }
 
 fn write_durably(dir: &Path, name: &str, content: &[u8]) -> Result<(), AuditError> {
@@ -255,9 +263,13 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, AuditError> {
 }
 
 /// Reads one segment whole, checks that its positions follow on from `first`, feeds every
-/// record at or after `heads_until` into `heads`, and returns the next position and the
-/// length of its intact prefix.
-fn scan(segment: &Segment, heads_until: u64, heads: &mut HashMap<String, Head>) -> Result<(u64, u64), AuditError> {
+/// record at or after `heads_until` into `heads`, and returns the next position, the length
+/// of its intact prefix and whether everything after that prefix is zeros (padding).
+fn scan(
+    segment: &Segment,
+    heads_until: u64,
+    heads: &mut HashMap<String, Head>,
+) -> Result<(u64, u64, bool), AuditError> {
     let content = fs::read(&segment.path).map_err(storage)?;
     let (mut at, mut next) = (0usize, segment.first);
     while at < content.len() {
@@ -272,7 +284,8 @@ fn scan(segment: &Segment, heads_until: u64, heads: &mut HashMap<String, Head>) 
             _ => break,
         }
     }
-    Ok((next, at as u64))
+    let padding = content[at..].iter().all(|b| *b == 0);
+    Ok((next, at as u64, padding))
 }
 
 impl Shared {
@@ -316,16 +329,23 @@ impl Shared {
             if segment.first != next && i > 0 {
                 return Err(damaged("log (positions do not follow on) at", &segment.path));
             }
-            let (after, intact) = scan(segment, heads_until, &mut heads)?;
+            let (after, intact, padding) = scan(segment, heads_until, &mut heads)?;
             if intact < segment.bytes {
                 if i + 1 < count {
-                    return Err(damaged("segment", &segment.path));
+                    if !padding {
+                        return Err(damaged("segment", &segment.path));
+                    }
+                } else {
+                    // Zeros grown ahead of the records, and after them perhaps a group whose
+                    // fsync never returned (none of it was acknowledged): cut both, so no
+                    // stale record can ever follow a new one.
+                    let file = OpenOptions::new().write(true).open(&segment.path).map_err(storage)?;
+                    file.set_len(intact).map_err(storage)?;
+                    file.sync_all().map_err(storage)?;
+                    if !padding {
+                        tracing::warn!(segment = %segment.path.display(), cut = segment.bytes - intact, "cut a torn tail off the audit outbox");
+                    }
                 }
-                // A group whose fsync never returned: none of it was acknowledged.
-                let file = OpenOptions::new().write(true).open(&segment.path).map_err(storage)?;
-                file.set_len(intact).map_err(storage)?;
-                file.sync_all().map_err(storage)?;
-                tracing::warn!(segment = %segment.path.display(), cut = segment.bytes - intact, "cut a torn tail off the audit outbox");
                 segment.bytes = intact;
             }
             next = after;
@@ -346,7 +366,7 @@ impl Shared {
             })
             .unwrap_or(oldest);
         let active = segments.last().expect("at least one segment");
-        let file = OpenOptions::new().append(true).open(&active.path).map_err(storage)?;
+        let file = OpenOptions::new().write(true).open(&active.path).map_err(storage)?;
         let (first, bytes) = (active.first, active.bytes);
         let recovered = Recovered { chain, next, heads: heads.clone(), shipped: shipped.position };
         let shared = Arc::new(Shared {
@@ -354,7 +374,7 @@ impl Shared {
             state: Mutex::new(State { segments, next, heads, shipped }),
             reader: Mutex::new(None),
         });
-        let appender = Appender { shared: shared.clone(), file, first, bytes };
+        let appender = Appender { shared: shared.clone(), file, first, bytes, length: bytes };
         Ok((shared, appender, recovered))
     }
 
@@ -472,11 +492,16 @@ impl Appender {
         if self.bytes >= SEGMENT_BYTES {
             self.roll(first)?;
         }
-        let written = self.file.write_all(records).and_then(|()| self.file.sync_data());
+        let end = self.bytes + records.len() as u64;
+        let written = self
+            .grow(end)
+            .and_then(|()| self.file.write_all_at(records, self.bytes))
+            .and_then(|()| self.file.sync_data());
         if let Err(error) = written {
-            // Whether any of it reached the disk is unknown; cut it so the next group follows
-            // the last durable one.
+            // Whether any of it reached the disk is unknown; cut it (and the zeros) so the
+            // next group follows the last durable one.
             let _ = self.file.set_len(self.bytes).and_then(|()| self.file.sync_data());
+            self.length = self.bytes;
             return Err(storage(error));
         }
         self.bytes += records.len() as u64;
@@ -492,16 +517,32 @@ impl Appender {
         Ok(())
     }
 
+    /// Writes zeros after the file's end, [`ZERO_CHUNK`] at a time, until it reaches `end`;
+    /// they become durable with the group's `fdatasync`.
+    fn grow(&mut self, end: u64) -> std::io::Result<()> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        if end <= self.length {
+            return Ok(());
+        }
+        let target = end.next_multiple_of(ZERO_CHUNK);
+        while self.length < target {
+            let n = (target - self.length).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..n], self.length)?;
+            self.length += n as u64;
+        }
+        Ok(())
+    }
+
     /// Closes the newest segment: checkpoints the heads, then starts `<first>.seg`.
     fn roll(&mut self, first: u64) -> Result<(), AuditError> {
         let heads = encode_heads(first, &self.shared.state().heads);
         write_durably(&self.shared.dir, "heads", &heads)?;
         let path = segment_path(&self.shared.dir, first);
-        // An earlier roll that failed after creating the file left it empty.
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(storage)?;
+        // An earlier roll that failed after creating the file left nothing acknowledged in it.
+        let file = OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(storage)?;
         sync_dir(&self.shared.dir)?;
         self.shared.state().segments.push(Segment { first, path, bytes: 0 });
-        (self.file, self.first, self.bytes) = (file, first, 0);
+        (self.file, self.first, self.bytes, self.length) = (file, first, 0, 0);
         Ok(())
     }
 }
@@ -534,17 +575,29 @@ mod tests {
         let (buf, moved) = group(0, 3, "acme");
         appender.append(&buf, 0, 3, &moved).unwrap();
         drop(appender);
-        // Half a record after the last durable group.
-        let (torn, _) = group(3, 1, "acme");
         let path = segment_path(dir.path(), 0);
-        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.write_all(&torn[..torn.len() / 2]).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), ZERO_CHUNK, "grown ahead with zeros");
+        // A group whose fsync never returned, torn by the crash: its first record half
+        // written, its second whole (its page reached the disk), the rest still zeros.
+        let (torn, _) = group(3, 2, "acme");
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&torn[..RECORD as usize / 2], buf.len() as u64).unwrap();
+        file.write_all_at(&torn[RECORD as usize..], buf.len() as u64 + RECORD).unwrap();
 
-        let (shared, _, recovered) = Shared::open(dir.path(), || unreachable!()).unwrap();
+        let (shared, mut appender, recovered) = Shared::open(dir.path(), || unreachable!()).unwrap();
         assert_eq!((recovered.chain.as_str(), recovered.next), ("c1", 3));
         assert_eq!(recovered.heads["acme"], head(3));
-        assert_eq!(fs::metadata(&path).unwrap().len(), buf.len() as u64);
+        assert_eq!(fs::metadata(&path).unwrap().len(), buf.len() as u64, "the torn group and the zeros are cut");
         assert_eq!(shared.read(10).unwrap().0.len(), 3);
+
+        // Position 3 again: the torn group's whole record 4, right after it, must not
+        // come back after it.
+        let (again, moved) = group(3, 1, "acme");
+        appender.append(&again, 3, 4, &moved).unwrap();
+        drop((shared, appender));
+        let (shared, _, recovered) = Shared::open(dir.path(), || unreachable!()).unwrap();
+        assert_eq!(recovered.next, 4);
+        assert_eq!(shared.read(10).unwrap().0.len(), 4);
     }
 
     #[test]
