@@ -48,6 +48,7 @@ fn open(dir: &Path, mode: AuditMode, max_depth: u64, kafka: KafkaSinkConfig) -> 
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(500),
             linger: Duration::from_millis(5),
+            sync_interval: Duration::from_millis(100),
             idle_poll: Duration::from_millis(200),
         },
         sink: SinkChoice::Kafka(kafka),

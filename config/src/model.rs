@@ -409,6 +409,9 @@ pub struct AuditLocalConfig {
     pub retention_ms: u64,
     /// Closed segments beyond this size per tenant are removed, oldest first.
     pub max_bytes_per_tenant: u64,
+    /// Events written to a tenant's log are fsynced at most this long afterwards, one fsync
+    /// per written tenant; the outbox keeps them until then.
+    pub sync_interval_ms: u64,
 }
 
 /// The Kafka sink (`audit.sink = "kafka"`).
@@ -468,6 +471,7 @@ impl Default for AuditLocalConfig {
             segment_bytes: 64 << 20,
             retention_ms: 90 * 24 * 3600 * 1000,
             max_bytes_per_tenant: 10 << 30,
+            sync_interval_ms: 100,
         }
     }
 }

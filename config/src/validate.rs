@@ -344,6 +344,7 @@ impl Config {
         check(a.ship_linger_ms <= 1_000, "audit.ship_linger_ms", "must be at most 1000".into());
         check(a.local.segment_bytes >= 4096, "audit.local.segment_bytes", "must be at least 4096".into());
         check(a.local.retention_ms >= 60_000, "audit.local.retention_ms", "must be at least 60000".into());
+        check(a.local.sync_interval_ms <= 10_000, "audit.local.sync_interval_ms", "must be at most 10000".into());
         check(
             a.local.max_bytes_per_tenant >= 2 * a.local.segment_bytes,
             "audit.local.max_bytes_per_tenant",

@@ -102,6 +102,7 @@ pub fn open(config: &AuditConfig, node_id: u64, data_dir: &Path) -> Result<Arc<A
             backoff_min: Duration::from_millis(config.ship_backoff_min_ms),
             backoff_max: Duration::from_millis(config.ship_backoff_max_ms),
             linger: Duration::from_millis(config.ship_linger_ms),
+            sync_interval: Duration::from_millis(config.local.sync_interval_ms),
             idle_poll: Duration::from_secs(1),
         },
         sink,

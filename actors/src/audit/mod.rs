@@ -33,7 +33,7 @@ use tokio::sync::watch;
 pub use event::{Actor, AuditData, AuditEvent, AuditRecord, AuditStream, EventType, Outcome};
 pub use outbox::{Outbox, OutboxLimits, Receipt};
 pub use shipper::{ShipperLimits, ShipperStats};
-pub use sink::{AuditSink, KafkaSink, LocalLog, SinkError};
+pub use sink::{AuditSink, Delivered, KafkaSink, LocalLog, SinkError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuditError {
@@ -232,6 +232,7 @@ mod tests {
                     backoff_min: std::time::Duration::from_millis(10),
                     backoff_max: std::time::Duration::from_millis(10),
                     linger: std::time::Duration::ZERO,
+                    sync_interval: std::time::Duration::ZERO,
                     idle_poll: std::time::Duration::from_millis(10),
                 },
                 sink: SinkChoice::Local(sink::local::LocalLogLimits {

@@ -23,6 +23,7 @@ use base64::Engine;
 use custos_actors::audit::outbox::Entry;
 use custos_actors::audit::shipper::ShipperLimits;
 use custos_actors::audit::sink::kafka::{producer_settings, KafkaSink, KafkaSinkConfig, TopicLayout};
+use custos_actors::audit::sink::Delivered;
 use custos_actors::audit::{
     Actor, Audit, AuditData, AuditMode, AuditRecord, AuditSettings, AuditSink, AuditStream, EventType, OutboxLimits,
     Outcome, SinkChoice, SinkError,
@@ -86,15 +87,15 @@ impl AuditSink for TimedSink {
         "kafka"
     }
 
-    async fn deliver(&self, batch: &[Entry]) -> Result<(), SinkError> {
-        self.inner.deliver(batch).await?;
+    async fn deliver(&self, batch: &[Entry]) -> Result<Delivered, SinkError> {
+        let delivered = self.inner.deliver(batch).await?;
         let now = now_ms();
         if let Some(entry) = batch.first() {
             self.event_bytes.store(entry.json.len() as u64, Ordering::Relaxed);
         }
         let mut latencies = self.latencies_ms.lock().unwrap_or_else(|p| p.into_inner());
         latencies.extend(batch.iter().map(|e| now.saturating_sub(e.time_ms)));
-        Ok(())
+        Ok(delivered)
     }
 }
 
@@ -141,6 +142,7 @@ async fn pipeline(brokers: &str, duration: Duration, recorders: usize) -> Result
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
             linger: Duration::from_millis(5),
+            sync_interval: Duration::from_millis(100),
             idle_poll: Duration::from_millis(100),
         },
         sink: SinkChoice::Other(sink.clone()),

@@ -14,8 +14,10 @@
 //!   (temporary file, fsync, rename) whenever a segment is closed, so removing shipped
 //!   segments never loses where a chain stands. Opening reads it, then the heads carried by
 //!   the records of the retained segments.
-//! - `shipped` — where the shipper stands. Not fsynced: a stale cursor only ships entries
-//!   again, under the same event ids.
+//! - `shipped` — where the shipper stands: everything before it is durable at the sink. Not
+//!   fsynced: a stale cursor only ships entries again, under the same event ids. In memory the
+//!   shipper also has a `sent` cursor, at or after it: entries a sink has taken but not yet
+//!   made durable, which are released once it has (or sent again after a failure).
 //!
 //! A record is `len` (u32 LE) · `crc32` of the body (u32 LE) · body, and the body is
 //! position · time in ms · chain sequence (u64 LE each) · chain hash (32 bytes) · tenant
@@ -157,6 +159,8 @@ struct State {
     next: u64,
     heads: HashMap<String, Head>,
     shipped: Cursor,
+    /// At or after `shipped`: where reading for the sink goes on.
+    sent: Cursor,
 }
 
 /// What an earlier run left, for the writer to continue from.
@@ -371,7 +375,7 @@ impl Shared {
         let recovered = Recovered { chain, next, heads: heads.clone(), shipped: shipped.position };
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
-            state: Mutex::new(State { segments, next, heads, shipped }),
+            state: Mutex::new(State { segments, next, heads, shipped, sent: shipped }),
             reader: Mutex::new(None),
         });
         let appender = Appender { shared: shared.clone(), file, first, bytes, length: bytes };
@@ -394,17 +398,18 @@ impl Shared {
         (state.next, state.heads.clone())
     }
 
-    /// Up to `limit` unshipped, durable entries, oldest first, and the cursor after them.
+    /// Up to `limit` durable entries after the `sent` cursor, oldest first, and the cursor after
+    /// them.
     pub(super) fn read(&self, limit: usize) -> Result<(Vec<Entry>, Cursor), AuditError> {
         let (mut cursor, plan) = {
             let state = self.state();
             let plan: Vec<(u64, PathBuf, u64)> = state
                 .segments
                 .iter()
-                .filter(|s| s.first >= state.shipped.segment)
+                .filter(|s| s.first >= state.sent.segment)
                 .map(|s| (s.first, s.path.clone(), s.bytes))
                 .collect();
-            (state.shipped, plan)
+            (state.sent, plan)
         };
         let mut entries = Vec::new();
         let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
@@ -454,17 +459,35 @@ impl Shared {
         Ok((entries, cursor))
     }
 
-    /// Marks everything before `cursor` shipped and removes segments left wholly behind it.
-    /// The in-memory cursor is what counts: failing to write the cursor file or to remove a
-    /// segment is logged, never an error (the one ships again, under the same ids; the other
-    /// leaves a file to remove by hand).
-    pub(super) fn release(&self, cursor: Cursor) {
-        let removable: Vec<PathBuf> = {
+    /// Moves the `sent` cursor on to `cursor` (the end of what [`Shared::read`] returned).
+    pub(super) fn send(&self, cursor: Cursor) {
+        let mut state = self.state();
+        assert!(cursor.position >= state.sent.position, "the sent cursor never moves back");
+        state.sent = cursor;
+    }
+
+    /// Moves the `sent` cursor back to the shipped one: what was sent and not released is read
+    /// again.
+    pub(super) fn rewind(&self) {
+        let mut state = self.state();
+        state.sent = state.shipped;
+    }
+
+    /// Marks everything sent as shipped, removes segments left wholly behind it, and returns
+    /// how many entries that released. The in-memory cursor is what counts: failing to write
+    /// the cursor file or to remove a segment is logged, never an error (the one ships again,
+    /// under the same ids; the other leaves a file to remove by hand).
+    pub(super) fn release(&self) -> u64 {
+        let (cursor, released, removable): (Cursor, u64, Vec<PathBuf>) = {
             let mut state = self.state();
-            assert!(cursor.position >= state.shipped.position, "the shipped cursor never moves back");
+            let cursor = state.sent;
+            let released = cursor.position - state.shipped.position;
+            if released == 0 {
+                return 0;
+            }
             state.shipped = cursor;
             let keep_from = state.segments.iter().position(|s| s.first == cursor.segment).unwrap_or(0);
-            state.segments.drain(..keep_from).map(|s| s.path).collect()
+            (cursor, released, state.segments.drain(..keep_from).map(|s| s.path).collect())
         };
         if let Err(error) = fs::write(self.dir.join("shipped"), encode_cursor(cursor)) {
             tracing::warn!(%error, "writing the audit outbox's shipped cursor failed");
@@ -474,6 +497,7 @@ impl Shared {
                 tracing::error!(%error, segment = %path.display(), "removing a shipped audit outbox segment failed");
             }
         }
+        released
     }
 }
 
@@ -617,7 +641,9 @@ mod tests {
         let (entries, cursor) = shared.read(2 * per_group + 5).unwrap();
         assert_eq!(entries.len(), 2 * per_group + 5);
         assert!(entries.windows(2).all(|w| w[1].position == w[0].position + 1));
-        shared.release(cursor);
+        shared.send(cursor);
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 2, "sent is not shipped");
+        assert_eq!(shared.release(), 2 * per_group as u64 + 5);
         assert_eq!(list_segments(dir.path()).unwrap().len(), 1, "the shipped segment is removed");
         drop((shared, appender));
 

@@ -212,8 +212,8 @@ impl Outbox {
         placed
     }
 
-    /// Up to `limit` unshipped durable entries, oldest first. Reads files: off the async
-    /// threads (the shipper calls it through `spawn_blocking`).
+    /// Up to `limit` durable entries not yet sent to the sink, oldest first. Reads files: off
+    /// the async threads (the shipper calls it through `spawn_blocking`).
     pub fn pending(&self, limit: usize) -> Result<Vec<Entry>, AuditError> {
         let (entries, after) = self.core.log.read(limit)?;
         if let Some(last) = entries.last() {
@@ -223,10 +223,17 @@ impl Outbox {
     }
 
     /// Releases the oldest pending entries up to and including the last of `entries` (a sink
-    /// has accepted them). Their segments go once wholly shipped; the cursor is not flushed,
-    /// so after a crash they may be shipped again, under the same ids. Writes files, like
+    /// has them durably): [`Outbox::sent`], then [`Outbox::release`]. Writes files, like
     /// [`Outbox::pending`].
     pub fn remove(&self, entries: &[Entry]) -> Result<(), AuditError> {
+        self.sent(entries)?;
+        self.release();
+        Ok(())
+    }
+
+    /// Marks the oldest unsent entries up to and including the last of `entries` sent: a sink
+    /// took them, and `pending` goes on after them. They stay in the outbox until released.
+    pub fn sent(&self, entries: &[Entry]) -> Result<(), AuditError> {
         let Some(last) = entries.last() else { return Ok(()) };
         let after = match *self.read.lock().unwrap_or_else(|p| p.into_inner()) {
             Some((position, after)) if position == last.position => after,
@@ -234,14 +241,28 @@ impl Outbox {
                 // Not the batch `pending` returned last: find where it ends.
                 let (again, after) = self.core.log.read(entries.len())?;
                 if again.last().map(|e| e.position) != Some(last.position) {
-                    return Err(AuditError::Storage("released entries are not the oldest pending ones".into()));
+                    return Err(AuditError::Storage("sent entries are not the oldest unsent ones".into()));
                 }
                 after
             }
         };
-        self.core.log.release(after);
-        self.core.stats.depth.fetch_sub(entries.len() as u64, Ordering::Relaxed);
+        self.core.log.send(after);
         Ok(())
+    }
+
+    /// Releases every sent entry (the sink has made them durable) and returns how many. Their
+    /// segments go once wholly shipped; the cursor is not flushed, so after a crash they may
+    /// be shipped again, under the same ids. Writes files, like [`Outbox::pending`].
+    pub fn release(&self) -> u64 {
+        let released = self.core.log.release();
+        self.core.stats.depth.fetch_sub(released, Ordering::Relaxed);
+        released
+    }
+
+    /// Forgets what was sent and not released (the sink failed): `pending` starts again at the
+    /// oldest unreleased entry.
+    pub fn rewind(&self) {
+        self.core.log.rewind();
     }
 
     /// Resolves after the next group commit (or at once if one happened since the last call).

@@ -21,7 +21,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{AuditSink, SinkError};
+use super::{AuditSink, Delivered, SinkError};
 use crate::audit::outbox::Entry;
 
 /// Where a tenant's events go.
@@ -233,9 +233,9 @@ impl AuditSink for KafkaSink {
         "kafka"
     }
 
-    async fn deliver(&self, batch: &[Entry]) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &[Entry]) -> Result<Delivered, SinkError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Delivered::Durable);
         }
         let topics: Vec<String> = batch.iter().map(|e| self.config.layout.topic_for(&e.tenant)).collect();
         let partitions = match self.ensure_topics(topics.iter().cloned().collect()).await {
@@ -286,7 +286,7 @@ impl AuditSink for KafkaSink {
         let oldest = batch.iter().map(|e| e.time_ms).min().unwrap_or(0);
         self.stats.last_lag_ms.store(now_ms().saturating_sub(oldest), Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        Ok(())
+        Ok(Delivered::Durable)
     }
 }
 

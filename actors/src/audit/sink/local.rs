@@ -4,9 +4,11 @@
 //! of the segment's first line in the tenant's log, counted from the tenant's first event
 //! ever, so positions stay valid as old segments are removed. A segment is closed once it
 //! exceeds `segment_bytes`; closed segments older than `retention` or beyond
-//! `max_bytes_per_tenant` are removed, oldest first. Every delivery is fsynced before it
-//! returns. A torn last line (a crash mid-append) is cut off when the tenant's log is opened;
-//! the outbox still holds that event and delivers it again.
+//! `max_bytes_per_tenant` are removed, oldest first. A delivery is written (and readable) when
+//! it returns; `sync` fsyncs every file written since the last one, so a node with many
+//! tenants pays one fsync per tenant per sync interval rather than per delivery, and the outbox
+//! keeps the events until then. A torn last line (a crash mid-append) is cut off when the
+//! tenant's log is opened; the outbox still holds that event and delivers it again.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::{AuditSink, SinkError};
+use super::{AuditSink, Delivered, SinkError};
 use crate::audit::event::AuditEvent;
 use crate::audit::outbox::Entry;
 
@@ -46,8 +48,11 @@ struct TenantLog {
     segments: Vec<Segment>,
     /// Position of the next line.
     next: u64,
-    /// The newest segment, open for appending; `None` once closed to free its descriptor.
+    /// The newest segment, open for appending; `None` once closed to free its descriptor
+    /// (synced first).
     file: Option<File>,
+    /// Written since its last fsync.
+    dirty: bool,
 }
 
 /// The tenant logs this node has written to, and which of them hold an open file.
@@ -57,6 +62,8 @@ struct Logs {
     /// `used` → tenant, for the logs whose file is open: the first is the least recent.
     open: std::collections::BTreeMap<u64, String>,
     clock: u64,
+    /// The tenants whose log is dirty.
+    dirty: std::collections::HashSet<String>,
 }
 
 /// Filters and paging for reading a tenant's log.
@@ -148,7 +155,7 @@ impl TenantLog {
         };
         let active = segments.last().map(|s| s.path.clone()).unwrap_or_default();
         let file = OpenOptions::new().create(true).append(true).open(&active).map_err(io)?;
-        Ok(TenantLog { dir, used: 0, segments, next, file: Some(file) })
+        Ok(TenantLog { dir, used: 0, segments, next, file: Some(file), dirty: false })
     }
 
     fn append(&mut self, lines: &[&[u8]], limits: &LocalLogLimits) -> Result<(), SinkError> {
@@ -165,17 +172,28 @@ impl TenantLog {
             }
         };
         file.write_all(&buffer).map_err(io)?;
-        file.sync_data().map_err(io)?;
+        self.dirty = true;
         self.next += lines.len() as u64;
         let active = self.segments.last_mut().expect("a tenant log always has an active segment");
         active.bytes += buffer.len() as u64;
         if active.bytes >= limits.segment_bytes {
+            // The closing segment is made durable now: only the newest one is synced later.
+            self.sync()?;
             let path = self.dir.join(segment_name(self.next));
             self.file = Some(OpenOptions::new().create(true).append(true).open(&path).map_err(io)?);
             self.segments.push(Segment { first: self.next, path, bytes: 0 });
             sync_dir(&self.dir)?;
             self.enforce_retention(limits)?;
         }
+        Ok(())
+    }
+
+    /// Makes what was written durable.
+    fn sync(&mut self) -> Result<(), SinkError> {
+        if let (true, Some(file)) = (self.dirty, &self.file) {
+            file.sync_data().map_err(io)?;
+        }
+        self.dirty = false;
         Ok(())
     }
 
@@ -298,7 +316,7 @@ impl AuditSink for LocalLog {
         "local"
     }
 
-    async fn deliver(&self, batch: &[Entry]) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &[Entry]) -> Result<Delivered, SinkError> {
         let mut by_tenant: HashMap<String, Vec<Arc<[u8]>>> = HashMap::new();
         for entry in batch {
             by_tenant.entry(entry.tenant.clone()).or_default().push(entry.json.clone());
@@ -306,9 +324,9 @@ impl AuditSink for LocalLog {
         let tenants = self.tenants.clone();
         let dir = self.dir.clone();
         let limits = self.limits.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), SinkError> {
+        tokio::task::spawn_blocking(move || -> Result<Delivered, SinkError> {
             let mut tenants = tenants.lock().unwrap_or_else(|p| p.into_inner());
-            let Logs { logs, open, clock } = &mut *tenants;
+            let Logs { logs, open, clock, dirty } = &mut *tenants;
             for (tenant, lines) in by_tenant {
                 *clock += 1;
                 let log = match logs.entry(tenant.clone()) {
@@ -320,15 +338,38 @@ impl AuditSink for LocalLog {
                 };
                 open.remove(&log.used);
                 log.used = *clock;
-                open.insert(*clock, tenant);
+                open.insert(*clock, tenant.clone());
                 let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_ref()).collect();
                 log.append(&lines, &limits)?;
+                if log.dirty {
+                    dirty.insert(tenant);
+                }
                 while open.len() > MAX_OPEN_FILES {
                     let Some((_, oldest)) = open.pop_first() else { break };
                     if let Some(log) = logs.get_mut(&oldest) {
+                        log.sync()?;
+                        dirty.remove(&oldest);
                         log.file = None;
                     }
                 }
+            }
+            Ok(Delivered::Written)
+        })
+        .await
+        .map_err(io)?
+    }
+
+    async fn sync(&self) -> Result<(), SinkError> {
+        let tenants = self.tenants.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), SinkError> {
+            let mut tenants = tenants.lock().unwrap_or_else(|p| p.into_inner());
+            let Logs { logs, dirty, .. } = &mut *tenants;
+            let written: Vec<String> = dirty.iter().cloned().collect();
+            for tenant in written {
+                if let Some(log) = logs.get_mut(&tenant) {
+                    log.sync()?;
+                }
+                dirty.remove(&tenant);
             }
             Ok(())
         })

@@ -3,9 +3,11 @@
 //! - `local.rs` — [`LocalLog`], the embedded default: a segmented append-only log per tenant.
 //! - `kafka.rs` — [`KafkaSink`], the enterprise backbone (rdkafka, idempotent, acks=all).
 //!
-//! A sink takes a batch of outbox entries and returns only once all of them are durable at the
-//! sink, each tenant's events in the order given. The shipper retries a failed batch whole, so
-//! a sink sees redeliveries; events carry stable ids for consumers to dedupe on.
+//! A sink takes a batch of outbox entries, each tenant's events in the order given, and says
+//! whether they are durable when it returns or only once its next [`AuditSink::sync`] has
+//! returned; the outbox keeps them until then. After a failure the shipper sends everything
+//! not yet durable again, so a sink sees redeliveries; events carry stable ids for consumers
+//! to dedupe on.
 
 pub mod kafka;
 pub mod local;
@@ -27,11 +29,25 @@ pub enum SinkError {
     Config(String),
 }
 
+/// What a delivered batch is at the sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Durable already (Kafka: acknowledged by all in-sync replicas).
+    Durable,
+    /// Written and readable, durable once [`AuditSink::sync`] returns.
+    Written,
+}
+
 #[async_trait::async_trait]
 pub trait AuditSink: Send + Sync + 'static {
     /// `local` or `kafka`, for status and metrics.
     fn name(&self) -> &'static str;
 
-    /// Makes every entry durable at the sink, each tenant's in the order given.
-    async fn deliver(&self, batch: &[Entry]) -> Result<(), SinkError>;
+    /// Hands every entry to the sink, each tenant's in the order given.
+    async fn deliver(&self, batch: &[Entry]) -> Result<Delivered, SinkError>;
+
+    /// Makes everything delivered so far durable.
+    async fn sync(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
