@@ -195,7 +195,10 @@ impl Outbox {
         }
         core.room.acquire().await.map_err(|_| AuditError::Closed)?.forget();
         let (reply, answer) = oneshot::channel();
-        core.place(record, Some(reply))?;
+        if let Err(error) = core.place(record, Some(reply)) {
+            core.stats.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(error);
+        }
         answer.await.map_err(|_| AuditError::Closed)?
     }
 
