@@ -183,7 +183,11 @@ impl KafkaSink {
                         .set("retention.ms", &retention)
                 })
                 .collect();
-            let options = AdminOptions::new().operation_timeout(Some(self.config.message_timeout));
+            // Bounded on the client side too: with the broker down, the request would otherwise
+            // wait for the socket timeout (60 s), and the shipper would report nothing meanwhile.
+            let options = AdminOptions::new()
+                .operation_timeout(Some(self.config.message_timeout))
+                .request_timeout(Some(self.config.message_timeout));
             let results = self
                 .admin
                 .create_topics(specs.iter(), &options)
