@@ -9,7 +9,7 @@
 //! # Layout
 //! - `event.rs` — [`AuditRecord`] (what callers give) and [`AuditEvent`] (the envelope).
 //! - `chain.rs` — the canonical hash and the [`chain::Verifier`].
-//! - `outbox/` — the group-committed outbox: its writer task and its segment files.
+//! - `outbox/` — the group-committed outbox: its committer thread and its segment files.
 //! - `shipper.rs` — the loop that moves outbox entries to the sink.
 //! - `sink/` — the [`sink::AuditSink`] port, the local log and Kafka adapters.
 //!

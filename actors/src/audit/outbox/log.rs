@@ -144,7 +144,7 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.seg"))
 }
 
-/// What both the flusher and the shipper see: durable segments, heads and the cursor.
+/// What both the committer and the shipper see: durable segments, heads and the cursor.
 pub(super) struct Shared {
     dir: PathBuf,
     state: Mutex<State>,
@@ -163,7 +163,7 @@ struct State {
     sent: Cursor,
 }
 
-/// What an earlier run left, for the writer to continue from.
+/// What an earlier run left, for placing to continue from.
 pub(super) struct Recovered {
     pub chain: String,
     pub next: u64,
@@ -391,7 +391,7 @@ impl Shared {
         self.state().heads.get(tenant).copied()
     }
 
-    /// The durable heads and the next durable position: where a writer resumes after a
+    /// The durable heads and the next durable position: where placing resumes after a
     /// failed commit.
     pub(super) fn durable(&self) -> (u64, HashMap<String, Head>) {
         let state = self.state();
