@@ -5,9 +5,10 @@
 //! ever, so positions stay valid as old segments are removed. A segment is closed once it
 //! exceeds `segment_bytes`; closed segments older than `retention` or beyond
 //! `max_bytes_per_tenant` are removed, oldest first. A delivery is written (and readable) when
-//! it returns; `sync` fsyncs every file written since the last one, so a node with many
-//! tenants pays one fsync per tenant per sync interval rather than per delivery, and the outbox
-//! keeps the events until then. A torn last line (a crash mid-append) is cut off when the
+//! it returns; `sync` fsyncs every file written since the last one, then every directory that
+//! gained a tenant or a segment since (each once), so a node with many tenants pays one fsync
+//! per tenant per sync interval rather than per delivery, and a new tenant costs no fsync of
+//! its own on the delivery path. The outbox keeps the events until `sync` has returned. A torn last line (a crash mid-append) is cut off when the
 //! tenant's log is opened; the outbox still holds that event and delivers it again.
 
 use std::collections::HashMap;
@@ -53,6 +54,8 @@ struct TenantLog {
     file: Option<File>,
     /// Written since its last fsync.
     dirty: bool,
+    /// The directory gained a segment since its last fsync.
+    dir_dirty: bool,
 }
 
 /// The tenant logs this node has written to, and which of them hold an open file.
@@ -62,8 +65,10 @@ struct Logs {
     /// `used` → tenant, for the logs whose file is open: the first is the least recent.
     open: std::collections::BTreeMap<u64, String>,
     clock: u64,
-    /// The tenants whose log is dirty.
+    /// The tenants whose log is dirty or whose directory is.
     dirty: std::collections::HashSet<String>,
+    /// The root directory gained a tenant directory since its last fsync.
+    root_dirty: bool,
 }
 
 /// Filters and paging for reading a tenant's log.
@@ -137,25 +142,30 @@ fn repair_and_count(path: &Path) -> Result<(u64, u64), SinkError> {
 }
 
 impl TenantLog {
-    fn open(dir: PathBuf) -> Result<TenantLog, SinkError> {
-        fs::create_dir_all(&dir).map_err(io)?;
+    /// Opens a tenant's log, creating its directory and first segment if need be; returns
+    /// the log and whether the directory is new (its entry in the root is not yet durable).
+    /// New entries are made durable by the next [`TenantLog::sync`] and root sync.
+    fn open(dir: PathBuf) -> Result<(TenantLog, bool), SinkError> {
+        let created = match fs::create_dir(&dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io(e)),
+        };
         let mut segments = list_segments(&dir)?;
-        let next = match segments.last_mut() {
+        let (next, dir_dirty) = match segments.last_mut() {
             Some(last) => {
                 let (lines, bytes) = repair_and_count(&last.path)?;
                 last.bytes = bytes;
-                last.first + lines
+                (last.first + lines, false)
             }
             None => {
-                let path = dir.join(segment_name(0));
-                segments.push(Segment { first: 0, path, bytes: 0 });
-                sync_dir(&dir)?;
-                0
+                segments.push(Segment { first: 0, path: dir.join(segment_name(0)), bytes: 0 });
+                (0, true)
             }
         };
         let active = segments.last().map(|s| s.path.clone()).unwrap_or_default();
         let file = OpenOptions::new().create(true).append(true).open(&active).map_err(io)?;
-        Ok(TenantLog { dir, used: 0, segments, next, file: Some(file), dirty: false })
+        Ok((TenantLog { dir, used: 0, segments, next, file: Some(file), dirty: false, dir_dirty }, created))
     }
 
     fn append(&mut self, lines: &[&[u8]], limits: &LocalLogLimits) -> Result<(), SinkError> {
@@ -182,18 +192,22 @@ impl TenantLog {
             let path = self.dir.join(segment_name(self.next));
             self.file = Some(OpenOptions::new().create(true).append(true).open(&path).map_err(io)?);
             self.segments.push(Segment { first: self.next, path, bytes: 0 });
-            sync_dir(&self.dir)?;
+            self.dir_dirty = true;
             self.enforce_retention(limits)?;
         }
         Ok(())
     }
 
-    /// Makes what was written durable.
+    /// Makes what was written durable, and the directory's new segment entries.
     fn sync(&mut self) -> Result<(), SinkError> {
         if let (true, Some(file)) = (self.dirty, &self.file) {
             file.sync_data().map_err(io)?;
         }
         self.dirty = false;
+        if self.dir_dirty {
+            sync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
         Ok(())
     }
 
@@ -223,6 +237,7 @@ fn sync_dir(dir: &Path) -> Result<(), SinkError> {
 impl LocalLog {
     pub fn open(dir: &Path, limits: LocalLogLimits) -> Result<LocalLog, SinkError> {
         fs::create_dir_all(dir).map_err(io)?;
+        sync_dir(dir)?;
         Ok(LocalLog { dir: dir.to_path_buf(), limits, tenants: Arc::new(Mutex::new(Logs::default())) })
     }
 
@@ -326,13 +341,14 @@ impl AuditSink for LocalLog {
         let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || -> Result<Delivered, SinkError> {
             let mut tenants = tenants.lock().unwrap_or_else(|p| p.into_inner());
-            let Logs { logs, open, clock, dirty } = &mut *tenants;
+            let Logs { logs, open, clock, dirty, root_dirty } = &mut *tenants;
             for (tenant, lines) in by_tenant {
                 *clock += 1;
                 let log = match logs.entry(tenant.clone()) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => {
-                        let log = TenantLog::open(dir.join(v.key()))?;
+                        let (log, created) = TenantLog::open(dir.join(v.key()))?;
+                        *root_dirty |= created;
                         v.insert(log)
                     }
                 };
@@ -341,7 +357,7 @@ impl AuditSink for LocalLog {
                 open.insert(*clock, tenant.clone());
                 let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_ref()).collect();
                 log.append(&lines, &limits)?;
-                if log.dirty {
+                if log.dirty || log.dir_dirty {
                     dirty.insert(tenant);
                 }
                 while open.len() > MAX_OPEN_FILES {
@@ -361,15 +377,22 @@ impl AuditSink for LocalLog {
 
     async fn sync(&self) -> Result<(), SinkError> {
         let tenants = self.tenants.clone();
+        let root = self.dir.clone();
         tokio::task::spawn_blocking(move || -> Result<(), SinkError> {
             let mut tenants = tenants.lock().unwrap_or_else(|p| p.into_inner());
-            let Logs { logs, dirty, .. } = &mut *tenants;
+            let Logs { logs, dirty, root_dirty, .. } = &mut *tenants;
             let written: Vec<String> = dirty.iter().cloned().collect();
             for tenant in written {
                 if let Some(log) = logs.get_mut(&tenant) {
                     log.sync()?;
                 }
                 dirty.remove(&tenant);
+            }
+            // After the tenants' own files and directories: one fsync covers every tenant
+            // directory created since the last sync.
+            if *root_dirty {
+                sync_dir(&root)?;
+                *root_dirty = false;
             }
             Ok(())
         })
@@ -477,6 +500,27 @@ mod tests {
             let page = log.read(tenant, &ReadFilter { limit: 10, ..Default::default() }).unwrap();
             assert_eq!(page.events.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![0, 1]);
         }
+    }
+
+    #[tokio::test]
+    async fn new_tenant_directories_and_segments_wait_for_sync_and_sync_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LocalLog::open(dir.path(), limits(300)).unwrap();
+        let batch: Vec<Entry> = (0..6)
+            .map(|i| entry(if i % 2 == 0 { "acme" } else { "globex" }, i / 2, "dev.custos.key.encrypt", i))
+            .collect();
+        log.deliver(&batch).await.unwrap();
+        {
+            let logs = log.tenants.lock().unwrap();
+            assert!(logs.root_dirty, "new tenant directories are not pending a root sync");
+            assert!(logs.logs.values().all(|l| l.dir_dirty), "new segments are not pending a sync");
+            assert_eq!(logs.dirty.len(), 2);
+            assert!(logs.logs.values().all(|l| l.segments.len() > 1), "segments were not rolled");
+        }
+        log.sync().await.unwrap();
+        let logs = log.tenants.lock().unwrap();
+        assert!(!logs.root_dirty && logs.dirty.is_empty());
+        assert!(logs.logs.values().all(|l| !l.dir_dirty && !l.dirty), "sync left entries pending");
     }
 
     #[tokio::test]
