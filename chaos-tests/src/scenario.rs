@@ -209,7 +209,10 @@ impl Services {
     }
 }
 
-const REGISTERS: usize = 3;
+/// Registers the clients spread over: enough that a minute's history of one register (a few
+/// thousand operations, some indeterminate after faults) stays within what the
+/// linearizability search decides in its time bound, few enough that clients still contend.
+const REGISTERS: usize = 8;
 const CRYPTO_TENANT: &str = "chaos-crypto";
 const CRYPTO_KEY: &str = "orders";
 /// The quiet time at the end of a run in which no new fault starts.
