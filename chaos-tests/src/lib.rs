@@ -19,6 +19,8 @@
 //! - `proxy.rs` — [`LinkProxy`]: a TCP proxy per directed link between nodes that passes,
 //!   delays or cuts traffic ([`ProcessCluster::with_links`], `partition`, `heal`).
 //! - `kafka.rs` — [`KafkaBroker`]: a real Apache Kafka (KRaft) run by `deploy/scripts/kafka.sh`.
+//! - `otelcol.rs` — [`Collector`]: a real OpenTelemetry Collector run by
+//!   `deploy/scripts/otelcol.sh`, and the spans it received.
 //! - `routes.rs` — [`tenant_routes`]: every tenant-scoped route, for isolation tests.
 //! - `keycloak.rs` — [`KeycloakServer`]: a real Keycloak 26 with the `custos` realm, run by
 //!   `deploy/scripts/keycloak.sh`.
@@ -33,6 +35,7 @@ pub mod history;
 mod kafka;
 mod keycloak;
 mod openbao;
+mod otelcol;
 mod proxy;
 mod routes;
 pub mod scenario;
@@ -42,5 +45,6 @@ pub use cluster::{eventually, free_ports, ApiReply, ProcessCluster};
 pub use kafka::KafkaBroker;
 pub use keycloak::{dave_totp, log_in as keycloak_log_in, query_param, KeycloakServer, RealmUser};
 pub use openbao::OpenBaoServer;
+pub use otelcol::{Collector, ExportedSpan};
 pub use proxy::{Fault, LinkProxy};
 pub use routes::tenant_routes;

@@ -25,6 +25,6 @@ pub use load::{load, load_from_str, ENV_PREFIX};
 pub use model::{
     ActorsConfig, ApiConfig, AuditConfig, AuditKafkaConfig, AuditLocalConfig, AuditModeConfig, AuditSinkKind, Config,
     CoreProvider, CustodyConfig, EdgeProvider, IdentityConfig, KafkaSaslMechanism, KafkaSecurityProtocol,
-    KafkaTopicLayout, LimitsConfig, NodeConfig, OidcConfig, RaftConfig, RateTier, TlsConfig, TokenAlgorithm,
-    VaultAuthMethod, VaultConfig,
+    KafkaTopicLayout, LimitsConfig, NodeConfig, OidcConfig, OtlpConfig, RaftConfig, RateTier, TelemetryConfig,
+    TlsConfig, TokenAlgorithm, VaultAuthMethod, VaultConfig,
 };

@@ -16,6 +16,7 @@ pub struct Config {
     pub custody: CustodyConfig,
     pub audit: AuditConfig,
     pub identity: IdentityConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// Identity and storage of this node.
@@ -496,6 +497,53 @@ impl Default for AuditKafkaConfig {
             sasl_username: None,
             sasl_password_file: None,
             sasl_password_env: None,
+        }
+    }
+}
+
+/// Operational telemetry beyond `/metrics` and the log.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub otlp: OtlpConfig,
+}
+
+/// Export of tracing spans (one per API request, carrying node, tenant and request id) to an
+/// OpenTelemetry collector over OTLP/HTTP with protobuf bodies. Off while `endpoint` is unset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// The collector's traces URL, e.g. `https://otel.example:4318/v1/traces`.
+    pub endpoint: Option<String>,
+    /// PEM roots trusted for an `https` endpoint (required with one).
+    pub ca_file: Option<PathBuf>,
+    /// Headers sent with every export (an `authorization` for a managed collector, say).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The share of traces exported, 0.0 to 1.0; a request arriving with a sampled W3C
+    /// `traceparent` is exported whatever the ratio.
+    pub sample_ratio: f64,
+    /// Most finished spans waiting for export; beyond it new ones are dropped (and counted in
+    /// the log), never blocking a request.
+    pub max_queue_spans: usize,
+    /// Most spans in one export request.
+    pub max_export_batch: usize,
+    /// How long spans wait before a partial batch is exported.
+    pub export_interval_ms: u64,
+    /// Bound of one export request.
+    pub timeout_ms: u64,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            endpoint: None,
+            ca_file: None,
+            headers: std::collections::BTreeMap::new(),
+            sample_ratio: 1.0,
+            max_queue_spans: 4096,
+            max_export_batch: 512,
+            export_interval_ms: 1000,
+            timeout_ms: 10_000,
         }
     }
 }

@@ -213,6 +213,7 @@ impl Config {
         }
         self.validate_audit(&mut check);
         self.validate_identity(&mut check);
+        self.validate_telemetry(&mut check);
         errors
     }
 
@@ -300,6 +301,58 @@ impl Config {
             "identity.signing_key_publish_ahead_s",
             "publish-ahead time, token lifetime and clock skew together must be shorter than the rotation period"
                 .into(),
+        );
+    }
+
+    fn validate_telemetry(&self, check: &mut impl FnMut(bool, &str, String)) {
+        let o = &self.telemetry.otlp;
+        if let Some(endpoint) = &o.endpoint {
+            let scheme = endpoint.split_once("://").map(|(scheme, rest)| (scheme, !rest.is_empty()));
+            check(
+                matches!(scheme, Some(("http" | "https", true))),
+                "telemetry.otlp.endpoint",
+                "must be an http:// or https:// URL of the collector's traces path".into(),
+            );
+        }
+        let https = o.endpoint.as_deref().is_some_and(|e| e.starts_with("https://"));
+        check(
+            o.ca_file.is_some() == https,
+            "telemetry.otlp.ca_file",
+            match https {
+                true => "is required with an https:// endpoint: the CAs trusted for the collector".into(),
+                false => "is only used with an https:// endpoint".into(),
+            },
+        );
+        for (name, value) in &o.headers {
+            let valid = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+            check(valid, &format!("telemetry.otlp.headers.{name}"), "is not a valid HTTP header".into());
+        }
+        check(
+            (0.0..=1.0).contains(&o.sample_ratio),
+            "telemetry.otlp.sample_ratio",
+            "must be between 0.0 and 1.0".into(),
+        );
+        check(
+            (1..=1_000_000).contains(&o.max_queue_spans),
+            "telemetry.otlp.max_queue_spans",
+            "must be between 1 and 1000000".into(),
+        );
+        check(
+            (1..=o.max_queue_spans.max(1)).contains(&o.max_export_batch),
+            "telemetry.otlp.max_export_batch",
+            "must be between 1 and telemetry.otlp.max_queue_spans".into(),
+        );
+        check(
+            (10..=60_000).contains(&o.export_interval_ms),
+            "telemetry.otlp.export_interval_ms",
+            "must be between 10 and 60000".into(),
+        );
+        check(
+            (100..=120_000).contains(&o.timeout_ms),
+            "telemetry.otlp.timeout_ms",
+            "must be between 100 and 120000".into(),
         );
     }
 
@@ -454,6 +507,35 @@ mod tests {
         config.audit.kafka.topic = "custos.audit".into();
         config.audit.kafka.security_protocol = crate::KafkaSecurityProtocol::SaslSsl;
         config.audit.kafka.sasl_password_env = Some("KAFKA_PASSWORD".into());
+        assert_eq!(config.validate(), vec![]);
+    }
+
+    #[test]
+    fn an_otlp_export_needs_a_collector_url_and_sane_bounds() {
+        let mut config = Config::default();
+        config.telemetry.otlp.endpoint = Some("collector:4318".into());
+        config.telemetry.otlp.ca_file = Some("ca.pem".into());
+        config.telemetry.otlp.headers.insert("authorization".into(), "Bearer x\n".into());
+        config.telemetry.otlp.sample_ratio = 1.5;
+        config.telemetry.otlp.max_export_batch = 10_000;
+        let paths: Vec<String> = config.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "telemetry.otlp.endpoint",
+                "telemetry.otlp.ca_file",
+                "telemetry.otlp.headers.authorization",
+                "telemetry.otlp.sample_ratio",
+                "telemetry.otlp.max_export_batch",
+            ]
+        );
+        config.telemetry.otlp.endpoint = Some("https://otel.example:4318/v1/traces".into());
+        config.telemetry.otlp.ca_file = None;
+        assert_eq!(config.validate()[0].path, "telemetry.otlp.ca_file");
+        config.telemetry.otlp.ca_file = Some("ca.pem".into());
+        config.telemetry.otlp.headers.insert("authorization".into(), "Bearer x".into());
+        config.telemetry.otlp.sample_ratio = 0.25;
+        config.telemetry.otlp.max_export_batch = 512;
         assert_eq!(config.validate(), vec![]);
     }
 

@@ -12,6 +12,7 @@
 //! - `audit.rs` — the audit outbox and sink from configuration.
 //! - `custody.rs` — key custody from configuration, the actors' proposer, log compaction
 //!   after crypto-shredding.
+//! - `telemetry.rs` — the optional OTLP export of request spans.
 //! - `client.rs` — the API client used by the CLI.
 //! - `bench/` — `custos bench`: benchmarks against a peer, printing figures.
 //! - `chaos.rs` — `custos chaos`: the chaos scenarios, with a results table.
@@ -26,6 +27,7 @@ pub mod client;
 pub mod custody;
 pub mod dev;
 mod identity;
+pub mod telemetry;
 mod tenants;
 pub mod tls;
 

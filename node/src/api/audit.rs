@@ -172,6 +172,7 @@ pub async fn record(
 
     let started = std::time::Instant::now();
     // Every log line of the request carries these; the tenant only when it is a valid id.
+    // Exported over OTLP (when configured) as a server span named after the route.
     let span = tracing::info_span!(
         "request",
         node = state.cluster.id(),
@@ -179,7 +180,12 @@ pub async fn record(
         method = %method,
         route = %route,
         tenant = path_tenant.as_deref().filter(|t| TenantId::new(*t).is_ok()).unwrap_or("-"),
+        status = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
     );
+    crate::telemetry::continue_trace(&span, request.headers());
     let mut request = request;
     let slot = DecisionSlot::default();
     request.extensions_mut().insert(slot.clone());
@@ -199,7 +205,7 @@ pub async fn record(
             if let Some(principal) = &principal {
                 request.extensions_mut().insert(Authenticated(principal.clone()));
             }
-            (principal, tracing::Instrument::instrument(next.run(request), span).await)
+            (principal, tracing::Instrument::instrument(next.run(request), span.clone()).await)
         }
         Err(error) => (None, error.into_response()),
     };
@@ -207,6 +213,10 @@ pub async fn record(
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     let status = response.status();
+    span.record("status", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     let api_key = principal.as_ref().is_some_and(|p| p.kind == PrincipalKind::ApiKey);
     let kind = match event_type(&method, &route) {
         _ if status == StatusCode::UNAUTHORIZED => Some(EventType::Authentication),

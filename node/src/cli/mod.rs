@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use custos_node::client::ApiClient;
+use custos_node::telemetry::Otlp;
 
 #[derive(Debug, Parser)]
 #[command(name = "custos", version, about = "Custos: a clustered, multi-tenant trust plane")]
@@ -227,10 +228,23 @@ pub enum TlsCommand {
     },
 }
 
-pub fn init_tracing(args: &Args) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.global.log)
+/// Logs to stderr through the `--log` filter; with `otlp` (a node's `telemetry.otlp` and its
+/// id), also exports request spans, and returns the export to shut down at exit.
+fn init_tracing(global: &Global, otlp: Option<(&custos_config::OtlpConfig, u64)>) -> anyhow::Result<Option<Otlp>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_new(&global.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let registry = tracing_subscriber::registry().with(filter);
+    let (export, layer) = match otlp.and_then(|(config, id)| config.endpoint.as_deref().map(|e| (config, e, id))) {
+        Some((config, endpoint, id)) => {
+            let (export, layer) = Otlp::start(config, endpoint, id)?;
+            (Some(export), Some(layer))
+        }
+        None => (None, None),
+    };
+    registry.with(layer).with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+    Ok(export)
 }
 
 pub fn client(global: &Global, with_token: bool) -> anyhow::Result<ApiClient> {
@@ -262,6 +276,9 @@ async fn shutdown_signal() {
 
 pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
     let global = args.global;
+    if !matches!(args.command, Command::Run { .. }) {
+        init_tracing(&global, None)?;
+    }
     match args.command {
         Command::Run { config } => {
             let config = match custos_config::load(config.as_deref()) {
@@ -271,7 +288,12 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            custos_node::run(config, shutdown_signal()).await?;
+            let otlp = init_tracing(&global, Some((&config.telemetry.otlp, config.node.id)))?;
+            let result = custos_node::run(config, shutdown_signal()).await;
+            if let Some(otlp) = otlp {
+                otlp.shutdown().await;
+            }
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev { nodes, data_dir, base_port } => {
