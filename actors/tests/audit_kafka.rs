@@ -42,7 +42,7 @@ fn open(dir: &Path, mode: AuditMode, max_depth: u64, kafka: KafkaSinkConfig) -> 
         dir: dir.to_path_buf(),
         mode,
         stream_modes: Default::default(),
-        outbox: OutboxLimits { max_batch: 256, queue: 1024, max_depth },
+        outbox: OutboxLimits { max_batch: 256, queue: 1024, max_depth, linger: Duration::ZERO },
         shipper: ShipperLimits {
             max_batch: 256,
             backoff_min: Duration::from_millis(50),

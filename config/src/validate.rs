@@ -395,6 +395,7 @@ impl Config {
             format!("must be at least audit.ship_backoff_min_ms ({})", a.ship_backoff_min_ms),
         );
         check(a.ship_linger_ms <= 1_000, "audit.ship_linger_ms", "must be at most 1000".into());
+        check(a.commit_linger_us <= 10_000, "audit.commit_linger_us", "must be at most 10000".into());
         check(a.local.segment_bytes >= 4096, "audit.local.segment_bytes", "must be at least 4096".into());
         check(a.local.retention_ms >= 60_000, "audit.local.retention_ms", "must be at least 60000".into());
         check(a.local.sync_interval_ms <= 10_000, "audit.local.sync_interval_ms", "must be at most 10000".into());

@@ -96,6 +96,7 @@ pub fn open(config: &AuditConfig, node_id: u64, data_dir: &Path) -> Result<Arc<A
             max_batch: config.max_batch_events,
             queue: config.queue_events,
             max_depth: config.max_outbox_events,
+            linger: Duration::from_micros(config.commit_linger_us),
         },
         shipper: ShipperLimits {
             max_batch: config.max_batch_events,

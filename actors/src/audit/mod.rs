@@ -226,7 +226,7 @@ mod tests {
                 dir: dir.path().join(format!("{mode:?}")),
                 mode,
                 stream_modes: HashMap::from([("acme".to_string(), AuditMode::BestEffort)]),
-                outbox: OutboxLimits { max_batch: 8, queue: 8, max_depth: 8 },
+                outbox: OutboxLimits { max_batch: 8, queue: 8, max_depth: 8, linger: std::time::Duration::ZERO },
                 shipper: ShipperLimits {
                     max_batch: 8,
                     backoff_min: std::time::Duration::from_millis(10),

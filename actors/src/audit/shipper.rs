@@ -213,7 +213,12 @@ mod tests {
     #[tokio::test]
     async fn entries_stay_in_the_outbox_until_the_sink_synced_them_and_a_failed_sync_sends_them_again() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(dir.path(), 1, OutboxLimits { max_batch: 64, queue: 64, max_depth: 1000 }).unwrap();
+        let outbox = Outbox::open(
+            dir.path(),
+            1,
+            OutboxLimits { max_batch: 64, queue: 64, max_depth: 1000, linger: Duration::ZERO },
+        )
+        .unwrap();
         for _ in 0..5 {
             outbox.record(record()).await.unwrap();
         }

@@ -136,7 +136,12 @@ async fn pipeline(brokers: &str, duration: Duration, recorders: usize) -> Result
         dir: dir.path().to_path_buf(),
         mode: AuditMode::FailClosed,
         stream_modes: Default::default(),
-        outbox: OutboxLimits { max_batch: MAX_BATCH, queue: 16_384, max_depth: 10_000_000 },
+        outbox: OutboxLimits {
+            max_batch: MAX_BATCH,
+            queue: 16_384,
+            max_depth: 10_000_000,
+            linger: Duration::from_micros(custos_config::AuditConfig::default().commit_linger_us),
+        },
         shipper: ShipperLimits {
             max_batch: MAX_BATCH,
             backoff_min: Duration::from_millis(100),
