@@ -528,8 +528,8 @@ pub struct OtlpConfig {
     /// The share of traces exported, 0.0 to 1.0; a request arriving with a sampled W3C
     /// `traceparent` is exported whatever the ratio.
     pub sample_ratio: f64,
-    /// Most finished spans waiting for export; beyond it new ones are dropped (and counted in
-    /// the log), never blocking a request.
+    /// Most finished spans waiting for export; beyond it new ones are dropped, never blocking
+    /// a request (the log warns when dropping starts and gives the count at shutdown).
     pub max_queue_spans: usize,
     /// Most spans in one export request.
     pub max_export_batch: usize,
