@@ -87,6 +87,9 @@ pub struct AuditStatus {
     pub outbox_depth: u64,
     pub committed: u64,
     pub group_commits: u64,
+    /// fsyncs of the local log's files and directories (the embedded sink only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_log_fsyncs: Option<u64>,
     pub dropped: u64,
     pub failed: u64,
     pub shipped: u64,
@@ -193,6 +196,7 @@ impl Audit {
             outbox_depth: stats.depth.load(Ordering::Relaxed),
             committed: stats.committed.load(Ordering::Relaxed),
             group_commits: stats.commits.load(Ordering::Relaxed),
+            local_log_fsyncs: self.local.as_ref().map(|l| l.fsyncs()),
             dropped: stats.dropped.load(Ordering::Relaxed),
             failed: stats.failed.load(Ordering::Relaxed),
             shipped: self.shipper_stats.shipped.load(Ordering::Relaxed),

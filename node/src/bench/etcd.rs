@@ -77,16 +77,23 @@ impl EtcdCluster {
         Ok(())
     }
 
-    /// WAL fsyncs so far on each member, from its Prometheus metrics.
+    /// fsyncs so far on each member, from its Prometheus metrics: WAL fsyncs plus backend
+    /// (bbolt) commits, each of which syncs the database file.
     pub async fn fsyncs(&self, http: &reqwest::Client) -> Result<Vec<u64>> {
         let mut out = Vec::new();
         for url in &self.metrics_urls {
             let text = http.get(format!("{url}/metrics")).send().await?.text().await?;
-            let count = text
-                .lines()
-                .find_map(|l| l.strip_prefix("etcd_disk_wal_fsync_duration_seconds_count "))
-                .context("etcd metrics without etcd_disk_wal_fsync_duration_seconds_count")?;
-            out.push(count.trim().parse::<f64>()? as u64);
+            let mut total = 0;
+            for metric in
+                ["etcd_disk_wal_fsync_duration_seconds_count", "etcd_disk_backend_commit_duration_seconds_count"]
+            {
+                let count = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(metric).and_then(|rest| rest.strip_prefix(' ')))
+                    .with_context(|| format!("etcd metrics without {metric}"))?;
+                total += count.trim().parse::<f64>()? as u64;
+            }
+            out.push(total);
         }
         Ok(out)
     }

@@ -69,6 +69,8 @@ struct Logs {
     dirty: std::collections::HashSet<String>,
     /// The root directory gained a tenant directory since its last fsync.
     root_dirty: bool,
+    /// fsyncs of files and directories since the log was opened.
+    fsyncs: u64,
 }
 
 /// Filters and paging for reading a tenant's log.
@@ -168,7 +170,7 @@ impl TenantLog {
         Ok((TenantLog { dir, used: 0, segments, next, file: Some(file), dirty: false, dir_dirty }, created))
     }
 
-    fn append(&mut self, lines: &[&[u8]], limits: &LocalLogLimits) -> Result<(), SinkError> {
+    fn append(&mut self, lines: &[&[u8]], limits: &LocalLogLimits, fsyncs: &mut u64) -> Result<(), SinkError> {
         let mut buffer = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for line in lines {
             buffer.extend_from_slice(line);
@@ -188,7 +190,7 @@ impl TenantLog {
         active.bytes += buffer.len() as u64;
         if active.bytes >= limits.segment_bytes {
             // The closing segment is made durable now: only the newest one is synced later.
-            self.sync()?;
+            self.sync(fsyncs)?;
             let path = self.dir.join(segment_name(self.next));
             self.file = Some(OpenOptions::new().create(true).append(true).open(&path).map_err(io)?);
             self.segments.push(Segment { first: self.next, path, bytes: 0 });
@@ -199,13 +201,15 @@ impl TenantLog {
     }
 
     /// Makes what was written durable, and the directory's new segment entries.
-    fn sync(&mut self) -> Result<(), SinkError> {
+    fn sync(&mut self, fsyncs: &mut u64) -> Result<(), SinkError> {
         if let (true, Some(file)) = (self.dirty, &self.file) {
             file.sync_data().map_err(io)?;
+            *fsyncs += 1;
         }
         self.dirty = false;
         if self.dir_dirty {
             sync_dir(&self.dir)?;
+            *fsyncs += 1;
             self.dir_dirty = false;
         }
         Ok(())
@@ -239,6 +243,11 @@ impl LocalLog {
         fs::create_dir_all(dir).map_err(io)?;
         sync_dir(dir)?;
         Ok(LocalLog { dir: dir.to_path_buf(), limits, tenants: Arc::new(Mutex::new(Logs::default())) })
+    }
+
+    /// fsyncs of tenant files and directories since the log was opened.
+    pub fn fsyncs(&self) -> u64 {
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner()).fsyncs
     }
 
     fn tenant_dir(&self, tenant: &str) -> PathBuf {
@@ -341,7 +350,7 @@ impl AuditSink for LocalLog {
         let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || -> Result<Delivered, SinkError> {
             let mut tenants = tenants.lock().unwrap_or_else(|p| p.into_inner());
-            let Logs { logs, open, clock, dirty, root_dirty } = &mut *tenants;
+            let Logs { logs, open, clock, dirty, root_dirty, fsyncs } = &mut *tenants;
             for (tenant, lines) in by_tenant {
                 *clock += 1;
                 let log = match logs.entry(tenant.clone()) {
@@ -356,14 +365,14 @@ impl AuditSink for LocalLog {
                 log.used = *clock;
                 open.insert(*clock, tenant.clone());
                 let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_ref()).collect();
-                log.append(&lines, &limits)?;
+                log.append(&lines, &limits, fsyncs)?;
                 if log.dirty || log.dir_dirty {
                     dirty.insert(tenant);
                 }
                 while open.len() > MAX_OPEN_FILES {
                     let Some((_, oldest)) = open.pop_first() else { break };
                     if let Some(log) = logs.get_mut(&oldest) {
-                        log.sync()?;
+                        log.sync(fsyncs)?;
                         dirty.remove(&oldest);
                         log.file = None;
                     }
@@ -380,11 +389,11 @@ impl AuditSink for LocalLog {
         let root = self.dir.clone();
         tokio::task::spawn_blocking(move || -> Result<(), SinkError> {
             let mut tenants = tenants.lock().unwrap_or_else(|p| p.into_inner());
-            let Logs { logs, dirty, root_dirty, .. } = &mut *tenants;
+            let Logs { logs, dirty, root_dirty, fsyncs, .. } = &mut *tenants;
             let written: Vec<String> = dirty.iter().cloned().collect();
             for tenant in written {
                 if let Some(log) = logs.get_mut(&tenant) {
-                    log.sync()?;
+                    log.sync(fsyncs)?;
                 }
                 dirty.remove(&tenant);
             }
@@ -392,6 +401,7 @@ impl AuditSink for LocalLog {
             // directory created since the last sync.
             if *root_dirty {
                 sync_dir(&root)?;
+                *fsyncs += 1;
                 *root_dirty = false;
             }
             Ok(())
@@ -517,7 +527,10 @@ mod tests {
             assert_eq!(logs.dirty.len(), 2);
             assert!(logs.logs.values().all(|l| l.segments.len() > 1), "segments were not rolled");
         }
+        let before = log.fsyncs();
         log.sync().await.unwrap();
+        // Each tenant's directory (its files were synced when they rolled), then the root.
+        assert_eq!(log.fsyncs(), before + 3);
         let logs = log.tenants.lock().unwrap();
         assert!(!logs.root_dirty && logs.dirty.is_empty());
         assert!(logs.logs.values().all(|l| !l.dir_dirty && !l.dirty), "sync left entries pending");
