@@ -4,8 +4,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::msg::{ChildKind, ComponentMsg};
 
 /// The session, policy or telemetry actor of one tenant: supervised and answering health.
-/// Their work (sessions, decisions, audit shipping) arrives with the identity and audit
-/// features.
+/// The work their names stand for runs in node-wide components shared by every tenant:
+/// sessions in Raft state, decisions in the `PolicyCache`, audit in the node's outbox (one
+/// chain per tenant), so one group commit or cache serves all tenants.
 pub struct ComponentActor {
     pub kind: ChildKind,
 }

@@ -51,7 +51,8 @@ pub enum TenantMsg {
     Crash,
 }
 
-/// Messages of the session, policy and telemetry actors (they grow in later work).
+/// Messages of the session, policy and telemetry actors: health probes, and the faults that
+/// supervision and chaos tests inject.
 #[derive(Debug)]
 pub enum ComponentMsg {
     Health(RpcReplyPort<()>),
