@@ -45,7 +45,9 @@ pub struct OutboxLimits {
     /// no request waits for (best-effort records only) and smaller than a quarter of
     /// `max_batch` waits this long for more records before it is committed: fewer, larger
     /// commits (each an `fdatasync`) for the same records. A group with a waiting request, or
-    /// found by an idle committer, is committed at once. Zero never waits.
+    /// found by an idle committer, is committed at once; a fail-closed record that joins a
+    /// lingering group (a tenant exception among best-effort ones) waits out the rest of the
+    /// linger. Zero never waits.
     pub linger: std::time::Duration,
 }
 
