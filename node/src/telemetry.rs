@@ -12,6 +12,7 @@
 //! runtime even though the batch processor awaits them from its own thread.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,14 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{FilterFn, Filtered};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
+
+/// Set once the export is installed; the process has one tracing subscriber.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether request spans are exported, so the API fills in what only the export reads.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// Why the export could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +144,7 @@ impl Otlp {
             .with_location(false)
             .with_tracked_inactivity(false)
             .with_filter(own_code);
+        EXPORTING.store(true, Ordering::Relaxed);
         Ok((Otlp { provider }, layer))
     }
 
@@ -151,7 +161,7 @@ impl Otlp {
 }
 
 /// Makes `span` continue the W3C trace context of `headers` (`traceparent`, `tracestate`),
-/// when they carry one; without OTLP export this has no effect.
+/// when they carry one.
 pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     if !headers.contains_key("traceparent") {
         return;

@@ -172,7 +172,8 @@ pub async fn record(
 
     let started = std::time::Instant::now();
     // Every log line of the request carries these; the tenant only when it is a valid id.
-    // Exported over OTLP (when configured) as a server span named after the route.
+    // With OTLP export on (and only then: the log formats every recorded field), it is also
+    // a server span named after the route, continuing the caller's trace, with the status.
     let span = tracing::info_span!(
         "request",
         node = state.cluster.id(),
@@ -182,10 +183,15 @@ pub async fn record(
         tenant = path_tenant.as_deref().filter(|t| TenantId::new(*t).is_ok()).unwrap_or("-"),
         status = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
     );
-    crate::telemetry::continue_trace(&span, request.headers());
+    let exporting = crate::telemetry::exporting();
+    if exporting {
+        span.record("otel.name", tracing::field::display(format_args!("{method} {route}")));
+        span.record("otel.kind", "server");
+        crate::telemetry::continue_trace(&span, request.headers());
+    }
     let mut request = request;
     let slot = DecisionSlot::default();
     request.extensions_mut().insert(slot.clone());
@@ -213,9 +219,11 @@ pub async fn record(
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     let status = response.status();
-    span.record("status", status.as_u16());
-    if status.is_server_error() {
-        span.record("otel.status_code", "error");
+    if exporting {
+        span.record("status", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "error");
+        }
     }
     let api_key = principal.as_ref().is_some_and(|p| p.kind == PrincipalKind::ApiKey);
     let kind = match event_type(&method, &route) {
