@@ -451,11 +451,17 @@ impl ProcessCluster {
 
     /// This node's own status (`node` of `/v1/cluster/status`), without asking the leader.
     pub async fn node_status(&self, id: u64) -> Result<Value> {
+        Ok(self.status(id).await?["node"].clone())
+    }
+
+    /// Node `id`'s whole status answered from the node alone (`?scope=node`): its Raft
+    /// figures, tenant actors, custody and audit.
+    pub async fn status(&self, id: u64) -> Result<Value> {
         let reply = self.get(id, "/v1/cluster/status?scope=node").await?;
         if reply.status != 200 {
             bail!("status of node {id}: {} {}", reply.status, reply.body);
         }
-        Ok(reply.body["node"].clone())
+        Ok(reply.body)
     }
 
     /// Polls until some running node in `among` reports a leader that is also in `among`.

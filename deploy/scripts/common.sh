@@ -12,6 +12,12 @@ usage() {
     exit 2
 }
 
+# Prints a TCP port on 127.0.0.1 that is free now (openbao.sh has its own, which can also
+# find a free pair).
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
 need() {
     command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not on PATH ($2)"
 }

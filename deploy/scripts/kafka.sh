@@ -88,13 +88,6 @@ cmd_install() {
 # ---------------------------------------------------------------------------------------------
 # helpers
 
-# Prints a TCP port on 127.0.0.1 that is free now.
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-
-
 write_config() {
     local dir="$1" port="$2" controller_port="$3"
     cat >"$dir/server.properties" <<EOF

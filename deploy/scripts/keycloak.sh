@@ -170,11 +170,6 @@ install_locked() {
 # ---------------------------------------------------------------------------------------------
 # helpers
 
-# Prints a TCP port on 127.0.0.1 that is free now.
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 random_password() {
     python3 -c 'import secrets; print(secrets.token_urlsafe(18))'
 }

@@ -51,11 +51,6 @@ cmd_install() {
     printf '%s\n' "$binary"
 }
 
-# Prints a TCP port on 127.0.0.1 that is free now.
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 cmd_start() {
     local dir="$1" binary attempt port pid code deadline
     need curl "install curl"

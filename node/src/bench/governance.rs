@@ -54,11 +54,7 @@ fn fsyncs_per_write(before: &[u64], after: &[u64], writes: u64) -> f64 {
 async fn custos_fsyncs(cluster: &ProcessCluster) -> Result<Vec<u64>> {
     let mut out = Vec::new();
     for id in cluster.ids() {
-        let reply = cluster.get(id, "/v1/cluster/status?scope=node").await?;
-        if reply.status != 200 {
-            bail!("status of node {id}: {} {}", reply.status, reply.body);
-        }
-        let status = reply.body;
+        let status = cluster.status(id).await?;
         let raft = status["node"]["fsyncs"].as_u64().context("status without node.fsyncs")?;
         let outbox = status["audit"]["group_commits"].as_u64().context("status without audit.group_commits")?;
         let local_log = status["audit"]["local_log_fsyncs"].as_u64().unwrap_or(0);
