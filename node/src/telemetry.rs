@@ -1,11 +1,12 @@
 //! Optional OTLP export of the node's request spans (`telemetry.otlp`).
 //!
 //! The API's `request` span (node, request id, method, route, tenant, status) becomes one
-//! OpenTelemetry span per request, sent to a collector over OTLP/HTTP with protobuf bodies by
-//! the SDK's batch processor: a bounded queue (`max_queue_spans`; a full queue drops spans,
-//! it never blocks a request) drained by a thread of its own. A request arriving with a W3C
-//! `traceparent` continues that trace. Only spans of Custos's own code are exported, not those
-//! of the libraries under it.
+//! OpenTelemetry server span per request, with its phases as child spans (`auth.authenticate`,
+//! `raft.write`, `raft.read_barrier`, `custody.*`, `audit.record`). They are sent to a
+//! collector over OTLP/HTTP with protobuf bodies by the SDK's batch processor: a bounded queue
+//! (`max_queue_spans`; a full queue drops spans, it never blocks a request) drained by a thread
+//! of its own. A request arriving with a W3C `traceparent` continues that trace. Only spans of
+//! Custos's own code are exported, not those of the libraries under it.
 //!
 //! The exporter's HTTP client is the node's reqwest client (rustls, the configured CA), handed
 //! to the exporter through `opentelemetry-http`'s trait; its requests run on the node's tokio

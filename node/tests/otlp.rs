@@ -1,4 +1,4 @@
-//! OTLP export of request spans from a real `custos` process to a real OpenTelemetry
+//! OTLP export of request spans, and of the phases under them, from a real `custos` process to a real OpenTelemetry
 //! Collector started by `deploy/scripts/otelcol.sh` (never skipped).
 
 use std::path::{Path, PathBuf};
@@ -80,7 +80,30 @@ async fn request_spans_reach_a_real_collector_continuing_the_callers_trace() {
     let refused = find(&spans, "GET /v1/tenants/{id}", "otlp-3").expect("the refused read's span");
     assert_eq!(refused.attribute("status"), Some("404"));
 
-    // Only Custos's request spans: none of the HTTP, TLS or Raft libraries'.
-    let others: Vec<&str> = spans.iter().filter(|s| s.attribute("route").is_none()).map(|s| s.name.as_str()).collect();
+    // The create's phases are its children: authentication, the tenant's custody root, the
+    // Raft write and the audit event.
+    let children = |parent: &ExportedSpan| -> Vec<&ExportedSpan> {
+        spans.iter().filter(|s| s.parent_span_id == parent.span_id && s.trace_id == parent.trace_id).collect()
+    };
+    let phases = children(create);
+    let phase = |name: &str| {
+        phases.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name} span under the create: {phases:#?}"))
+    };
+    assert_eq!(phase("raft.write").attribute("command"), Some("create_tenant"));
+    assert_eq!(phase("raft.write").attribute("outcome"), Some("applied"));
+    assert_eq!(phase("audit.record").attribute("mode"), Some("fail-closed"));
+    assert_eq!(phase("custody.provision").attribute("provider"), Some("sealed-local"));
+    phase("auth.authenticate");
+    // The linearizable read waited on a read barrier.
+    let barrier = children(get).into_iter().find(|s| s.name == "raft.read_barrier").expect("the read's barrier span");
+    assert!(barrier.attribute("read_index").is_some_and(|i| i.parse::<u64>().is_ok()), "{barrier:#?}");
+
+    // Only Custos's own spans: none of the HTTP, TLS or Raft libraries'.
+    let ours = ["raft.write", "raft.read_barrier", "audit.record", "auth.authenticate", "custody.provision"];
+    let others: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.attribute("route").is_none() && !ours.contains(&s.name.as_str()))
+        .map(|s| s.name.as_str())
+        .collect();
     assert!(others.is_empty(), "spans of other code were exported: {others:?}");
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::batcher::{BatchLimits, Batcher, Executor};
 use crate::command::{Command, Proposal, Proposals, Response};
@@ -293,12 +294,24 @@ impl Cluster {
 
     /// Replicates a write through the leader (batched with concurrent writes) and returns what
     /// applying it produced.
+    ///
+    /// Runs in a `raft.write` span (the command's kind, then its outcome: `applied`,
+    /// `rejected` or `replayed`), so a traced request shows how long its write took.
     pub async fn write(&self, proposal: Proposal) -> Result<Response, ClusterError> {
+        let span =
+            tracing::info_span!("raft.write", command = proposal.command.kind(), outcome = tracing::field::Empty);
         let stopped = ClusterError::Fatal("the write batcher has stopped".into());
-        let mut responses = self.inner.forward.submit(vec![proposal], stopped).await?;
+        let mut responses = self.inner.forward.submit(vec![proposal], stopped).instrument(span.clone()).await?;
         // The batcher returns exactly one response per submitted proposal.
         assert_eq!(responses.len(), 1, "one response for one proposal");
-        Ok(responses.remove(0))
+        let response = responses.remove(0);
+        let outcome = match (&response.outcome, response.replayed) {
+            (_, true) => "replayed",
+            (Ok(_), false) => "applied",
+            (Err(_), false) => "rejected",
+        };
+        span.record("outcome", outcome);
+        Ok(response)
     }
 
     /// Replicates one batch through the leader; used by the batcher.
@@ -310,23 +323,31 @@ impl Cluster {
     }
 
     /// Returns once a read of local state reflects every write acknowledged before the call.
+    ///
+    /// A linearizable barrier runs in a `raft.read_barrier` span with the read index.
     pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), ClusterError> {
         if consistency == Consistency::Stale {
             return Ok(());
         }
-        let index = match self.on_leader(LeaderOp::ReadIndex).await? {
-            LeaderOutput::ReadIndex(index) => index,
-            other => return Err(unexpected(other)),
-        };
-        self.inner
-            .raft
-            .wait(Some(self.inner.rpc_timeout * 4))
-            .applied_index_at_least(Some(index), "linearizable read")
-            .await
-            .map_err(|e| {
-                ClusterError::Unavailable(format!("this node did not catch up to the read index {index}: {e}"))
-            })?;
-        Ok(())
+        let span = tracing::info_span!("raft.read_barrier", read_index = tracing::field::Empty);
+        async {
+            let index = match self.on_leader(LeaderOp::ReadIndex).await? {
+                LeaderOutput::ReadIndex(index) => index,
+                other => return Err(unexpected(other)),
+            };
+            tracing::Span::current().record("read_index", index);
+            self.inner
+                .raft
+                .wait(Some(self.inner.rpc_timeout * 4))
+                .applied_index_at_least(Some(index), "linearizable read")
+                .await
+                .map_err(|e| {
+                    ClusterError::Unavailable(format!("this node did not catch up to the read index {index}: {e}"))
+                })?;
+            Ok(())
+        }
+        .instrument(span)
+        .await
     }
 
     /// Adds a node as a learner, waits for it to catch up, then makes it a voter.

@@ -59,6 +59,17 @@ pub enum AuditMode {
     Off,
 }
 
+impl AuditMode {
+    /// The name used in configuration and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditMode::FailClosed => "fail-closed",
+            AuditMode::BestEffort => "best-effort",
+            AuditMode::Off => "off",
+        }
+    }
+}
+
 pub enum SinkChoice {
     Local(sink::local::LocalLogLimits),
     Kafka(sink::kafka::KafkaSinkConfig),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use custos_raft::store::reader::ReadError;
 use custos_raft::{CoreProviderKind, GovernanceReader, KeyId, KeyRecord, KeyState, TenantCustody, TenantId};
+use tracing::Instrument;
 use zeroize::Zeroizing;
 
 use super::ciphertext::{check_context, data_aad, Ciphertext, EncryptionContext, MalformedCiphertext};
@@ -115,9 +116,14 @@ impl Custody {
     ) -> Result<TenantCustody, CustodyError> {
         let kind = kind.unwrap_or(self.default_provider);
         let provider = self.provider(kind)?;
-        let root = provider.provision(tenant).await?;
-        let kek = SecretKey::generate();
-        let kek_wrapped = provider.wrap(tenant, &root, &kek).await?;
+        let span = tracing::info_span!("custody.provision", provider = kind.as_str());
+        let (root, kek_wrapped) = async {
+            let root = provider.provision(tenant).await?;
+            let kek_wrapped = provider.wrap(tenant, &root, &SecretKey::generate()).await?;
+            Ok::<_, ProviderError>((root, kek_wrapped))
+        }
+        .instrument(span)
+        .await?;
         Ok(TenantCustody { provider: kind, root, kek_wrapped, keys_created: 0 })
     }
 
@@ -130,7 +136,8 @@ impl Custody {
         root: &[u8],
     ) -> Result<(), CustodyError> {
         self.edge.evict_tenant(tenant);
-        Ok(self.provider(provider)?.destroy(tenant, root).await?)
+        let span = tracing::info_span!("custody.destroy_root", provider = provider.as_str());
+        Ok(self.provider(provider)?.destroy(tenant, root).instrument(span).await?)
     }
 
     /// The tenant KEK, from the cache or unwrapped by the provider.
@@ -139,9 +146,17 @@ impl Custody {
             return Ok(kek);
         }
         let custody = self.reader.custody(tenant)?.ok_or_else(|| CustodyError::NoCustody(tenant.clone()))?;
-        let kek = self.provider(custody.provider)?.unwrap(tenant, &custody.root, &custody.kek_wrapped).await?;
+        let kek = self.unwrap_kek(tenant, &custody).await?;
         self.edge.put(tenant, Slot::Kek, &kek);
         Ok(kek)
+    }
+
+    /// Asks the tenant's provider to unwrap its KEK (a cache miss), in a `custody.unwrap_kek`
+    /// span: with Vault, this is the transit round trip.
+    async fn unwrap_kek(&self, tenant: &TenantId, custody: &TenantCustody) -> Result<SecretKey, CustodyError> {
+        let span = tracing::info_span!("custody.unwrap_kek", provider = custody.provider.as_str());
+        let provider = self.provider(custody.provider)?;
+        Ok(provider.unwrap(tenant, &custody.root, &custody.kek_wrapped).instrument(span).await?)
     }
 
     /// The platform's own key roots (for token-signing keys), held by the default provider
@@ -156,7 +171,7 @@ impl Custody {
         if let Some(kek) = self.edge.get(&tenant, &Slot::Kek) {
             return Ok(kek);
         }
-        let kek = self.provider(custody.provider)?.unwrap(&tenant, &custody.root, &custody.kek_wrapped).await?;
+        let kek = self.unwrap_kek(&tenant, custody).await?;
         self.edge.put(&tenant, Slot::Kek, &kek);
         Ok(kek)
     }

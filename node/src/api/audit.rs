@@ -35,6 +35,7 @@ use custos_actors::audit::{
 };
 use custos_raft::TenantId;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use super::auth::{Authenticated, Caller, DecisionSlot};
 use super::error::ApiError;
@@ -203,7 +204,13 @@ pub async fn record(
         ["/auth/login", "/auth/callback", "/auth/native/login"].iter().any(|p| route.ends_with(p) || path.ends_with(p));
     let authenticated = match signing_in {
         true => Ok(None),
-        false => super::auth::authenticate(&state, &method, request.headers()).await,
+        false => {
+            let authenticate = super::auth::authenticate(&state, &method, request.headers());
+            match exporting {
+                true => authenticate.instrument(tracing::info_span!(parent: &span, "auth.authenticate")).await,
+                false => authenticate.await,
+            }
+        }
     };
     let (principal, mut response) = match authenticated {
         Ok(principal) => {
@@ -211,7 +218,7 @@ pub async fn record(
             if let Some(principal) = &principal {
                 request.extensions_mut().insert(Authenticated(principal.clone()));
             }
-            (principal, tracing::Instrument::instrument(next.run(request), span.clone()).await)
+            (principal, next.run(request).instrument(span.clone()).await)
         }
         Err(error) => (None, error.into_response()),
     };
@@ -274,7 +281,13 @@ pub async fn record(
                 (Some(tenant), None) if stream == AuditStream::Cluster => Some(format!("tenants/{tenant}")),
                 _ => None,
             };
-            match state.audit.record(AuditRecord { stream, kind, subject, data }).await {
+            let mode = exporting.then(|| state.audit.mode_of(&stream).as_str());
+            let record = state.audit.record(AuditRecord { stream, kind, subject, data });
+            let recorded = match mode {
+                Some(mode) => record.instrument(tracing::info_span!(parent: &span, "audit.record", mode)).await,
+                None => record.await,
+            };
+            match recorded {
                 Ok(()) => response,
                 Err(error) => {
                     tracing::error!(%error, route, "audit event not durable; refusing the response (fail-closed)");
