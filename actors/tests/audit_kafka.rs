@@ -45,6 +45,8 @@ fn open(dir: &Path, mode: AuditMode, max_depth: u64, kafka: KafkaSinkConfig) -> 
         outbox: OutboxLimits { max_batch: 256, queue: 1024, max_depth, linger: Duration::ZERO },
         shipper: ShipperLimits {
             max_batch: 256,
+            // Several batches on their way, so a broker outage fails some of them at once.
+            max_in_flight: 4,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(500),
             linger: Duration::from_millis(5),

@@ -402,6 +402,11 @@ pub struct AuditConfig {
     /// under load it delivers fewer, larger batches; an event reaches the sink at most this
     /// much later. 0 ships every commit at once.
     pub ship_linger_ms: u64,
+    /// Most batches the shipper has handed to the sink and not yet seen acknowledged: Kafka
+    /// takes the next batch while it still acknowledges the previous ones. Each batch is at
+    /// most `max_batch_events`; with Kafka, all of them together must fit in
+    /// `audit.kafka.max_in_flight`.
+    pub ship_max_batches_in_flight: usize,
     pub local: AuditLocalConfig,
     pub kafka: AuditKafkaConfig,
 }
@@ -466,6 +471,7 @@ impl Default for AuditConfig {
             ship_backoff_min_ms: 100,
             ship_backoff_max_ms: 1_000,
             ship_linger_ms: 5,
+            ship_max_batches_in_flight: 4,
             local: AuditLocalConfig::default(),
             kafka: AuditKafkaConfig::default(),
         }

@@ -395,6 +395,11 @@ impl Config {
             format!("must be at least audit.ship_backoff_min_ms ({})", a.ship_backoff_min_ms),
         );
         check(a.ship_linger_ms <= 1_000, "audit.ship_linger_ms", "must be at most 1000".into());
+        check(
+            (1..=64).contains(&a.ship_max_batches_in_flight),
+            "audit.ship_max_batches_in_flight",
+            "must be between 1 and 64".into(),
+        );
         check(a.commit_linger_us <= 10_000, "audit.commit_linger_us", "must be at most 10000".into());
         check(a.local.segment_bytes >= 4096, "audit.local.segment_bytes", "must be at least 4096".into());
         check(a.local.retention_ms >= 60_000, "audit.local.retention_ms", "must be at least 60000".into());
@@ -435,10 +440,14 @@ impl Config {
             "must be -1 (keep forever) or at least 60000".into(),
         );
         check(k.message_timeout_ms >= 1000, "audit.kafka.message_timeout_ms", "must be at least 1000".into());
+        // Every batch the shipper has on its way must fit in the producer's queue.
+        let shipped = a.max_batch_events.saturating_mul(a.ship_max_batches_in_flight);
         check(
-            k.max_in_flight >= a.max_batch_events && k.max_in_flight <= 10_000_000,
+            k.max_in_flight >= shipped && k.max_in_flight <= 10_000_000,
             "audit.kafka.max_in_flight",
-            format!("must be between audit.max_batch_events ({}) and 10000000", a.max_batch_events),
+            format!(
+                "must be between audit.max_batch_events × audit.ship_max_batches_in_flight ({shipped}) and 10000000"
+            ),
         );
         let tls = matches!(k.security_protocol, KafkaSecurityProtocol::Ssl | KafkaSecurityProtocol::SaslSsl);
         let sasl = matches!(k.security_protocol, KafkaSecurityProtocol::SaslPlaintext | KafkaSecurityProtocol::SaslSsl);
@@ -509,6 +518,16 @@ mod tests {
         config.audit.kafka.security_protocol = crate::KafkaSecurityProtocol::SaslSsl;
         config.audit.kafka.sasl_password_env = Some("KAFKA_PASSWORD".into());
         assert_eq!(config.validate(), vec![]);
+
+        // The shipper's batches on their way must fit in the producer's queue.
+        config.audit.ship_max_batches_in_flight = 8;
+        config.audit.kafka.max_in_flight = 8 * config.audit.max_batch_events - 1;
+        let paths: Vec<String> = config.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, vec!["audit.kafka.max_in_flight"]);
+        config.audit.ship_max_batches_in_flight = 0;
+        config.audit.kafka.max_in_flight = 100_000;
+        let paths: Vec<String> = config.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, vec!["audit.ship_max_batches_in_flight"]);
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub fn open(config: &AuditConfig, node_id: u64, data_dir: &Path) -> Result<Arc<A
         },
         shipper: ShipperLimits {
             max_batch: config.max_batch_events,
+            max_in_flight: config.ship_max_batches_in_flight,
             backoff_min: Duration::from_millis(config.ship_backoff_min_ms),
             backoff_max: Duration::from_millis(config.ship_backoff_max_ms),
             linger: Duration::from_millis(config.ship_linger_ms),

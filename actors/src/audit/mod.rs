@@ -244,6 +244,7 @@ mod tests {
                 outbox: OutboxLimits { max_batch: 8, queue: 8, max_depth: 8, linger: std::time::Duration::ZERO },
                 shipper: ShipperLimits {
                     max_batch: 8,
+                    max_in_flight: 2,
                     backoff_min: std::time::Duration::from_millis(10),
                     backoff_max: std::time::Duration::from_millis(10),
                     linger: std::time::Duration::ZERO,

@@ -1,28 +1,34 @@
 //! The shipper: moves outbox entries to the sink, oldest first, at least once.
 //!
-//! It takes up to `max_batch` entries, hands them to the sink, and removes them from the
-//! outbox only once the sink has them durably: at once for a sink durable on delivery
-//! (Kafka), after its next `sync` for one that syncs later (the local log: at most
-//! `sync_interval` after a delivery, so one fsync per tenant covers many deliveries). After a
-//! failed delivery or sync, everything not yet durable is sent again after a backoff that
+//! It reads up to `max_batch` entries, submits them to the sink and keeps up to
+//! `max_in_flight` such batches on their way at once (a sink such as Kafka queues a batch
+//! behind the previous one and acknowledges it later, so the next batch need not wait for
+//! that round trip). Entries leave the outbox only once the sink has them durably, oldest
+//! batch first: at once for a sink durable on delivery (Kafka), after its next `sync` for one
+//! that syncs later (the local log: at most `sync_interval` after a delivery, so one fsync per
+//! tenant covers many deliveries). After a failed delivery or sync it waits for the batches
+//! still on their way, then sends everything not yet durable again after a backoff that
 //! doubles up to a cap, so a sink that is down costs one attempt per backoff period, not a
-//! busy loop. After a batch smaller than `max_batch` it lingers before
-//! reading again, so under load each delivery (a sink round trip, an fsync, a cursor write)
-//! carries many events instead of the few of one group commit.
+//! busy loop. After a batch smaller than `max_batch` it lingers before reading again, so under
+//! load each delivery (a sink round trip, an fsync, a cursor write) carries many events
+//! instead of the few of one group commit.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::outbox::Outbox;
-use super::sink::{AuditSink, Delivered, SinkError};
+use super::outbox::{Cursor, Entry, Outbox};
+use super::sink::{AuditSink, Delivered, Delivery, SinkError};
 use super::AuditError;
 
 #[derive(Debug, Clone)]
 pub struct ShipperLimits {
     pub max_batch: usize,
+    /// Most batches submitted to the sink and not yet answered.
+    pub max_in_flight: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// How long to wait for more entries after delivering a partial batch.
@@ -48,7 +54,13 @@ impl ShipperStats {
     }
 }
 
-/// Runs until `stop` turns true.
+/// A batch submitted to the sink: what it waits for and where it ends in the outbox.
+struct InFlight {
+    delivery: Delivery,
+    end: Cursor,
+}
+
+/// Runs until `stop` turns true; then waits for the batches on their way and syncs the sink.
 pub async fn run(
     outbox: Arc<Outbox>,
     sink: Arc<dyn AuditSink>,
@@ -56,93 +68,132 @@ pub async fn run(
     stats: Arc<ShipperStats>,
     mut stop: watch::Receiver<bool>,
 ) {
+    assert!(limits.max_batch > 0 && limits.max_in_flight > 0, "the shipper moves at least one batch");
     let mut backoff = limits.backoff_min;
-    // When the oldest delivery the sink has not yet made durable was made.
-    let mut unsynced: Option<Instant> = None;
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    // Delivered, not yet synced: since when, and where the last such batch ends.
+    let mut unsynced: Option<(Instant, Cursor)> = None;
+    // No reading before this (the linger after a partial batch).
+    let mut read_after = Instant::now();
     loop {
         let stopping = *stop.borrow();
-        if unsynced.is_some_and(|since| stopping || since.elapsed() >= limits.sync_interval) {
-            unsynced = None;
-            if let Err(error) = settle(&outbox, sink.as_ref(), &stats).await {
-                failed(&outbox, sink.as_ref(), &stats, error);
-                if !stopping {
-                    wait(&mut stop, backoff).await;
-                    backoff = (backoff * 2).min(limits.backoff_max);
+        if let Some((since, end)) = unsynced {
+            if (stopping && in_flight.is_empty()) || since.elapsed() >= limits.sync_interval {
+                unsynced = None;
+                match sink.sync().await {
+                    Ok(()) => release(&outbox, &stats, end).await,
+                    Err(error) => {
+                        retry_all(&outbox, sink.as_ref(), &stats, &mut in_flight, error).await;
+                        if !stopping {
+                            wait(&mut stop, backoff).await;
+                            backoff = (backoff * 2).min(limits.backoff_max);
+                        }
+                        continue;
+                    }
                 }
-                continue;
             }
         }
-        if stopping {
+        if stopping && in_flight.is_empty() && unsynced.is_none() {
             return;
         }
-        // File reads (mostly from the page cache), off the async threads.
-        let reading = outbox.clone();
-        let read = tokio::task::spawn_blocking(move || reading.pending(limits.max_batch)).await;
-        let batch = match read.unwrap_or_else(|join| Err(AuditError::Storage(join.to_string()))) {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::error!(%error, "reading the audit outbox failed");
-                *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
-                wait(&mut stop, backoff).await;
-                backoff = (backoff * 2).min(limits.backoff_max);
-                continue;
+
+        // Submit another batch while there is room and nothing to linger for.
+        let room = !stopping && in_flight.len() < limits.max_in_flight;
+        if room && Instant::now() >= read_after {
+            // File reads (mostly from the page cache), off the async threads.
+            let reading = outbox.clone();
+            let read = tokio::task::spawn_blocking(move || reading.pending(limits.max_batch)).await;
+            match read.unwrap_or_else(|join| Err(AuditError::Storage(join.to_string()))) {
+                Ok(batch) if !batch.is_empty() => match submit(&outbox, sink.as_ref(), &batch).await {
+                    Ok(submitted) => {
+                        if batch.len() < limits.max_batch {
+                            read_after = Instant::now() + limits.linger;
+                        }
+                        in_flight.push_back(submitted);
+                        continue;
+                    }
+                    Err(error) => {
+                        unsynced = None;
+                        retry_all(&outbox, sink.as_ref(), &stats, &mut in_flight, error).await;
+                        wait(&mut stop, backoff).await;
+                        backoff = (backoff * 2).min(limits.backoff_max);
+                        continue;
+                    }
+                },
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(%error, "reading the audit outbox failed");
+                    *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+                    wait(&mut stop, backoff).await;
+                    backoff = (backoff * 2).min(limits.backoff_max);
+                    continue;
+                }
+            }
+        }
+
+        // Wait for the oldest batch's answer, new commits (with room), the linger's end, the
+        // sync that is due, or stop.
+        let now = Instant::now();
+        let sync_due = unsynced.map(|(since, _)| (since + limits.sync_interval).max(now));
+        let wake = match (sync_due, in_flight.is_empty()) {
+            (Some(due), _) => due.min(now + limits.idle_poll),
+            (None, true) => now + limits.idle_poll,
+            (None, false) => now + limits.backoff_max.max(limits.idle_poll),
+        };
+        let oldest = async {
+            match in_flight.front_mut() {
+                Some(batch) => (&mut batch.delivery).await,
+                None => std::future::pending().await,
             }
         };
-        if batch.is_empty() {
-            let idle = match unsynced {
-                Some(since) => limits.sync_interval.saturating_sub(since.elapsed()).min(limits.idle_poll),
-                None => limits.idle_poll,
-            };
-            tokio::select! {
-                _ = outbox.committed() => {}
-                _ = tokio::time::sleep(idle) => {}
-                _ = stop.changed() => {}
-            }
-            continue;
-        }
-        let delivered = sink.deliver(&batch).await.and_then(|delivered| {
-            outbox.sent(&batch).map_err(|e| SinkError::Storage(e.to_string()))?;
-            Ok(delivered)
-        });
-        match delivered {
-            Ok(delivered) => {
-                if delivered == Delivered::Durable {
-                    release(&outbox, &stats).await;
-                } else {
-                    unsynced.get_or_insert_with(Instant::now);
-                }
-                stats.batches.fetch_add(1, Ordering::Relaxed);
-                let recovered = stats.last_error.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if recovered.is_some() {
-                    tracing::info!(sink = sink.name(), "audit sink is delivering again");
-                }
-                backoff = limits.backoff_min;
-                if batch.len() < limits.max_batch && !limits.linger.is_zero() {
-                    wait(&mut stop, limits.linger).await;
+        tokio::select! {
+            answer = oldest => {
+                let batch = in_flight.pop_front().expect("an answer comes from the oldest batch");
+                match answer {
+                    Ok(delivered) => {
+                        match delivered {
+                            // Behind a batch still waiting for a sync, it waits for it too.
+                            Delivered::Durable if unsynced.is_none() => release(&outbox, &stats, batch.end).await,
+                            Delivered::Durable | Delivered::Written => {
+                                let since = unsynced.map_or_else(Instant::now, |(since, _)| since);
+                                unsynced = Some((since, batch.end));
+                            }
+                        }
+                        stats.batches.fetch_add(1, Ordering::Relaxed);
+                        let recovered = stats.last_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        if recovered.is_some() {
+                            tracing::info!(sink = sink.name(), "audit sink is delivering again");
+                        }
+                        backoff = limits.backoff_min;
+                    }
+                    Err(error) => {
+                        unsynced = None;
+                        retry_all(&outbox, sink.as_ref(), &stats, &mut in_flight, error).await;
+                        wait(&mut stop, backoff).await;
+                        backoff = (backoff * 2).min(limits.backoff_max);
+                    }
                 }
             }
-            Err(error) => {
-                unsynced = None;
-                failed(&outbox, sink.as_ref(), &stats, error);
-                wait(&mut stop, backoff).await;
-                backoff = (backoff * 2).min(limits.backoff_max);
-            }
+            _ = outbox.committed(), if room && read_after <= now => {}
+            _ = tokio::time::sleep_until(read_after.into()), if room && read_after > now => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = stop.changed(), if !stopping => {}
         }
     }
 }
 
-/// Makes what the sink took durable, then releases it from the outbox.
-async fn settle(outbox: &Arc<Outbox>, sink: &dyn AuditSink, stats: &ShipperStats) -> Result<(), SinkError> {
-    sink.sync().await?;
-    release(outbox, stats).await;
-    Ok(())
+/// Submits a batch and marks it sent.
+async fn submit(outbox: &Outbox, sink: &dyn AuditSink, batch: &[Entry]) -> Result<InFlight, SinkError> {
+    let delivery = sink.submit(batch).await?;
+    let end = outbox.sent(batch).map_err(|e| SinkError::Storage(e.to_string()))?;
+    Ok(InFlight { delivery, end: end.expect("a submitted batch is not empty") })
 }
 
-/// Releases every sent entry (writes the cursor file, may remove segments: off the async
-/// threads).
-async fn release(outbox: &Arc<Outbox>, stats: &ShipperStats) {
+/// Releases the entries up to `end`, which the sink holds durably (writes the cursor file, may
+/// remove segments: off the async threads).
+async fn release(outbox: &Arc<Outbox>, stats: &ShipperStats, end: Cursor) {
     let releasing = outbox.clone();
-    match tokio::task::spawn_blocking(move || releasing.release()).await {
+    match tokio::task::spawn_blocking(move || releasing.release(end)).await {
         Ok(released) => {
             stats.shipped.fetch_add(released, Ordering::Relaxed);
         }
@@ -150,8 +201,18 @@ async fn release(outbox: &Arc<Outbox>, stats: &ShipperStats) {
     }
 }
 
-/// After a failed delivery or sync, everything not yet durable at the sink is sent again.
-fn failed(outbox: &Outbox, sink: &dyn AuditSink, stats: &ShipperStats, error: SinkError) {
+/// After a failed delivery or sync: waits out the batches still on their way (their answers
+/// no longer matter), then everything not yet durable at the sink is sent again.
+async fn retry_all(
+    outbox: &Outbox,
+    sink: &dyn AuditSink,
+    stats: &ShipperStats,
+    in_flight: &mut VecDeque<InFlight>,
+    error: SinkError,
+) {
+    for batch in in_flight.drain(..) {
+        let _ = batch.delivery.await;
+    }
     outbox.rewind();
     stats.failures.fetch_add(1, Ordering::Relaxed);
     let first = stats.last_error.lock().unwrap_or_else(|p| p.into_inner()).replace(error.to_string()).is_none();
@@ -232,6 +293,7 @@ mod tests {
             linger: Duration::ZERO,
             sync_interval: Duration::from_millis(300),
             idle_poll: Duration::from_millis(10),
+            max_in_flight: 4,
         };
         let shipper = tokio::spawn(run(outbox.clone(), sink.clone(), limits, stats.clone(), stop_rx));
 
@@ -256,5 +318,108 @@ mod tests {
         shipper.await.unwrap();
         assert_eq!(outbox.stats().depth.load(Ordering::Relaxed), 0);
         assert_eq!(stats.shipped.load(Ordering::Relaxed), 6);
+    }
+
+    type Answer = tokio::sync::oneshot::Sender<Result<Delivered, SinkError>>;
+
+    /// A sink whose deliveries are answered by the test, one sender per submitted batch.
+    #[derive(Default)]
+    struct GatedSink {
+        submitted: Mutex<Vec<Vec<u64>>>,
+        answers: Mutex<Vec<Option<Answer>>>,
+    }
+
+    impl GatedSink {
+        fn submitted(&self) -> Vec<Vec<u64>> {
+            self.submitted.lock().unwrap().clone()
+        }
+
+        fn answer(&self, batch: usize, answer: Result<Delivered, SinkError>) {
+            let sender = self.answers.lock().unwrap()[batch].take().expect("each batch is answered once");
+            sender.send(answer).unwrap();
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl AuditSink for GatedSink {
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+
+        async fn deliver(&self, batch: &[Entry]) -> Result<Delivered, SinkError> {
+            self.submit(batch).await?.await
+        }
+
+        async fn submit(&self, batch: &[Entry]) -> Result<Delivery, SinkError> {
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            self.submitted.lock().unwrap().push(batch.iter().map(|e| e.position).collect());
+            self.answers.lock().unwrap().push(Some(sender));
+            Ok(Box::pin(async move { receiver.await.unwrap_or(Err(SinkError::Unavailable("dropped".into()))) }))
+        }
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_pipeline_up_to_the_bound_and_leave_the_outbox_oldest_first_and_after_a_failure_go_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(
+            dir.path(),
+            1,
+            OutboxLimits { max_batch: 64, queue: 64, max_depth: 1000, linger: Duration::ZERO },
+        )
+        .unwrap();
+        for _ in 0..30 {
+            outbox.record(record()).await.unwrap();
+        }
+        let depth = || outbox.stats().depth.load(Ordering::Relaxed);
+        let sink = Arc::new(GatedSink::default());
+        let stats = Arc::new(ShipperStats::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let limits = ShipperLimits {
+            max_batch: 10,
+            max_in_flight: 2,
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(10),
+            linger: Duration::ZERO,
+            sync_interval: Duration::from_millis(300),
+            idle_poll: Duration::from_millis(10),
+        };
+        let shipper = tokio::spawn(run(outbox.clone(), sink.clone(), limits, stats.clone(), stop_rx));
+        let batch = |from: u64| (from..from + 10).collect::<Vec<_>>();
+
+        // Two batches go out before either is answered; a third waits for room.
+        until("two batches are submitted", || sink.submitted().len() == 2).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sink.submitted(), vec![batch(0), batch(10)]);
+
+        // The younger batch's acknowledgement releases nothing while the older one waits.
+        sink.answer(1, Ok(Delivered::Durable));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!((depth(), sink.submitted().len()), (30, 2));
+
+        // The older one's releases both, and the third batch goes out.
+        sink.answer(0, Ok(Delivered::Durable));
+        until("both are released", || depth() == 10).await;
+        until("the third batch is submitted", || sink.submitted().len() == 3).await;
+        assert_eq!(sink.submitted()[2], batch(20));
+
+        // It fails: after the backoff it is sent again, whole, and then released.
+        sink.answer(2, Err(SinkError::Unavailable("broker down".into())));
+        until("the failed batch is sent again", || sink.submitted().len() == 4).await;
+        assert_eq!(sink.submitted()[3], batch(20));
+        assert_eq!(depth(), 10, "a failed batch stays in the outbox");
+        sink.answer(3, Ok(Delivered::Durable));
+        until("everything is released", || depth() == 0).await;
+        assert_eq!((stats.shipped.load(Ordering::Relaxed), stats.failures.load(Ordering::Relaxed)), (30, 1));
+
+        stop.send(true).unwrap();
+        shipper.await.unwrap();
     }
 }

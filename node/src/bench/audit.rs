@@ -23,7 +23,7 @@ use base64::Engine;
 use custos_actors::audit::outbox::Entry;
 use custos_actors::audit::shipper::ShipperLimits;
 use custos_actors::audit::sink::kafka::{producer_settings, KafkaSink, KafkaSinkConfig, TopicLayout};
-use custos_actors::audit::sink::Delivered;
+use custos_actors::audit::sink::{Delivered, Delivery};
 use custos_actors::audit::{
     Actor, Audit, AuditData, AuditMode, AuditRecord, AuditSettings, AuditSink, AuditStream, EventType, OutboxLimits,
     Outcome, SinkChoice, SinkError,
@@ -77,7 +77,7 @@ fn sink_config(brokers: &str, topic: &str) -> KafkaSinkConfig {
 /// The Kafka sink, timing each event from its commit to Kafka's acknowledgement.
 struct TimedSink {
     inner: KafkaSink,
-    latencies_ms: Mutex<Vec<u64>>,
+    latencies_ms: Arc<Mutex<Vec<u64>>>,
     event_bytes: AtomicU64,
 }
 
@@ -88,14 +88,23 @@ impl AuditSink for TimedSink {
     }
 
     async fn deliver(&self, batch: &[Entry]) -> Result<Delivered, SinkError> {
-        let delivered = self.inner.deliver(batch).await?;
-        let now = now_ms();
+        self.submit(batch).await?.await
+    }
+
+    async fn submit(&self, batch: &[Entry]) -> Result<Delivery, SinkError> {
+        let delivery = self.inner.submit(batch).await?;
         if let Some(entry) = batch.first() {
             self.event_bytes.store(entry.json.len() as u64, Ordering::Relaxed);
         }
-        let mut latencies = self.latencies_ms.lock().unwrap_or_else(|p| p.into_inner());
-        latencies.extend(batch.iter().map(|e| now.saturating_sub(e.time_ms)));
-        Ok(delivered)
+        let committed: Vec<u64> = batch.iter().map(|e| e.time_ms).collect();
+        let latencies = self.latencies_ms.clone();
+        Ok(Box::pin(async move {
+            let delivered = delivery.await?;
+            let now = now_ms();
+            let mut latencies = latencies.lock().unwrap_or_else(|p| p.into_inner());
+            latencies.extend(committed.iter().map(|t| now.saturating_sub(*t)));
+            Ok(delivered)
+        }))
     }
 }
 
@@ -128,7 +137,7 @@ async fn pipeline(brokers: &str, duration: Duration, recorders: usize) -> Result
     let dir = tempfile::tempdir()?;
     let sink = Arc::new(TimedSink {
         inner: KafkaSink::new(sink_config(brokers, "custos.bench.audit"))?,
-        latencies_ms: Mutex::new(Vec::new()),
+        latencies_ms: Arc::new(Mutex::new(Vec::new())),
         event_bytes: AtomicU64::new(0),
     });
     let audit = Audit::open(AuditSettings {
@@ -144,6 +153,7 @@ async fn pipeline(brokers: &str, duration: Duration, recorders: usize) -> Result
         },
         shipper: ShipperLimits {
             max_batch: MAX_BATCH,
+            max_in_flight: custos_config::AuditConfig::default().ship_max_batches_in_flight,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
             linger: Duration::from_millis(5),

@@ -56,13 +56,14 @@ fn damaged(what: &str, path: &Path) -> AuditError {
     AuditError::Storage(format!("damaged audit outbox {what} {}", path.display()))
 }
 
-/// A place in the log: the position of the record there and where its bytes start.
+/// A place in the log: the position of the record there and where its bytes start. Outside
+/// the outbox it is only a mark handed back: where a sent batch ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Cursor {
-    pub position: u64,
+pub struct Cursor {
+    pub(super) position: u64,
     /// First position of the segment holding it.
-    pub segment: u64,
-    pub offset: u64,
+    pub(super) segment: u64,
+    pub(super) offset: u64,
 }
 
 /// One record, as appended and as read back.
@@ -473,18 +474,19 @@ impl Shared {
         state.sent = state.shipped;
     }
 
-    /// Marks everything sent as shipped, removes segments left wholly behind it, and returns
-    /// how many entries that released. The in-memory cursor is what counts: failing to write
+    /// Marks what was sent up to `cursor` (a cursor [`Shared::send`] was given) as shipped,
+    /// removes segments left wholly behind it, and returns how many entries that released (none
+    /// for a cursor at or before the shipped one). The in-memory cursor is what counts: failing to write
     /// the cursor file or to remove a segment is logged, never an error (the one ships again,
     /// under the same ids; the other leaves a file to remove by hand).
-    pub(super) fn release(&self) -> u64 {
+    pub(super) fn release(&self, cursor: Cursor) -> u64 {
         let (cursor, released, removable): (Cursor, u64, Vec<PathBuf>) = {
             let mut state = self.state();
-            let cursor = state.sent;
-            let released = cursor.position - state.shipped.position;
-            if released == 0 {
+            if cursor.position <= state.shipped.position {
                 return 0;
             }
+            assert!(cursor.position <= state.sent.position, "only what was sent is released");
+            let released = cursor.position - state.shipped.position;
             state.shipped = cursor;
             let keep_from = state.segments.iter().position(|s| s.first == cursor.segment).unwrap_or(0);
             (cursor, released, state.segments.drain(..keep_from).map(|s| s.path).collect())
@@ -643,7 +645,8 @@ mod tests {
         assert!(entries.windows(2).all(|w| w[1].position == w[0].position + 1));
         shared.send(cursor);
         assert_eq!(list_segments(dir.path()).unwrap().len(), 2, "sent is not shipped");
-        assert_eq!(shared.release(), 2 * per_group as u64 + 5);
+        assert_eq!(shared.release(cursor), 2 * per_group as u64 + 5);
+        assert_eq!(shared.release(cursor), 0, "released once");
         assert_eq!(list_segments(dir.path()).unwrap().len(), 1, "the shipped segment is removed");
         drop((shared, appender));
 

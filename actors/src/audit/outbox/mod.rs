@@ -29,6 +29,8 @@ use super::AuditError;
 
 mod log;
 
+pub use log::Cursor;
+
 /// Live subscribers that fall this far behind lose the oldest events (and are told so).
 const TAIL_CAPACITY: usize = 4096;
 
@@ -237,15 +239,17 @@ impl Outbox {
     /// has them durably): [`Outbox::sent`], then [`Outbox::release`]. Writes files, like
     /// [`Outbox::pending`].
     pub fn remove(&self, entries: &[Entry]) -> Result<(), AuditError> {
-        self.sent(entries)?;
-        self.release();
+        if let Some(end) = self.sent(entries)? {
+            self.release(end);
+        }
         Ok(())
     }
 
     /// Marks the oldest unsent entries up to and including the last of `entries` sent: a sink
-    /// took them, and `pending` goes on after them. They stay in the outbox until released.
-    pub fn sent(&self, entries: &[Entry]) -> Result<(), AuditError> {
-        let Some(last) = entries.last() else { return Ok(()) };
+    /// took them, and `pending` goes on after them. They stay in the outbox until released;
+    /// the returned cursor (none for no entries) is where they end, for [`Outbox::release`].
+    pub fn sent(&self, entries: &[Entry]) -> Result<Option<Cursor>, AuditError> {
+        let Some(last) = entries.last() else { return Ok(None) };
         let after = match *self.read.lock().unwrap_or_else(|p| p.into_inner()) {
             Some((position, after)) if position == last.position => after,
             _ => {
@@ -258,14 +262,15 @@ impl Outbox {
             }
         };
         self.core.log.send(after);
-        Ok(())
+        Ok(Some(after))
     }
 
-    /// Releases every sent entry (the sink has made them durable) and returns how many. Their
-    /// segments go once wholly shipped; the cursor is not flushed, so after a crash they may
-    /// be shipped again, under the same ids. Writes files, like [`Outbox::pending`].
-    pub fn release(&self) -> u64 {
-        let released = self.core.log.release();
+    /// Releases the sent entries up to `end` (a cursor [`Outbox::sent`] returned: the sink has
+    /// made them and everything before them durable) and returns how many. Their segments go once wholly shipped; the cursor is not flushed,
+    /// so after a crash they may be shipped again, under the same ids. Writes files, like
+    /// [`Outbox::pending`].
+    pub fn release(&self, end: Cursor) -> u64 {
+        let released = self.core.log.release(end);
         self.core.stats.depth.fetch_sub(released, Ordering::Relaxed);
         released
     }

@@ -21,7 +21,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{AuditSink, Delivered, SinkError};
+use super::{AuditSink, Delivered, Delivery, SinkError};
 use crate::audit::outbox::Entry;
 
 /// Where a tenant's events go.
@@ -87,13 +87,48 @@ pub struct KafkaStats {
 }
 
 pub struct KafkaSink {
-    config: KafkaSinkConfig,
-    producer: Mutex<Arc<FutureProducer>>,
+    shared: Arc<Shared>,
     admin: AdminClient<DefaultClientContext>,
     /// Topics known to exist, with their partition counts.
     topics: Mutex<HashMap<String, i32>>,
+}
+
+/// What a submitted batch still waiting for Kafka's acknowledgements needs too.
+struct Shared {
+    config: KafkaSinkConfig,
+    producer: Mutex<Arc<FutureProducer>>,
     stats: Arc<KafkaStats>,
     last_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn producer(&self) -> Arc<FutureProducer> {
+        self.producer.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Counts a failed batch and keeps its error. After a fatal error (the gapless guarantee
+    /// tripped, a fenced epoch) the producer refuses everything: it is replaced, so the retried
+    /// batch starts a fresh sequence.
+    fn fail(&self, error: String) -> SinkError {
+        self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
+        let mut current = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((code, reason)) = current.client().fatal_error() {
+            tracing::warn!(%code, %reason, "kafka producer hit a fatal error; starting a new one");
+            if let Ok(fresh) = producer(&self.config) {
+                *current = Arc::new(fresh);
+                self.stats.producer_restarts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        SinkError::Unavailable(error)
+    }
+
+    /// Counts a batch of `events` acknowledged, the oldest committed at `oldest_ms`.
+    fn delivered(&self, events: u64, oldest_ms: u64) {
+        self.stats.delivered.fetch_add(events, Ordering::Relaxed);
+        self.stats.last_lag_ms.store(now_ms().saturating_sub(oldest_ms), Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 fn client_config(config: &KafkaSinkConfig) -> ClientConfig {
@@ -144,27 +179,26 @@ impl KafkaSink {
         }
         let producer = producer(&config)?;
         let admin = client_config(&config).create().map_err(|e| SinkError::Config(e.to_string()))?;
-        Ok(KafkaSink {
+        let shared = Shared {
             config,
             producer: Mutex::new(Arc::new(producer)),
-            admin,
-            topics: Mutex::new(HashMap::new()),
             stats: Arc::new(KafkaStats::default()),
             last_error: Mutex::new(None),
-        })
+        };
+        Ok(KafkaSink { shared: Arc::new(shared), admin, topics: Mutex::new(HashMap::new()) })
     }
 
     pub fn stats(&self) -> Arc<KafkaStats> {
-        self.stats.clone()
+        self.shared.stats.clone()
     }
 
     /// The last delivery error, cleared by the next successful batch.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn config(&self) -> &KafkaSinkConfig {
-        &self.config
+        &self.shared.config
     }
 
     /// Creates the topics not known yet (an existing topic is fine) and learns their
@@ -175,19 +209,23 @@ impl KafkaSink {
             topics.iter().filter(|t| !known.contains_key(*t)).cloned().collect()
         };
         if !missing.is_empty() {
-            let retention = self.config.retention_ms.to_string();
+            let retention = self.shared.config.retention_ms.to_string();
             let specs: Vec<NewTopic> = missing
                 .iter()
                 .map(|t| {
-                    NewTopic::new(t, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor))
-                        .set("retention.ms", &retention)
+                    NewTopic::new(
+                        t,
+                        self.shared.config.partitions,
+                        TopicReplication::Fixed(self.shared.config.replication_factor),
+                    )
+                    .set("retention.ms", &retention)
                 })
                 .collect();
             // Bounded on the client side too: with the broker down, the request would otherwise
             // wait for the socket timeout (60 s), and the shipper would report nothing meanwhile.
             let options = AdminOptions::new()
-                .operation_timeout(Some(self.config.message_timeout))
-                .request_timeout(Some(self.config.message_timeout));
+                .operation_timeout(Some(self.shared.config.message_timeout))
+                .request_timeout(Some(self.shared.config.message_timeout));
             let results = self
                 .admin
                 .create_topics(specs.iter(), &options)
@@ -201,8 +239,8 @@ impl KafkaSink {
                     }
                 }
             }
-            let producer = self.producer.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let timeout = self.config.message_timeout;
+            let producer = self.shared.producer();
+            let timeout = self.shared.config.message_timeout;
             let counts = tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32)>, SinkError> {
                 missing.into_iter().map(|t| Ok((t.clone(), partition_count(producer.client(), &t, timeout)?))).collect()
             })
@@ -213,22 +251,6 @@ impl KafkaSink {
         let known = self.topics.lock().unwrap_or_else(|p| p.into_inner());
         Ok(topics.into_iter().filter_map(|t| known.get(&t).map(|n| (t, *n))).collect())
     }
-
-    fn fail(&self, error: String) -> SinkError {
-        self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
-        // After a fatal error (the gapless guarantee tripped, a fenced epoch) the producer
-        // refuses everything: replace it, so the retried batch starts a fresh sequence.
-        let mut current = self.producer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((code, reason)) = current.client().fatal_error() {
-            tracing::warn!(%code, %reason, "kafka producer hit a fatal error; starting a new one");
-            if let Ok(fresh) = producer(&self.config) {
-                *current = Arc::new(fresh);
-                self.stats.producer_restarts.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        SinkError::Unavailable(error)
-    }
 }
 
 #[async_trait::async_trait]
@@ -238,15 +260,22 @@ impl AuditSink for KafkaSink {
     }
 
     async fn deliver(&self, batch: &[Entry]) -> Result<Delivered, SinkError> {
+        self.submit(batch).await?.await
+    }
+
+    /// Queues every record with the producer, in order, and returns the wait for their
+    /// acknowledgements: a batch submitted after it is queued behind it, and the idempotent
+    /// producer keeps that order on each partition.
+    async fn submit(&self, batch: &[Entry]) -> Result<Delivery, SinkError> {
         if batch.is_empty() {
-            return Ok(Delivered::Durable);
+            return Ok(Box::pin(std::future::ready(Ok(Delivered::Durable))));
         }
-        let topics: Vec<String> = batch.iter().map(|e| self.config.layout.topic_for(&e.tenant)).collect();
+        let topics: Vec<String> = batch.iter().map(|e| self.shared.config.layout.topic_for(&e.tenant)).collect();
         let partitions = match self.ensure_topics(topics.iter().cloned().collect()).await {
             Ok(partitions) => partitions,
-            Err(error) => return Err(self.fail(error.to_string())),
+            Err(error) => return Err(self.shared.fail(error.to_string())),
         };
-        let producer = self.producer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let producer = self.shared.producer();
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut refused = None;
         for (entry, topic) in batch.iter().zip(&topics) {
@@ -271,26 +300,28 @@ impl AuditSink for KafkaSink {
                 }
             }
         }
-        let mut first_error = refused;
-        for delivery in futures::future::join_all(deliveries).await {
-            match delivery {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => {
-                    first_error.get_or_insert_with(|| error.to_string());
-                }
-                Err(_) => {
-                    first_error.get_or_insert_with(|| "the producer was replaced before delivery".into());
+        let shared = self.shared.clone();
+        let events = batch.len() as u64;
+        let oldest = batch.iter().map(|e| e.time_ms).min().unwrap_or(0);
+        Ok(Box::pin(async move {
+            let mut first_error = refused;
+            for delivery in futures::future::join_all(deliveries).await {
+                match delivery {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((error, _))) => {
+                        first_error.get_or_insert_with(|| error.to_string());
+                    }
+                    Err(_) => {
+                        first_error.get_or_insert_with(|| "the producer was replaced before delivery".into());
+                    }
                 }
             }
-        }
-        if let Some(error) = first_error {
-            return Err(self.fail(error));
-        }
-        self.stats.delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let oldest = batch.iter().map(|e| e.time_ms).min().unwrap_or(0);
-        self.stats.last_lag_ms.store(now_ms().saturating_sub(oldest), Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        Ok(Delivered::Durable)
+            if let Some(error) = first_error {
+                return Err(shared.fail(error));
+            }
+            shared.delivered(events, oldest);
+            Ok(Delivered::Durable)
+        }))
     }
 }
 

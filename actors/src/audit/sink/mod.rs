@@ -38,6 +38,9 @@ pub enum Delivered {
     Written,
 }
 
+/// A batch handed to a sink, resolving once the sink holds it (see [`Delivered`]).
+pub type Delivery = futures::future::BoxFuture<'static, Result<Delivered, SinkError>>;
+
 #[async_trait::async_trait]
 pub trait AuditSink: Send + Sync + 'static {
     /// `local` or `kafka`, for status and metrics.
@@ -45,6 +48,15 @@ pub trait AuditSink: Send + Sync + 'static {
 
     /// Hands every entry to the sink, each tenant's in the order given.
     async fn deliver(&self, batch: &[Entry]) -> Result<Delivered, SinkError>;
+
+    /// Hands the batch over and returns once the sink has it queued, with the [`Delivery`]
+    /// to wait for: batches submitted one after another reach the sink in that order, so the
+    /// shipper keeps several in flight. An error here means nothing of the batch was queued.
+    /// Sinks that cannot queue deliver before returning.
+    async fn submit(&self, batch: &[Entry]) -> Result<Delivery, SinkError> {
+        let delivered = self.deliver(batch).await;
+        Ok(Box::pin(std::future::ready(delivered)))
+    }
 
     /// Makes everything delivered so far durable.
     async fn sync(&self) -> Result<(), SinkError> {
