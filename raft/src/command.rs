@@ -11,7 +11,7 @@ use crate::access::{
 };
 use crate::directory::{DirectoryGroup, DirectoryUser, NativeSignIn};
 use crate::state::{KeyAlgorithm, KeyChange, KeyPurpose, KeyRecord, KeyState, Tenant, TenantCustody, TenantStatus};
-use crate::types::{ApiKeyId, DirectoryId, GrantId, KeyId, RegionLabel, RequestId, SessionId, TenantId};
+use crate::types::{ApiKeyId, DirectoryId, GrantId, KeyId, NodeId, RegionLabel, RequestId, SessionId, TenantId};
 
 /// Most keys one tenant may ever create. A constant, not configuration: every node must apply
 /// the same rule.
@@ -36,7 +36,14 @@ pub struct Proposals(pub Vec<Proposal>);
 impl Proposal {
     /// A cheap upper estimate of the encoded size, used to bound batches.
     pub fn approx_bytes(&self) -> usize {
-        let strings = match &self.command {
+        64 + self.request_id.as_str().len() + self.command.approx_bytes()
+    }
+}
+
+impl Command {
+    /// A cheap upper estimate of the command's variable-length content.
+    fn approx_bytes(&self) -> usize {
+        match self {
             Command::SetAdminToken { .. } => 32,
             Command::CreateTenant { id, display_name, region, custody } => {
                 id.as_str().len()
@@ -160,8 +167,9 @@ impl Proposal {
                         .map(|k| k.kid.len() + k.public_key.len() + k.private_wrapped.len() + 64)
                         .sum::<usize>()
             }
-        };
-        64 + self.request_id.as_str().len() + strings
+            Command::Audited { command, audit } => command.approx_bytes() + audit.event.len() + 16,
+            Command::AuditRecorded { .. } => 24,
+        }
     }
 }
 
@@ -351,6 +359,51 @@ pub enum Command {
         max_sessions_per_user: u32,
         totp_step: Option<u64>,
     },
+    /// A command whose audit event rides in the same log entry: applied as `command`, then
+    /// the event is kept with the outcome, replicated and in snapshots, until the node that
+    /// took the request has recorded it in its audit outbox (`AuditRecorded`). So the change
+    /// and its audit event become durable together, with one log flush.
+    Audited {
+        command: Box<Command>,
+        audit: CarriedAudit,
+    },
+    /// The events `origin` carried, up to and including `through`, are in its audit outbox:
+    /// they are dropped (at most [`MAX_CARRIED_DROPPED_PER_APPLY`] per apply).
+    AuditRecorded {
+        origin: NodeId,
+        through: CarriedPosition,
+    },
+}
+
+/// Largest carried audit event (the node's encoding of it).
+pub const MAX_CARRIED_AUDIT_BYTES: usize = 8 * 1024;
+/// Most carried events one `AuditRecorded` drops; its origin records fewer per batch.
+pub const MAX_CARRIED_DROPPED_PER_APPLY: usize = 4096;
+
+/// An audit event riding with its command: the node that records it (the one that took the
+/// request) and the event, opaque to Raft (the node's audit layer encodes and decodes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedAudit {
+    pub origin: NodeId,
+    pub event: Vec<u8>,
+}
+
+/// Where a carried event was applied: the entry's log index and the proposal's place in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CarriedPosition {
+    pub index: u64,
+    pub slot: u32,
+}
+
+/// A carried event as governance state keeps it: with how its command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedEvent {
+    pub position: CarriedPosition,
+    pub event: Vec<u8>,
+    /// Why the command was refused; None when it was applied (or replayed an applied one).
+    pub rejection: Option<Rejection>,
+    /// The request id had been applied before: the stored outcome was returned.
+    pub replayed: bool,
 }
 
 impl Command {
@@ -386,6 +439,16 @@ impl Command {
             Command::DeleteDirectoryGroup { .. } => "delete_directory_group",
             Command::SetNativeSignIn { .. } => "set_native_sign_in",
             Command::OpenSession { .. } => "open_session",
+            Command::Audited { command, .. } => command.kind(),
+            Command::AuditRecorded { .. } => "audit_recorded",
+        }
+    }
+
+    /// The command itself, without an audit event riding with it.
+    pub fn unaudited(&self) -> &Command {
+        match self {
+            Command::Audited { command, .. } => command.unaudited(),
+            command => command,
         }
     }
 
@@ -394,7 +457,8 @@ impl Command {
     /// carries fresh material but is the same request, and remembered requests must not keep
     /// copies of material that crypto-shredding removes.
     pub fn without_material(&self) -> Command {
-        let mut command = self.clone();
+        // A retry carries its own audit event; the request is the command alone.
+        let mut command = self.unaudited().clone();
         match &mut command {
             Command::CreateTenant { custody, .. } => {
                 custody.root.clear();

@@ -43,7 +43,10 @@ pub mod types;
 pub use cluster::{
     Cluster, ClusterError, ClusterOptions, ClusterStatus, Consistency, MemberStatus, NodeStatus, StartError,
 };
-pub use command::{Command, Output, Proposal, Proposals, Rejection, Response, MAX_KEYS_PER_TENANT, MAX_KEY_VERSIONS};
+pub use command::{
+    CarriedAudit, CarriedEvent, CarriedPosition, Command, Output, Proposal, Proposals, Rejection, Response,
+    MAX_CARRIED_AUDIT_BYTES, MAX_CARRIED_DROPPED_PER_APPLY, MAX_KEYS_PER_TENANT, MAX_KEY_VERSIONS,
+};
 pub use state::{
     check_display_name, CoreProviderKind, KeyAlgorithm, KeyChange, KeyPurpose, KeyRecord, KeyState, KeyVersion,
     PendingShred, Tenant, TenantCustody, TenantStatus,

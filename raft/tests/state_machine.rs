@@ -4,9 +4,9 @@ use custos_raft::access::{AccessPolicy, CustomRole, LoginState, SecretMatch, Ses
 use custos_raft::directory::{DirectoryGroup, DirectoryUser, NativeSignIn};
 use custos_raft::store::{self, StateMachineStore};
 use custos_raft::{
-    ApiKeyId, Command, CoreProviderKind, DirectoryId, GrantId, KeyAlgorithm, KeyChange, KeyId, KeyPurpose, KeyState,
-    Output, Proposal, Proposals, RegionLabel, Rejection, RequestId, SessionId, TenantCustody, TenantId, TenantStatus,
-    TypeConfig,
+    ApiKeyId, CarriedAudit, CarriedPosition, Command, CoreProviderKind, DirectoryId, GrantId, KeyAlgorithm, KeyChange,
+    KeyId, KeyPurpose, KeyState, Output, Proposal, Proposals, RegionLabel, Rejection, RequestId, SessionId,
+    TenantCustody, TenantId, TenantStatus, TypeConfig,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -713,4 +713,73 @@ async fn native_sessions_need_an_active_user_and_a_fresh_totp_step() {
     let refused = apply(&mut sm, entry(9, "o5", open("s5", Some(12)))).await;
     assert_eq!(refused.outcome, Err(Rejection::NotProvisioned("user:alice".into())));
     assert!(!reader.session(&SessionId::new("s4").unwrap()).unwrap().unwrap().live_at(1_010));
+}
+
+fn audited(origin: u64, event: &str, command: Command) -> Command {
+    Command::Audited { command: Box::new(command), audit: CarriedAudit { origin, event: event.as_bytes().to_vec() } }
+}
+
+fn at(index: u64, slot: u32) -> CarriedPosition {
+    CarriedPosition { index, slot }
+}
+
+#[tokio::test]
+async fn carried_audit_events_are_kept_with_their_outcome_until_their_origin_recorded_them() {
+    use openraft::RaftSnapshotBuilder;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    // An audited command applies as the command itself.
+    let created = apply(&mut sm, entry(1, "c1", audited(2, "create acme", create("acme")))).await;
+    assert!(matches!(created.outcome, Ok(Output::Tenant(ref t)) if t.id == tenant("acme")));
+
+    // A refused one, a retry (its own event, the same request: replayed) and another node's.
+    let rename = Command::UpdateTenant { id: tenant("acme"), display_name: "Acme".into(), expected_revision: None };
+    let responses = sm
+        .apply([batch(
+            2,
+            vec![
+                proposal(2, "c2", audited(2, "create acme again", create("acme"))),
+                proposal(2, "c1", audited(2, "retry", create("acme"))),
+                proposal(2, "u1", audited(3, "rename", rename)),
+            ],
+        )])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(responses[0].outcome, Err(Rejection::TenantExists(tenant("acme"))));
+    assert!(responses[1].replayed && responses[1].outcome == created.outcome);
+    assert_eq!(reader.tenant(&tenant("acme")).unwrap().unwrap().display_name, "Acme");
+
+    let kept = reader.carried(2, None, 10).unwrap();
+    let positions: Vec<CarriedPosition> = kept.iter().map(|e| e.position).collect();
+    assert_eq!(positions, vec![at(1, 0), at(2, 0), at(2, 1)]);
+    let events: Vec<&[u8]> = kept.iter().map(|e| e.event.as_slice()).collect();
+    assert_eq!(events, vec![&b"create acme"[..], b"create acme again", b"retry"]);
+    assert_eq!(
+        kept.iter().map(|e| (e.rejection.clone(), e.replayed)).collect::<Vec<_>>(),
+        vec![(None, false), (Some(Rejection::TenantExists(tenant("acme"))), false), (None, true)]
+    );
+    assert_eq!(reader.carried(2, Some(at(1, 0)), 10).unwrap().len(), 2, "paged after a position");
+    assert_eq!(reader.carried(3, None, 10).unwrap()[0].position, at(2, 2));
+    assert_eq!(reader.carried_origins(10).unwrap(), vec![2, 3]);
+
+    // Recorded through (2, 0): node 2's later event stays, node 3's too.
+    apply(&mut sm, entry(3, "r1", Command::AuditRecorded { origin: 2, through: at(2, 0) })).await;
+    assert_eq!(reader.carried(2, None, 10).unwrap().iter().map(|e| e.position).collect::<Vec<_>>(), vec![at(2, 1)]);
+    assert_eq!(reader.carried(3, None, 10).unwrap().len(), 1);
+
+    // They travel in snapshots: a node that installs one still holds them.
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let (_log, mut installed, other_reader) = store::open(other.path(), 100_000).unwrap();
+    installed.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    assert_eq!(other_reader.carried(2, None, 10).unwrap(), reader.carried(2, None, 10).unwrap());
+    assert_eq!(other_reader.carried_origins(10).unwrap(), vec![2, 3]);
+
+    // Once every event is recorded, nothing is left.
+    apply(&mut sm, entry(4, "r2", Command::AuditRecorded { origin: 2, through: at(4, 0) })).await;
+    apply(&mut sm, entry(5, "r3", Command::AuditRecorded { origin: 3, through: at(2, 2) })).await;
+    assert_eq!(reader.carried_origins(10).unwrap(), Vec::<u64>::new());
 }

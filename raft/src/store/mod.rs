@@ -2,6 +2,7 @@
 //! the storage engine, and only `sled_engine.rs` imports sled.
 
 mod access;
+mod carried;
 pub mod codec;
 mod directory;
 pub mod engine;

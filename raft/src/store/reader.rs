@@ -7,6 +7,7 @@ use super::access::{
     access_key, access_revision_key, api_key_index_key, api_key_key, binding_key, tenant_api_keys_prefix,
     API_KEY_PREFIX, PLATFORM_KEYS_KEY, PLATFORM_KEYS_REVISION_KEY,
 };
+use super::carried::{carried_key, origin_end, origin_prefix, CARRIED_PREFIX};
 use super::codec::decode;
 use super::directory::{group_key, groups_prefix, meta_key, user_key, user_name_key, users_prefix};
 use super::engine::{EngineError, KvEngine, Space};
@@ -16,9 +17,10 @@ use super::state_machine::{
     PENDING_SHRED_PREFIX, TENANT_PREFIX, TENANT_REVISION_PREFIX,
 };
 use crate::access::{ApiKeyRecord, IdentityBinding, LoginState, PlatformKeys, SessionRecord, TenantAccess};
+use crate::command::{CarriedEvent, CarriedPosition};
 use crate::directory::{DirectoryGroup, DirectoryMeta, DirectoryUser};
 use crate::state::{KeyRecord, KeyVersion, PendingShred, Tenant, TenantCustody};
-use crate::types::{ApiKeyId, DirectoryId, KeyId, SessionId, TenantId};
+use crate::types::{ApiKeyId, DirectoryId, KeyId, NodeId, SessionId, TenantId};
 
 /// A read failure: the engine failed or a stored value is corrupt.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +104,46 @@ impl GovernanceReader {
             tenants.push(self.tenant(&id)?.ok_or_else(corrupt)?);
         }
         Ok(tenants)
+    }
+
+    /// Up to `limit` audit events `origin` carried with its commands and has not reported
+    /// recorded, after `after` (from the first when None), in log order.
+    pub fn carried(
+        &self,
+        origin: NodeId,
+        after: Option<CarriedPosition>,
+        limit: usize,
+    ) -> Result<Vec<CarriedEvent>, ReadError> {
+        let from = match after {
+            Some(position) => Bound::Excluded(carried_key(origin, position)),
+            None => Bound::Included(origin_prefix(origin)),
+        };
+        self.decode_range(from, origin_end(origin), limit)
+    }
+
+    /// The nodes with carried events not reported recorded, up to `limit` of them, in id order.
+    pub fn carried_origins(&self, limit: usize) -> Result<Vec<NodeId>, ReadError> {
+        let mut origins = Vec::new();
+        let mut from = Bound::Included(CARRIED_PREFIX.to_vec());
+        while origins.len() < limit {
+            let Some((key, _)) = self.engine.range(Space::State, from, prefix_end(CARRIED_PREFIX), 1)?.pop() else {
+                break;
+            };
+            let raw: [u8; 8] = key
+                .get(CARRIED_PREFIX.len()..CARRIED_PREFIX.len() + 8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| ReadError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    source: super::codec::CodecError::Decode("a carried event key without its origin".into()),
+                })?;
+            let origin = NodeId::from_be_bytes(raw);
+            origins.push(origin);
+            match origin_end(origin) {
+                Bound::Excluded(end) => from = Bound::Included(end),
+                _ => break,
+            }
+        }
+        Ok(origins)
     }
 
     /// SHA-256 of the bootstrap admin token, once the cluster was initialised.

@@ -22,7 +22,9 @@
 //! - `a/<tenant id>` — the tenant's access state (policy document, grants); `w/<tenant id>`
 //!   — its revision alone;
 //! - `y/<tenant id>/<api key id>` — API keys; `i/<api key id>` — the tenant of each key;
-//! - `b/<tenant id>` — the tenant's own identity provider.
+//! - `b/<tenant id>` — the tenant's own identity provider;
+//! - `g/<origin be><index be><slot be>` — audit events carried with their commands, until
+//!   their origin node has recorded them (`carried.rs`).
 //!
 //! Access-control commands are applied in `access.rs`, sign-in commands (with their own keys)
 //! in `sessions.rs`.
@@ -42,7 +44,9 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
 use super::engine::{Batch, KvEngine, Space};
-use crate::command::{Command, Output, Proposal, Rejection, Response, MAX_KEYS_PER_TENANT, MAX_KEY_VERSIONS};
+use crate::command::{
+    CarriedPosition, Command, Output, Proposal, Rejection, Response, MAX_KEYS_PER_TENANT, MAX_KEY_VERSIONS,
+};
 use crate::state::{
     CoreProviderKind, KeyChange, KeyRecord, KeyState, KeyVersion, PendingShred, Tenant, TenantCustody, TenantStatus,
 };
@@ -330,7 +334,11 @@ impl StateMachineStore {
                 let responses = proposals
                     .0
                     .iter()
-                    .map(|proposal| self.apply_proposal(log_id.index, proposal, &mut txn))
+                    .enumerate()
+                    .map(|(slot, proposal)| {
+                        let position = CarriedPosition { index: log_id.index, slot: slot as u32 };
+                        self.apply_proposal(position, proposal, &mut txn)
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 assert_eq!(responses.len(), proposals.0.len(), "one response per proposal");
                 responses
@@ -343,31 +351,54 @@ impl StateMachineStore {
         Ok(responses)
     }
 
-    fn apply_proposal(&self, index: u64, proposal: &Proposal, txn: &mut Txn) -> Result<Response, StorageError<NodeId>> {
+    /// Applies one proposal at `position` (its entry's index, its place in the entry) and
+    /// keeps the event of an audited one.
+    fn apply_proposal(
+        &self,
+        position: CarriedPosition,
+        proposal: &Proposal,
+        txn: &mut Txn,
+    ) -> Result<Response, StorageError<NodeId>> {
+        let response = self.apply_command(position.index, proposal, txn)?;
+        if let Command::Audited { audit, .. } = &proposal.command {
+            super::carried::keep(txn, audit, position, &response)?;
+        }
+        Ok(response)
+    }
+
+    fn apply_command(&self, index: u64, proposal: &Proposal, txn: &mut Txn) -> Result<Response, StorageError<NodeId>> {
         let id = proposal.request_id.as_str();
+        let command = proposal.command.unaudited();
         if let Some(record) = txn.get::<RequestRecord>(&request_key(id))? {
-            let outcome = if record.command == proposal.command.without_material() {
+            let outcome = if record.command == command.without_material() {
                 record.outcome
             } else {
                 Err(Rejection::RequestIdReused(proposal.request_id.clone()))
             };
             return Ok(Response { outcome, replayed: true });
         }
-        let outcome = self.execute(index, proposal, txn)?;
-        let record = RequestRecord { command: proposal.command.without_material(), outcome: outcome.clone() };
+        let outcome = self.execute(index, proposal.proposed_at_ms, command, txn)?;
+        let record = RequestRecord { command: command.without_material(), outcome: outcome.clone() };
         txn.put(request_key(id), &record)?;
         txn.put_raw(request_index_key(index, id), Vec::new());
         Ok(Response { outcome, replayed: false })
     }
 
+    /// Executes a command (never `Audited`: its command is executed) at `now`, the proposal's
+    /// time.
     fn execute(
         &self,
         index: u64,
-        proposal: &Proposal,
+        now: u64,
+        command: &Command,
         txn: &mut Txn,
     ) -> Result<Result<Output, Rejection>, StorageError<NodeId>> {
-        let now = proposal.proposed_at_ms;
-        Ok(match &proposal.command {
+        Ok(match command {
+            Command::Audited { command, .. } => return self.execute(index, now, command.unaudited(), txn),
+            Command::AuditRecorded { origin, through } => {
+                super::carried::drop_recorded(txn, *origin, *through)?;
+                Ok(Output::Done)
+            }
             Command::SetAdminToken { token_sha256 } => {
                 if txn.get::<[u8; 32]>(ADMIN_KEY)?.is_some() {
                     Err(Rejection::AdminTokenAlreadySet)
@@ -541,17 +572,17 @@ impl StateMachineStore {
             | Command::RevokeApiKey { .. }
             | Command::PutSigningKeys { .. }
             | Command::AnnounceApiKeyExpiry { .. }
-            | Command::BindIdentityProvider { .. } => super::access::execute(txn, index, now, &proposal.command)?,
+            | Command::BindIdentityProvider { .. } => super::access::execute(txn, index, now, command)?,
             Command::BeginLogin { .. }
             | Command::CompleteLogin { .. }
             | Command::TouchSession { .. }
-            | Command::RevokeSession { .. } => super::sessions::execute(txn, now, &proposal.command)?,
+            | Command::RevokeSession { .. } => super::sessions::execute(txn, now, command)?,
             Command::PutDirectoryUser { .. }
             | Command::DeleteDirectoryUser { .. }
             | Command::PutDirectoryGroup { .. }
             | Command::DeleteDirectoryGroup { .. }
             | Command::SetNativeSignIn { .. }
-            | Command::OpenSession { .. } => super::directory::execute(txn, index, now, &proposal.command)?,
+            | Command::OpenSession { .. } => super::directory::execute(txn, index, now, command)?,
             Command::DestroyKey { tenant, key } => {
                 let mut record = match self.existing_key(txn, tenant, key)? {
                     Ok(record) => record,

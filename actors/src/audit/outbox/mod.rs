@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, oneshot, Notify, Semaphore};
 
@@ -43,13 +43,11 @@ pub struct OutboxLimits {
     pub queue: usize,
     /// Entries not yet shipped; beyond it, recording fails (fail-closed) or drops (best-effort).
     pub max_depth: u64,
-    /// Under load — the next group was already waiting when a commit finished — a group that
-    /// no request waits for (best-effort records only) and smaller than a quarter of
-    /// `max_batch` waits this long for more records before it is committed: fewer, larger
-    /// commits (each an `fdatasync`) for the same records. A group with a waiting request, or
-    /// found by an idle committer, is committed at once; a fail-closed record that joins a
-    /// lingering group (a tenant exception among best-effort ones) waits out the rest of the
-    /// linger. Zero never waits.
+    /// A group that no request waits for — best-effort records, and records whose durability
+    /// a caller checks later ([`Outbox::record_unwaited`]) — is committed once this long has
+    /// passed since its first record, once it holds a quarter of `max_batch`, or at once when
+    /// a request that waits joins it (or a group forms behind it): fewer, larger commits (each
+    /// an `fdatasync`) for records nobody waits on. Zero never waits.
     pub linger: std::time::Duration,
 }
 
@@ -79,6 +77,17 @@ pub struct Committed {
 /// Where a waiting request learns its event's fate.
 type Reply = oneshot::Sender<Result<Receipt, AuditError>>;
 
+/// Resolves once an event placed by [`Outbox::record_unwaited`] is durable, or failed to be.
+pub struct Durable(oneshot::Receiver<Result<Receipt, AuditError>>);
+
+impl std::future::Future for Durable {
+    type Output = Result<Receipt, AuditError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|answer| answer.unwrap_or(Err(AuditError::Closed)))
+    }
+}
+
 /// Where a chain stands: its last sequence number and that event's hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Head {
@@ -89,6 +98,7 @@ struct Head {
 /// Counters for status and metrics.
 #[derive(Debug, Default)]
 pub struct OutboxStats {
+    /// Events placed and not yet shipped (committed or still in a group).
     pub depth: AtomicU64,
     pub committed: AtomicU64,
     pub commits: AtomicU64,
@@ -128,8 +138,10 @@ struct Building {
     next: u64,
     /// Oldest first; records join the newest until it holds `max_batch`.
     groups: VecDeque<Group>,
-    /// The committer is waiting on `ready`.
+    /// The committer is waiting on `ready` for a group.
     idle: bool,
+    /// The committer is waiting on `ready` while the only group lingers.
+    lingering: bool,
     closed: bool,
 }
 
@@ -141,6 +153,10 @@ struct Group {
     /// Chain heads this group moves.
     moved: HashMap<String, Head>,
     waiting: Vec<(Option<Reply>, String, Arc<AuditEvent>)>,
+    /// A request waits on this group now: it never lingers.
+    waited: bool,
+    /// When its first record was placed.
+    opened: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -173,6 +189,7 @@ impl Outbox {
                 next: recovered.next,
                 groups: VecDeque::new(),
                 idle: false,
+                lingering: false,
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -198,6 +215,20 @@ impl Outbox {
 
     /// Records an event and returns once it is durable on this node.
     pub async fn record(&self, record: AuditRecord) -> Result<Receipt, AuditError> {
+        self.place_answered(record, true).await?.await
+    }
+
+    /// Places an event in its chain now, like [`Outbox::record`], but returns without waiting
+    /// for it to be durable: the returned [`Durable`] says when it is. For events whose
+    /// durability something else already holds (a Raft entry carrying them): their group may
+    /// linger, and the chain keeps the order in which they were placed.
+    pub async fn record_unwaited(&self, record: AuditRecord) -> Result<Durable, AuditError> {
+        self.place_answered(record, false).await
+    }
+
+    /// Places an event once there is room (refused past the backlog bound), with an answer
+    /// when it is durable; `waits`: the caller waits for that answer now.
+    async fn place_answered(&self, record: AuditRecord, waits: bool) -> Result<Durable, AuditError> {
         let core = &self.core;
         if core.stats.depth.load(Ordering::Relaxed) >= core.limits.max_depth {
             core.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -205,11 +236,11 @@ impl Outbox {
         }
         core.room.acquire().await.map_err(|_| AuditError::Closed)?.forget();
         let (reply, answer) = oneshot::channel();
-        if let Err(error) = core.place(record, Some(reply)) {
+        if let Err(error) = core.place(record, Some(reply), waits) {
             core.stats.failed.fetch_add(1, Ordering::Relaxed);
             return Err(error);
         }
-        answer.await.map_err(|_| AuditError::Closed)?
+        Ok(Durable(answer))
     }
 
     /// Places an event without waiting for it to be durable; when the queue or the outbox is
@@ -218,7 +249,7 @@ impl Outbox {
         let core = &self.core;
         let placed = core.stats.depth.load(Ordering::Relaxed) < core.limits.max_depth
             && core.room.try_acquire().map(|permit| permit.forget()).is_ok()
-            && core.place(record, None).is_ok();
+            && core.place(record, None, false).is_ok();
         if !placed {
             core.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -320,6 +351,16 @@ impl Core {
         self.building.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the only group may wait for more records: nobody waits on it, it is small,
+    /// and the outbox is open.
+    fn may_linger(&self, building: &Building) -> bool {
+        !self.limits.linger.is_zero()
+            && !building.closed
+            && building.groups.len() == 1
+            && !building.groups[0].waited
+            && building.groups[0].waiting.len() < self.limits.max_batch / 4
+    }
+
     fn close(&self) {
         self.building().closed = true;
         self.room.close();
@@ -329,11 +370,13 @@ impl Core {
     /// Gives one record (whose caller holds a `room` permit, which passes to the group) its
     /// place in its chain and adds it to the newest group. On an error the permit is given
     /// back and nothing was placed.
-    fn place(&self, record: AuditRecord, reply: Option<Reply>) -> Result<(), AuditError> {
+    /// `waits`: the caller waits for the record now, so its group must not linger.
+    fn place(&self, record: AuditRecord, reply: Option<Reply>, waits: bool) -> Result<(), AuditError> {
         let time_ms = now_ms();
         let mut building = self.building();
-        let placed = self.place_locked(&mut building, record, time_ms, reply);
-        let wake = placed.is_ok() && std::mem::take(&mut building.idle);
+        let placed = self.place_locked(&mut building, record, time_ms, reply, waits);
+        let wake = placed.is_ok()
+            && (std::mem::take(&mut building.idle) || (building.lingering && !self.may_linger(&building)));
         drop(building);
         match placed {
             Ok(()) if wake => self.ready.notify_one(),
@@ -349,6 +392,7 @@ impl Core {
         record: AuditRecord,
         time_ms: u64,
         reply: Option<Reply>,
+        waits: bool,
     ) -> Result<(), AuditError> {
         if building.closed {
             return Err(AuditError::Closed);
@@ -386,6 +430,8 @@ impl Core {
                 next: position,
                 moved: HashMap::new(),
                 waiting: Vec::new(),
+                waited: false,
+                opened: Instant::now(),
             });
         }
         let group = building.groups.back_mut().expect("a group was just ensured");
@@ -395,6 +441,10 @@ impl Core {
         group.moved.insert(tenant.to_string(), new_head);
         group.next = position + 1;
         group.waiting.push((reply, tenant.to_string(), Arc::new(event)));
+        group.waited |= waits;
+        // Counted from placement: an event waiting in a lingering group is not shipped either,
+        // and the shipper's decrement can never come before this increment.
+        self.stats.depth.fetch_add(1, Ordering::Relaxed);
         building.heads.insert(tenant.to_string(), new_head);
         building.next = position + 1;
         Ok(())
@@ -404,39 +454,31 @@ impl Core {
     /// answers its requests; after a failed commit every group placed behind it (chained onto
     /// it) fails too and placing starts again from what is durable. Ends once closed and empty.
     fn commit_groups(&self, mut appender: log::Appender) {
-        // Whether a commit just finished: a group waiting now arrived during it (load).
-        let mut committed = false;
         loop {
             let group = {
                 let mut building = self.building();
-                // Only a group no request waits for: lingering would add to requests' latency.
-                let unwaited_and_small = |b: &Building| {
-                    b.groups.len() == 1
-                        && b.groups[0].waiting.len() < self.limits.max_batch / 4
-                        && b.groups[0].waiting.iter().all(|(reply, _, _)| reply.is_none())
-                };
-                if committed && !self.limits.linger.is_zero() && !building.closed && unwaited_and_small(&building) {
-                    drop(building);
-                    std::thread::sleep(self.limits.linger);
-                    building = self.building();
-                }
                 loop {
-                    if let Some(group) = building.groups.pop_front() {
-                        break group;
+                    if building.groups.is_empty() {
+                        if building.closed {
+                            return;
+                        }
+                        building.idle = true;
+                        building = self.ready.wait(building).unwrap_or_else(|p| p.into_inner());
+                        continue;
                     }
-                    if building.closed {
-                        return;
+                    let linger_until = building.groups[0].opened + self.limits.linger;
+                    let now = Instant::now();
+                    if !self.may_linger(&building) || now >= linger_until {
+                        break building.groups.pop_front().expect("a group is there");
                     }
-                    building.idle = true;
-                    building = self.ready.wait(building).unwrap_or_else(|p| p.into_inner());
+                    building.lingering = true;
+                    building =
+                        self.ready.wait_timeout(building, linger_until - now).unwrap_or_else(|p| p.into_inner()).0;
+                    building.lingering = false;
                 }
             };
             let stats = &self.stats;
             let entries = group.next - group.first;
-            // Counted before the entries become visible: the shipper may read, ship and
-            // release them before the answers go out, and its decrement must not come first
-            // (the depth would wrap around and refuse every request as a backlog).
-            stats.depth.fetch_add(entries, Ordering::Relaxed);
             match appender.append(&group.records, group.first, group.next, &group.moved) {
                 Ok(()) => {
                     stats.committed.fetch_add(entries, Ordering::Relaxed);
@@ -452,7 +494,6 @@ impl Core {
                     }
                 }
                 Err(error) => {
-                    stats.depth.fetch_sub(entries, Ordering::Relaxed);
                     let mut failed = vec![group];
                     {
                         let mut building = self.building();
@@ -460,6 +501,7 @@ impl Core {
                         (building.next, building.heads) = self.log.durable();
                     }
                     let count: usize = failed.iter().map(|g| g.waiting.len()).sum();
+                    stats.depth.fetch_sub(count as u64, Ordering::Relaxed);
                     tracing::error!(%error, events = count, "audit outbox commit failed");
                     stats.failed.fetch_add(count as u64, Ordering::Relaxed);
                     for (reply, _, _) in failed.into_iter().flat_map(|g| g.waiting) {
@@ -471,7 +513,6 @@ impl Core {
                 }
             }
             self.room.add_permits(entries as usize);
-            committed = true;
         }
     }
 }
@@ -577,6 +618,33 @@ mod tests {
         }
         assert!(started.elapsed() < Duration::from_secs(10), "a request waited for the linger");
         assert_eq!(outbox.stats().committed.load(Ordering::Relaxed), 160);
+    }
+
+    #[tokio::test]
+    async fn records_nobody_waits_on_linger_into_one_commit_until_a_request_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = OutboxLimits { linger: Duration::from_secs(30), ..limits() };
+        let outbox = Outbox::open(dir.path(), 1, limits).unwrap();
+        let commits = || outbox.stats().commits.load(Ordering::Relaxed);
+        // Placed in order, none durable yet: their group lingers.
+        let mut durable = Vec::new();
+        for _ in 0..3 {
+            durable.push(outbox.record_unwaited(record("acme")).await.unwrap());
+        }
+        assert!(outbox.record_detached(record("globex")));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(commits(), 0, "a group nobody waits on lingers");
+
+        // A request that waits joins it: the whole group is committed at once, in order.
+        let started = std::time::Instant::now();
+        let receipt =
+            tokio::time::timeout(Duration::from_secs(10), outbox.record(record("acme"))).await.unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(receipt.chainseq, 4);
+        assert_eq!(commits(), 1, "one commit for the lingering records and the waiting one");
+        let seqs: Vec<u64> =
+            futures::future::join_all(durable).await.into_iter().map(|r| r.unwrap().chainseq).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
     }
 
     #[tokio::test]
