@@ -387,11 +387,15 @@ pub struct AuditConfig {
     /// Most events waiting to be committed; a full queue makes requests wait (fail-closed)
     /// or drops their events (best-effort).
     pub queue_events: usize,
-    /// Under load (the next group commit was already waiting when one finished), a group of
-    /// best-effort events only, fewer than a quarter of `max_batch_events`, waits this many
-    /// microseconds for more events first: fewer, larger fsyncs. A group a request waits for
-    /// (fail-closed) never waits. 0 never waits.
+    /// A group commit of events no request waits for — best-effort events, and those of
+    /// governance writes whose Raft entry carries them — waits up to this many microseconds
+    /// after its first event for more (cut short when a request that waits joins, or once it
+    /// holds a quarter of `max_batch_events`): fewer, larger fsyncs. A group a request waits
+    /// for is committed at once. 0 never waits.
     pub commit_linger_us: u64,
+    /// How often a node moves the audit events its governance writes carried in their Raft
+    /// entries into its outbox (and reports them recorded, so the log drops them).
+    pub carried_record_interval_ms: u64,
     /// Most committed events waiting to be shipped; beyond it fail-closed requests get 503
     /// `audit_backlog` and best-effort events are dropped.
     pub max_outbox_events: u64,
@@ -466,7 +470,8 @@ impl Default for AuditConfig {
             sink: AuditSinkKind::Local,
             max_batch_events: 1024,
             queue_events: 16_384,
-            commit_linger_us: 300,
+            commit_linger_us: 5_000,
+            carried_record_interval_ms: 20,
             max_outbox_events: 1_000_000,
             ship_backoff_min_ms: 100,
             ship_backoff_max_ms: 1_000,

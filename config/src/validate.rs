@@ -401,6 +401,11 @@ impl Config {
             "must be between 1 and 64".into(),
         );
         check(a.commit_linger_us <= 10_000, "audit.commit_linger_us", "must be at most 10000".into());
+        check(
+            (1..=60_000).contains(&a.carried_record_interval_ms),
+            "audit.carried_record_interval_ms",
+            "must be between 1 and 60000".into(),
+        );
         check(a.local.segment_bytes >= 4096, "audit.local.segment_bytes", "must be at least 4096".into());
         check(a.local.retention_ms >= 60_000, "audit.local.retention_ms", "must be at least 60000".into());
         check(a.local.sync_interval_ms <= 10_000, "audit.local.sync_interval_ms", "must be at most 10000".into());

@@ -22,6 +22,7 @@
 pub mod api;
 pub mod audit;
 pub mod bench;
+mod carried;
 pub mod chaos;
 pub mod client;
 pub mod custody;
@@ -174,6 +175,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let schedule_interval = Duration::from_millis(config.custody.schedule_interval_ms);
     let shred_task =
         tokio::spawn(custody::shred_pending(cluster.clone(), custody.clone(), schedule_interval, sync_stopped.clone()));
+    let carrier = Arc::new(carried::Carrier::default());
+    let recorder_task = tokio::spawn(carried::record(
+        cluster.clone(),
+        audit.clone(),
+        carrier.clone(),
+        Duration::from_millis(config.audit.carried_record_interval_ms),
+        sync_stopped.clone(),
+    ));
     let signing_task = tokio::spawn(identity::maintain(
         cluster.clone(),
         custody.clone(),
@@ -196,6 +205,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let api_app = api::router(api::AppState::new(api::AppParts {
         cluster: cluster.clone(),
         audit: audit.clone(),
+        carrier,
         supervisor: supervisor.clone(),
         directory,
         custody,
@@ -236,6 +246,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = sync_task.await;
     let _ = shred_task.await;
     let _ = signing_task.await;
+    // Records and reports the events the drained requests carried.
+    let _ = recorder_task.await;
     if let Err(e) = supervisor.stop_and_wait(Some("node stopping".into()), Some(DRAIN_TIMEOUT)).await {
         tracing::warn!(node_id, error = %e, "tenant actors did not stop in time");
     }

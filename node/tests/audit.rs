@@ -412,3 +412,60 @@ async fn a_node_killed_with_a_full_outbox_ships_every_acknowledged_event_after_r
         .unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
+
+/// A governance write's audit event rides in its Raft entry: a node killed right after the
+/// answer, before it recorded the event, records it from the log when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_before_recording_a_governance_writes_event_records_it_from_the_raft_log() {
+    // The recorder looks once a minute, after a look at start: nothing written after that is
+    // recorded from the log, or reported recorded, before the kill.
+    let env = [("CUSTOS_AUDIT__CARRIED_RECORD_INTERVAL_MS", "60000"), ("CUSTOS_AUDIT__COMMIT_LINGER_US", "10000")];
+    let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
+    cluster.form().await.expect("form");
+    create_tenant(&cluster, "acme").await;
+    let rename = json!({"display_name": "Acme Corp"});
+    let reply = cluster
+        .call(1, Method::PATCH, "/v1/tenants/acme", Some(&rename), &[("x-request-id", "rename-acme")])
+        .await
+        .expect("rename");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    cluster.kill(1).unwrap();
+
+    cluster.start(1).unwrap();
+    cluster.wait_healthy(1, Duration::from_secs(30)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let renames = loop {
+        // Shipping is at least once: a redelivery after the kill repeats an event, id and all.
+        let mut renames: Vec<Value> = Vec::new();
+        for event in stream(&cluster, "acme").await {
+            if event["data"]["request_id"] == "rename-acme" && renames.iter().all(|e| e["id"] != event["id"]) {
+                renames.push(event);
+            }
+        }
+        if renames.iter().any(|e| e["data"]["details"]["recorded_from_log"] == true) {
+            break renames;
+        }
+        assert!(Instant::now() < deadline, "the rename's event was not recorded from the log: {renames:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The one placed before the kill may have become durable too: then it is there twice, both
+    // telling the same change.
+    assert!(renames.len() <= 2, "{renames:#?}");
+    for event in &renames {
+        assert_eq!(event["type"], "dev.custos.tenant.update");
+        assert_eq!(event["data"]["outcome"], "success");
+        assert_eq!(event["data"]["actor"]["kind"], "admin");
+        assert_eq!(event["data"]["details"]["http_status"], 200);
+    }
+    let recovered = renames.iter().find(|e| e["data"]["details"]["recorded_from_log"] == true).unwrap();
+    assert!(recovered["data"]["details"]["raft_index"].as_u64().is_some(), "{recovered:#}");
+
+    // The chain verifies.
+    shipped(&cluster).await;
+    let mut verifier = Verifier::new("acme");
+    for event in stream(&cluster, "acme").await {
+        verifier.push(serde_json::from_value::<AuditEvent>(event).unwrap());
+    }
+    let report = verifier.finish();
+    assert!(report.is_clean(), "{:?}", report.findings);
+}

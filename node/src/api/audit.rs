@@ -8,6 +8,10 @@
 //! whose event cannot be made durable is answered 503 instead: a ciphertext, a key or a
 //! confirmation never leaves without its audit event.
 //!
+//! A governance write through `replicate` carries its event in its own Raft command instead
+//! (`carry`, `crate::carried`): committed, the event is durable, so the middleware places it
+//! in the outbox chain without waiting for that commit.
+//!
 //! The tenant's stream is served paged (`GET …/audit`) and live over Server-Sent Events
 //! (`GET …/audit/tail`).
 //!
@@ -33,8 +37,10 @@ use custos_actors::audit::sink::local::ReadFilter;
 use custos_actors::audit::{
     Actor, AuditData, AuditError, AuditEvent, AuditMode, AuditRecord, AuditStream, EventType, Outcome,
 };
-use custos_raft::TenantId;
+use custos_raft::{CarriedAudit, Command, TenantId};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
 use super::auth::{Authenticated, Caller, DecisionSlot};
@@ -132,7 +138,7 @@ fn scim_event_type(method: &Method, route: &str) -> Option<EventType> {
     })
 }
 
-fn outcome(status: StatusCode) -> Outcome {
+pub(crate) fn outcome(status: StatusCode) -> Outcome {
     match status {
         s if s.is_success() || s.is_redirection() => Outcome::Success,
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => Outcome::Denied,
@@ -212,16 +218,44 @@ pub async fn record(
             }
         }
     };
+    let mut carry = None;
     let (principal, mut response) = match authenticated {
         Ok(principal) => {
             let principal = principal.map(std::sync::Arc::new);
             if let Some(principal) = &principal {
                 request.extensions_mut().insert(Authenticated(principal.clone()));
             }
-            (principal, next.run(request).instrument(span.clone()).await)
+            let handled = next.run(request).instrument(span.clone());
+            // A write's event may ride with its Raft command (see `carry`).
+            let kind = event_type(&method, &route).filter(|k| may_carry(*k) && state.audit.mode() != AuditMode::Off);
+            let response = match (kind, &principal) {
+                (Some(kind), Some(principal)) => {
+                    let context = Arc::new(CarryContext {
+                        kind,
+                        actor: actor_of(principal),
+                        request_id: request_id.clone(),
+                        path_tenant: path_tenant.clone(),
+                        key: key.clone(),
+                        method: method.clone(),
+                        decision: slot.clone(),
+                        note: Mutex::new(None),
+                        placement: Mutex::new(None),
+                        carried: AtomicBool::new(false),
+                    });
+                    carry = Some(context.clone());
+                    CARRY.scope(context, handled).await
+                }
+                _ => handled.await,
+            };
+            (principal, response)
         }
         Err(error) => (None, error.into_response()),
     };
+    // Where this request's write carried its event, if it did and committed.
+    let carried = carry.and_then(|c| {
+        let placement = c.placement.lock().unwrap_or_else(|p| p.into_inner()).take();
+        placement.filter(|_| c.carried.load(Ordering::Relaxed))
+    });
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
@@ -282,7 +316,19 @@ pub async fn record(
                 _ => None,
             };
             let mode = exporting.then(|| state.audit.mode_of(&stream).as_str());
-            let record = state.audit.record(AuditRecord { stream, kind, subject, data });
+            let record = AuditRecord { stream, kind, subject, data };
+            if let Some(placement) = carried {
+                // Durable already, in the Raft entry of the write: placed in the chain now (its
+                // place among this node's events), committed without holding the answer.
+                match state.audit.outbox().record_unwaited(record).await {
+                    Ok(durable) => placement.placed(durable),
+                    Err(error) => {
+                        tracing::warn!(%error, "placing a carried audit event failed; it is recorded from the log")
+                    }
+                }
+                return observe(&state, tenant.as_ref(), Some(kind), started, response);
+            }
+            let record = state.audit.record(record);
             let recorded = match mode {
                 Some(mode) => record.instrument(tracing::info_span!(parent: &span, "audit.record", mode)).await,
                 None => record.await,
@@ -297,18 +343,136 @@ pub async fn record(
         }
         _ => response,
     };
+    observe(&state, tenant.as_ref(), kind, started, response)
+}
+
+/// Counts the answered request in the metrics and passes its response on.
+fn observe(
+    state: &AppState,
+    tenant: Option<&TenantId>,
+    kind: Option<EventType>,
+    started: std::time::Instant,
+    response: Response,
+) -> Response {
     let outcome_label = match outcome(response.status()) {
         Outcome::Success => "success",
         Outcome::Denied => "denied",
         Outcome::Failure => "failure",
     };
     state.metrics.observe(
-        tenant.as_ref().map_or(super::metrics::NO_TENANT, |t| t.as_str()),
+        tenant.map_or(super::metrics::NO_TENANT, |t| t.as_str()),
         kind.map_or("read", EventType::short),
         outcome_label,
         started.elapsed(),
     );
     response
+}
+
+/// Whether a request of this kind may change governance state, so its event may ride with the
+/// write. Key operations and sign-ins never write through `replicate`: they skip the set-up.
+fn may_carry(kind: EventType) -> bool {
+    !matches!(
+        kind,
+        EventType::KeyEncrypt
+            | EventType::KeyDecrypt
+            | EventType::KeyRewrap
+            | EventType::KeyGenerateDataKey
+            | EventType::AuditRead
+            | EventType::Authorization
+            | EventType::Authentication
+            | EventType::ApiKeyUse
+            | EventType::TokenIssue
+            | EventType::SignIn
+            | EventType::SignOut
+    )
+}
+
+/// What the middleware knows of a write request before its handler runs, so the write can
+/// carry its audit event (see [`carry`]).
+struct CarryContext {
+    kind: EventType,
+    actor: Actor,
+    request_id: String,
+    path_tenant: Option<String>,
+    key: Option<String>,
+    method: Method,
+    decision: DecisionSlot,
+    /// What the handler adds, known before its write ([`annotate`]).
+    note: Mutex<Option<Note>>,
+    /// The event the request's write carries, once it is built (one per request).
+    placement: Mutex<Option<crate::carried::Placement>>,
+    /// The write carried the event and committed.
+    carried: AtomicBool,
+}
+
+tokio::task_local! {
+    static CARRY: Arc<CarryContext>;
+}
+
+/// For a handler whose [`Note`] is known before its write: a carried event includes it.
+pub fn annotate(note: &Note) {
+    let _ = CARRY.try_with(|context| {
+        *context.note.lock().unwrap_or_else(|p| p.into_inner()) = Some(note.clone());
+    });
+}
+
+impl CarryContext {
+    /// The event this request's write would carry, encoded; None when it should not carry:
+    /// its stream is not fail-closed (a best-effort event never delays the answer anyway), the
+    /// recorder is behind or failing, or the event is too large.
+    fn event(&self, state: &AppState, command: &Command, success: StatusCode) -> Option<Vec<u8>> {
+        let mut placement = self.placement.lock().unwrap_or_else(|p| p.into_inner());
+        if placement.is_some() || !state.carrier.accepting() {
+            return None;
+        }
+        let note = self.note.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+        let tenant = note.tenant.as_ref().map(|t| t.to_string()).or_else(|| self.path_tenant.clone());
+        let stream = match tenant.as_deref().and_then(|t| TenantId::new(t).ok()) {
+            Some(tenant) => AuditStream::Tenant(tenant),
+            None => AuditStream::Cluster,
+        };
+        if state.audit.mode_of(&stream) != AuditMode::FailClosed || matches!(command, Command::Audited { .. }) {
+            return None;
+        }
+        let mut data = AuditData::new(self.actor.clone(), Outcome::Success);
+        data.decision_id = self.decision.peek();
+        data.request_id = Some(self.request_id.clone());
+        data.key_id = self.key.clone();
+        data.key_version = note.key_version;
+        data.details = note.details;
+        data.details.insert("http_method".into(), self.method.as_str().into());
+        let expected = state.carrier.expect();
+        let record = crate::carried::CarriedRecord {
+            kind: self.kind.short().to_string(),
+            tenant,
+            key: self.key.clone(),
+            data,
+            success_status: success.as_u16(),
+            token: expected.token,
+        };
+        let event = serde_json::to_vec(&record).ok().filter(|e| e.len() <= custos_raft::MAX_CARRIED_AUDIT_BYTES)?;
+        *placement = Some(expected);
+        Some(event)
+    }
+}
+
+/// Makes `command` carry this request's audit event when it should (see
+/// `CarryContext::event`); call [`carried`] with the answer once the write returned.
+pub(crate) fn carry(state: &AppState, command: Command, success: StatusCode) -> (Command, bool) {
+    let event = CARRY.try_with(|context| context.event(state, &command, success)).ok().flatten();
+    match event {
+        Some(event) => {
+            let audit = CarriedAudit { origin: state.cluster.id(), event };
+            (Command::Audited { command: Box::new(command), audit }, true)
+        }
+        None => (command, false),
+    }
+}
+
+/// The write that carried this request's event committed (whatever its outcome): the event is
+/// durable, and the middleware places it without waiting.
+pub(crate) fn carried() {
+    let _ = CARRY.try_with(|context| context.carried.store(true, Ordering::Relaxed));
 }
 
 /// The audit actor of a principal: its kind, subject and where its identity came from.

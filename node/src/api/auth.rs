@@ -108,6 +108,11 @@ impl DecisionSlot {
     pub fn take(&self) -> Option<String> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
     }
+
+    /// The decision so far, leaving it in place.
+    pub fn peek(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
 }
 
 /// Authenticates the request's credentials, if it presents any. A presented credential that

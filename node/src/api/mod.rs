@@ -68,6 +68,8 @@ impl std::ops::Deref for AppState {
 pub struct AppInner {
     pub cluster: Cluster,
     pub audit: Arc<Audit>,
+    /// Whether writes may carry their audit events (`crate::carried`).
+    pub carrier: Arc<crate::carried::Carrier>,
     /// This node's per-tenant actor supervisor.
     pub supervisor: ActorRef<NodeMsg>,
     /// Which tenants serve on this node, with their admission bounds.
@@ -104,6 +106,7 @@ pub struct AppInner {
 pub struct AppParts {
     pub cluster: Cluster,
     pub audit: Arc<Audit>,
+    pub carrier: Arc<crate::carried::Carrier>,
     pub supervisor: ActorRef<NodeMsg>,
     pub directory: Arc<TenantDirectory>,
     pub custody: Arc<Custody>,
@@ -124,6 +127,7 @@ impl AppState {
         AppState(Arc::new(AppInner {
             cluster: parts.cluster,
             audit: parts.audit,
+            carrier: parts.carrier,
             supervisor: parts.supervisor,
             directory: parts.directory,
             custody: parts.custody,
@@ -282,8 +286,12 @@ pub async fn replicate<T: serde::Serialize>(
     status: StatusCode,
     render: impl FnOnce(custos_raft::Output) -> Option<T>,
 ) -> Result<Response, ApiError> {
+    let (command, carrying) = audit::carry(state, command, status);
     let proposal = custos_raft::Proposal { request_id: request_id(headers)?, proposed_at_ms: now_ms(), command };
     let response = state.cluster.write(proposal).await?;
+    if carrying {
+        audit::carried();
+    }
     let body = render(response.outcome?)
         .ok_or_else(|| ApiError::internal("the state machine answered a command with the wrong kind of result"))?;
     let mut http = axum::response::IntoResponse::into_response((status, axum::Json(body)));

@@ -133,6 +133,7 @@ pub async fn create(
     let note = super::audit::Note { tenant: Some(id.clone()), ..Default::default() }
         .detail("region", region.as_str())
         .detail("key_provider", custody.provider.as_str());
+    super::audit::annotate(&note);
     let command = Command::CreateTenant { id, display_name: body.display_name, region, custody };
     let mut response = write(&state, &headers, command, StatusCode::CREATED).await?;
     response.extensions_mut().insert(note);
