@@ -241,6 +241,7 @@ pub async fn record(
                         note: Mutex::new(None),
                         placement: Mutex::new(None),
                         carried: AtomicBool::new(false),
+                        _writing: state.carrier.writing(),
                     });
                     carry = Some(context.clone());
                     CARRY.scope(context, handled).await
@@ -403,6 +404,8 @@ struct CarryContext {
     placement: Mutex<Option<crate::carried::Placement>>,
     /// The write carried the event and committed.
     carried: AtomicBool,
+    /// Counts this request among the node's governance writes in flight.
+    _writing: crate::carried::Writing,
 }
 
 tokio::task_local! {
