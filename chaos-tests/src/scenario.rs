@@ -454,8 +454,7 @@ async fn strike(
     })
 }
 
-/// Waits until node `id` has shipped its whole audit outbox.
-/// Waits until node `id`'s outbox is empty (once the load has stopped).
+/// Waits until node `id`'s outbox is empty (once the load has stopped): it shipped all of it.
 async fn outbox_drained(cluster: &ProcessCluster, id: u64, within: Duration) -> Result<()> {
     let drained = crate::eventually(within, async || {
         cluster

@@ -92,6 +92,8 @@ async fn request_spans_reach_a_real_collector_continuing_the_callers_trace() {
     assert_eq!(phase("raft.write").attribute("command"), Some("create_tenant"));
     assert_eq!(phase("raft.write").attribute("outcome"), Some("applied"));
     assert_eq!(phase("audit.record").attribute("mode"), Some("fail-closed"));
+    // A lone governance write carries its event in its Raft entry.
+    assert_eq!(phase("audit.record").attribute("carried"), Some("true"));
     assert_eq!(phase("custody.provision").attribute("provider"), Some("sealed-local"));
     phase("auth.authenticate");
     // The linearizable read waited on a read barrier.

@@ -321,7 +321,14 @@ pub async fn record(
             if let Some(placement) = carried {
                 // Durable already, in the Raft entry of the write: placed in the chain now (its
                 // place among this node's events), committed without holding the answer.
-                match state.audit.outbox().record_unwaited(record).await {
+                let place = state.audit.outbox().record_unwaited(record);
+                let placed = match mode {
+                    Some(mode) => {
+                        place.instrument(tracing::info_span!(parent: &span, "audit.record", mode, carried = true)).await
+                    }
+                    None => place.await,
+                };
+                match placed {
                     Ok(durable) => placement.placed(durable),
                     Err(error) => {
                         tracing::warn!(%error, "placing a carried audit event failed; it is recorded from the log")
@@ -331,7 +338,9 @@ pub async fn record(
             }
             let record = state.audit.record(record);
             let recorded = match mode {
-                Some(mode) => record.instrument(tracing::info_span!(parent: &span, "audit.record", mode)).await,
+                Some(mode) => {
+                    record.instrument(tracing::info_span!(parent: &span, "audit.record", mode, carried = false)).await
+                }
                 None => record.await,
             };
             match recorded {
