@@ -13,10 +13,10 @@
 //! recorder runs on every node: every `audit.carried_record_interval_ms` it reads the events
 //! this node carried, waits until those the middleware placed are durable in the outbox and
 //! records the others (after a restart, the placements are gone), then proposes
-//! `AuditRecorded` up to the last. Events of a node that
-//! left the cluster are recorded by the leader, in its own chain. After a crash between
-//! recording and that report the events are recorded again — a second event of the same
-//! change, with the same `raft_index` — never lost.
+//! `AuditRecorded` up to the last. Events of a node that left the cluster are recorded by the
+//! leader, in its own chain. After a crash between recording and that report the events are
+//! recorded again — a second event of the same change, with the same `request_id` — never
+//! lost.
 //!
 //! Carrying pays off for a write that would otherwise commit a group of its own: when more than
 //! a few governance writes are in flight on the node, their events share group commits, and
@@ -79,10 +79,14 @@ struct Seen {
 }
 
 impl Seen {
-    /// Remembers `token`; false when it was already remembered.
-    fn insert(&mut self, token: u64) -> bool {
+    fn contains(&self, token: u64) -> bool {
+        self.tokens.contains(&token)
+    }
+
+    /// Remembers `token`, forgetting the oldest beyond [`MAX_SEEN`].
+    fn insert(&mut self, token: u64) {
         if !self.tokens.insert(token) {
-            return false;
+            return;
         }
         self.order.push_back(token);
         if self.order.len() > MAX_SEEN {
@@ -90,7 +94,6 @@ impl Seen {
                 self.tokens.remove(&oldest);
             }
         }
-        true
     }
 }
 
@@ -241,11 +244,19 @@ async fn record_batch(
         Err(error) => return (None, false, Some(error.to_string())),
     };
     // Everything is placed first (one group commit for those recorded here), then awaited.
+    // A write the cluster retried internally (its answer was lost on the way) applies again as
+    // a replay and carries the same event (token) again: one request, one event.
     let mut placed = Vec::with_capacity(pending.len());
+    let mut tokens = std::collections::HashSet::new();
     let mut stopped = None;
     for carried in &pending {
-        match durable_of(cluster, audit, carrier, seen, carried).await {
-            Ok(durable) => placed.push((carried.position, durable)),
+        let token = serde_json::from_slice::<CarriedRecord>(&carried.event).ok().map(|r| r.token);
+        if token.is_some_and(|t| seen.contains(t) || !tokens.insert(t)) {
+            placed.push((carried.position, None, None));
+            continue;
+        }
+        match durable_of(cluster, audit, carrier, token, carried).await {
+            Ok(durable) => placed.push((carried.position, token, durable)),
             Err(error) => {
                 stopped = Some(error);
                 break;
@@ -253,11 +264,15 @@ async fn record_batch(
         }
     }
     let mut last = None;
-    for (position, durable) in placed {
+    for (position, token, durable) in placed {
         if let Some(durable) = durable {
             if let Err(error) = durable.await {
                 return (last, false, Some(error.to_string()));
             }
+        }
+        // Remembered only once durable: a failed round records it again.
+        if let Some(token) = token {
+            seen.insert(token);
         }
         last = Some(position);
     }
@@ -271,21 +286,13 @@ async fn durable_of(
     cluster: &Cluster,
     audit: &Audit,
     carrier: &Carrier,
-    seen: &mut Seen,
+    token: Option<u64>,
     carried: &CarriedEvent,
 ) -> Result<Option<Durable>, String> {
-    let token = serde_json::from_slice::<CarriedRecord>(&carried.event).ok().map(|r| r.token);
-    if let Some(token) = token {
-        // A write the cluster retried internally (its answer was lost on the way) applies as a
-        // replay and carries the same event again: one request, one event.
-        if !seen.insert(token) {
-            return Ok(None);
-        }
-        if let Some(placement) = carrier.take(token) {
-            // The request is still between its write and its answer, or placed the event.
-            if let Ok(durable) = placement.await {
-                return Ok(Some(durable));
-            }
+    if let Some(placement) = token.and_then(|t| carrier.take(t)) {
+        // The request is still between its write and its answer, or placed the event.
+        if let Ok(durable) = placement.await {
+            return Ok(Some(durable));
         }
     }
     match record_of(cluster, carried) {
@@ -390,7 +397,9 @@ pub async fn record(
             return;
         }
         if !full {
-            wait(&mut stop, interval).await;
+            // A report that failed (no leader yet, say) is tried again within a second.
+            let period = if unreported.is_some() { interval.min(MAX_BACKOFF) } else { interval };
+            wait(&mut stop, period).await;
         }
     }
 }

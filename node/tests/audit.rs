@@ -460,6 +460,19 @@ async fn a_node_killed_before_recording_a_governance_writes_event_records_it_fro
     let recovered = renames.iter().find(|e| e["data"]["details"]["recorded_from_log"] == true).unwrap();
     assert!(recovered["data"]["details"]["raft_index"].as_u64().is_some(), "{recovered:#}");
 
+    // Once recorded, the node reported it: a later restart records nothing from the log again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before: std::collections::HashSet<String> =
+        stream(&cluster, "acme").await.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    cluster.stop(1).unwrap();
+    cluster.start(1).unwrap();
+    cluster.wait_healthy(1, Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    shipped(&cluster).await;
+    let again: Vec<Value> =
+        stream(&cluster, "acme").await.into_iter().filter(|e| !before.contains(e["id"].as_str().unwrap())).collect();
+    assert!(again.iter().all(|e| e["data"]["details"]["recorded_from_log"] != true), "recorded twice: {again:#?}");
+
     // The chain verifies.
     shipped(&cluster).await;
     let mut verifier = Verifier::new("acme");
