@@ -1,7 +1,8 @@
 //! Audit through real `custos` processes: every auditable action yields its event and no
 //! secret; tenants see only their own stream; `custos audit verify` finds tampering; a node
 //! killed with events still in its outbox ships them after restart, to a real Kafka started
-//! by `deploy/scripts/kafka.sh` (never skipped).
+//! by `deploy/scripts/kafka.sh` (never skipped); a governance write's event carried in its
+//! Raft entry survives its node's crash, and its node's removal from the cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,13 +45,19 @@ async fn create_tenant(cluster: &ProcessCluster, id: &str) {
     }
 }
 
-/// Every event of a tenant's stream, through the API, page by page.
+/// Every event of a tenant's stream, through node 1's API, page by page.
 async fn stream(cluster: &ProcessCluster, tenant: &str) -> Vec<Value> {
+    stream_on(cluster, 1, tenant).await
+}
+
+/// Every event of a tenant's stream as `node` keeps it, page by page.
+async fn stream_on(cluster: &ProcessCluster, node: u64, tenant: &str) -> Vec<Value> {
     let mut events = Vec::new();
     let mut from = 0;
     loop {
-        let (status, page) =
-            call(cluster, Method::GET, &format!("/v1/tenants/{tenant}/audit?from={from}&limit=3"), None).await;
+        let path = format!("/v1/tenants/{tenant}/audit?from={from}&limit=3");
+        let reply = cluster.call(node, Method::GET, &path, None, &[]).await.expect("request");
+        let (status, page) = (reply.status, reply.body);
         assert_eq!(status, 200, "{page}");
         let batch = page["events"].as_array().unwrap().clone();
         let next = page["next"].as_u64().unwrap();
@@ -481,4 +488,42 @@ async fn a_node_killed_before_recording_a_governance_writes_event_records_it_fro
     }
     let report = verifier.finish();
     assert!(report.is_clean(), "{:?}", report.findings);
+}
+
+/// Events a node carried and never recorded are recorded by the leader, in its own chain, once
+/// that node has left the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_records_the_carried_events_of_a_node_removed_before_it_recorded_them() {
+    let mut cluster = ProcessCluster::new(binary(), 3, &[]).expect("prepare");
+    // Node 3 looks for its carried events once a minute, after a look at start.
+    let config = cluster.config_file(3).unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[audit]\ncarried_record_interval_ms = 60000\n");
+    std::fs::write(&config, text).unwrap();
+    cluster.form().await.expect("form");
+    create_tenant(&cluster, "acme").await;
+    let rename = json!({"display_name": "Acme via node 3"});
+    let reply = cluster
+        .call(3, Method::PATCH, "/v1/tenants/acme", Some(&rename), &[("x-request-id", "rename-via-3")])
+        .await
+        .expect("rename");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    cluster.kill(3).unwrap();
+    let (status, body) = call(&cluster, Method::DELETE, "/v1/cluster/members/3", None).await;
+    assert_eq!(status, 200, "{body}");
+
+    let leader = cluster.wait_leader(&[1, 2], Duration::from_secs(10)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let adopted = loop {
+        let events = stream_on(&cluster, leader, "acme").await;
+        if let Some(event) = events.into_iter().find(|e| e["data"]["request_id"] == "rename-via-3") {
+            break event;
+        }
+        assert!(Instant::now() < deadline, "the leader never recorded node 3's carried event");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(adopted["type"], "dev.custos.tenant.update");
+    assert_eq!(adopted["source"], format!("custos://node/{leader}"));
+    assert_eq!(adopted["data"]["details"]["recorded_from_log"], true);
+    assert_eq!(adopted["data"]["outcome"], "success");
 }
