@@ -195,6 +195,25 @@ impl Drop for Placement {
     }
 }
 
+/// Counted at most this far for status.
+const MAX_COUNTED: usize = 10_000;
+
+/// For cluster status: whether the recorder keeps up, and how many of this node's carried
+/// events governance state still holds (at most [`MAX_COUNTED`]; recorded ones leave with the
+/// next report).
+#[derive(Debug, Serialize)]
+pub struct CarriedStatus {
+    pub recording: bool,
+    pub unreported: Option<usize>,
+}
+
+pub fn status(cluster: &Cluster, carrier: &Carrier) -> CarriedStatus {
+    CarriedStatus {
+        recording: carrier.accepting.load(Ordering::Relaxed),
+        unreported: cluster.reader().carried_count(cluster.id(), MAX_COUNTED).ok(),
+    }
+}
+
 /// The audit record of a carried event, with its outcome. Its stream is the tenant's when
 /// the tenant exists (a refused request may name a made-up one), else the cluster's.
 fn record_of(cluster: &Cluster, carried: &CarriedEvent) -> Result<AuditRecord, String> {

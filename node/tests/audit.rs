@@ -467,8 +467,18 @@ async fn a_node_killed_before_recording_a_governance_writes_event_records_it_fro
     let recovered = renames.iter().find(|e| e["data"]["details"]["recorded_from_log"] == true).unwrap();
     assert!(recovered["data"]["details"]["raft_index"].as_u64().is_some(), "{recovered:#}");
 
-    // Once recorded, the node reported it: a later restart records nothing from the log again.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once recorded, the node reported it: governance state holds none of its events, and a
+    // later restart records nothing from the log again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = call(&cluster, Method::GET, "/v1/cluster/status?scope=node", None).await;
+        if status["carried_audit"]["unreported"] == 0 {
+            assert_eq!(status["carried_audit"]["recording"], true, "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "carried events never reported: {}", status["carried_audit"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let before: std::collections::HashSet<String> =
         stream(&cluster, "acme").await.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
     cluster.stop(1).unwrap();

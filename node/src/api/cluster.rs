@@ -62,6 +62,8 @@ pub struct StatusView {
     custody: CustodyView,
     /// This node's audit outbox and its delivery to the sink.
     audit: custos_actors::audit::AuditStatus,
+    /// The audit events this node's governance writes carried in Raft entries.
+    carried_audit: crate::carried::CarriedStatus,
 }
 
 /// Key custody on this node: its core providers and its edge cache.
@@ -111,7 +113,8 @@ pub async fn status(
         edge: state.custody.edge().stats(),
     };
     let audit = state.audit.status();
-    Ok(Json(StatusView { cluster, cluster_error, node, tenant_actors, custody, audit }))
+    let carried_audit = crate::carried::status(&state.cluster, &state.carrier);
+    Ok(Json(StatusView { cluster, cluster_error, node, tenant_actors, custody, audit, carried_audit }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -121,6 +121,12 @@ impl GovernanceReader {
         self.decode_range(from, origin_end(origin), limit)
     }
 
+    /// How many events `origin` carried and has not reported recorded, counted up to `limit`.
+    pub fn carried_count(&self, origin: NodeId, limit: usize) -> Result<usize, ReadError> {
+        let from = Bound::Included(origin_prefix(origin));
+        Ok(self.engine.range_rev_keys(Space::State, from, origin_end(origin), limit)?.len())
+    }
+
     /// The nodes with carried events not reported recorded, up to `limit` of them, in id order.
     pub fn carried_origins(&self, limit: usize) -> Result<Vec<NodeId>, ReadError> {
         let mut origins = Vec::new();
