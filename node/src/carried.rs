@@ -147,6 +147,7 @@ impl Carrier {
     fn take(&self, token: u64) -> Option<oneshot::Receiver<Durable>> {
         self.expected().remove(&token)
     }
+
     fn set(&self, accepting: bool) {
         if self.accepting.swap(accepting, Ordering::Relaxed) != accepting {
             match accepting {
@@ -216,8 +217,7 @@ pub fn status(cluster: &Cluster, carrier: &Carrier) -> CarriedStatus {
 
 /// The audit record of a carried event, with its outcome. Its stream is the tenant's when
 /// the tenant exists (a refused request may name a made-up one), else the cluster's.
-fn record_of(cluster: &Cluster, carried: &CarriedEvent) -> Result<AuditRecord, String> {
-    let record: CarriedRecord = serde_json::from_slice(&carried.event).map_err(|e| e.to_string())?;
+fn record_of(cluster: &Cluster, carried: &CarriedEvent, record: CarriedRecord) -> Result<AuditRecord, String> {
     let kind = EventType::parse(&record.kind).ok_or_else(|| format!("unknown event type {}", record.kind))?;
     let (status, reason) = match &carried.rejection {
         None => (StatusCode::from_u16(record.success_status).map_err(|e| e.to_string())?, None),
@@ -269,13 +269,23 @@ async fn record_batch(
     let mut tokens = std::collections::HashSet::new();
     let mut stopped = None;
     for carried in &pending {
-        let token = serde_json::from_slice::<CarriedRecord>(&carried.event).ok().map(|r| r.token);
-        if token.is_some_and(|t| seen.contains(t) || !tokens.insert(t)) {
+        let record = match serde_json::from_slice::<CarriedRecord>(&carried.event) {
+            Ok(record) => record,
+            // Only this build's API writes them; one that does not decode is a defect to see,
+            // never a reason to stop recording the rest.
+            Err(error) => {
+                tracing::error!(%error, index = carried.position.index, "a carried audit event does not decode");
+                placed.push((carried.position, None, None));
+                continue;
+            }
+        };
+        let token = record.token;
+        if seen.contains(token) || !tokens.insert(token) {
             placed.push((carried.position, None, None));
             continue;
         }
-        match durable_of(cluster, audit, carrier, token, carried).await {
-            Ok(durable) => placed.push((carried.position, token, durable)),
+        match durable_of(cluster, audit, carrier, carried, record).await {
+            Ok(durable) => placed.push((carried.position, Some(token), durable)),
             Err(error) => {
                 stopped = Some(error);
                 break;
@@ -299,28 +309,27 @@ async fn record_batch(
 }
 
 /// The event's way to durability in the outbox: the API's placement, or a recording made now.
-/// None for an event that does not decode — only this build's API writes them, so that is a
-/// defect to see (logged), never a reason to stop recording the rest.
+/// None for an event whose record makes no event (a defect to see, logged).
 async fn durable_of(
     cluster: &Cluster,
     audit: &Audit,
     carrier: &Carrier,
-    token: Option<u64>,
     carried: &CarriedEvent,
+    record: CarriedRecord,
 ) -> Result<Option<Durable>, String> {
-    if let Some(placement) = token.and_then(|t| carrier.take(t)) {
+    if let Some(placement) = carrier.take(record.token) {
         // The request is still between its write and its answer, or placed the event.
         if let Ok(durable) = placement.await {
             return Ok(Some(durable));
         }
     }
-    match record_of(cluster, carried) {
+    match record_of(cluster, carried, record) {
         Ok(mut record) => {
             record.data.details.insert("recorded_from_log".into(), true.into());
             audit.outbox().record_unwaited(record).await.map(Some).map_err(|e| e.to_string())
         }
         Err(error) => {
-            tracing::error!(%error, index = carried.position.index, "a carried audit event does not decode");
+            tracing::error!(%error, index = carried.position.index, "a carried audit event makes no event");
             Ok(None)
         }
     }

@@ -45,6 +45,15 @@ async fn create_tenant(cluster: &ProcessCluster, id: &str) {
     }
 }
 
+/// Renames a tenant through `node` under the request id `request_id` (a governance write).
+async fn rename(cluster: &ProcessCluster, node: u64, tenant: &str, request_id: &str) {
+    let body = json!({"display_name": format!("{tenant} renamed by {request_id}")});
+    let path = format!("/v1/tenants/{tenant}");
+    let reply =
+        cluster.call(node, Method::PATCH, &path, Some(&body), &[("x-request-id", request_id)]).await.expect("rename");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
 /// Every event of a tenant's stream, through node 1's API, page by page.
 async fn stream(cluster: &ProcessCluster, tenant: &str) -> Vec<Value> {
     stream_on(cluster, 1, tenant).await
@@ -430,12 +439,7 @@ async fn a_node_killed_before_recording_a_governance_writes_event_records_it_fro
     let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
     cluster.form().await.expect("form");
     create_tenant(&cluster, "acme").await;
-    let rename = json!({"display_name": "Acme Corp"});
-    let reply = cluster
-        .call(1, Method::PATCH, "/v1/tenants/acme", Some(&rename), &[("x-request-id", "rename-acme")])
-        .await
-        .expect("rename");
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    rename(&cluster, 1, "acme", "rename-acme").await;
     cluster.kill(1).unwrap();
 
     cluster.start(1).unwrap();
@@ -512,12 +516,7 @@ async fn the_leader_records_the_carried_events_of_a_node_removed_before_it_recor
     std::fs::write(&config, text).unwrap();
     cluster.form().await.expect("form");
     create_tenant(&cluster, "acme").await;
-    let rename = json!({"display_name": "Acme via node 3"});
-    let reply = cluster
-        .call(3, Method::PATCH, "/v1/tenants/acme", Some(&rename), &[("x-request-id", "rename-via-3")])
-        .await
-        .expect("rename");
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    rename(&cluster, 3, "acme", "rename-via-3").await;
     cluster.kill(3).unwrap();
     let (status, body) = call(&cluster, Method::DELETE, "/v1/cluster/members/3", None).await;
     assert_eq!(status, 200, "{body}");

@@ -85,8 +85,7 @@ pub async fn run(
                     Err(error) => {
                         retry_all(&outbox, sink.as_ref(), &stats, &mut in_flight, error).await;
                         if !stopping {
-                            wait(&mut stop, backoff).await;
-                            backoff = (backoff * 2).min(limits.backoff_max);
+                            back_off(&mut stop, &mut backoff, limits.backoff_max).await;
                         }
                         continue;
                     }
@@ -115,8 +114,7 @@ pub async fn run(
                     Err(error) => {
                         unsynced = None;
                         retry_all(&outbox, sink.as_ref(), &stats, &mut in_flight, error).await;
-                        wait(&mut stop, backoff).await;
-                        backoff = (backoff * 2).min(limits.backoff_max);
+                        back_off(&mut stop, &mut backoff, limits.backoff_max).await;
                         continue;
                     }
                 },
@@ -124,8 +122,7 @@ pub async fn run(
                 Err(error) => {
                     tracing::error!(%error, "reading the audit outbox failed");
                     *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
-                    wait(&mut stop, backoff).await;
-                    backoff = (backoff * 2).min(limits.backoff_max);
+                    back_off(&mut stop, &mut backoff, limits.backoff_max).await;
                     continue;
                 }
             }
@@ -135,11 +132,7 @@ pub async fn run(
         // sync that is due, or stop.
         let now = Instant::now();
         let sync_due = unsynced.map(|(since, _)| (since + limits.sync_interval).max(now));
-        let wake = match (sync_due, in_flight.is_empty()) {
-            (Some(due), _) => due.min(now + limits.idle_poll),
-            (None, true) => now + limits.idle_poll,
-            (None, false) => now + limits.backoff_max.max(limits.idle_poll),
-        };
+        let wake = sync_due.map_or(now + limits.idle_poll, |due| due.min(now + limits.idle_poll));
         let oldest = async {
             match in_flight.front_mut() {
                 Some(batch) => (&mut batch.delivery).await,
@@ -169,8 +162,7 @@ pub async fn run(
                     Err(error) => {
                         unsynced = None;
                         retry_all(&outbox, sink.as_ref(), &stats, &mut in_flight, error).await;
-                        wait(&mut stop, backoff).await;
-                        backoff = (backoff * 2).min(limits.backoff_max);
+                        back_off(&mut stop, &mut backoff, limits.backoff_max).await;
                     }
                 }
             }
@@ -221,11 +213,13 @@ async fn retry_all(
     }
 }
 
-async fn wait(stop: &mut watch::Receiver<bool>, period: Duration) {
+/// Waits out `backoff` (or until stop), then doubles it up to `max`.
+async fn back_off(stop: &mut watch::Receiver<bool>, backoff: &mut Duration, max: Duration) {
     tokio::select! {
-        _ = tokio::time::sleep(period) => {}
+        _ = tokio::time::sleep(*backoff) => {}
         _ = stop.changed() => {}
     }
+    *backoff = (*backoff * 2).min(max);
 }
 
 #[cfg(test)]

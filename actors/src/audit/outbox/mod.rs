@@ -297,9 +297,9 @@ impl Outbox {
     }
 
     /// Releases the sent entries up to `end` (a cursor [`Outbox::sent`] returned: the sink has
-    /// made them and everything before them durable) and returns how many. Their segments go once wholly shipped; the cursor is not flushed,
-    /// so after a crash they may be shipped again, under the same ids. Writes files, like
-    /// [`Outbox::pending`].
+    /// made them and everything before them durable) and returns how many. Their segments go
+    /// once wholly shipped; the cursor is not flushed, so after a crash they may be shipped
+    /// again, under the same ids. Writes files, like [`Outbox::pending`].
     pub fn release(&self, end: Cursor) -> u64 {
         let released = self.core.log.release(end);
         self.core.stats.depth.fetch_sub(released, Ordering::Relaxed);
