@@ -171,6 +171,30 @@ async fn proposals_batched_in_one_entry_see_each_other() {
 }
 
 #[tokio::test]
+async fn entries_applied_in_one_call_see_each_other_and_expire_across_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), 100).unwrap();
+    let suspend = Command::SetTenantStatus { id: tenant("acme"), status: TenantStatus::Suspended };
+    // More entries than one engine write takes: a create, blanks, a suspend of the tenant
+    // created, and a retry of the create far beyond the dedup window, all in one call.
+    let mut entries = vec![entry(1, "c", create("acme"))];
+    entries.extend(
+        (2..150).map(|i| Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), i), payload: EntryPayload::Blank }),
+    );
+    entries.push(entry(150, "s", suspend));
+    entries.push(entry(151, "c", create("acme")));
+    let responses = sm.apply(entries).await.unwrap();
+    assert_eq!(responses.len(), 151);
+    assert!(matches!(responses[149][0].outcome, Ok(Output::Tenant(ref t)) if t.status == TenantStatus::Suspended));
+    // The first create's record expired inside the call, so the retry is a new request.
+    assert!(!responses[150][0].replayed);
+    assert_eq!(responses[150][0].outcome, Err(Rejection::TenantExists(tenant("acme"))));
+    assert_eq!(reader.tenant(&tenant("acme")).unwrap().unwrap().status, TenantStatus::Suspended);
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|id| id.index), Some(151));
+}
+
+#[tokio::test]
 async fn change_feed_lists_each_tenant_once_at_its_latest_revision() {
     let dir = tempfile::tempdir().unwrap();
     let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();

@@ -67,7 +67,12 @@ impl Batch {
 pub trait KvEngine: Send + Sync + 'static {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Value>, EngineError>;
 
+    /// Writes the batch atomically.
     fn write(&self, space: Space, batch: Batch) -> Result<(), EngineError>;
+
+    /// Writes each entry in order, not as one atomic batch, which costs more: after a crash a
+    /// prefix of them survives (see above).
+    fn put_each(&self, space: Space, entries: Vec<(Key, Value)>) -> Result<(), EngineError>;
 
     /// Up to `limit` entries in key order within the bounds.
     fn range(

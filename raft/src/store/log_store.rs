@@ -162,12 +162,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = Batch::default();
+        let mut encoded = Vec::new();
         for entry in entries {
             let index = entry.get_log_id().index;
-            batch.put(index_key(index), encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?);
+            encoded.push((index_key(index), encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?));
         }
-        self.engine.write(Space::Log, batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        // Not one atomic batch: entries are acknowledged only after the flush, and a crash
+        // before it keeps a prefix of them, which is a valid log.
+        self.engine.put_each(Space::Log, encoded).map_err(|e| StorageIOError::write_logs(&e))?;
         // Readable now; durable (and reported so through the callback) after the next group
         // flush. Returning early lets openraft queue more appends behind this flush.
         self.flusher.complete_after_flush(callback).await.map_err(|e| StorageIOError::write_logs(&e))?;

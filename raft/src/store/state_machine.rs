@@ -70,6 +70,8 @@ const SNAPSHOT_KEY: &[u8] = b"current";
 /// Largest number of expired request records removed while applying one entry, so one apply
 /// never does unbounded work.
 const MAX_EXPIRED_PER_APPLY: usize = 64;
+/// Most log entries whose writes are committed to the engine as one batch.
+const MAX_ENTRIES_PER_WRITE: usize = 64;
 /// Largest number of a deleted tenant's key records removed while applying one entry.
 const MAX_PURGED_PER_APPLY: usize = 64;
 
@@ -219,11 +221,13 @@ struct SnapshotFile {
     entries: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// The writes of one log entry: visible to later reads of the same entry (a batch of
-/// proposals may create a tenant and then change it), and written as one atomic batch.
 /// A stored key and its value.
 type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// The writes of log entries applied together: visible to later reads of the same and later
+/// entries (a batch of proposals may create a tenant and then change it), and written as one
+/// atomic batch with the applied log id, so a crash loses whole entries, which are applied
+/// again from the log.
 pub(super) struct Txn<'a> {
     engine: &'a dyn KvEngine,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -321,9 +325,9 @@ impl StateMachineStore {
         }
     }
 
-    fn apply_entry(&self, entry: &Entry<TypeConfig>) -> Result<Vec<Response>, StorageError<NodeId>> {
+    /// Applies one entry's writes to `txn`, which the caller commits.
+    fn apply_entry(&self, entry: &Entry<TypeConfig>, txn: &mut Txn) -> Result<Vec<Response>, StorageError<NodeId>> {
         let log_id = *entry.get_log_id();
-        let mut txn = Txn::new(self.engine.as_ref());
         let responses = match &entry.payload {
             EntryPayload::Blank => Vec::new(),
             EntryPayload::Membership(membership) => {
@@ -337,17 +341,16 @@ impl StateMachineStore {
                     .enumerate()
                     .map(|(slot, proposal)| {
                         let position = CarriedPosition { index: log_id.index, slot: slot as u32 };
-                        self.apply_proposal(position, proposal, &mut txn)
+                        self.apply_proposal(position, proposal, txn)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 assert_eq!(responses.len(), proposals.0.len(), "one response per proposal");
                 responses
             }
         };
-        self.expire_requests(log_id.index, &mut txn)?;
-        self.purge_deleted_keys(&mut txn)?;
+        self.expire_requests(log_id.index, txn)?;
+        self.purge_deleted_keys(txn)?;
         txn.put(APPLIED_KEY, &Some(log_id))?;
-        txn.commit()?;
         Ok(responses)
     }
 
@@ -679,10 +682,9 @@ impl StateMachineStore {
         let Some(horizon) = index.checked_sub(self.dedup_window_entries) else {
             return Ok(());
         };
-        let from = Bound::Included(REQUEST_INDEX_PREFIX.to_vec());
+        // Through the transaction: an earlier entry applied with this one may have expired some.
         let to = Bound::Excluded(request_index_key(horizon, ""));
-        let expired = self.engine.range(Space::State, from, to, MAX_EXPIRED_PER_APPLY).map_err(sm_read_err)?;
-        for (key, _) in expired {
+        for (key, _) in txn.range(REQUEST_INDEX_PREFIX, to, MAX_EXPIRED_PER_APPLY)? {
             let id = &key[REQUEST_INDEX_PREFIX.len() + 8..];
             txn.delete(request_key(&String::from_utf8_lossy(id)));
             txn.delete(key);
@@ -761,7 +763,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        entries.into_iter().map(|entry| self.apply_entry(&entry)).collect()
+        // Entries applied together are written together, at most MAX_ENTRIES_PER_WRITE in
+        // one batch: an engine batch costs far more than its keys.
+        let mut responses = Vec::new();
+        let mut txn = Txn::new(self.engine.as_ref());
+        let mut pending = 0;
+        for entry in entries {
+            responses.push(self.apply_entry(&entry, &mut txn)?);
+            pending += 1;
+            if pending == MAX_ENTRIES_PER_WRITE {
+                std::mem::replace(&mut txn, Txn::new(self.engine.as_ref())).commit()?;
+                pending = 0;
+            }
+        }
+        if pending > 0 {
+            txn.commit()?;
+        }
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
