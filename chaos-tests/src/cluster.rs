@@ -213,6 +213,12 @@ impl ProcessCluster {
         self.nodes.keys().copied().collect()
     }
 
+    /// The process ids of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        let pid = |n: &NodeProcess| n.child.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(Child::id);
+        self.nodes.values().filter_map(pid).collect()
+    }
+
     pub fn root(&self) -> &Path {
         self.root.path()
     }

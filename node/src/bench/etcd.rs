@@ -61,6 +61,11 @@ impl EtcdCluster {
         Ok(cluster)
     }
 
+    /// The members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
     pub async fn wait_healthy(&self, http: &reqwest::Client) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         'members: for url in &self.client_urls {

@@ -1,6 +1,7 @@
 //! `custos bench governance`: durable governance writes on a 3-node loopback cluster at several
 //! client counts, side by side with a 3-member etcd cluster given the same payloads, TLS and
-//! client counts. Prints ops/s, p50/p99 latency, fsyncs per committed write, and the ratios.
+//! client counts. Prints ops/s, p50/p99 latency, fsyncs and server CPU per committed write, and
+//! the ratios.
 //!
 //! Two Custos writes per client count:
 //! - `create`: `POST /v1/tenants` — the governance record plus what a new tenant brings on
@@ -12,7 +13,9 @@
 //!
 //! fsyncs per write count every fsync of the busiest node or member: for Custos its Raft
 //! storage flushes, audit outbox commits and local audit log syncs; for etcd its WAL fsyncs
-//! and backend (bbolt) commits.
+//! and backend (bbolt) commits. CPU per write is the CPU time (user and system) of all three
+//! nodes or members during the run divided by the writes: less noisy than ops/s on a shared
+//! machine, it is what the servers spend on a write (the load generator is not counted).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +27,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::etcd::{self, EtcdCluster};
-use super::load::{drive, RunStats};
+use super::load::{cpu_seconds, drive, RunStats};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -42,6 +45,8 @@ struct Row {
     stats: RunStats,
     /// Largest per-node number of fsyncs divided by committed writes.
     fsyncs_per_write: f64,
+    /// CPU time of all nodes divided by committed writes, in microseconds.
+    cpu_us_per_write: f64,
 }
 
 fn fsyncs_per_write(before: &[u64], after: &[u64], writes: u64) -> f64 {
@@ -65,7 +70,7 @@ async fn custos_fsyncs(cluster: &ProcessCluster) -> Result<Vec<u64>> {
 
 fn print_row(row: &Row) {
     println!(
-        "{:<8} {:<7} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>13.2}",
+        "{:<8} {:<7} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>13.2} {:>13.0}",
         row.system,
         row.op,
         row.clients,
@@ -73,19 +78,30 @@ fn print_row(row: &Row) {
         row.stats.latency_ms(0.50),
         row.stats.latency_ms(0.99),
         row.stats.errors,
-        row.fsyncs_per_write
+        row.fsyncs_per_write,
+        row.cpu_us_per_write
     );
 }
 
-/// Prints one run's row, fsyncs counted from the per-node counters around it, and keeps it.
+/// Counters of the servers at the start or end of a run.
+struct Counters {
+    /// fsyncs of each node or member.
+    fsyncs: Vec<u64>,
+    /// CPU seconds of all of them.
+    cpu: f64,
+}
+
+/// Prints one run's row, fsyncs and CPU counted from the counters around it, and keeps it.
 fn push_row(
     rows: &mut Vec<Row>,
     (system, op): (&'static str, &'static str),
     clients: usize,
     stats: RunStats,
-    (before, after): (&[u64], &[u64]),
+    (before, after): (&Counters, &Counters),
 ) {
-    let row = Row { system, op, clients, fsyncs_per_write: fsyncs_per_write(before, after, stats.ok), stats };
+    let fsyncs_per_write = fsyncs_per_write(&before.fsyncs, &after.fsyncs, stats.ok);
+    let cpu_us_per_write = (after.cpu - before.cpu) * 1e6 / stats.ok.max(1) as f64;
+    let row = Row { system, op, clients, fsyncs_per_write, cpu_us_per_write, stats };
     print_row(&row);
     rows.push(row);
 }
@@ -116,13 +132,19 @@ pub async fn run(options: Options) -> Result<()> {
         options.value_bytes
     );
     println!(
-        "{:<8} {:<7} {:>7} {:>10} {:>9} {:>9} {:>8} {:>13}",
-        "system", "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors", "fsyncs/write"
+        "{:<8} {:<7} {:>7} {:>10} {:>9} {:>9} {:>8} {:>13} {:>13}",
+        "system", "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors", "fsyncs/write", "cpu µs/write"
     );
+    let custos_counters = || async {
+        Ok::<_, anyhow::Error>(Counters { fsyncs: custos_fsyncs(&cluster).await?, cpu: cpu_seconds(&cluster.pids()) })
+    };
+    let etcd_counters = || async {
+        Ok::<_, anyhow::Error>(Counters { fsyncs: etcd.fsyncs(&http).await?, cpu: cpu_seconds(&etcd.pids()) })
+    };
     let name = "n".repeat(options.value_bytes);
     let mut rows = Vec::new();
     for (run, &clients) in options.clients.iter().enumerate() {
-        let before = custos_fsyncs(&cluster).await?;
+        let before = custos_counters().await?;
         let c = cluster.clone();
         let n = name.clone();
         let stats = drive(clients, options.duration, move |client, seq| {
@@ -134,7 +156,7 @@ pub async fn run(options: Options) -> Result<()> {
             }
         })
         .await;
-        let after = custos_fsyncs(&cluster).await?;
+        let after = custos_counters().await?;
         push_row(&mut rows, ("custos", "create"), clients, stats, (&before, &after));
 
         for client in 0..clients {
@@ -144,7 +166,7 @@ pub async fn run(options: Options) -> Result<()> {
                 bail!("creating the tenants to update: {} {}", reply.status, reply.body);
             }
         }
-        let before = custos_fsyncs(&cluster).await?;
+        let before = custos_counters().await?;
         let (c, n) = (cluster.clone(), name.clone());
         let stats = drive(clients, options.duration, move |client, seq| {
             let c = c.clone();
@@ -161,10 +183,10 @@ pub async fn run(options: Options) -> Result<()> {
             }
         })
         .await;
-        let after = custos_fsyncs(&cluster).await?;
+        let after = custos_counters().await?;
         push_row(&mut rows, ("custos", "update"), clients, stats, (&before, &after));
 
-        let before = etcd.fsyncs(&http).await?;
+        let before = etcd_counters().await?;
         let (e, h, n) = (etcd.clone(), http.clone(), name.clone());
         let stats = drive(clients, options.duration, move |client, seq| {
             let (e, h) = (e.clone(), h.clone());
@@ -176,25 +198,26 @@ pub async fn run(options: Options) -> Result<()> {
             }
         })
         .await;
-        let after = etcd.fsyncs(&http).await?;
+        let after = etcd_counters().await?;
         push_row(&mut rows, ("etcd", "put"), clients, stats, (&before, &after));
     }
 
     println!();
     println!(
-        "{:<7} {:>7} {:>18} {:>16} {:>16}",
-        "op", "clients", "ops/s custos/etcd", "p50 custos/etcd", "p99 custos/etcd"
+        "{:<7} {:>7} {:>18} {:>16} {:>16} {:>16}",
+        "op", "clients", "ops/s custos/etcd", "p50 custos/etcd", "p99 custos/etcd", "cpu custos/etcd"
     );
     for triple in rows.chunks(3) {
         let e = &triple[2];
         for c in &triple[..2] {
             println!(
-                "{:<7} {:>7} {:>18.2} {:>16.2} {:>16.2}",
+                "{:<7} {:>7} {:>18.2} {:>16.2} {:>16.2} {:>16.2}",
                 c.op,
                 c.clients,
                 c.stats.ops_per_sec() / e.stats.ops_per_sec(),
                 c.stats.latency_ms(0.5) / e.stats.latency_ms(0.5),
-                c.stats.latency_ms(0.99) / e.stats.latency_ms(0.99)
+                c.stats.latency_ms(0.99) / e.stats.latency_ms(0.99),
+                c.cpu_us_per_write / e.cpu_us_per_write
             );
         }
     }

@@ -78,3 +78,20 @@ where
     latencies_us.sort_unstable();
     RunStats { ok, errors, elapsed, latencies_us }
 }
+
+/// CPU time (user and system) the processes `pids` have used so far, in seconds, from
+/// `/proc/<pid>/stat`; a process that is gone counts as zero.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks_per_sec = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(ticks)) if ticks > 0 => ticks as f64,
+        _ => 100.0,
+    };
+    let ticks = |pid: u32| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which ends with the last ')': state is field 3, utime
+        // and stime are fields 14 and 15.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    pids.iter().filter_map(|pid| ticks(*pid)).sum::<u64>() as f64 / ticks_per_sec
+}
