@@ -186,8 +186,11 @@ pub fn check(events: &[Event], initial: &HashMap<String, Option<String>>) -> Res
 }
 
 /// The checker, built from `chaos-tests/checker` into the cache (keyed by its sources) the
-/// first time it is needed.
+/// first time it is needed. One build at a time per process: threads of one process share its
+/// id, so they would share the staging file.
 fn checker_binary() -> Result<PathBuf> {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("checker");
     let mut digest = 0u64;
     for file in ["go.mod", "go.sum", "main.go"] {
