@@ -70,8 +70,8 @@ pub trait KvEngine: Send + Sync + 'static {
     /// Writes the batch atomically.
     fn write(&self, space: Space, batch: Batch) -> Result<(), EngineError>;
 
-    /// Writes each entry in order, not as one atomic batch, which costs more: after a crash a
-    /// prefix of them survives (see above).
+    /// Writes each entry in order, without the cost of an atomic batch: after a crash a prefix
+    /// of them survives (see above).
     fn put_each(&self, space: Space, entries: Vec<(Key, Value)>) -> Result<(), EngineError>;
 
     /// Up to `limit` entries in key order within the bounds.
