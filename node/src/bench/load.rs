@@ -95,3 +95,30 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
     };
     pids.iter().filter_map(|pid| ticks(*pid)).sum::<u64>() as f64 / ticks_per_sec
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_counts_this_process_busy_and_nothing_for_a_missing_one() {
+        let me = std::process::id();
+        let before = cpu_seconds(&[me]);
+        // Spin until a clock tick or two of CPU time shows, within a bound.
+        let started = Instant::now();
+        let mut x = 0u64;
+        while cpu_seconds(&[me]) < before + 0.02 && started.elapsed() < Duration::from_secs(10) {
+            for i in 0..100_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+        }
+        std::hint::black_box(x);
+        let used = cpu_seconds(&[me]) - before;
+        let wall = started.elapsed().as_secs_f64();
+        assert!(used >= 0.02, "no CPU time counted after {wall:.1} s of spinning");
+        // Every thread of this process together cannot use more than the machine's cores.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(used <= (wall + 0.05) * cores, "{used} s of CPU in {wall} s");
+        assert_eq!(cpu_seconds(&[u32::MAX]), 0.0);
+    }
+}
