@@ -30,11 +30,14 @@ fn kafka_config(broker: &KafkaBroker, layout: TopicLayout) -> KafkaSinkConfig {
         partitions: 3,
         replication_factor: 1,
         retention_ms: -1,
-        message_timeout: Duration::from_secs(3),
+        request_timeout: Duration::from_secs(3),
         max_in_flight: 10_000,
         client_properties: Vec::new(),
     }
 }
+
+const STALLED_AFTER: Duration = Duration::from_secs(2);
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 fn open(dir: &Path, mode: AuditMode, max_depth: u64, kafka: KafkaSinkConfig) -> Arc<Audit> {
     Audit::open(AuditSettings {
@@ -52,6 +55,8 @@ fn open(dir: &Path, mode: AuditMode, max_depth: u64, kafka: KafkaSinkConfig) -> 
             linger: Duration::from_millis(5),
             sync_interval: Duration::from_millis(100),
             idle_poll: Duration::from_millis(200),
+            stalled_after: STALLED_AFTER,
+            stop_grace: STOP_GRACE,
         },
         sink: SinkChoice::Kafka(kafka),
     })
@@ -169,7 +174,7 @@ async fn a_broker_crash_under_load_loses_no_acknowledged_event_and_fail_closed_r
         }
     }
     assert!(refused > 0, "the outbox never filled: {:?}", audit.status());
-    // Delivery attempts time out after the message timeout; status must then say why.
+    // Batches wait for the broker (they never expire); status must say why nothing ships.
     let deadline = Instant::now() + Duration::from_secs(30);
     while audit.status().last_error.is_none() {
         assert!(Instant::now() < deadline, "no delivery failure reported: {:?}", audit.status());
@@ -213,5 +218,53 @@ async fn best_effort_keeps_answering_while_the_broker_is_down_and_catches_up() {
     assert!(report.is_clean(), "{:?}", report.findings);
     assert_eq!(report.chains[0].last_seq, 500);
     assert_eq!(audit.status().dropped, 0);
+    audit.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_wait_out_a_long_outage_without_failing_so_no_later_event_overtakes_an_earlier_one() {
+    let kafka = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kafka_config(&kafka, TopicLayout::Shared { topic: "custos.audit.waits".into() });
+    let audit = open(dir.path(), AuditMode::FailClosed, 100_000, config.clone());
+    for n in 0..50 {
+        audit.record(record("acme", n)).await.unwrap();
+    }
+    drained(&audit, Duration::from_secs(60)).await;
+
+    kafka.run("kill").unwrap();
+    // Batches go out at different moments while the broker is down, and the outage lasts
+    // longer than any request timeout. Had the oldest expired while a younger one waited, the
+    // younger would land first once the broker is back.
+    for n in 50..80 {
+        audit.record(record("acme", n)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + STALLED_AFTER + Duration::from_secs(10);
+    loop {
+        let status = audit.status();
+        if status.last_error.as_deref().is_some_and(|e| e.starts_with("kafka has acknowledged no batch for")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stall was not reported: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(audit.status().delivery_failures, 0, "a batch failed while the broker was merely down");
+
+    // Stopping during the outage gives up after the grace period; the outbox keeps the rest.
+    let stopping = Instant::now();
+    audit.shutdown().await;
+    assert!(stopping.elapsed() < STOP_GRACE + Duration::from_secs(3), "shutdown hung on the outage");
+    drop(audit);
+
+    kafka.run("restart").unwrap();
+    let audit = open(dir.path(), AuditMode::FailClosed, 100_000, config.clone());
+    drained(&audit, Duration::from_secs(90)).await;
+    let events = read_back(&config, "acme").await;
+    let report = verify(&events, "acme");
+    assert!(report.is_clean(), "{:?}", report.findings);
+    assert_eq!(report.chains[0].last_seq, 80);
+    let distinct: std::collections::HashSet<&str> = events.iter().map(|(_, e)| e.id.as_str()).collect();
+    assert_eq!(distinct.len(), 80, "acknowledged events missing from Kafka");
     audit.shutdown().await;
 }

@@ -198,7 +198,7 @@ impl Services {
                 ("CUSTOS_AUDIT__KAFKA__BROKERS", kafka.bootstrap()?),
                 ("CUSTOS_AUDIT__KAFKA__PARTITIONS", "3".into()),
                 ("CUSTOS_AUDIT__KAFKA__REPLICATION_FACTOR", "1".into()),
-                ("CUSTOS_AUDIT__KAFKA__MESSAGE_TIMEOUT_MS", "2000".into()),
+                ("CUSTOS_AUDIT__KAFKA__REQUEST_TIMEOUT_MS", "2000".into()),
                 ("CUSTOS_AUDIT__SHIP_BACKOFF_MAX_MS", "500".into()),
             ]),
             Services::Vault(bao) => pairs(&[

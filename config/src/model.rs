@@ -411,6 +411,12 @@ pub struct AuditConfig {
     /// most `max_batch_events`; with Kafka, all of them together must fit in
     /// `audit.kafka.max_in_flight`.
     pub ship_max_batches_in_flight: usize,
+    /// A batch the sink has not acknowledged for this long is reported in status (it is
+    /// still being retried: a delivery never expires, or a later event could overtake it).
+    pub ship_stalled_after_ms: u64,
+    /// At shutdown the shipper waits this long for batches still on their way; what is not
+    /// acknowledged by then stays in the outbox and is shipped again at the next start.
+    pub ship_stop_grace_ms: u64,
     pub local: AuditLocalConfig,
     pub kafka: AuditKafkaConfig,
 }
@@ -445,8 +451,9 @@ pub struct AuditKafkaConfig {
     pub replication_factor: i32,
     /// `retention.ms` of topics Custos creates; -1 keeps events forever.
     pub retention_ms: i64,
-    /// How long the producer retries one event before its batch fails and is retried whole.
-    pub message_timeout_ms: u64,
+    /// Bound on topic creation and topic metadata requests. Events themselves never time out
+    /// in the producer: it retries them until the brokers take them, in order.
+    pub request_timeout_ms: u64,
     /// Events the producer may hold unacknowledged.
     pub max_in_flight: usize,
     pub security_protocol: KafkaSecurityProtocol,
@@ -477,6 +484,8 @@ impl Default for AuditConfig {
             ship_backoff_max_ms: 1_000,
             ship_linger_ms: 5,
             ship_max_batches_in_flight: 4,
+            ship_stalled_after_ms: 10_000,
+            ship_stop_grace_ms: 5_000,
             local: AuditLocalConfig::default(),
             kafka: AuditKafkaConfig::default(),
         }
@@ -504,7 +513,7 @@ impl Default for AuditKafkaConfig {
             partitions: 12,
             replication_factor: 3,
             retention_ms: -1,
-            message_timeout_ms: 30_000,
+            request_timeout_ms: 30_000,
             max_in_flight: 100_000,
             security_protocol: KafkaSecurityProtocol::Plaintext,
             ca_file: None,

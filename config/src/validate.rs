@@ -400,6 +400,12 @@ impl Config {
             "audit.ship_max_batches_in_flight",
             "must be between 1 and 64".into(),
         );
+        check(
+            (100..=3_600_000).contains(&a.ship_stalled_after_ms),
+            "audit.ship_stalled_after_ms",
+            "must be between 100 and 3600000".into(),
+        );
+        check(a.ship_stop_grace_ms <= 600_000, "audit.ship_stop_grace_ms", "must be at most 600000".into());
         check(a.commit_linger_us <= 10_000, "audit.commit_linger_us", "must be at most 10000".into());
         check(
             (1..=60_000).contains(&a.carried_record_interval_ms),
@@ -444,7 +450,11 @@ impl Config {
             "audit.kafka.retention_ms",
             "must be -1 (keep forever) or at least 60000".into(),
         );
-        check(k.message_timeout_ms >= 1000, "audit.kafka.message_timeout_ms", "must be at least 1000".into());
+        check(
+            (1000..=600_000).contains(&k.request_timeout_ms),
+            "audit.kafka.request_timeout_ms",
+            "must be between 1000 and 600000".into(),
+        );
         // Every batch the shipper has on its way must fit in the producer's queue.
         let shipped = a.max_batch_events.saturating_mul(a.ship_max_batches_in_flight);
         check(
@@ -533,6 +543,17 @@ mod tests {
         config.audit.kafka.max_in_flight = 100_000;
         let paths: Vec<String> = config.validate().into_iter().map(|e| e.path).collect();
         assert_eq!(paths, vec!["audit.ship_max_batches_in_flight"]);
+        config.audit.ship_max_batches_in_flight = 4;
+
+        // A stall is reported after a positive wait; shutdown and metadata waits are bounded.
+        config.audit.ship_stalled_after_ms = 0;
+        config.audit.ship_stop_grace_ms = 3_600_000;
+        config.audit.kafka.request_timeout_ms = 10;
+        let paths: Vec<String> = config.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            vec!["audit.ship_stalled_after_ms", "audit.ship_stop_grace_ms", "audit.kafka.request_timeout_ms"]
+        );
     }
 
     #[test]

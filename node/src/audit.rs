@@ -62,7 +62,7 @@ pub fn kafka_sink_config(k: &AuditKafkaConfig, max_batch: usize) -> Result<Kafka
         partitions: k.partitions,
         replication_factor: k.replication_factor,
         retention_ms: k.retention_ms,
-        message_timeout: Duration::from_millis(k.message_timeout_ms),
+        request_timeout: Duration::from_millis(k.request_timeout_ms),
         max_in_flight: k.max_in_flight.max(max_batch),
         client_properties: properties,
     })
@@ -106,6 +106,8 @@ pub fn open(config: &AuditConfig, node_id: u64, data_dir: &Path) -> Result<Arc<A
             linger: Duration::from_millis(config.ship_linger_ms),
             sync_interval: Duration::from_millis(config.local.sync_interval_ms),
             idle_poll: Duration::from_secs(1),
+            stalled_after: Duration::from_millis(config.ship_stalled_after_ms),
+            stop_grace: Duration::from_millis(config.ship_stop_grace_ms),
         },
         sink,
     })

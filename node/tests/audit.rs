@@ -345,7 +345,7 @@ async fn a_node_killed_with_a_full_outbox_ships_every_acknowledged_event_after_r
         ("CUSTOS_AUDIT__KAFKA__BROKERS", brokers.as_str()),
         ("CUSTOS_AUDIT__KAFKA__PARTITIONS", "3"),
         ("CUSTOS_AUDIT__KAFKA__REPLICATION_FACTOR", "1"),
-        ("CUSTOS_AUDIT__KAFKA__MESSAGE_TIMEOUT_MS", "2000"),
+        ("CUSTOS_AUDIT__KAFKA__REQUEST_TIMEOUT_MS", "2000"),
         ("CUSTOS_AUDIT__SHIP_BACKOFF_MAX_MS", "500"),
     ];
     let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
@@ -394,7 +394,7 @@ async fn a_node_killed_with_a_full_outbox_ships_every_acknowledged_event_after_r
         partitions: 3,
         replication_factor: 1,
         retention_ms: -1,
-        message_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(5),
         max_in_flight: 1000,
         client_properties: Vec::new(),
     };

@@ -250,6 +250,8 @@ mod tests {
                     linger: std::time::Duration::ZERO,
                     sync_interval: std::time::Duration::ZERO,
                     idle_poll: std::time::Duration::from_millis(10),
+                    stalled_after: std::time::Duration::from_secs(10),
+                    stop_grace: std::time::Duration::from_secs(5),
                 },
                 sink: SinkChoice::Local(sink::local::LocalLogLimits {
                     segment_bytes: 1 << 20,

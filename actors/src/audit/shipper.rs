@@ -12,6 +12,12 @@
 //! busy loop. After a batch smaller than `max_batch` it lingers before reading again, so under
 //! load each delivery (a sink round trip, an fsync, a cursor write) carries many events
 //! instead of the few of one group commit.
+//!
+//! A delivery never times out here (nor in the Kafka sink): giving up on a batch while later
+//! ones are on their way could let those land first. A batch unacknowledged for
+//! `stalled_after` is reported instead (`last_error`, with the sink's [`AuditSink::problem`]),
+//! once per stall. On stop the shipper waits up to `stop_grace` for the batches on their way;
+//! what is still unacknowledged then stays in the outbox for the next start.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +44,10 @@ pub struct ShipperLimits {
     pub sync_interval: Duration,
     /// How often an idle shipper looks at the outbox even without a commit signal.
     pub idle_poll: Duration,
+    /// How long a batch may wait for the sink before the wait is reported.
+    pub stalled_after: Duration,
+    /// How long a stopping shipper waits for the batches on their way.
+    pub stop_grace: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -54,13 +64,16 @@ impl ShipperStats {
     }
 }
 
-/// A batch submitted to the sink: what it waits for and where it ends in the outbox.
+/// A batch submitted to the sink: what it waits for, where it ends in the outbox and when it
+/// went out.
 struct InFlight {
     delivery: Delivery,
     end: Cursor,
+    submitted: Instant,
 }
 
-/// Runs until `stop` turns true; then waits for the batches on their way and syncs the sink.
+/// Runs until `stop` turns true; then waits (up to `stop_grace`) for the batches on their way
+/// and syncs the sink.
 pub async fn run(
     outbox: Arc<Outbox>,
     sink: Arc<dyn AuditSink>,
@@ -75,15 +88,36 @@ pub async fn run(
     let mut unsynced: Option<(Instant, Cursor)> = None;
     // No reading before this (the linger after a partial batch).
     let mut read_after = Instant::now();
+    // The last answer from the sink, and whether the current wait for one was reported.
+    let mut last_answer = Instant::now();
+    let mut stall_reported = false;
+    // When a stopping shipper gives up on the batches still on their way.
+    let mut stop_by: Option<Instant> = None;
     loop {
         let stopping = *stop.borrow();
+        if stopping {
+            let by = *stop_by.get_or_insert_with(|| Instant::now() + limits.stop_grace);
+            if !in_flight.is_empty() && Instant::now() >= by {
+                tracing::warn!(
+                    sink = sink.name(),
+                    batches = in_flight.len(),
+                    "stopping with audit batches unacknowledged; they stay in the outbox and go again at the next start"
+                );
+                return;
+            }
+        }
+        let waiting_since = in_flight.front().map(|oldest| oldest.submitted.max(last_answer));
+        if let Some(since) = waiting_since.filter(|since| !stall_reported && since.elapsed() >= limits.stalled_after) {
+            stall_reported = true;
+            report_stall(sink.as_ref(), &stats, since.elapsed());
+        }
         if let Some((since, end)) = unsynced {
             if (stopping && in_flight.is_empty()) || since.elapsed() >= limits.sync_interval {
                 unsynced = None;
                 match sink.sync().await {
                     Ok(()) => release(&outbox, &stats, end).await,
                     Err(error) => {
-                        retry_all(&outbox, sink.as_ref(), &stats, &mut in_flight, error).await;
+                        retry_all(&outbox, sink.as_ref(), &stats, &mut in_flight, &mut stop, error).await;
                         if !stopping {
                             back_off(&mut stop, &mut backoff, limits.backoff_max).await;
                         }
@@ -113,7 +147,7 @@ pub async fn run(
                     }
                     Err(error) => {
                         unsynced = None;
-                        retry_all(&outbox, sink.as_ref(), &stats, &mut in_flight, error).await;
+                        retry_all(&outbox, sink.as_ref(), &stats, &mut in_flight, &mut stop, error).await;
                         back_off(&mut stop, &mut backoff, limits.backoff_max).await;
                         continue;
                     }
@@ -129,10 +163,14 @@ pub async fn run(
         }
 
         // Wait for the oldest batch's answer, new commits (with room), the linger's end, the
-        // sync that is due, or stop.
+        // sync that is due, a stall to report, the end of the stop grace, or stop.
         let now = Instant::now();
         let sync_due = unsynced.map(|(since, _)| (since + limits.sync_interval).max(now));
-        let wake = sync_due.map_or(now + limits.idle_poll, |due| due.min(now + limits.idle_poll));
+        let stall_due = waiting_since.filter(|_| !stall_reported).map(|since| since + limits.stalled_after);
+        let wake = [sync_due, stall_due, stop_by.filter(|_| stopping)]
+            .into_iter()
+            .flatten()
+            .fold(now + limits.idle_poll, Instant::min);
         let oldest = async {
             match in_flight.front_mut() {
                 Some(batch) => (&mut batch.delivery).await,
@@ -142,6 +180,8 @@ pub async fn run(
         tokio::select! {
             answer = oldest => {
                 let batch = in_flight.pop_front().expect("an answer comes from the oldest batch");
+                last_answer = Instant::now();
+                stall_reported = false;
                 match answer {
                     Ok(delivered) => {
                         match delivered {
@@ -161,7 +201,7 @@ pub async fn run(
                     }
                     Err(error) => {
                         unsynced = None;
-                        retry_all(&outbox, sink.as_ref(), &stats, &mut in_flight, error).await;
+                        retry_all(&outbox, sink.as_ref(), &stats, &mut in_flight, &mut stop, error).await;
                         back_off(&mut stop, &mut backoff, limits.backoff_max).await;
                     }
                 }
@@ -178,7 +218,7 @@ pub async fn run(
 async fn submit(outbox: &Outbox, sink: &dyn AuditSink, batch: &[Entry]) -> Result<InFlight, SinkError> {
     let delivery = sink.submit(batch).await?;
     let end = outbox.sent(batch).map_err(|e| SinkError::Storage(e.to_string()))?;
-    Ok(InFlight { delivery, end: end.expect("a submitted batch is not empty") })
+    Ok(InFlight { delivery, end: end.expect("a submitted batch is not empty"), submitted: Instant::now() })
 }
 
 /// Releases the entries up to `end`, which the sink holds durably (writes the cursor file, may
@@ -194,23 +234,45 @@ async fn release(outbox: &Arc<Outbox>, stats: &ShipperStats, end: Cursor) {
 }
 
 /// After a failed delivery or sync: waits out the batches still on their way (their answers
-/// no longer matter), then everything not yet durable at the sink is sent again.
+/// no longer matter), then everything not yet durable at the sink is sent again. A stop ends
+/// the wait: what was not acknowledged stays in the outbox.
 async fn retry_all(
     outbox: &Outbox,
     sink: &dyn AuditSink,
     stats: &ShipperStats,
     in_flight: &mut VecDeque<InFlight>,
+    stop: &mut watch::Receiver<bool>,
     error: SinkError,
 ) {
-    for batch in in_flight.drain(..) {
-        let _ = batch.delivery.await;
-    }
-    outbox.rewind();
+    // Counted and shown at once: the wait below lasts as long as the sink takes to answer.
     stats.failures.fetch_add(1, Ordering::Relaxed);
     let first = stats.last_error.lock().unwrap_or_else(|p| p.into_inner()).replace(error.to_string()).is_none();
     if first {
         tracing::warn!(sink = sink.name(), %error, "audit delivery failed; retrying with backoff");
     }
+    let answers = futures::future::join_all(in_flight.drain(..).map(|batch| batch.delivery));
+    let stopped = async {
+        // Without a sender no stop comes: wait for the answers alone.
+        if stop.wait_for(|stopping| *stopping).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = answers => {}
+        _ = stopped => {}
+    }
+    outbox.rewind();
+}
+
+/// Reports that the sink has acknowledged nothing for `waited` while a batch waits for it.
+fn report_stall(sink: &dyn AuditSink, stats: &ShipperStats, waited: Duration) {
+    let mut report =
+        format!("{} has acknowledged no batch for {:.1} s; still retrying", sink.name(), waited.as_secs_f64());
+    if let Some(problem) = sink.problem() {
+        report = format!("{report}: {problem}");
+    }
+    tracing::warn!(sink = sink.name(), %report, "audit delivery stalled");
+    *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
 }
 
 /// Waits out `backoff` (or until stop), then doubles it up to `max`.
@@ -287,6 +349,8 @@ mod tests {
             linger: Duration::ZERO,
             sync_interval: Duration::from_millis(300),
             idle_poll: Duration::from_millis(10),
+            stalled_after: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(5),
             max_in_flight: 4,
         };
         let shipper = tokio::spawn(run(outbox.clone(), sink.clone(), limits, stats.clone(), stop_rx));
@@ -384,6 +448,8 @@ mod tests {
             linger: Duration::ZERO,
             sync_interval: Duration::from_millis(300),
             idle_poll: Duration::from_millis(10),
+            stalled_after: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(5),
         };
         let shipper = tokio::spawn(run(outbox.clone(), sink.clone(), limits, stats.clone(), stop_rx));
         let batch = |from: u64| (from..from + 10).collect::<Vec<_>>();
@@ -415,5 +481,61 @@ mod tests {
 
         stop.send(true).unwrap();
         shipper.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_waits_too_long_is_reported_and_a_stop_gives_up_on_it_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(
+            dir.path(),
+            1,
+            OutboxLimits { max_batch: 64, queue: 64, max_depth: 1000, linger: Duration::ZERO },
+        )
+        .unwrap();
+        for _ in 0..3 {
+            outbox.record(record()).await.unwrap();
+        }
+        let sink = Arc::new(GatedSink::default());
+        let stats = Arc::new(ShipperStats::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let limits = ShipperLimits {
+            max_batch: 64,
+            max_in_flight: 2,
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(10),
+            linger: Duration::ZERO,
+            sync_interval: Duration::from_millis(300),
+            idle_poll: Duration::from_secs(5),
+            stalled_after: Duration::from_millis(200),
+            stop_grace: Duration::from_millis(300),
+        };
+        let shipper = tokio::spawn(run(outbox.clone(), sink.clone(), limits, stats.clone(), stop_rx));
+        until("the batch is submitted", || sink.submitted().len() == 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(stats.last_error(), None, "reported before it stalled");
+        until("the stall is reported", || stats.last_error().is_some()).await;
+        let report = stats.last_error().unwrap();
+        assert!(report.starts_with("gated has acknowledged no batch for 0.2 s; still retrying"), "{report}");
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 0, "a stall is not a failure");
+
+        // The answer clears the report and releases the batch.
+        sink.answer(0, Ok(Delivered::Durable));
+        until("the batch is released", || outbox.stats().depth.load(Ordering::Relaxed) == 0).await;
+        assert_eq!(stats.last_error(), None);
+
+        // A batch never answered: the stop waits the grace out, then leaves it in the outbox.
+        outbox.record(record()).await.unwrap();
+        until("the second batch is submitted", || sink.submitted().len() == 2).await;
+        let stopping = Instant::now();
+        stop.send(true).unwrap();
+        shipper.await.unwrap();
+        let waited = stopping.elapsed();
+        assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(2), "stopped after {waited:?}");
+        assert_eq!(
+            outbox.stats().depth.load(Ordering::Relaxed),
+            1,
+            "the unacknowledged entry stays for the next start"
+        );
+        assert_eq!(stats.shipped.load(Ordering::Relaxed), 3);
     }
 }

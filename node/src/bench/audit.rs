@@ -68,7 +68,7 @@ fn sink_config(brokers: &str, topic: &str) -> KafkaSinkConfig {
         partitions: 6,
         replication_factor: 1,
         retention_ms: -1,
-        message_timeout: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(30),
         max_in_flight: 100_000,
         client_properties: Vec::new(),
     }
@@ -159,6 +159,8 @@ async fn pipeline(brokers: &str, duration: Duration, recorders: usize) -> Result
             linger: Duration::from_millis(5),
             sync_interval: Duration::from_millis(100),
             idle_poll: Duration::from_millis(100),
+            stalled_after: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(5),
         },
         sink: SinkChoice::Other(sink.clone()),
     })?;

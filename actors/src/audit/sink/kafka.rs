@@ -4,10 +4,19 @@
 //! application/cloudevents+json`), keyed by its tenant id. A tenant's events all go to one
 //! partition, [`partition_for`] (CRC-32 of the tenant id modulo the topic's partitions), so
 //! they stay in order and a reader of one tenant reads one partition only. Topics are created when first needed, with the configured partitions,
-//! replication factor and retention. The producer runs with the gapless guarantee: a failure
-//! that could leave a hole in a partition is fatal to that producer, the batch is reported
-//! failed, and a fresh producer sends it again whole, so a consumer never sees a later event
-//! of a chain before an earlier one — only exact redeliveries.
+//! replication factor and retention.
+//!
+//! Order: a consumer never sees a later event of a chain before an earlier one — only exact
+//! redeliveries. The producer runs with the gapless guarantee: a failure that could leave a
+//! hole in a partition is fatal to that producer, so every record queued behind the failed
+//! one fails too, the batches are reported failed, and a fresh producer sends them again
+//! whole. Records never expire in the producer (`message.timeout.ms = 0`): the guarantee
+//! does not cover expiry, and an expired record was followed by later ones that the brokers
+//! took once they were back, ahead of its resend. While the brokers are down, records wait
+//! in the producer (at most the shipper's batches in flight) and events in the outbox; the
+//! shipper reports a batch that waits too long, with the client's last error ([`AuditSink::problem`]).
+//! A record the producer refuses to queue fails its batch at once, so the shipper queues
+//! nothing behind the hole.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,8 +60,8 @@ pub struct KafkaSinkConfig {
     pub replication_factor: i32,
     /// `retention.ms` of created topics; -1 keeps events forever.
     pub retention_ms: i64,
-    /// How long librdkafka keeps retrying one record before the batch fails.
-    pub message_timeout: Duration,
+    /// Bound on topic creation and metadata requests (records themselves never expire).
+    pub request_timeout: Duration,
     /// Records the producer may hold unacknowledged (its queue bound).
     pub max_in_flight: usize,
     /// Further librdkafka properties: security protocol, TLS files, SASL settings.
@@ -69,7 +78,7 @@ impl std::fmt::Debug for KafkaSinkConfig {
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
             .field("retention_ms", &self.retention_ms)
-            .field("message_timeout", &self.message_timeout)
+            .field("request_timeout", &self.request_timeout)
             .field("max_in_flight", &self.max_in_flight)
             .field("client_properties", &properties)
             .finish()
@@ -93,16 +102,33 @@ pub struct KafkaSink {
     topics: Mutex<HashMap<String, i32>>,
 }
 
+/// The producer's client context: keeps the client's last error (a broker unreachable, a
+/// failed authentication) for status while deliveries wait.
+#[derive(Clone, Default)]
+struct SinkContext {
+    problem: Arc<Mutex<Option<String>>>,
+}
+
+impl rdkafka::ClientContext for SinkContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "kafka client error");
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{error}: {reason}"));
+    }
+}
+
+type SinkProducer = FutureProducer<SinkContext>;
+
 /// What a submitted batch still waiting for Kafka's acknowledgements needs too.
 struct Shared {
     config: KafkaSinkConfig,
-    producer: Mutex<Arc<FutureProducer>>,
+    producer: Mutex<Arc<SinkProducer>>,
+    context: SinkContext,
     stats: Arc<KafkaStats>,
     last_error: Mutex<Option<String>>,
 }
 
 impl Shared {
-    fn producer(&self) -> Arc<FutureProducer> {
+    fn producer(&self) -> Arc<SinkProducer> {
         self.producer.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -115,7 +141,7 @@ impl Shared {
         let mut current = self.producer.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((code, reason)) = current.client().fatal_error() {
             tracing::warn!(%code, %reason, "kafka producer hit a fatal error; starting a new one");
-            if let Ok(fresh) = producer(&self.config) {
+            if let Ok(fresh) = producer(&self.config, &self.context) {
                 *current = Arc::new(fresh);
                 self.stats.producer_restarts.fetch_add(1, Ordering::Relaxed);
             }
@@ -128,6 +154,7 @@ impl Shared {
         self.stats.delivered.fetch_add(events, Ordering::Relaxed);
         self.stats.last_lag_ms.store(now_ms().saturating_sub(oldest_ms), Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.context.problem.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -155,13 +182,14 @@ pub fn producer_settings(config: &KafkaSinkConfig) -> ClientConfig {
         .set("max.in.flight.requests.per.connection", "5")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
-        .set("message.timeout.ms", config.message_timeout.as_millis().to_string())
+        // Never expire a record: see the module docs.
+        .set("message.timeout.ms", "0")
         .set("queue.buffering.max.messages", config.max_in_flight.to_string());
     client
 }
 
-fn producer(config: &KafkaSinkConfig) -> Result<FutureProducer, SinkError> {
-    producer_settings(config).create().map_err(|e| SinkError::Config(e.to_string()))
+fn producer(config: &KafkaSinkConfig, context: &SinkContext) -> Result<SinkProducer, SinkError> {
+    producer_settings(config).create_with_context(context.clone()).map_err(|e| SinkError::Config(e.to_string()))
 }
 
 fn now_ms() -> u64 {
@@ -177,11 +205,13 @@ impl KafkaSink {
                 "partitions, replication factor and in-flight bound must be positive".into(),
             ));
         }
-        let producer = producer(&config)?;
+        let context = SinkContext::default();
+        let producer = producer(&config, &context)?;
         let admin = client_config(&config).create().map_err(|e| SinkError::Config(e.to_string()))?;
         let shared = Shared {
             config,
             producer: Mutex::new(Arc::new(producer)),
+            context,
             stats: Arc::new(KafkaStats::default()),
             last_error: Mutex::new(None),
         };
@@ -224,8 +254,8 @@ impl KafkaSink {
             // Bounded on the client side too: with the broker down, the request would otherwise
             // wait for the socket timeout (60 s), and the shipper would report nothing meanwhile.
             let options = AdminOptions::new()
-                .operation_timeout(Some(self.shared.config.message_timeout))
-                .request_timeout(Some(self.shared.config.message_timeout));
+                .operation_timeout(Some(self.shared.config.request_timeout))
+                .request_timeout(Some(self.shared.config.request_timeout));
             let results = self
                 .admin
                 .create_topics(specs.iter(), &options)
@@ -240,7 +270,7 @@ impl KafkaSink {
                 }
             }
             let producer = self.shared.producer();
-            let timeout = self.shared.config.message_timeout;
+            let timeout = self.shared.config.request_timeout;
             let counts = tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32)>, SinkError> {
                 missing.into_iter().map(|t| Ok((t.clone(), partition_count(producer.client(), &t, timeout)?))).collect()
             })
@@ -257,6 +287,10 @@ impl KafkaSink {
 impl AuditSink for KafkaSink {
     fn name(&self) -> &'static str {
         "kafka"
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.shared.context.problem.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     async fn deliver(&self, batch: &[Entry]) -> Result<Delivered, SinkError> {
@@ -277,14 +311,12 @@ impl AuditSink for KafkaSink {
         };
         let producer = self.shared.producer();
         let mut deliveries = Vec::with_capacity(batch.len());
-        let mut refused = None;
         for (entry, topic) in batch.iter().zip(&topics) {
             let headers = OwnedHeaders::new()
                 .insert(Header { key: "content-type", value: Some("application/cloudevents+json") })
                 .insert(Header { key: "tenant", value: Some(entry.tenant.as_str()) });
             let Some(count) = partitions.get(topic) else {
-                refused = Some(format!("topic {topic} has no known partitions"));
-                break;
+                return Err(self.shared.fail(format!("topic {topic} has no known partitions")));
             };
             let record = FutureRecord::to(topic)
                 .partition(partition_for(&entry.tenant, *count))
@@ -293,18 +325,17 @@ impl AuditSink for KafkaSink {
                 .headers(headers);
             match producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
-                Err((error, _)) => {
-                    // Nothing after a refused record may be sent, or it would overtake it.
-                    refused = Some(error.to_string());
-                    break;
-                }
+                // Failing the batch now keeps the shipper from queueing anything behind the
+                // hole; the records before it may still be delivered, and come again with the
+                // batch's resend.
+                Err((error, _)) => return Err(self.shared.fail(format!("the producer refused a record: {error}"))),
             }
         }
         let shared = self.shared.clone();
         let events = batch.len() as u64;
         let oldest = batch.iter().map(|e| e.time_ms).min().unwrap_or(0);
         Ok(Box::pin(async move {
-            let mut first_error = refused;
+            let mut first_error = None;
             for delivery in futures::future::join_all(deliveries).await {
                 match delivery {
                     Ok(Ok(_)) => {}

@@ -51,11 +51,21 @@ pub trait AuditSink: Send + Sync + 'static {
 
     /// Hands the batch over and returns once the sink has it queued, with the [`Delivery`]
     /// to wait for: batches submitted one after another reach the sink in that order, so the
-    /// shipper keeps several in flight. An error here means nothing of the batch was queued.
+    /// shipper keeps several in flight. An error here means at most a prefix of the batch was
+    /// queued; the shipper then queues nothing more before it sends the batch again.
     /// Sinks that cannot queue deliver before returning.
+    ///
+    /// Order: when a delivery fails, no event queued after it may become durable before it
+    /// (the shipper sends both again, in order, but cannot take back what the sink kept).
     async fn submit(&self, batch: &[Entry]) -> Result<Delivery, SinkError> {
         let delivered = self.deliver(batch).await;
         Ok(Box::pin(std::future::ready(delivered)))
+    }
+
+    /// What keeps the sink from delivering, when it knows (a broker it cannot reach), for a
+    /// batch that waits longer than expected.
+    fn problem(&self) -> Option<String> {
+        None
     }
 
     /// Makes everything delivered so far durable.
