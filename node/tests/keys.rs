@@ -401,3 +401,50 @@ async fn a_tenant_whose_actors_keep_failing_is_refused_on_its_node_only() {
     ok(&post(&cluster, 1, "/v1/tenants/bad/resume", json!({})).await, 200);
     eventually("serving again", || encrypt("bad"), |r| r.status == 200).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_works_at_once_on_a_follower_its_creation_has_not_reached_yet() {
+    let cluster = {
+        // Replication waits at most one heartbeat interval for an answer: longer than the
+        // delayed link's round trip, so the follower lags without falling out.
+        let env = [
+            ("CUSTOS_RAFT__HEARTBEAT_INTERVAL_MS", "300"),
+            ("CUSTOS_RAFT__ELECTION_TIMEOUT_MS_MIN", "1500"),
+            ("CUSTOS_RAFT__ELECTION_TIMEOUT_MS_MAX", "3000"),
+        ];
+        let mut cluster = ProcessCluster::with_links(binary(), 3, &env).await.expect("prepare");
+        cluster.form().await.expect("form");
+        cluster
+    };
+    let all = cluster.ids();
+    let leader = cluster.wait_leader(&all, Duration::from_secs(10)).await.unwrap();
+    let follower = *all.iter().find(|id| **id != leader).unwrap();
+    setup(&cluster, "acme", "orders").await;
+    eventually(
+        "the tenant serves on the follower",
+        || post(&cluster, follower, "/v1/tenants/acme/keys/orders/encrypt", json!({ "plaintext": b64("x") })),
+        |r| r.status == 200,
+    )
+    .await;
+
+    // The leader's appends reach the follower late; the other follower makes the quorum.
+    cluster.link(leader, follower).unwrap().set(custos_chaos_tests::Fault::Delay(Duration::from_millis(40)));
+    let fresh = "/v1/tenants/acme/keys/fresh";
+    ok(&post(&cluster, leader, "/v1/tenants/acme/keys", json!({ "id": "fresh" })).await, 201);
+    let sealed = post(&cluster, follower, &format!("{fresh}/encrypt"), json!({ "plaintext": b64("now") })).await;
+    assert_eq!(ok(&sealed, 200)["key_version"], 1);
+
+    // A version rotated in through the leader opens on the follower as soon as it is sealed.
+    ok(&post(&cluster, leader, &format!("{fresh}/rotate"), json!({})).await, 200);
+    let sealed = post(&cluster, leader, &format!("{fresh}/encrypt"), json!({ "plaintext": b64("now") })).await;
+    assert_eq!(ok(&sealed, 200)["key_version"], 2);
+    let body = json!({ "ciphertext": sealed.body["ciphertext"] });
+    let opened = post(&cluster, follower, &format!("{fresh}/decrypt"), body).await;
+    assert_eq!(ok(&opened, 200)["plaintext"], b64("now"));
+
+    // A key that exists nowhere is still a clear 404 after the barrier.
+    let reply =
+        post(&cluster, follower, "/v1/tenants/acme/keys/nothing/encrypt", json!({ "plaintext": b64("x") })).await;
+    assert_code(&reply, 404, "key_not_found");
+    cluster.heal();
+}

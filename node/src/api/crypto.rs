@@ -2,7 +2,10 @@
 //!
 //! These run on the node that receives them, against its applied governance state: no Raft
 //! round trip. A key change (rotation, disable, destruction) is in force on a node as soon as
-//! that node has applied it — on followers typically within one heartbeat.
+//! that node has applied it — on followers typically within one heartbeat. A key, or a key
+//! version named by a ciphertext, that this node does not know yet costs one linearizable read
+//! barrier before the answer: a key created or rotated through another node works here as
+//! soon as its creation was acknowledged.
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
@@ -10,7 +13,7 @@ use axum::{Extension, Json};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use custos_actors::custody::ciphertext::Ciphertext;
-use custos_actors::custody::{EncryptionContext, Sealed};
+use custos_actors::custody::{CustodyError, EncryptionContext, Sealed};
 use custos_raft::{KeyId, TenantId};
 use serde::{Deserialize, Serialize};
 
@@ -59,13 +62,31 @@ async fn note(state: &AppState, tenant: &TenantId, key_version: Option<u32>, con
     note
 }
 
+/// Runs a key operation on this node's applied state; when the key, or the version a
+/// ciphertext names, is not there, waits until this node has applied every write acknowledged
+/// before (a linearizable read barrier) and runs it once more.
+async fn caught_up<T, F, Fut>(state: &AppState, op: F) -> Result<T, CustodyError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CustodyError>>,
+{
+    match op().await {
+        Err(CustodyError::KeyNotFound(_) | CustodyError::UnknownVersion { .. })
+            if state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await.is_ok() =>
+        {
+            op().await
+        }
+        other => other,
+    }
+}
+
 async fn encrypt_one(state: &AppState, tenant: &TenantId, key: &KeyId, item: EncryptItem) -> Result<Sealed, ApiError> {
     let plaintext = zeroize::Zeroizing::new(
         STANDARD
             .decode(item.plaintext.as_bytes())
             .map_err(|_| ApiError::bad_request("invalid_base64", "plaintext must be standard base64"))?,
     );
-    Ok(state.custody.encrypt(tenant, key, &plaintext, &item.context).await?)
+    Ok(caught_up(state, || state.custody.encrypt(tenant, key, &plaintext, &item.context)).await?)
 }
 
 fn batch_note<T>(results: &[ItemResult<T>]) -> Note {
@@ -79,7 +100,7 @@ async fn decrypt_one(
     key: &KeyId,
     item: CiphertextItem,
 ) -> Result<Opened, ApiError> {
-    let plaintext = state.custody.decrypt(tenant, key, &item.ciphertext, &item.context).await?;
+    let plaintext = caught_up(state, || state.custody.decrypt(tenant, key, &item.ciphertext, &item.context)).await?;
     Ok(Opened { plaintext: STANDARD.encode(plaintext.as_slice()) })
 }
 
@@ -124,7 +145,7 @@ pub async fn rewrap(
     caller.authorize(&state, Some(&tenant), Permission::KeysEncrypt)?;
     let Json(item) = body?;
     let _permit = admit(&state, &tenant)?;
-    let sealed = state.custody.rewrap(&tenant, &key, &item.ciphertext, &item.context).await?;
+    let sealed = caught_up(&state, || state.custody.rewrap(&tenant, &key, &item.ciphertext, &item.context)).await?;
     let mut note = note(&state, &tenant, Some(sealed.key_version), &item.context).await;
     if let Some(from) = Ciphertext::peek_version(&item.ciphertext) {
         note = note.detail("from_version", from);
@@ -165,7 +186,7 @@ pub async fn data_key(
     caller.authorize(&state, Some(&tenant), Permission::KeysEncrypt)?;
     let Json(body) = body?;
     let _permit = admit(&state, &tenant)?;
-    let data_key = state.custody.generate_data_key(&tenant, &key, &body.context).await?;
+    let data_key = caught_up(&state, || state.custody.generate_data_key(&tenant, &key, &body.context)).await?;
     let plaintext = body.include_plaintext.then(|| STANDARD.encode(data_key.plaintext.expose()));
     let Sealed { ciphertext, key_version } = data_key.sealed;
     let note = note(&state, &tenant, Some(key_version), &body.context)
