@@ -4,6 +4,7 @@
 //! A decryption refused for a reason about the ciphertext or its key (any 4xx but 429) breaks
 //! it; an unavailable node (503, a timeout) does not.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,9 +39,18 @@ pub struct CryptoRecord {
     pub ok: usize,
     /// Refused or unanswered (a node down, no leader, a timeout): no promise was made.
     pub failed: usize,
+    /// Why, counted: `503 audit_backlog`, `timeout`, `connect` …
+    pub failures: BTreeMap<String, usize>,
     /// Promises broken: an acknowledged ciphertext that decrypted to something else or was
     /// refused as undecryptable.
     pub anomalies: Vec<String>,
+}
+
+impl CryptoRecord {
+    fn fail(&mut self, why: String) {
+        self.failed += 1;
+        *self.failures.entry(why).or_default() += 1;
+    }
 }
 
 /// Runs the workload until `duration` has passed.
@@ -73,7 +83,7 @@ pub async fn run(cluster: Arc<ProcessCluster>, workload: CryptoWorkload) -> Cryp
                             Opened::Refused(why) => {
                                 record.anomalies.push(format!("{ciphertext} refused by node {node}: {why}"))
                             }
-                            Opened::Unavailable => record.failed += 1,
+                            Opened::Unavailable(why) => record.fail(why),
                         }
                     }
                     None => {
@@ -82,11 +92,11 @@ pub async fn run(cluster: Arc<ProcessCluster>, workload: CryptoWorkload) -> Cryp
                         let sealed = encrypt(&cluster, node, &workload, &plaintext).await;
                         let mut record = record.lock().unwrap_or_else(|p| p.into_inner());
                         match sealed {
-                            Some(ciphertext) => {
+                            Ok(ciphertext) => {
                                 record.ok += 1;
                                 record.sealed.push((ciphertext, plaintext));
                             }
-                            None => record.failed += 1,
+                            Err(why) => record.fail(why),
                         }
                     }
                 }
@@ -104,8 +114,8 @@ enum Opened {
     Plaintext(String),
     /// An answer saying the ciphertext cannot be decrypted (a broken promise).
     Refused(String),
-    /// No answer, or one that says nothing about the ciphertext (503, timeout).
-    Unavailable,
+    /// No answer, or one that says nothing about the ciphertext (503, timeout): why.
+    Unavailable(String),
 }
 
 async fn call(
@@ -114,33 +124,51 @@ async fn call(
     workload: &CryptoWorkload,
     op: &str,
     body: Value,
-) -> Option<(u16, Value)> {
+) -> Result<(u16, Value), String> {
     let path = format!("/v1/tenants/{}/keys/{}/{op}", workload.tenant, workload.key);
-    let mut request = cluster.http().request(Method::POST, cluster.url(node, &path).ok()?).json(&body);
+    let url = cluster.url(node, &path).map_err(|e| e.to_string())?;
+    let mut request = cluster.http().request(Method::POST, url).json(&body);
     if let Some(token) = cluster.token() {
         request = request.bearer_auth(token);
     }
-    let response = request.timeout(REQUEST_TIMEOUT).send().await.ok()?;
+    let response = request.timeout(REQUEST_TIMEOUT).send().await.map_err(|e| {
+        if e.is_timeout() {
+            "timeout".to_string()
+        } else if e.is_connect() {
+            "connect".to_string()
+        } else {
+            "request".to_string()
+        }
+    })?;
     let status = response.status().as_u16();
-    Some((status, response.json().await.unwrap_or(Value::Null)))
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
 }
 
-async fn encrypt(cluster: &ProcessCluster, node: u64, workload: &CryptoWorkload, plaintext: &str) -> Option<String> {
+/// `503 audit_backlog`: what a failed answer said.
+fn reason(status: u16, body: &Value) -> String {
+    format!("{status} {}", body["error"]["code"].as_str().unwrap_or("-"))
+}
+
+async fn encrypt(
+    cluster: &ProcessCluster,
+    node: u64,
+    workload: &CryptoWorkload,
+    plaintext: &str,
+) -> Result<String, String> {
     match call(cluster, node, workload, "encrypt", json!({ "plaintext": plaintext })).await? {
-        (200, body) => body["ciphertext"].as_str().map(str::to_string),
-        _ => None,
+        (200, body) => body["ciphertext"].as_str().map(str::to_string).ok_or_else(|| "200 without ciphertext".into()),
+        (status, body) => Err(reason(status, &body)),
     }
 }
 
 async fn decrypt(cluster: &ProcessCluster, node: u64, workload: &CryptoWorkload, ciphertext: &str) -> Opened {
     match call(cluster, node, workload, "decrypt", json!({ "ciphertext": ciphertext })).await {
-        Some((200, body)) => Opened::Plaintext(body["plaintext"].as_str().unwrap_or_default().to_string()),
+        Ok((200, body)) => Opened::Plaintext(body["plaintext"].as_str().unwrap_or_default().to_string()),
         // Whatever is about the ciphertext or its key is a broken promise; being busy,
         // starting or cut off is not.
-        Some((status, body)) if (400..500).contains(&status) && status != 429 => {
-            Opened::Refused(format!("{status} {}", body["error"]["code"]))
-        }
-        _ => Opened::Unavailable,
+        Ok((status, body)) if (400..500).contains(&status) && status != 429 => Opened::Refused(reason(status, &body)),
+        Ok((status, body)) => Opened::Unavailable(reason(status, &body)),
+        Err(why) => Opened::Unavailable(why),
     }
 }
 
@@ -156,10 +184,10 @@ pub async fn check_decryptable(
         let node = nodes[i % nodes.len()];
         async move {
             // A node just back may still be catching up: a few tries before it counts.
-            let mut outcome = Opened::Unavailable;
+            let mut outcome = Opened::Unavailable("not asked".into());
             for _ in 0..50 {
                 outcome = decrypt(cluster, node, workload, ciphertext).await;
-                if !matches!(outcome, Opened::Unavailable) {
+                if !matches!(outcome, Opened::Unavailable(_)) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -168,7 +196,7 @@ pub async fn check_decryptable(
                 Opened::Plaintext(got) if got == *plaintext => None,
                 Opened::Plaintext(got) => Some(format!("node {node}: {ciphertext} decrypted to {got}")),
                 Opened::Refused(why) => Some(format!("node {node}: {ciphertext} refused: {why}")),
-                Opened::Unavailable => Some(format!("node {node}: {ciphertext} never answered")),
+                Opened::Unavailable(why) => Some(format!("node {node}: {ciphertext} never answered ({why})")),
             }
         }
     });

@@ -109,6 +109,8 @@ pub struct Summary {
     pub diverged: Vec<String>,
     pub crypto_ok: usize,
     pub crypto_failed: usize,
+    /// Why crypto operations failed, counted.
+    pub crypto_failures: std::collections::BTreeMap<String, usize>,
     /// Acknowledged ciphertexts that did not decrypt to their plaintext.
     pub crypto_broken: Vec<String>,
     /// Audit chains with gaps, reorderings, conflicts or modified events.
@@ -132,9 +134,9 @@ impl Summary {
         self.recovery.iter().copied().max().unwrap_or_default()
     }
 
-    /// The one-line summary every scenario prints.
+    /// The one-line summary every scenario prints, and why crypto operations failed.
     pub fn line(&self) -> String {
-        format!(
+        let mut line = format!(
             "chaos {} nodes={} seed={} duration={}s: ops ok={} failed={} indeterminate={} anomalies={} lost={} \
              crypto ok={} failed={} undecryptable={} audit_findings={} recovery max={:.1}s ({} faults)",
             self.plan.nemesis.name(),
@@ -152,7 +154,12 @@ impl Summary {
             self.audit_findings.len(),
             self.worst_recovery().as_secs_f64(),
             self.recovery.len(),
-        )
+        );
+        if !self.crypto_failures.is_empty() {
+            let why: Vec<String> = self.crypto_failures.iter().map(|(why, n)| format!("{why}: {n}")).collect();
+            line.push_str(&format!("; crypto failures: {}", why.join(", ")));
+        }
+        line
     }
 
     /// Everything found, for a failure message.
@@ -304,6 +311,7 @@ pub async fn run(binary: &Path, plan: &Plan) -> Result<Summary> {
         diverged,
         crypto_ok: sealed.ok,
         crypto_failed: sealed.failed,
+        crypto_failures: sealed.failures.clone(),
         crypto_broken,
         audit_findings,
         recovery,
