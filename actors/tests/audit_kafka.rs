@@ -250,6 +250,9 @@ async fn batches_wait_out_a_long_outage_without_failing_so_no_later_event_overta
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(audit.status().delivery_failures, 0, "a batch failed while the broker was merely down");
+    // The delivery lag counts the wait of the oldest event still on its way.
+    let lag = audit.status().kafka_lag_ms.unwrap();
+    assert!(lag >= STALLED_AFTER.as_millis() as u64, "lag {lag} ms while nothing was delivered for longer");
 
     // Stopping during the outage gives up after the grace period; the outbox keeps the rest.
     let stopping = Instant::now();

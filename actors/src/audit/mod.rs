@@ -105,7 +105,8 @@ pub struct AuditStatus {
     pub failed: u64,
     pub shipped: u64,
     pub delivery_failures: u64,
-    /// Milliseconds from commit to Kafka acknowledgement of the last batch's oldest event.
+    /// Milliseconds from commit to Kafka acknowledgement of the last batch's oldest event, or,
+    /// while a batch waits longer than that for Kafka, how long its oldest event has waited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka_lag_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,7 +213,13 @@ impl Audit {
             failed: stats.failed.load(Ordering::Relaxed),
             shipped: self.shipper_stats.shipped.load(Ordering::Relaxed),
             delivery_failures: self.shipper_stats.failures.load(Ordering::Relaxed),
-            kafka_lag_ms: self.kafka.as_ref().map(|k| k.stats().last_lag_ms.load(Ordering::Relaxed)),
+            kafka_lag_ms: self.kafka.as_ref().map(|k| {
+                let last = k.stats().last_lag_ms.load(Ordering::Relaxed);
+                match self.shipper_stats.oldest_waiting_ms.load(Ordering::Relaxed) {
+                    0 => last,
+                    oldest => last.max(outbox::now_ms().saturating_sub(oldest)),
+                }
+            }),
             last_error: self.shipper_stats.last_error(),
         }
     }

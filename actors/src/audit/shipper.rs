@@ -56,6 +56,9 @@ pub struct ShipperStats {
     pub batches: AtomicU64,
     pub failures: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Commit time (ms since the epoch) of the oldest event handed to the sink and not yet
+    /// acknowledged; 0 when none waits.
+    pub oldest_waiting_ms: AtomicU64,
 }
 
 impl ShipperStats {
@@ -70,6 +73,8 @@ struct InFlight {
     delivery: Delivery,
     end: Cursor,
     submitted: Instant,
+    /// Commit time of its oldest event.
+    oldest_ms: u64,
 }
 
 /// Runs until `stop` turns true; then waits (up to `stop_grace`) for the batches on their way
@@ -106,6 +111,7 @@ pub async fn run(
                 return;
             }
         }
+        stats.oldest_waiting_ms.store(in_flight.front().map_or(0, |oldest| oldest.oldest_ms), Ordering::Relaxed);
         let waiting_since = in_flight.front().map(|oldest| oldest.submitted.max(last_answer));
         if let Some(since) = waiting_since.filter(|since| !stall_reported && since.elapsed() >= limits.stalled_after) {
             stall_reported = true;
@@ -218,7 +224,8 @@ pub async fn run(
 async fn submit(outbox: &Outbox, sink: &dyn AuditSink, batch: &[Entry]) -> Result<InFlight, SinkError> {
     let delivery = sink.submit(batch).await?;
     let end = outbox.sent(batch).map_err(|e| SinkError::Storage(e.to_string()))?;
-    Ok(InFlight { delivery, end: end.expect("a submitted batch is not empty"), submitted: Instant::now() })
+    let oldest_ms = batch.iter().map(|entry| entry.time_ms).min().unwrap_or(0);
+    Ok(InFlight { delivery, end: end.expect("a submitted batch is not empty"), submitted: Instant::now(), oldest_ms })
 }
 
 /// Releases the entries up to `end`, which the sink holds durably (writes the cursor file, may
@@ -513,6 +520,7 @@ mod tests {
         until("the batch is submitted", || sink.submitted().len() == 1).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(stats.last_error(), None, "reported before it stalled");
+        assert!(stats.oldest_waiting_ms.load(Ordering::Relaxed) > 0, "the waiting batch's age is not shown");
         until("the stall is reported", || stats.last_error().is_some()).await;
         let report = stats.last_error().unwrap();
         assert!(report.starts_with("gated has acknowledged no batch for 0.2 s; still retrying"), "{report}");
@@ -522,6 +530,7 @@ mod tests {
         sink.answer(0, Ok(Delivered::Durable));
         until("the batch is released", || outbox.stats().depth.load(Ordering::Relaxed) == 0).await;
         assert_eq!(stats.last_error(), None);
+        until("nothing waits", || stats.oldest_waiting_ms.load(Ordering::Relaxed) == 0).await;
 
         // A batch never answered: the stop waits the grace out, then leaves it in the outbox.
         outbox.record(record()).await.unwrap();

@@ -136,7 +136,7 @@ impl Collector for NodeCollector {
             gauge(
                 &mut encoder,
                 "audit_kafka_lag_milliseconds",
-                "Commit to Kafka acknowledgement of the last batch's oldest event",
+                "Commit to Kafka acknowledgement of the last batch's oldest event, or how long the oldest event still waiting has waited",
                 as_i64(lag),
             )?;
         }

@@ -159,7 +159,8 @@ struct Group {
     opened: Instant,
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch (0 before it).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

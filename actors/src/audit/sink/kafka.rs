@@ -21,7 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -31,7 +31,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{AuditSink, Delivered, Delivery, SinkError};
-use crate::audit::outbox::Entry;
+use crate::audit::outbox::{now_ms, Entry};
 
 /// Where a tenant's events go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,10 +190,6 @@ pub fn producer_settings(config: &KafkaSinkConfig) -> ClientConfig {
 
 fn producer(config: &KafkaSinkConfig, context: &SinkContext) -> Result<SinkProducer, SinkError> {
     producer_settings(config).create_with_context(context.clone()).map_err(|e| SinkError::Config(e.to_string()))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl KafkaSink {
