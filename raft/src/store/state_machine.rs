@@ -13,7 +13,9 @@
 //! - `t/<tenant id>` — tenant records;
 //! - `v/<revision be><tenant id>` — the same tenants by last change, for change feeds;
 //! - `r/<request id>` — outcomes of applied requests, for exactly-once apply;
-//! - `q/<index be><request id>` — the same requests by log index, to expire them;
+//! - `q/<index be>` — the ids of the requests first applied at that log index, to expire
+//!   them (one key per entry, not per request; data written before this layout has
+//!   `q/<index be><request id>` keys with empty values, expired the same way);
 //! - `c/<tenant id>` — the tenant's key roots ([`TenantCustody`]);
 //! - `k/<tenant id>/<key id>` — L3 key metadata;
 //! - `x/<tenant id>/<key id>/<version be>` — each key version's wrapped material;
@@ -135,8 +137,8 @@ fn request_key(id: &str) -> Vec<u8> {
     [REQUEST_PREFIX, id.as_bytes()].concat()
 }
 
-fn request_index_key(index: u64, id: &str) -> Vec<u8> {
-    [REQUEST_INDEX_PREFIX, &index.to_be_bytes()[..], id.as_bytes()].concat()
+fn request_index_key(index: u64) -> Vec<u8> {
+    [REQUEST_INDEX_PREFIX, &index.to_be_bytes()[..]].concat()
 }
 
 /// Longest accepted rotation period: ten years.
@@ -345,6 +347,17 @@ impl StateMachineStore {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 assert_eq!(responses.len(), proposals.0.len(), "one response per proposal");
+                // The requests first applied here, to expire with this entry.
+                let recorded: Vec<&str> = proposals
+                    .0
+                    .iter()
+                    .zip(&responses)
+                    .filter(|(_, response)| !response.replayed)
+                    .map(|(proposal, _)| proposal.request_id.as_str())
+                    .collect();
+                if !recorded.is_empty() {
+                    txn.put(request_index_key(log_id.index), &recorded)?;
+                }
                 responses
             }
         };
@@ -383,7 +396,6 @@ impl StateMachineStore {
         let outcome = self.execute(index, proposal.proposed_at_ms, command, txn)?;
         let record = RequestRecord { command: command.without_material(), outcome: outcome.clone() };
         txn.put(request_key(id), &record)?;
-        txn.put_raw(request_index_key(index, id), Vec::new());
         Ok(Response { outcome, replayed: false })
     }
 
@@ -677,16 +689,25 @@ impl StateMachineStore {
         Ok(())
     }
 
-    /// Forgets request records older than the dedup window, a few at a time.
+    /// Forgets request records older than the dedup window, the requests of a few entries at
+    /// a time.
     fn expire_requests(&self, index: u64, txn: &mut Txn) -> Result<(), StorageError<NodeId>> {
         let Some(horizon) = index.checked_sub(self.dedup_window_entries) else {
             return Ok(());
         };
         // Through the transaction: an earlier entry applied with this one may have expired some.
-        let to = Bound::Excluded(request_index_key(horizon, ""));
-        for (key, _) in txn.range(REQUEST_INDEX_PREFIX, to, MAX_EXPIRED_PER_APPLY)? {
-            let id = &key[REQUEST_INDEX_PREFIX.len() + 8..];
-            txn.delete(request_key(&String::from_utf8_lossy(id)));
+        let to = Bound::Excluded(request_index_key(horizon));
+        for (key, value) in txn.range(REQUEST_INDEX_PREFIX, to, MAX_EXPIRED_PER_APPLY)? {
+            let after_index = &key[REQUEST_INDEX_PREFIX.len() + 8..];
+            let ids: Vec<String> = if after_index.is_empty() {
+                decode(&value).map_err(sm_read_err)?
+            } else {
+                // The earlier layout: one key per request, its id after the index.
+                vec![String::from_utf8_lossy(after_index).into_owned()]
+            };
+            for id in ids {
+                txn.delete(request_key(&id));
+            }
             txn.delete(key);
         }
         Ok(())
@@ -830,5 +851,76 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         self.read_snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::command::Proposals;
+    use crate::types::RequestId;
+
+    fn entry(index: u64, requests: &[&str]) -> Entry<TypeConfig> {
+        let proposals = requests
+            .iter()
+            .map(|id| Proposal {
+                request_id: RequestId::new(*id).unwrap(),
+                proposed_at_ms: index,
+                command: Command::SetTenantStatus {
+                    id: TenantId::new("acme").unwrap(),
+                    status: TenantStatus::Suspended,
+                },
+            })
+            .collect();
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposals(proposals)),
+        }
+    }
+
+    fn blank(index: u64) -> Entry<TypeConfig> {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
+    }
+
+    fn keys(engine: &dyn KvEngine, prefix: &[u8]) -> Vec<Vec<u8>> {
+        let end = Bound::Excluded([prefix, &[0xff][..]].concat());
+        engine
+            .range(Space::State, Bound::Included(prefix.to_vec()), end, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn one_index_key_per_entry_expires_its_requests_and_the_earlier_layout_expires_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn KvEngine> = Arc::new(super::super::sled_engine::SledEngine::open(dir.path()).unwrap());
+        let mut sm = StateMachineStore::new(engine.clone(), 10);
+
+        // Three requests in one entry (one a retry of another): two records, one index key.
+        let responses = sm.apply(vec![entry(1, &["a", "b", "a"])]).await.unwrap();
+        assert_eq!(responses[0].iter().map(|r| r.replayed).collect::<Vec<_>>(), [false, false, true]);
+        assert_eq!(keys(engine.as_ref(), REQUEST_PREFIX), [b"r/a".to_vec(), b"r/b".to_vec()]);
+        assert_eq!(keys(engine.as_ref(), REQUEST_INDEX_PREFIX), [request_index_key(1)]);
+
+        // A request recorded under the earlier layout, at index 2.
+        let record = engine.get(Space::State, b"r/a").unwrap().unwrap();
+        let mut older = Batch::default();
+        older.put(request_key("old"), record);
+        older.put([&request_index_key(2)[..], b"old"].concat(), Vec::new());
+        engine.write(Space::State, older).unwrap();
+
+        // Within the window both are remembered: retries replay.
+        let retried = sm.apply(vec![entry(5, &["b", "old"])]).await.unwrap();
+        assert!(retried[0].iter().all(|r| r.replayed));
+        // Past it, every one of them is forgotten, index keys included.
+        sm.apply((6..=13).map(blank).collect::<Vec<_>>()).await.unwrap();
+        assert!(keys(engine.as_ref(), REQUEST_PREFIX).is_empty(), "{:?}", keys(engine.as_ref(), REQUEST_PREFIX));
+        assert!(keys(engine.as_ref(), REQUEST_INDEX_PREFIX).is_empty());
+        let fresh = sm.apply(vec![entry(14, &["a"])]).await.unwrap();
+        assert!(!fresh[0][0].replayed, "an expired request id is new again");
     }
 }
