@@ -109,7 +109,19 @@ struct SinkContext {
     problem: Arc<Mutex<Option<String>>>,
 }
 
+/// librdkafka flags `enable.gapless.guarantee` as experimental in a warning each time a
+/// producer starts; the sink sets it on purpose, so that warning says nothing to an operator.
+fn expected_warning(fac: &str, message: &str) -> bool {
+    fac == "CONFWARN" && message.contains("enable.gapless.guarantee")
+}
+
 impl rdkafka::ClientContext for SinkContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if !expected_warning(fac, message) {
+            DefaultClientContext.log(level, fac, message);
+        }
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::debug!(%error, reason, "kafka client error");
         *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{error}: {reason}"));
@@ -491,5 +503,22 @@ impl KafkaTail {
                 return Ok(message.payload().unwrap_or_default().to_vec());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_gapless_guarantee_warning_is_kept_out_of_the_log() {
+        let experimental = "[thrd:app]: Configuration property enable.gapless.guarantee is experimental: When set to \
+                            `true`, any error that could result in a gap …";
+        assert!(expected_warning("CONFWARN", experimental));
+        assert!(!expected_warning(
+            "CONFWARN",
+            "[thrd:app]: Configuration property queue.buffering.max.ms is deprecated"
+        ));
+        assert!(!expected_warning("GETPID", "Failed to acquire idempotence PID: enable.gapless.guarantee"));
     }
 }
