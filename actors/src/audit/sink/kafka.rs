@@ -136,7 +136,6 @@ struct Shared {
     producer: Mutex<Arc<SinkProducer>>,
     context: SinkContext,
     stats: Arc<KafkaStats>,
-    last_error: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -144,12 +143,11 @@ impl Shared {
         self.producer.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Counts a failed batch and keeps its error. After a fatal error (the gapless guarantee
+    /// Counts a failed batch (the shipper keeps its error for status). After a fatal error (the gapless guarantee
     /// tripped, a fenced epoch) the producer refuses everything: it is replaced, so the retried
     /// batch starts a fresh sequence.
     fn fail(&self, error: String) -> SinkError {
         self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
         let mut current = self.producer.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((code, reason)) = current.client().fatal_error() {
             tracing::warn!(%code, %reason, "kafka producer hit a fatal error; starting a new one");
@@ -165,7 +163,6 @@ impl Shared {
     fn delivered(&self, events: u64, oldest_ms: u64) {
         self.stats.delivered.fetch_add(events, Ordering::Relaxed);
         self.stats.last_lag_ms.store(now_ms().saturating_sub(oldest_ms), Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *self.context.problem.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
@@ -221,18 +218,12 @@ impl KafkaSink {
             producer: Mutex::new(Arc::new(producer)),
             context,
             stats: Arc::new(KafkaStats::default()),
-            last_error: Mutex::new(None),
         };
         Ok(KafkaSink { shared: Arc::new(shared), admin, topics: Mutex::new(HashMap::new()) })
     }
 
     pub fn stats(&self) -> Arc<KafkaStats> {
         self.shared.stats.clone()
-    }
-
-    /// The last delivery error, cleared by the next successful batch.
-    pub fn last_error(&self) -> Option<String> {
-        self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn config(&self) -> &KafkaSinkConfig {
