@@ -325,6 +325,26 @@ mod tests {
         }
     }
 
+    fn open_outbox(dir: &std::path::Path) -> Arc<Outbox> {
+        Outbox::open(dir, 1, OutboxLimits { max_batch: 64, queue: 64, max_depth: 1000, linger: Duration::ZERO })
+            .unwrap()
+    }
+
+    /// Quick retries, no linger; the fields a test is about are set by the test.
+    fn limits(max_batch: usize, max_in_flight: usize) -> ShipperLimits {
+        ShipperLimits {
+            max_batch,
+            max_in_flight,
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(10),
+            linger: Duration::ZERO,
+            sync_interval: Duration::from_millis(300),
+            idle_poll: Duration::from_millis(10),
+            stalled_after: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(5),
+        }
+    }
+
     fn record() -> AuditRecord {
         AuditRecord {
             stream: AuditStream::Tenant(custos_raft::TenantId::new("acme").unwrap()),
@@ -337,29 +357,14 @@ mod tests {
     #[tokio::test]
     async fn entries_stay_in_the_outbox_until_the_sink_synced_them_and_a_failed_sync_sends_them_again() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(
-            dir.path(),
-            1,
-            OutboxLimits { max_batch: 64, queue: 64, max_depth: 1000, linger: Duration::ZERO },
-        )
-        .unwrap();
+        let outbox = open_outbox(dir.path());
         for _ in 0..5 {
             outbox.record(record()).await.unwrap();
         }
         let sink = Arc::new(FlakySink::default());
         let stats = Arc::new(ShipperStats::default());
         let (stop, stop_rx) = watch::channel(false);
-        let limits = ShipperLimits {
-            max_batch: 64,
-            backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(10),
-            linger: Duration::ZERO,
-            sync_interval: Duration::from_millis(300),
-            idle_poll: Duration::from_millis(10),
-            stalled_after: Duration::from_secs(10),
-            stop_grace: Duration::from_secs(5),
-            max_in_flight: 4,
-        };
+        let limits = limits(64, 4);
         let shipper = tokio::spawn(run(outbox.clone(), sink.clone(), limits, stats.clone(), stop_rx));
 
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -434,12 +439,7 @@ mod tests {
     #[tokio::test]
     async fn batches_pipeline_up_to_the_bound_and_leave_the_outbox_oldest_first_and_after_a_failure_go_again() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(
-            dir.path(),
-            1,
-            OutboxLimits { max_batch: 64, queue: 64, max_depth: 1000, linger: Duration::ZERO },
-        )
-        .unwrap();
+        let outbox = open_outbox(dir.path());
         for _ in 0..30 {
             outbox.record(record()).await.unwrap();
         }
@@ -447,17 +447,7 @@ mod tests {
         let sink = Arc::new(GatedSink::default());
         let stats = Arc::new(ShipperStats::default());
         let (stop, stop_rx) = watch::channel(false);
-        let limits = ShipperLimits {
-            max_batch: 10,
-            max_in_flight: 2,
-            backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(10),
-            linger: Duration::ZERO,
-            sync_interval: Duration::from_millis(300),
-            idle_poll: Duration::from_millis(10),
-            stalled_after: Duration::from_secs(10),
-            stop_grace: Duration::from_secs(5),
-        };
+        let limits = limits(10, 2);
         let shipper = tokio::spawn(run(outbox.clone(), sink.clone(), limits, stats.clone(), stop_rx));
         let batch = |from: u64| (from..from + 10).collect::<Vec<_>>();
 
@@ -493,12 +483,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_that_waits_too_long_is_reported_and_a_stop_gives_up_on_it_after_the_grace() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(
-            dir.path(),
-            1,
-            OutboxLimits { max_batch: 64, queue: 64, max_depth: 1000, linger: Duration::ZERO },
-        )
-        .unwrap();
+        let outbox = open_outbox(dir.path());
         for _ in 0..3 {
             outbox.record(record()).await.unwrap();
         }
@@ -506,15 +491,10 @@ mod tests {
         let stats = Arc::new(ShipperStats::default());
         let (stop, stop_rx) = watch::channel(false);
         let limits = ShipperLimits {
-            max_batch: 64,
-            max_in_flight: 2,
-            backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(10),
-            linger: Duration::ZERO,
-            sync_interval: Duration::from_millis(300),
             idle_poll: Duration::from_secs(5),
             stalled_after: Duration::from_millis(200),
             stop_grace: Duration::from_millis(300),
+            ..limits(64, 2)
         };
         let shipper = tokio::spawn(run(outbox.clone(), sink.clone(), limits, stats.clone(), stop_rx));
         until("the batch is submitted", || sink.submitted().len() == 1).await;
