@@ -69,8 +69,9 @@ const REQUEST_PREFIX: &[u8] = b"r/";
 const REQUEST_INDEX_PREFIX: &[u8] = b"q/";
 const SNAPSHOT_KEY: &[u8] = b"current";
 
-/// Largest number of expired request records removed while applying one entry, so one apply
-/// never does unbounded work.
+/// Largest number of request-index keys expired while applying one entry (each holds the
+/// requests of one entry, themselves bounded by the write batch), so one apply never does
+/// unbounded work.
 const MAX_EXPIRED_PER_APPLY: usize = 64;
 /// Most log entries whose writes are committed to the engine as one batch.
 const MAX_ENTRIES_PER_WRITE: usize = 64;
