@@ -47,6 +47,12 @@ impl OpenBaoServer {
         Ok(std::fs::read_to_string(self.dir.path().join("addr"))?.trim().to_string())
     }
 
+    /// The server's process id, from the pid file the script wrote.
+    pub fn pid(&self) -> Result<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("pid"))?;
+        text.trim().parse().with_context(|| format!("OpenBao's pid file holds {text:?}"))
+    }
+
     pub fn root_token_file(&self) -> PathBuf {
         self.dir.path().join("root-token")
     }

@@ -10,7 +10,9 @@
 //! 2. **Baseline**: a plain rdkafka producer with the sink's settings (idempotent, acks=all,
 //!    lz4, linger 5 ms) sending payloads of the same size with the same in-flight bound.
 //! 3. **End to end**: encrypt over HTTPS on one node with audit to Kafka against the same
-//!    build with `audit.mode = "off"`, at each client count: ops/s and the throughput loss.
+//!    build with `audit.mode = "off"`, at each client count: ops/s, the throughput loss, and
+//!    the node's CPU time per encrypt (what auditing costs the node itself; the broker and
+//!    the load client share the machine).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,7 +36,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
-use super::encrypt::{bench_node, run_target, Target};
+use super::encrypt::{bench_node, run_measured, Target};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -341,8 +343,19 @@ pub async fn run(options: Options) -> Result<()> {
         options.duration.as_secs()
     );
     println!(
-        "{:>7} {:>10} {:>12} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8}",
-        "clients", "off ops/s", "closed ops/s", "loss %", "b-eff ops/s", "loss %", "off p99", "cl. p99", "be. p99"
+        "{:>7} {:>10} {:>12} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "clients",
+        "off ops/s",
+        "closed ops/s",
+        "loss %",
+        "b-eff ops/s",
+        "loss %",
+        "off p99",
+        "cl. p99",
+        "be. p99",
+        "off cpu",
+        "cl. cpu",
+        "be. cpu"
     );
     for &clients in &options.clients {
         let mut figures = Vec::new();
@@ -350,12 +363,12 @@ pub async fn run(options: Options) -> Result<()> {
             let auth = ("authorization", format!("Bearer {}", cluster.token().context("no admin token")?));
             let url = cluster.url(1, "/v1/tenants/bench/keys/k/encrypt")?;
             let target = Target::new("custos", "encrypt", &url, &auth, &payload, &client_tls(cluster)?)?;
-            figures.push(run_target(target, clients, options.duration).await);
+            figures.push(run_measured(target, clients, options.duration, &cluster.pids()).await);
         }
-        let (o, a, b) = (&figures[0], &figures[1], &figures[2]);
+        let ((o, o_cpu), (a, a_cpu), (b, b_cpu)) = (&figures[0], &figures[1], &figures[2]);
         let loss = |x: &super::load::RunStats| 100.0 * (1.0 - x.ops_per_sec() / o.ops_per_sec());
         println!(
-            "{:>7} {:>10.0} {:>12.0} {:>8.1} {:>12.0} {:>8.1} {:>8.2} {:>8.2} {:>8.2}",
+            "{:>7} {:>10.0} {:>12.0} {:>8.1} {:>12.0} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>8.0} {:>8.0} {:>8.0}",
             clients,
             o.ops_per_sec(),
             a.ops_per_sec(),
@@ -364,10 +377,13 @@ pub async fn run(options: Options) -> Result<()> {
             loss(b),
             o.latency_ms(0.99),
             a.latency_ms(0.99),
-            b.latency_ms(0.99)
+            b.latency_ms(0.99),
+            o_cpu,
+            a_cpu,
+            b_cpu
         );
     }
-    println!("(p99 in ms)");
+    println!("(p99 in ms; cpu: the node's user + system CPU µs per encrypt)");
     for (name, cluster) in [("fail-closed", &audited), ("best-effort", &best_effort)] {
         let status = cluster.get(1, "/v1/cluster/status").await?;
         println!("{name} node after the runs: {}", status.body["audit"]);

@@ -2,8 +2,9 @@
 //! client counts, on one Custos node and on one OpenBao server (raft storage, transit
 //! aes256-gcm96, a non-root token limited to transit) on the same machine in the same run,
 //! with the same TLS CA and the same minimal HTTP/1.1 keep-alive client (`wire.rs`), one
-//! connection per load client. Prints ops/s, p50/p99 and the ratios, then the
-//! in-process cost of one encrypt.
+//! connection per load client. Prints ops/s, p50/p99, the server's CPU time per operation
+//! (user + system, from `/proc`: what the server spends, apart from the load client sharing
+//! the machine) and the ratios, then the in-process cost of one encrypt.
 //!
 //! Custos runs as it ships: every encrypt and decrypt is audited, fail-closed (its event is
 //! fsynced to the outbox before the answer). OpenBao runs twice: as provisioned (no audit
@@ -21,7 +22,7 @@ use custos_chaos_tests::ProcessCluster;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::load::{drive, RunStats};
+use super::load::{cpu_seconds, drive, RunStats};
 use super::openbao::{self, OpenBao};
 use super::wire;
 
@@ -32,6 +33,8 @@ pub struct Options {
     pub payload_bytes: usize,
     /// `deploy/scripts/openbao.sh`, which installs and runs the peer.
     pub openbao_script: PathBuf,
+    /// The binary the node runs (this one when none).
+    pub node_exe: Option<PathBuf>,
 }
 
 struct Row {
@@ -39,18 +42,21 @@ struct Row {
     op: &'static str,
     clients: usize,
     stats: RunStats,
+    /// Server CPU time per successful operation, in microseconds.
+    cpu_us: f64,
 }
 
 fn print_row(row: &Row) {
     println!(
-        "{:<8} {:<8} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8}",
+        "{:<8} {:<8} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>8.0}",
         row.system,
         row.op,
         row.clients,
         row.stats.ops_per_sec(),
         row.stats.latency_ms(0.50),
         row.stats.latency_ms(0.99),
-        row.stats.errors
+        row.stats.errors,
+        row.cpu_us
     );
 }
 
@@ -129,6 +135,27 @@ pub(super) async fn run_target(target: Target, clients: usize, duration: Duratio
     .await
 }
 
+/// [`run_target`], also counting the CPU time the processes `server` use meanwhile: returns
+/// the run and the server's CPU microseconds per successful operation.
+pub(super) async fn run_measured(
+    target: Target,
+    clients: usize,
+    duration: Duration,
+    server: &[u32],
+) -> (RunStats, f64) {
+    let before = cpu_seconds(server);
+    let stats = run_target(target, clients, duration).await;
+    let cpu_us = (cpu_seconds(server) - before) * 1e6 / stats.ok.max(1) as f64;
+    (stats, cpu_us)
+}
+
+/// The node's audit counters: events committed to the outbox, and group commits.
+async fn audit_commits(cluster: &ProcessCluster) -> Result<(u64, u64)> {
+    let status = cluster.get(1, "/v1/cluster/status").await?.body;
+    let count = |field: &str| status["audit"][field].as_u64().with_context(|| format!("status without audit.{field}"));
+    Ok((count("committed")?, count("group_commits")?))
+}
+
 /// OpenBao's transit URL, its token header, and a decrypt body holding a ciphertext it made.
 async fn bao_endpoint(
     bao: &OpenBao,
@@ -179,7 +206,10 @@ pub async fn run(options: Options) -> Result<()> {
     if options.payload_bytes == 0 || options.payload_bytes > 64 * 1024 {
         bail!("--payload-bytes must be between 1 and 65536");
     }
-    let exe = std::env::current_exe().context("locating the custos binary")?;
+    let exe = match &options.node_exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe().context("locating the custos binary")?,
+    };
     eprintln!("starting 1 custos node and 1 OpenBao server (raft storage) on 127.0.0.1 …");
     let cluster = bench_node(&exe, &[]).await?;
     let tls_dir = cluster.root().join("tls");
@@ -208,12 +238,13 @@ pub async fn run(options: Options) -> Result<()> {
         options.duration.as_secs()
     );
     println!(
-        "{:<8} {:<8} {:>7} {:>10} {:>9} {:>9} {:>8}",
-        "system", "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors"
+        "{:<8} {:<8} {:>7} {:>10} {:>9} {:>9} {:>8} {:>8}",
+        "system", "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors", "cpu µs"
     );
     let custos_decrypt = json!({ "ciphertext": custos_ct });
     let mut rows = Vec::new();
     let mut audited = Vec::new();
+    let mut group_sizes = Vec::new();
     for &clients in &options.clients {
         let runs = [
             Target::new("custos", "encrypt", &format!("{custos_base}/encrypt"), &custos_token, &encrypt_body, &tls)?,
@@ -237,8 +268,14 @@ pub async fn run(options: Options) -> Result<()> {
         ];
         for target in runs {
             let (system, op) = (target.system, target.op);
-            let stats = run_target(target, clients, options.duration).await;
-            let row = Row { system, op, clients, stats };
+            let server = if system == "custos" { cluster.pids() } else { vec![bao.pid] };
+            let before = audit_commits(&cluster).await?;
+            let (stats, cpu_us) = run_measured(target, clients, options.duration, &server).await;
+            if system == "custos" {
+                let after = audit_commits(&cluster).await?;
+                group_sizes.push((op, clients, (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64));
+            }
+            let row = Row { system, op, clients, stats, cpu_us };
             print_row(&row);
             rows.push(row);
         }
@@ -254,8 +291,8 @@ pub async fn run(options: Options) -> Result<()> {
         for (op, body) in [("encrypt", &encrypt_body), ("decrypt", &bao_decrypt)] {
             let url = format!("{bao_base}/{op}/{}", openbao::KEY);
             let target = Target::new("bao+aud", op, &url, &bao_token, body, &tls)?;
-            let stats = run_target(target, clients, options.duration).await;
-            let row = Row { system: "bao+aud", op, clients, stats };
+            let (stats, cpu_us) = run_measured(target, clients, options.duration, &[bao.pid]).await;
+            let row = Row { system: "bao+aud", op, clients, stats, cpu_us };
             print_row(&row);
             audited.push(row);
         }
@@ -263,21 +300,27 @@ pub async fn run(options: Options) -> Result<()> {
 
     println!();
     println!(
-        "{:<8} {:>7} {:>12} {:>12} {:>14} {:>14}",
-        "op", "clients", "ops/s ÷ bao", "p99 ÷ bao", "ops/s ÷ b+aud", "p99 ÷ b+aud"
+        "{:<8} {:>7} {:>12} {:>12} {:>12} {:>14} {:>14} {:>14}",
+        "op", "clients", "ops/s ÷ bao", "p99 ÷ bao", "cpu ÷ bao", "ops/s ÷ b+aud", "p99 ÷ b+aud", "cpu ÷ b+aud"
     );
     for (group, a) in rows.chunks(2).zip(audited.iter()) {
         let (c, b) = (&group[0], &group[1]);
         println!(
-            "{:<8} {:>7} {:>12.2} {:>12.2} {:>14.2} {:>14.2}",
+            "{:<8} {:>7} {:>12.2} {:>12.2} {:>12.2} {:>14.2} {:>14.2} {:>14.2}",
             c.op,
             c.clients,
             c.stats.ops_per_sec() / b.stats.ops_per_sec(),
             c.stats.latency_ms(0.99) / b.stats.latency_ms(0.99),
+            c.cpu_us / b.cpu_us,
             c.stats.ops_per_sec() / a.stats.ops_per_sec(),
-            c.stats.latency_ms(0.99) / a.stats.latency_ms(0.99)
+            c.stats.latency_ms(0.99) / a.stats.latency_ms(0.99),
+            c.cpu_us / a.cpu_us
         );
     }
+    println!("(cpu µs: the server's user + system CPU time per successful operation)");
+    let sizes: Vec<String> =
+        group_sizes.iter().map(|(op, clients, size)| format!("{op} × {clients}: {size:.1}")).collect();
+    println!("custos audit events per outbox group commit (one fdatasync each): {}", sizes.join(", "));
     println!();
     let (encrypt_us, decrypt_us) = in_process_cost(options.payload_bytes).await?;
     println!(

@@ -14,6 +14,8 @@ pub struct OpenBao {
     pub addr: String,
     /// The limited token the benchmark uses.
     pub token: String,
+    /// The server process, for its CPU time.
+    pub pid: u32,
 }
 
 pub const KEY: &str = "bench";
@@ -48,6 +50,6 @@ impl OpenBao {
         let body = json!({ "policies": ["bench-transit"], "no_default_policy": true, "ttl": "2h" });
         let reply = server.api(http, "POST", "auth/token/create", body).await?;
         let token = reply["auth"]["client_token"].as_str().context("token create without a token")?.to_string();
-        Ok(OpenBao { addr: server.addr()?, token, _server: server })
+        Ok(OpenBao { addr: server.addr()?, token, pid: server.pid()?, _server: server })
     }
 }

@@ -179,6 +179,10 @@ pub enum BenchCommand {
         /// The script that installs and runs OpenBao (run from the repository root).
         #[arg(long, default_value = "deploy/scripts/openbao.sh")]
         openbao_script: PathBuf,
+        /// Run the Custos node from this binary instead of this one: compares another build
+        /// under the same load client and peer.
+        #[arg(long)]
+        node_exe: Option<PathBuf>,
     },
     /// Audited operations with delivery to a real Kafka vs audit off, and the audit pipeline
     /// vs a plain rdkafka producer.
@@ -326,12 +330,15 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             custos_node::bench::governance::run(options).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { command: BenchCommand::Encrypt { duration_secs, clients, payload_bytes, openbao_script } } => {
+        Command::Bench {
+            command: BenchCommand::Encrypt { duration_secs, clients, payload_bytes, openbao_script, node_exe },
+        } => {
             let options = custos_node::bench::encrypt::Options {
                 duration: std::time::Duration::from_secs(duration_secs),
                 clients,
                 payload_bytes,
                 openbao_script,
+                node_exe,
             };
             custos_node::bench::encrypt::run(options).await?;
             Ok(ExitCode::SUCCESS)
