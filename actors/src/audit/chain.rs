@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::event::AuditEvent;
+use super::event::{rfc3339_ms, AuditEvent, AuditRecord, SCHEMA_VERSION, SPEC_VERSION, TYPE_PREFIX};
 
 /// `chainprev` of a chain's first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -53,6 +53,118 @@ pub fn seal(event: &mut AuditEvent) -> Result<Vec<u8>, serde_json::Error> {
     json.extend_from_slice(b"\",");
     json.extend_from_slice(&canonical[at..]);
     Ok(json)
+}
+
+/// Renders and seals the events of one outbox's chains straight to JSON, without building an
+/// [`AuditEvent`]: [`Sealer::render`] writes everything that does not depend on the event's
+/// place in its chain (the outbox calls it before taking its lock), [`Sealer::seal`] adds the
+/// place and the hash. The bytes are exactly those [`seal`] gives for the same event — fields
+/// in the sorted order of their names, `chainhash` before `chainprev`, the hash over the JSON
+/// without it — and a test holds the two equal.
+#[derive(Debug, Clone)]
+pub struct Sealer {
+    chain: String,
+    /// `{"auditschema":N,"chain":"…",`
+    head: Vec<u8>,
+    /// `"source":"…","specversion":"…",`
+    source: Vec<u8>,
+}
+
+/// An event rendered up to its place in a chain (see [`Sealer`]).
+#[derive(Debug, Clone)]
+pub struct Unplaced {
+    /// `"data":{…},"datacontenttype":"application/json",`
+    data: Vec<u8>,
+    /// From `"source"` to the closing brace.
+    rest: Vec<u8>,
+}
+
+/// A sealed event: its stored JSON, its hash and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub json: Vec<u8>,
+    pub hash: [u8; 32],
+    pub id: String,
+}
+
+/// `"chainhash":"` — what precedes the hash's hex digits in a sealed event.
+const HASH_KEY: &[u8] = b"\"chainhash\":\"";
+
+fn json_str(out: &mut Vec<u8>, value: &str) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(out, value)
+}
+
+impl Sealer {
+    pub fn new(chain: &str, source: &str) -> Result<Sealer, serde_json::Error> {
+        let mut head = format!("{{\"auditschema\":{SCHEMA_VERSION},\"chain\":").into_bytes();
+        json_str(&mut head, chain)?;
+        head.push(b',');
+        let mut rendered = b"\"source\":".to_vec();
+        json_str(&mut rendered, source)?;
+        rendered.extend_from_slice(b",\"specversion\":");
+        json_str(&mut rendered, SPEC_VERSION)?;
+        rendered.push(b',');
+        Ok(Sealer { chain: chain.to_string(), head, source: rendered })
+    }
+
+    /// The parts of `record`'s event that do not depend on its place in the chain, at
+    /// `time_ms`.
+    pub fn render(&self, record: &AuditRecord, time_ms: u64) -> Result<Unplaced, serde_json::Error> {
+        let mut data = Vec::with_capacity(384);
+        data.extend_from_slice(b"\"data\":");
+        serde_json::to_writer(&mut data, &record.data)?;
+        data.extend_from_slice(b",\"datacontenttype\":\"application/json\",");
+        let mut rest = Vec::with_capacity(self.source.len() + 160);
+        rest.extend_from_slice(&self.source);
+        if let Some(subject) = &record.subject {
+            rest.extend_from_slice(b"\"subject\":");
+            json_str(&mut rest, subject)?;
+            rest.push(b',');
+        }
+        rest.extend_from_slice(b"\"tenant\":");
+        json_str(&mut rest, record.stream.as_str())?;
+        rest.extend_from_slice(b",\"time\":");
+        json_str(&mut rest, &rfc3339_ms(time_ms))?;
+        rest.extend_from_slice(b",\"type\":\"");
+        rest.extend_from_slice(TYPE_PREFIX.as_bytes());
+        rest.extend_from_slice(record.kind.short().as_bytes());
+        rest.extend_from_slice(b"\"}");
+        Ok(Unplaced { data, rest })
+    }
+
+    /// Seals `event` as number `seq` of `tenant`'s chain, after the event whose hash is
+    /// `prev` (none for the chain's first).
+    pub fn seal(&self, event: &Unplaced, tenant: &str, seq: u64, prev: Option<&[u8; 32]>) -> Sealed {
+        let id = format!("{tenant}.{}.{seq}", self.chain);
+        let mut json =
+            Vec::with_capacity(self.head.len() + HASH_KEY.len() + 220 + id.len() + event.data.len() + event.rest.len());
+        json.extend_from_slice(&self.head);
+        let hash_at = json.len() + HASH_KEY.len();
+        json.extend_from_slice(HASH_KEY);
+        json.extend_from_slice(&[b'0'; 64]);
+        json.extend_from_slice(b"\",");
+        let rest_at = json.len();
+        json.extend_from_slice(b"\"chainprev\":\"");
+        match prev {
+            Some(prev) => json.extend_from_slice(hex::encode(prev).as_bytes()),
+            None => json.extend_from_slice(GENESIS.as_bytes()),
+        }
+        json.extend_from_slice(b"\",\"chainseq\":");
+        json.extend_from_slice(seq.to_string().as_bytes());
+        json.push(b',');
+        json.extend_from_slice(&event.data);
+        json.extend_from_slice(b"\"id\":");
+        // A string always serializes into a Vec.
+        json_str(&mut json, &id).expect("writing a JSON string to memory");
+        json.push(b',');
+        json.extend_from_slice(&event.rest);
+        let mut hasher = Sha256::new();
+        hasher.update(&json[..hash_at - HASH_KEY.len()]);
+        hasher.update(&json[rest_at..]);
+        let hash: [u8; 32] = hasher.finalize().into();
+        hex::encode_to_slice(hash, &mut json[hash_at..hash_at + 64]).expect("64 hex digits fit 64 bytes");
+        Sealed { json, hash, id }
+    }
 }
 
 /// Hex SHA-256 of the canonical form of a typed event (what [`seal`] would set).
@@ -381,6 +493,66 @@ mod tests {
             let mut stored = serde_json::to_value(&event).unwrap();
             assert_eq!(event.chainhash, value_hash(&mut stored), "variant {variant}");
             assert_eq!(stored["chainhash"], event.chainhash.as_str(), "the stored hash is put back");
+        }
+    }
+
+    #[test]
+    fn the_sealer_writes_exactly_what_sealing_the_typed_event_writes() {
+        use crate::audit::event::{AuditStream, EventType};
+        let sealer = Sealer::new("node-1.ab\"c", "custos://node/1").unwrap();
+        let tenant = |id: &str| AuditStream::Tenant(custos_raft::TenantId::new(id).unwrap());
+        let mut record = AuditRecord {
+            stream: tenant("acme"),
+            kind: EventType::KeyEncrypt,
+            subject: Some("keys/k".into()),
+            data: AuditData::new(Actor::admin(), Outcome::Success),
+        };
+        let mut prev = None;
+        for variant in 0..5u64 {
+            match variant {
+                1 => {
+                    record.subject = None;
+                    record.data.key_version = Some(7);
+                    record.stream = AuditStream::Cluster;
+                }
+                2 => {
+                    record.data.details.insert("zeta".into(), serde_json::json!(1));
+                    record.data.details.insert("alpha".into(), serde_json::json!({"b": "\u{1}\\", "a": [2]}));
+                }
+                3 => {
+                    record.subject = Some("keys/\"quoted\" \u{e9}\n".into());
+                    record.data.actor.idp = Some("keycloak".into());
+                    record.data.reason = Some("decryption_failed".into());
+                    record.kind = EventType::DirectoryGroupDelete;
+                }
+                4 => record.stream = tenant("b-2"),
+                _ => {}
+            }
+            let time_ms = 1_700_000_000_123 + variant;
+            let seq = variant * 1000 + 1;
+            let sealed =
+                sealer.seal(&sealer.render(&record, time_ms).unwrap(), record.stream.as_str(), seq, prev.as_ref());
+            let mut event = AuditEvent {
+                auditschema: SCHEMA_VERSION,
+                chain: "node-1.ab\"c".into(),
+                chainhash: String::new(),
+                chainprev: prev.map_or(GENESIS.to_string(), hex::encode),
+                chainseq: seq,
+                data: record.data.clone(),
+                datacontenttype: "application/json".into(),
+                id: format!("{}.node-1.ab\"c.{seq}", record.stream.as_str()),
+                source: "custos://node/1".into(),
+                specversion: SPEC_VERSION.into(),
+                subject: record.subject.clone(),
+                tenant: record.stream.as_str().into(),
+                time: crate::audit::event::rfc3339_ms(time_ms),
+                kind: record.kind.full(),
+            };
+            let json = seal(&mut event).unwrap();
+            assert_eq!(String::from_utf8(sealed.json).unwrap(), String::from_utf8(json).unwrap(), "variant {variant}");
+            assert_eq!(hex::encode(sealed.hash), event.chainhash, "variant {variant}");
+            assert_eq!(sealed.id, event.id, "variant {variant}");
+            prev = Some(sealed.hash);
         }
     }
 

@@ -713,8 +713,7 @@ pub async fn tail(
             loop {
                 match committed.recv().await {
                     Ok(c) if c.tenant == name => {
-                        let json = serde_json::to_vec(&*c.event).unwrap_or_default();
-                        return Some((TailItem::Event(c.event.id.clone(), json), (committed, permit)));
+                        return Some((TailItem::Event(c.id, c.json.to_vec()), (committed, permit)));
                     }
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {

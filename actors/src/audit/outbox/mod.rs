@@ -1,8 +1,9 @@
 //! The durable outbox: audit events are made durable here, on this node, before the request
 //! they record is acknowledged, and stay until a sink has them.
 //!
-//! A request places its own record: under one lock it takes the next place in its tenant's
-//! chain, is sealed, encoded and appended to the open group. A committer thread of its own
+//! A request places its own record: it renders what does not depend on its place, then under
+//! one lock takes the next place in its tenant's chain, is sealed, encoded and appended to the
+//! open group. A committer thread of its own
 //! takes the oldest group the moment it is free, appends it to the log with one write and one
 //! `fdatasync` (group commit) and answers the group's requests straight from that thread. No
 //! task sits between a request and the disk, so a record waits for at most the commit in
@@ -23,8 +24,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, oneshot, Notify, Semaphore};
 
-use super::chain::{seal, GENESIS};
-use super::event::{rfc3339_ms, AuditEvent, AuditRecord, AuditStream, SCHEMA_VERSION, SPEC_VERSION};
+use super::chain::{Sealer, Unplaced};
+use super::event::{AuditRecord, AuditStream};
 use super::AuditError;
 
 mod log;
@@ -71,7 +72,9 @@ pub struct Receipt {
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub tenant: String,
-    pub event: Arc<AuditEvent>,
+    pub id: String,
+    /// The event as stored and shipped.
+    pub json: Arc<[u8]>,
 }
 
 /// Where a waiting request learns its event's fate.
@@ -117,8 +120,8 @@ pub struct Outbox {
 struct Core {
     log: Arc<log::Shared>,
     chain: String,
-    /// `custos://node/<id>`, the source of every event.
-    source: String,
+    /// Renders this outbox's events (source `custos://node/<id>`).
+    sealer: Sealer,
     limits: OutboxLimits,
     stats: OutboxStats,
     committed: Notify,
@@ -152,11 +155,19 @@ struct Group {
     next: u64,
     /// Chain heads this group moves.
     moved: HashMap<String, Head>,
-    waiting: Vec<(Option<Reply>, String, Arc<AuditEvent>)>,
+    waiting: Vec<Waiting>,
     /// A request waits on this group now: it never lingers.
     waited: bool,
     /// When its first record was placed.
     opened: Instant,
+}
+
+/// A placed record, as its group keeps it until the commit answers.
+struct Waiting {
+    reply: Option<Reply>,
+    receipt: Receipt,
+    /// For live subscribers; none when there were none at placement.
+    live: Option<Committed>,
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
@@ -176,10 +187,12 @@ impl Outbox {
         let stats = OutboxStats::default();
         stats.depth.store(recovered.next - recovered.shipped, Ordering::Relaxed);
         let (tail, _) = broadcast::channel(TAIL_CAPACITY);
+        let sealer = Sealer::new(&recovered.chain, &format!("custos://node/{node_id}"))
+            .map_err(|e| AuditError::Storage(e.to_string()))?;
         let core = Arc::new(Core {
             log,
             chain: recovered.chain,
-            source: format!("custos://node/{node_id}"),
+            sealer,
             room: Semaphore::new(limits.queue),
             limits,
             stats,
@@ -318,7 +331,7 @@ impl Outbox {
         self.core.committed.notified().await
     }
 
-    /// Every event committed from now on, all tenants; callers filter by tenant.
+    /// Every event placed and committed from now on, all tenants; callers filter by tenant.
     pub fn subscribe(&self) -> broadcast::Receiver<Committed> {
         self.core.tail.subscribe()
     }
@@ -374,15 +387,22 @@ impl Core {
     /// `waits`: the caller waits for the record now, so its group must not linger.
     fn place(&self, record: AuditRecord, reply: Option<Reply>, waits: bool) -> Result<(), AuditError> {
         let time_ms = now_ms();
-        let mut building = self.building();
-        let placed = self.place_locked(&mut building, record, time_ms, reply, waits);
-        let wake = placed.is_ok()
-            && (std::mem::take(&mut building.idle) || (building.lingering && !self.may_linger(&building)));
-        drop(building);
-        match placed {
-            Ok(()) if wake => self.ready.notify_one(),
-            Ok(()) => {}
-            Err(_) => self.room.add_permits(1),
+        let placed = match self.sealer.render(&record, time_ms) {
+            Ok(rendered) => {
+                let mut building = self.building();
+                let placed = self.place_locked(&mut building, record.stream.as_str(), &rendered, time_ms, reply, waits);
+                let wake = placed.is_ok()
+                    && (std::mem::take(&mut building.idle) || (building.lingering && !self.may_linger(&building)));
+                drop(building);
+                if wake {
+                    self.ready.notify_one();
+                }
+                placed
+            }
+            Err(e) => Err(AuditError::Storage(e.to_string())),
+        };
+        if placed.is_err() {
+            self.room.add_permits(1);
         }
         placed
     }
@@ -390,7 +410,8 @@ impl Core {
     fn place_locked(
         &self,
         building: &mut Building,
-        record: AuditRecord,
+        tenant: &str,
+        rendered: &Unplaced,
         time_ms: u64,
         reply: Option<Reply>,
         waits: bool,
@@ -398,30 +419,10 @@ impl Core {
         if building.closed {
             return Err(AuditError::Closed);
         }
-        let tenant = record.stream.as_str();
         let head = building.heads.get(tenant).copied().unwrap_or(Head { seq: 0, hash: [0u8; 32] });
         let seq = head.seq + 1;
-        let mut event = AuditEvent {
-            auditschema: SCHEMA_VERSION,
-            chain: self.chain.clone(),
-            chainhash: String::new(),
-            chainprev: if head.seq == 0 { GENESIS.to_string() } else { hex::encode(head.hash) },
-            chainseq: seq,
-            data: record.data,
-            datacontenttype: "application/json".to_string(),
-            id: format!("{}.{}.{}", tenant, self.chain, seq),
-            source: self.source.clone(),
-            specversion: SPEC_VERSION.to_string(),
-            subject: record.subject,
-            tenant: tenant.to_string(),
-            time: rfc3339_ms(time_ms),
-            kind: record.kind.full(),
-        };
-        let json = seal(&mut event).map_err(|e| AuditError::Storage(e.to_string()))?;
-        let mut hash = [0u8; 32];
-        // seal always yields 64 hex digits.
-        hex::decode_to_slice(&event.chainhash, &mut hash).expect("chain hash is 32 bytes of hex");
-        let new_head = Head { seq, hash };
+        let sealed = self.sealer.seal(rendered, tenant, seq, (head.seq > 0).then_some(&head.hash));
+        let new_head = Head { seq, hash: sealed.hash };
         let position = building.next;
         let max_batch = self.limits.max_batch;
         if building.groups.back().is_none_or(|g| g.waiting.len() >= max_batch) {
@@ -436,12 +437,18 @@ impl Core {
             });
         }
         let group = building.groups.back_mut().expect("a group was just ensured");
-        log::encode(&mut group.records, &log::Record { position, time_ms, head: new_head, tenant, json: &json })?;
+        let record = log::Record { position, time_ms, head: new_head, tenant, json: &sealed.json };
+        log::encode(&mut group.records, &record)?;
         // The head moves now, so the next record (in this group or a later one, placed while
         // this one commits) chains onto it; a failed commit resets the heads from the log.
         group.moved.insert(tenant.to_string(), new_head);
         group.next = position + 1;
-        group.waiting.push((reply, tenant.to_string(), Arc::new(event)));
+        let live = (self.tail.receiver_count() > 0).then(|| Committed {
+            tenant: tenant.to_string(),
+            id: sealed.id.clone(),
+            json: Arc::from(sealed.json),
+        });
+        group.waiting.push(Waiting { reply, receipt: Receipt { id: sealed.id, chainseq: seq }, live });
         group.waited |= waits;
         // Counted from placement: an event waiting in a lingering group is not shipped either,
         // and the shipper's decrement can never come before this increment.
@@ -485,10 +492,11 @@ impl Core {
                     stats.committed.fetch_add(entries, Ordering::Relaxed);
                     stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.committed.notify_one();
-                    for (reply, tenant, event) in group.waiting {
-                        let receipt = Receipt { id: event.id.clone(), chainseq: event.chainseq };
-                        // No subscribers is the normal case; a send error only says that.
-                        let _ = self.tail.send(Committed { tenant, event });
+                    for Waiting { reply, receipt, live } in group.waiting {
+                        if let Some(live) = live {
+                            // The subscriber may have gone since; a send error only says that.
+                            let _ = self.tail.send(live);
+                        }
                         if let Some(reply) = reply {
                             let _ = reply.send(Ok(receipt));
                         }
@@ -505,7 +513,7 @@ impl Core {
                     stats.depth.fetch_sub(count as u64, Ordering::Relaxed);
                     tracing::error!(%error, events = count, "audit outbox commit failed");
                     stats.failed.fetch_add(count as u64, Ordering::Relaxed);
-                    for (reply, _, _) in failed.into_iter().flat_map(|g| g.waiting) {
+                    for Waiting { reply, .. } in failed.into_iter().flat_map(|g| g.waiting) {
                         if let Some(reply) = reply {
                             let _ = reply.send(Err(error.clone()));
                         }
