@@ -52,7 +52,9 @@ pub struct OpenError;
 /// Encrypts `plaintext` under `key`, binding `aad`; returns `nonce || ciphertext || tag`.
 pub fn seal(key: &SecretKey, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_BYTES];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    // The thread's CSPRNG (ChaCha, seeded and periodically reseeded from the OS): a random
+    // nonce without a system call per encryption. Key material comes from the OS directly.
+    rand::thread_rng().fill_bytes(&mut nonce);
     let sealed = key
         .cipher()
         .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
