@@ -13,7 +13,7 @@ use custos_actors::audit::shipper::ShipperLimits;
 use custos_actors::audit::sink::kafka::{read_tenant, read_tenant_page, KafkaSinkConfig, TopicLayout};
 use custos_actors::audit::{
     Actor, Audit, AuditData, AuditError, AuditEvent, AuditMode, AuditRecord, AuditSettings, AuditStream, EventType,
-    OutboxLimits, Outcome, SinkChoice,
+    OutboxLimits, Outcome, Saturation, SinkChoice,
 };
 use custos_chaos_tests::KafkaBroker;
 use custos_raft::TenantId;
@@ -45,7 +45,14 @@ fn open(dir: &Path, mode: AuditMode, max_depth: u64, kafka: KafkaSinkConfig) -> 
         dir: dir.to_path_buf(),
         mode,
         stream_modes: Default::default(),
-        outbox: OutboxLimits { max_batch: 256, queue: 1024, max_depth, linger: Duration::ZERO },
+        outbox: OutboxLimits {
+            max_batch: 256,
+            queue: 1024,
+            max_depth,
+            linger: Duration::ZERO,
+            gather: Duration::ZERO,
+            saturation: Saturation::Never,
+        },
         shipper: ShipperLimits {
             max_batch: 256,
             // Several batches on their way, so a broker outage fails some of them at once.

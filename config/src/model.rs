@@ -393,6 +393,13 @@ pub struct AuditConfig {
     /// holds a quarter of `max_batch_events`): fewer, larger fsyncs. A group a request waits
     /// for is committed at once. 0 never waits.
     pub commit_linger_us: u64,
+    /// A group commit that requests wait for (fail-closed) is committed at once, unless this
+    /// node's CPU is the bottleneck (its async workers busy 90 % of the time) and the last
+    /// group commit held at least 4 events: then it waits up to this many microseconds after
+    /// its first event for twice as many (at most a quarter of `max_batch_events`). The
+    /// requests would queue for the CPU anyway; fewer `fdatasync`s leave more of it to them.
+    /// 0 never waits.
+    pub commit_gather_us: u64,
     /// How often a node moves the audit events its governance writes carried in their Raft
     /// entries into its outbox (and reports them recorded, so the log drops them).
     pub carried_record_interval_ms: u64,
@@ -478,6 +485,7 @@ impl Default for AuditConfig {
             max_batch_events: 1024,
             queue_events: 16_384,
             commit_linger_us: 5_000,
+            commit_gather_us: 500,
             carried_record_interval_ms: 20,
             max_outbox_events: 1_000_000,
             ship_backoff_min_ms: 100,

@@ -407,6 +407,7 @@ impl Config {
         );
         check(a.ship_stop_grace_ms <= 600_000, "audit.ship_stop_grace_ms", "must be at most 600000".into());
         check(a.commit_linger_us <= 10_000, "audit.commit_linger_us", "must be at most 10000".into());
+        check(a.commit_gather_us <= 10_000, "audit.commit_gather_us", "must be at most 10000".into());
         check(
             (1..=60_000).contains(&a.carried_record_interval_ms),
             "audit.carried_record_interval_ms",

@@ -7,7 +7,7 @@ use std::time::Duration;
 use custos_actors::audit::shipper::ShipperLimits;
 use custos_actors::audit::sink::kafka::{KafkaSinkConfig, TopicLayout};
 use custos_actors::audit::sink::local::LocalLogLimits;
-use custos_actors::audit::{Audit, AuditMode, AuditSettings, OutboxLimits, SinkChoice};
+use custos_actors::audit::{Audit, AuditMode, AuditSettings, OutboxLimits, Saturation, SinkChoice};
 use custos_config::{
     AuditConfig, AuditKafkaConfig, AuditModeConfig, AuditSinkKind, KafkaSaslMechanism, KafkaSecurityProtocol,
     KafkaTopicLayout,
@@ -97,6 +97,8 @@ pub fn open(config: &AuditConfig, node_id: u64, data_dir: &Path) -> Result<Arc<A
             queue: config.queue_events,
             max_depth: config.max_outbox_events,
             linger: Duration::from_micros(config.commit_linger_us),
+            gather: Duration::from_micros(config.commit_gather_us),
+            saturation: tokio::runtime::Handle::try_current().map_or(Saturation::Never, Saturation::Runtime),
         },
         shipper: ShipperLimits {
             max_batch: config.max_batch_events,

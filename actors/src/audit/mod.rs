@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 pub use event::{Actor, AuditData, AuditEvent, AuditRecord, AuditStream, EventType, Outcome};
-pub use outbox::{Outbox, OutboxLimits, Receipt};
+pub use outbox::{Outbox, OutboxLimits, Receipt, Saturation};
 pub use shipper::{ShipperLimits, ShipperStats};
 pub use sink::{AuditSink, Delivered, KafkaSink, LocalLog, SinkError};
 
@@ -248,7 +248,14 @@ mod tests {
                 dir: dir.path().join(format!("{mode:?}")),
                 mode,
                 stream_modes: HashMap::from([("acme".to_string(), AuditMode::BestEffort)]),
-                outbox: OutboxLimits { max_batch: 8, queue: 8, max_depth: 8, linger: std::time::Duration::ZERO },
+                outbox: OutboxLimits {
+                    max_batch: 8,
+                    queue: 8,
+                    max_depth: 8,
+                    linger: std::time::Duration::ZERO,
+                    gather: std::time::Duration::ZERO,
+                    saturation: outbox::Saturation::Never,
+                },
                 shipper: ShipperLimits {
                     max_batch: 8,
                     max_in_flight: 2,

@@ -326,8 +326,15 @@ mod tests {
     }
 
     fn open_outbox(dir: &std::path::Path) -> Arc<Outbox> {
-        Outbox::open(dir, 1, OutboxLimits { max_batch: 64, queue: 64, max_depth: 1000, linger: Duration::ZERO })
-            .unwrap()
+        let limits = OutboxLimits {
+            max_batch: 64,
+            queue: 64,
+            max_depth: 1000,
+            linger: Duration::ZERO,
+            gather: Duration::ZERO,
+            saturation: crate::audit::Saturation::Never,
+        };
+        Outbox::open(dir, 1, limits).unwrap()
     }
 
     /// Quick retries, no linger; the fields a test is about are set by the test.

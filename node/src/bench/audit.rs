@@ -28,7 +28,7 @@ use custos_actors::audit::sink::kafka::{producer_settings, KafkaSink, KafkaSinkC
 use custos_actors::audit::sink::{Delivered, Delivery};
 use custos_actors::audit::{
     Actor, Audit, AuditData, AuditMode, AuditRecord, AuditSettings, AuditSink, AuditStream, EventType, OutboxLimits,
-    Outcome, SinkChoice, SinkError,
+    Outcome, Saturation, SinkChoice, SinkError,
 };
 use custos_chaos_tests::{KafkaBroker, ProcessCluster};
 use custos_raft::TenantId;
@@ -152,6 +152,8 @@ async fn pipeline(brokers: &str, duration: Duration, recorders: usize) -> Result
             queue: 16_384,
             max_depth: 10_000_000,
             linger: Duration::from_micros(custos_config::AuditConfig::default().commit_linger_us),
+            gather: Duration::from_micros(custos_config::AuditConfig::default().commit_gather_us),
+            saturation: Saturation::Runtime(tokio::runtime::Handle::current()),
         },
         shipper: ShipperLimits {
             max_batch: MAX_BATCH,

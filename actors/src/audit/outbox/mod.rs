@@ -50,6 +50,82 @@ pub struct OutboxLimits {
     /// a request that waits joins it (or a group forms behind it): fewer, larger commits (each
     /// an `fdatasync`) for records nobody waits on. Zero never waits.
     pub linger: std::time::Duration,
+    /// A group that requests wait for is committed at once, unless the node's CPU is the
+    /// bottleneck ([`Saturation`]) and the last commit held at least [`GATHER_MIN`] records:
+    /// then it may wait up to this long after its first record for twice as many (at most a
+    /// quarter of `max_batch`). The requests would wait for a CPU anyway; fewer `fdatasync`s
+    /// leave more of it to them. Zero never waits.
+    pub gather: std::time::Duration,
+    /// Tells whether the CPU is the bottleneck now.
+    pub saturation: Saturation,
+}
+
+/// A group commit gathers only after a commit of at least this many records: a lone request,
+/// or a few, is never held back.
+pub const GATHER_MIN: usize = 4;
+
+/// Share of wall-clock time the async runtime's workers must be busy (not parked) for the
+/// node to count as saturated.
+const SATURATED_BUSY: f64 = 0.9;
+
+/// How often the committer samples the runtime's busy time.
+const SATURATION_SAMPLE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Where the committer learns whether the node's CPU is the bottleneck.
+#[derive(Clone)]
+pub enum Saturation {
+    /// Never: groups that requests wait for are always committed at once.
+    Never,
+    /// When this runtime's workers were busy at least [`SATURATED_BUSY`] of the time since the
+    /// last sample (they never park while runnable tasks queue).
+    Runtime(tokio::runtime::Handle),
+    /// Always (tests).
+    Always,
+}
+
+impl std::fmt::Debug for Saturation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Saturation::Never => "Never",
+            Saturation::Runtime(_) => "Runtime",
+            Saturation::Always => "Always",
+        })
+    }
+}
+
+/// The committer's view of [`Saturation`], sampled at most every [`SATURATION_SAMPLE`].
+struct SaturationGauge {
+    source: Saturation,
+    /// When the busy time was last read, and its sum over the workers then.
+    last: Option<(Instant, std::time::Duration)>,
+    saturated: bool,
+}
+
+impl SaturationGauge {
+    fn new(source: Saturation) -> Self {
+        SaturationGauge { source, last: None, saturated: false }
+    }
+
+    fn saturated(&mut self) -> bool {
+        let handle = match &self.source {
+            Saturation::Never => return false,
+            Saturation::Always => return true,
+            Saturation::Runtime(handle) => handle,
+        };
+        let now = Instant::now();
+        if self.last.is_some_and(|(at, _)| now.duration_since(at) < SATURATION_SAMPLE) {
+            return self.saturated;
+        }
+        let metrics = handle.metrics();
+        let workers = metrics.num_workers();
+        let busy: std::time::Duration = (0..workers).map(|w| metrics.worker_total_busy_duration(w)).sum();
+        if let Some((at, before)) = self.last {
+            let capacity = now.duration_since(at).as_secs_f64() * workers as f64;
+            self.saturated = busy.saturating_sub(before).as_secs_f64() >= SATURATED_BUSY * capacity;
+        }
+        self.last = Some((now, busy));
+        self.saturated
+    }
 }
 
 /// An event as it waits in the outbox: its tenant, its time and its JSON.
@@ -145,6 +221,11 @@ struct Building {
     idle: bool,
     /// The committer is waiting on `ready` while the only group lingers.
     lingering: bool,
+    /// Records the last commit held.
+    last_commit: usize,
+    /// While the committer lets a group that requests wait for gather: the records it waits
+    /// for (0: none, commit at once).
+    gather_target: usize,
     closed: bool,
 }
 
@@ -204,6 +285,8 @@ impl Outbox {
                 groups: VecDeque::new(),
                 idle: false,
                 lingering: false,
+                last_commit: 0,
+                gather_target: 0,
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -365,14 +448,31 @@ impl Core {
         self.building.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the only group may wait for more records: nobody waits on it, it is small,
-    /// and the outbox is open.
+    /// Whether the only group may wait for more records, the outbox being open: one nobody
+    /// waits on while it is small, one requests wait for while the committer gathers and it
+    /// holds fewer than the target.
     fn may_linger(&self, building: &Building) -> bool {
-        !self.limits.linger.is_zero()
-            && !building.closed
-            && building.groups.len() == 1
-            && !building.groups[0].waited
-            && building.groups[0].waiting.len() < self.limits.max_batch / 4
+        if building.closed || building.groups.len() != 1 {
+            return false;
+        }
+        let group = &building.groups[0];
+        if group.waited {
+            group.waiting.len() < building.gather_target
+        } else {
+            !self.limits.linger.is_zero() && group.waiting.len() < self.limits.max_batch / 4
+        }
+    }
+
+    /// How long the oldest group may wait after its first record, and (for one that requests
+    /// wait for) how many records it gathers for.
+    fn window(&self, building: &Building, gauge: &mut SaturationGauge) -> (std::time::Duration, usize) {
+        if !building.groups[0].waited {
+            return (self.limits.linger, 0);
+        }
+        if self.limits.gather.is_zero() || building.last_commit < GATHER_MIN || !gauge.saturated() {
+            return (std::time::Duration::ZERO, 0);
+        }
+        (self.limits.gather, (2 * building.last_commit).min(self.limits.max_batch / 4))
     }
 
     fn close(&self) {
@@ -462,6 +562,7 @@ impl Core {
     /// answers its requests; after a failed commit every group placed behind it (chained onto
     /// it) fails too and placing starts again from what is durable. Ends once closed and empty.
     fn commit_groups(&self, mut appender: log::Appender) {
+        let mut gauge = SaturationGauge::new(self.limits.saturation.clone());
         loop {
             let group = {
                 let mut building = self.building();
@@ -474,10 +575,15 @@ impl Core {
                         building = self.ready.wait(building).unwrap_or_else(|p| p.into_inner());
                         continue;
                     }
-                    let linger_until = building.groups[0].opened + self.limits.linger;
+                    let (window, target) = self.window(&building, &mut gauge);
+                    building.gather_target = target;
+                    let linger_until = building.groups[0].opened + window;
                     let now = Instant::now();
                     if !self.may_linger(&building) || now >= linger_until {
-                        break building.groups.pop_front().expect("a group is there");
+                        building.gather_target = 0;
+                        let group = building.groups.pop_front().expect("a group is there");
+                        building.last_commit = group.waiting.len();
+                        break group;
                     }
                     building.lingering = true;
                     building =
@@ -535,7 +641,14 @@ mod tests {
     use crate::audit::event::{Actor, AuditData, EventType, Outcome};
 
     fn limits() -> OutboxLimits {
-        OutboxLimits { max_batch: 64, queue: 256, max_depth: 1000, linger: Duration::ZERO }
+        OutboxLimits {
+            max_batch: 64,
+            queue: 256,
+            max_depth: 1000,
+            linger: Duration::ZERO,
+            gather: Duration::ZERO,
+            saturation: Saturation::Never,
+        }
     }
 
     fn record(tenant: &str) -> AuditRecord {
@@ -553,6 +666,70 @@ mod tests {
             verifier.push_raw(&entry.json);
         }
         verifier.finish()
+    }
+
+    /// Places `n` records nobody waits on and waits until they are durable.
+    async fn record_unwaited(outbox: &Outbox, n: usize) {
+        let mut durable = Vec::new();
+        for _ in 0..n {
+            durable.push(outbox.record_unwaited(record("acme")).await.unwrap());
+        }
+        for d in durable {
+            d.await.unwrap();
+        }
+    }
+
+    /// After a commit of 8 lingering records, how long one waiting request takes, and the
+    /// commits it took.
+    async fn wait_after_a_commit_of_eight(saturation: Saturation, gather: Duration) -> (Duration, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = OutboxLimits { linger: Duration::from_millis(50), gather, saturation, ..limits() };
+        let outbox = Outbox::open(dir.path(), 1, limits).unwrap();
+        record_unwaited(&outbox, 8).await;
+        assert_eq!(outbox.stats().commits.load(Ordering::Relaxed), 1, "the eight lingered into one commit");
+        let started = Instant::now();
+        outbox.record(record("acme")).await.unwrap();
+        (started.elapsed(), outbox.stats().commits.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_gathers_company_only_while_the_node_is_saturated() {
+        let (waited, commits) = wait_after_a_commit_of_eight(Saturation::Always, Duration::from_millis(300)).await;
+        assert!(waited >= Duration::from_millis(250), "a saturated node committed at once ({waited:?})");
+        assert_eq!(commits, 2);
+        let (waited, _) = wait_after_a_commit_of_eight(Saturation::Never, Duration::from_secs(30)).await;
+        assert!(waited < Duration::from_secs(10), "a node with CPU to spare held a request ({waited:?})");
+        // The runtime of this test idles between records: not saturated.
+        let runtime = Saturation::Runtime(tokio::runtime::Handle::current());
+        let (waited, _) = wait_after_a_commit_of_eight(runtime, Duration::from_secs(30)).await;
+        assert!(waited < Duration::from_secs(10), "an idle runtime counted as saturated ({waited:?})");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gathering_group_is_committed_once_it_holds_twice_the_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = OutboxLimits {
+            linger: Duration::from_millis(50),
+            gather: Duration::from_secs(30),
+            saturation: Saturation::Always,
+            ..limits()
+        };
+        let outbox = Outbox::open(dir.path(), 1, limits).unwrap();
+        record_unwaited(&outbox, 4).await;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move { outbox.record(record("acme")).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the full group waited out the window");
+        assert_eq!(outbox.stats().commits.load(Ordering::Relaxed), 2, "the eight gathered into one commit");
+        let report = verify(&outbox, "acme");
+        assert!(report.is_clean(), "{:?}", report.findings);
     }
 
     #[tokio::test]
@@ -660,8 +837,7 @@ mod tests {
     async fn a_full_outbox_refuses_or_drops() {
         let dir = tempfile::tempdir().unwrap();
         let outbox =
-            Outbox::open(dir.path(), 1, OutboxLimits { max_batch: 8, queue: 8, max_depth: 3, linger: Duration::ZERO })
-                .unwrap();
+            Outbox::open(dir.path(), 1, OutboxLimits { max_batch: 8, queue: 8, max_depth: 3, ..limits() }).unwrap();
         for _ in 0..3 {
             outbox.record(record("acme")).await.unwrap();
         }
