@@ -446,5 +446,19 @@ async fn a_key_works_at_once_on_a_follower_its_creation_has_not_reached_yet() {
     let reply =
         post(&cluster, follower, "/v1/tenants/acme/keys/nothing/encrypt", json!({ "plaintext": b64("x") })).await;
     assert_code(&reply, 404, "key_not_found");
+
+    // A tenant created through the leader is known on the follower at once: its actors may
+    // still be starting (503, retry), but it is never "not found".
+    let tenant = json!({ "id": "late", "display_name": "Late", "region": "eu-west" });
+    ok(&post(&cluster, leader, "/v1/tenants", tenant).await, 201);
+    let reply = post(&cluster, follower, "/v1/tenants/late/keys", json!({ "id": "k" })).await;
+    assert!(
+        reply.status == 201 || reply.body["error"]["code"] == "tenant_starting",
+        "a tenant created elsewhere was refused on the follower: {} {}",
+        reply.status,
+        reply.body
+    );
+    let reply = post(&cluster, follower, "/v1/tenants/nowhere/keys", json!({ "id": "k" })).await;
+    assert_code(&reply, 404, "tenant_not_found");
     cluster.heal();
 }

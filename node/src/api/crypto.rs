@@ -113,7 +113,7 @@ pub async fn encrypt(
     let (tenant, key) = key_path(path)?;
     caller.authorize(&state, Some(&tenant), Permission::KeysEncrypt)?;
     let Json(item) = body?;
-    let _permit = admit(&state, &tenant)?;
+    let _permit = admit(&state, &tenant).await?;
     let context = item.context.clone();
     let sealed = encrypt_one(&state, &tenant, &key, item).await?;
     Ok((Extension(note(&state, &tenant, Some(sealed.key_version), &context).await), Json(sealed)))
@@ -128,7 +128,7 @@ pub async fn decrypt(
     let (tenant, key) = key_path(path)?;
     caller.authorize(&state, Some(&tenant), Permission::KeysDecrypt)?;
     let Json(item) = body?;
-    let _permit = admit(&state, &tenant)?;
+    let _permit = admit(&state, &tenant).await?;
     let (version, context) = (Ciphertext::peek_version(&item.ciphertext), item.context.clone());
     let opened = decrypt_one(&state, &tenant, &key, item).await?;
     Ok((Extension(note(&state, &tenant, version, &context).await), Json(opened)))
@@ -144,7 +144,7 @@ pub async fn rewrap(
     caller.authorize(&state, Some(&tenant), Permission::KeysDecrypt)?;
     caller.authorize(&state, Some(&tenant), Permission::KeysEncrypt)?;
     let Json(item) = body?;
-    let _permit = admit(&state, &tenant)?;
+    let _permit = admit(&state, &tenant).await?;
     let sealed = caught_up(&state, || state.custody.rewrap(&tenant, &key, &item.ciphertext, &item.context)).await?;
     let mut note = note(&state, &tenant, Some(sealed.key_version), &item.context).await;
     if let Some(from) = Ciphertext::peek_version(&item.ciphertext) {
@@ -185,7 +185,7 @@ pub async fn data_key(
     let (tenant, key) = key_path(path)?;
     caller.authorize(&state, Some(&tenant), Permission::KeysEncrypt)?;
     let Json(body) = body?;
-    let _permit = admit(&state, &tenant)?;
+    let _permit = admit(&state, &tenant).await?;
     let data_key = caught_up(&state, || state.custody.generate_data_key(&tenant, &key, &body.context)).await?;
     let plaintext = body.include_plaintext.then(|| STANDARD.encode(data_key.plaintext.expose()));
     let Sealed { ciphertext, key_version } = data_key.sealed;
@@ -245,7 +245,7 @@ pub async fn encrypt_batch(
     caller.authorize(&state, Some(&tenant), Permission::KeysEncrypt)?;
     let Json(batch) = body?;
     check_batch(&state, &batch)?;
-    let _permit = admit(&state, &tenant)?;
+    let _permit = admit(&state, &tenant).await?;
     let mut results = Vec::with_capacity(batch.items.len());
     for one in batch.items {
         results.push(item(encrypt_one(&state, &tenant, &key, one).await));
@@ -263,7 +263,7 @@ pub async fn decrypt_batch(
     caller.authorize(&state, Some(&tenant), Permission::KeysDecrypt)?;
     let Json(batch) = body?;
     check_batch(&state, &batch)?;
-    let _permit = admit(&state, &tenant)?;
+    let _permit = admit(&state, &tenant).await?;
     let mut results = Vec::with_capacity(batch.items.len());
     for one in batch.items {
         results.push(item(decrypt_one(&state, &tenant, &key, one).await));

@@ -22,8 +22,15 @@ const DEFAULT_DESTROY_DELAY_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// A tenant's request may start: the tenant is active in this node's applied state and its
 /// actors serve here with room under its in-flight bound. The permit is held to the end.
-pub(super) fn admit(state: &AppState, tenant: &TenantId) -> Result<OwnedSemaphorePermit, ApiError> {
-    match state.cluster.reader().tenant(tenant)? {
+/// A tenant this node does not know yet may have been created through another node and not be
+/// applied here: it is looked up again after a linearizable read barrier before the answer is
+/// 404 (if the barrier fails, 404 stands).
+pub(super) async fn admit(state: &AppState, tenant: &TenantId) -> Result<OwnedSemaphorePermit, ApiError> {
+    let mut record = state.cluster.reader().tenant(tenant)?;
+    if record.is_none() && state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await.is_ok() {
+        record = state.cluster.reader().tenant(tenant)?;
+    }
+    match record {
         None => Err(Rejection::TenantNotFound(tenant.clone()).into()),
         Some(t) if t.status == TenantStatus::Deleted => Err(Rejection::TenantDeleted(tenant.clone()).into()),
         Some(t) if t.status != TenantStatus::Active => Err(Rejection::TenantNotActive(tenant.clone()).into()),
@@ -121,7 +128,7 @@ pub async fn create(
     caller.authorize(&state, Some(&tenant), Permission::KeysCreate)?;
     let Json(body) = body?;
     let key = KeyId::new(body.id)?;
-    let _permit = admit(&state, &tenant)?;
+    let _permit = admit(&state, &tenant).await?;
     let material = state.custody.new_key_material(&tenant, &key, 1).await?;
     let command = Command::CreateKey {
         tenant,
@@ -203,7 +210,7 @@ pub async fn rotate(
 ) -> Result<Response, ApiError> {
     let (tenant, key) = key_path(path)?;
     caller.authorize(&state, Some(&tenant), Permission::KeysRotate)?;
-    let _permit = admit(&state, &tenant)?;
+    let _permit = admit(&state, &tenant).await?;
     // The latest version as of now, so a rotation racing another one is refused, not doubled.
     state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await?;
     let record = state.cluster.reader().key(&tenant, &key)?.ok_or_else(|| Rejection::KeyNotFound(key.clone()))?;
