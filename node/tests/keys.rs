@@ -460,5 +460,10 @@ async fn a_key_works_at_once_on_a_follower_its_creation_has_not_reached_yet() {
     );
     let reply = post(&cluster, follower, "/v1/tenants/nowhere/keys", json!({ "id": "k" })).await;
     assert_code(&reply, 404, "tenant_not_found");
+    // So is its audit stream (every tenant-scoped route shares the lookup).
+    let tenant = json!({ "id": "later", "display_name": "Later", "region": "eu-west" });
+    ok(&post(&cluster, leader, "/v1/tenants", tenant).await, 201);
+    let reply = cluster.get(follower, "/v1/tenants/later/audit").await.unwrap();
+    assert_eq!(reply.status, 200, "a tenant created elsewhere has no stream on the follower: {}", reply.body);
     cluster.heal();
 }

@@ -619,7 +619,7 @@ pub async fn tenant_stream(
     let Path(tenant) = path?;
     let tenant = TenantId::new(tenant)?;
     caller.authorize(&state, Some(&tenant), Permission::AuditRead)?;
-    if state.cluster.reader().tenant(&tenant)?.is_none() {
+    if super::applied_tenant(&state, &tenant).await?.is_none() {
         return Err(custos_raft::Rejection::TenantNotFound(tenant).into());
     }
     let Query(query) = query?;
@@ -670,7 +670,7 @@ pub async fn tail(
     let Path(tenant) = path?;
     let tenant = TenantId::new(tenant)?;
     caller.authorize(&state, Some(&tenant), Permission::AuditRead)?;
-    if state.cluster.reader().tenant(&tenant)?.is_none() {
+    if super::applied_tenant(&state, &tenant).await?.is_none() {
         return Err(custos_raft::Rejection::TenantNotFound(tenant).into());
     }
     let permit = state.tails.clone().try_acquire_owned().map_err(|_| {

@@ -20,17 +20,10 @@ use custos_actors::policy::Permission;
 /// Default delay before a scheduled destruction: time to notice a mistake and cancel.
 const DEFAULT_DESTROY_DELAY_MS: u64 = 7 * 24 * 3600 * 1000;
 
-/// A tenant's request may start: the tenant is active in this node's applied state and its
+/// A tenant's request may start: the tenant is active ([`super::applied_tenant`]) and its
 /// actors serve here with room under its in-flight bound. The permit is held to the end.
-/// A tenant this node does not know yet may have been created through another node and not be
-/// applied here: it is looked up again after a linearizable read barrier before the answer is
-/// 404 (if the barrier fails, 404 stands).
 pub(super) async fn admit(state: &AppState, tenant: &TenantId) -> Result<OwnedSemaphorePermit, ApiError> {
-    let mut record = state.cluster.reader().tenant(tenant)?;
-    if record.is_none() && state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await.is_ok() {
-        record = state.cluster.reader().tenant(tenant)?;
-    }
-    match record {
+    match super::applied_tenant(state, tenant).await? {
         None => Err(Rejection::TenantNotFound(tenant.clone()).into()),
         Some(t) if t.status == TenantStatus::Deleted => Err(Rejection::TenantDeleted(tenant.clone()).into()),
         Some(t) if t.status != TenantStatus::Active => Err(Rejection::TenantNotActive(tenant.clone()).into()),

@@ -267,6 +267,20 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// Most session-activity writes in flight on a node.
 const MAX_TOUCHES: usize = 32;
 
+/// Tenant `id` as this node has applied it. One missing here may have been created through
+/// another node and not be applied here yet: it is looked up again after a linearizable read
+/// barrier (if the barrier fails, the miss stands), so `None` means it exists nowhere.
+pub async fn applied_tenant(
+    state: &AppState,
+    id: &custos_raft::TenantId,
+) -> Result<Option<custos_raft::Tenant>, ApiError> {
+    let tenant = state.cluster.reader().tenant(id)?;
+    if tenant.is_some() || state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await.is_err() {
+        return Ok(tenant);
+    }
+    Ok(state.cluster.reader().tenant(id)?)
+}
+
 /// The page size of a list: `requested`, or 100 (at most `limits.max_batch`) when absent.
 pub fn page_limit(state: &AppState, requested: Option<usize>) -> Result<usize, ApiError> {
     let max = state.limits.max_batch;

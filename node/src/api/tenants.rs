@@ -220,7 +220,7 @@ pub async fn actors(
 ) -> Result<Json<ActorsView>, ApiError> {
     let id = tenant_id(path)?;
     caller.authorize(&state, Some(&id), Permission::TenantsRead)?;
-    if state.cluster.reader().tenant(&id)?.is_none() {
+    if super::applied_tenant(&state, &id).await?.is_none() {
         return Err(custos_raft::Rejection::TenantNotFound(id).into());
     }
     let node_id = state.cluster.id();

@@ -39,7 +39,7 @@ use self::kinds::{Groups, Kind, Users};
 use self::resource::{etag, lowercase_keys, parse_etag, select, CUSTOS_USER_SCHEMA, ERROR_SCHEMA, LIST_SCHEMA};
 use super::auth::Caller;
 use super::error::ApiError;
-use super::{now_ms, request_id, AppState, CasAttempts};
+use super::{applied_tenant, now_ms, request_id, AppState, CasAttempts};
 
 /// Most resources in one list page (`ServiceProviderConfig.filter.maxResults`).
 pub const MAX_RESULTS: usize = 1000;
@@ -138,10 +138,10 @@ pub(super) fn base_url(state: &AppState, tenant: &TenantId) -> String {
 }
 
 /// Authorizes a SCIM request on the path's tenant and checks the tenant is there.
-fn admit(caller: &Caller, state: &AppState, tenant: String) -> Result<TenantId, ApiError> {
+async fn admit(caller: &Caller, state: &AppState, tenant: String) -> Result<TenantId, ApiError> {
     let tenant = TenantId::new(tenant)?;
     caller.authorize(state, Some(&tenant), Permission::UsersProvision)?;
-    match state.cluster.reader().tenant(&tenant)? {
+    match applied_tenant(state, &tenant).await? {
         Some(t) if t.status != TenantStatus::Deleted => Ok(tenant),
         Some(_) => Err(Rejection::TenantDeleted(tenant).into()),
         None => Err(Rejection::TenantNotFound(tenant).into()),
@@ -149,13 +149,13 @@ fn admit(caller: &Caller, state: &AppState, tenant: String) -> Result<TenantId, 
 }
 
 /// The path's tenant (admitted) and resource id. Ids are ours; anything else names nothing.
-fn admit_resource(
+async fn admit_resource(
     caller: &Caller,
     state: &AppState,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<(TenantId, DirectoryId), ApiError> {
     let Path((tenant, id)) = path?;
-    let tenant = admit(caller, state, tenant)?;
+    let tenant = admit(caller, state, tenant).await?;
     let id = DirectoryId::new(id.clone()).map_err(|_| not_found(&format!("resource {id:?}")))?;
     Ok((tenant, id))
 }
@@ -195,7 +195,7 @@ async fn list<K: Kind>(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Scim {
     let Path(tenant) = path?;
-    let tenant = admit(&caller, &state, tenant)?;
+    let tenant = admit(&caller, &state, tenant).await?;
     let Query(query) = query?;
     let filter = match query.filter.as_deref().filter(|f| !f.trim().is_empty()) {
         Some(text) => Some(Filter::parse(text).map_err(|e| bad("invalid_filter", e.0))?),
@@ -240,7 +240,7 @@ async fn get_one<K: Kind>(
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Scim {
-    let (tenant, id) = admit_resource(&caller, &state, path)?;
+    let (tenant, id) = admit_resource(&caller, &state, path).await?;
     let Query(query) = query?;
     state.cluster.read_barrier(Consistency::Linearizable).await?;
     let record = K::get(&state, &tenant, &id)?.ok_or(Rejection::DirectoryEntryNotFound(id))?;
@@ -267,7 +267,7 @@ async fn create<K: Kind>(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Scim {
     let Path(tenant) = path?;
-    let tenant = admit(&caller, &state, tenant)?;
+    let tenant = admit(&caller, &state, tenant).await?;
     let Json(body) = body?;
     let id = DirectoryId::new(super::auth::random_id())?;
     let record = K::build(&state, &tenant, body, id, None).await?;
@@ -309,7 +309,7 @@ async fn replace<K: Kind>(
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Scim {
-    let (tenant, id) = admit_resource(&caller, &state, path)?;
+    let (tenant, id) = admit_resource(&caller, &state, path).await?;
     let Json(body) = body?;
     change::<K>(&state, &headers, &tenant, &id, |_| Ok(body.clone())).await
 }
@@ -321,7 +321,7 @@ async fn patch<K: Kind>(
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Scim {
-    let (tenant, id) = admit_resource(&caller, &state, path)?;
+    let (tenant, id) = admit_resource(&caller, &state, path).await?;
     let Json(body) = body?;
     let base = base_url(&state, &tenant);
     change::<K>(&state, &headers, &tenant, &id, |current| apply_patch(K::bare(&base, current), &body)).await
@@ -361,7 +361,7 @@ async fn remove<K: Kind>(
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Scim {
-    let (tenant, id) = admit_resource(&caller, &state, path)?;
+    let (tenant, id) = admit_resource(&caller, &state, path).await?;
     if let Some(expected) = if_match(&headers)? {
         state.cluster.read_barrier(Consistency::Linearizable).await?;
         if let Some(current) = K::get(&state, &tenant, &id)? {
@@ -382,7 +382,7 @@ async fn service_provider_config(
     path: Result<Path<String>, PathRejection>,
 ) -> Scim {
     let Path(tenant) = path?;
-    let tenant = admit(&caller, &state, tenant)?;
+    let tenant = admit(&caller, &state, tenant).await?;
     Ok(scim_json(StatusCode::OK, &discovery::service_provider_config(&base_url(&state, &tenant))))
 }
 
@@ -405,7 +405,7 @@ async fn discover(
     name: Option<&str>,
     documents: fn(&str) -> Vec<Value>,
 ) -> Scim {
-    let tenant = admit(caller, state, tenant)?;
+    let tenant = admit(caller, state, tenant).await?;
     let documents = documents(&base_url(state, &tenant));
     let Some(name) = name else { return Ok(listing(documents)) };
     let found = documents.into_iter().find(|d| d["id"].as_str().is_some_and(|id| id.eq_ignore_ascii_case(name)));
