@@ -10,6 +10,7 @@
 //! together look like a chain that ended early. Compare with the node's chain heads for that.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -146,11 +147,16 @@ impl Sealer {
         let rest_at = json.len();
         json.extend_from_slice(b"\"chainprev\":\"");
         match prev {
-            Some(prev) => json.extend_from_slice(hex::encode(prev).as_bytes()),
+            Some(prev) => {
+                let at = json.len();
+                json.resize(at + 64, 0);
+                hex::encode_to_slice(prev, &mut json[at..]).expect("64 hex digits fit 64 bytes");
+            }
             None => json.extend_from_slice(GENESIS.as_bytes()),
         }
         json.extend_from_slice(b"\",\"chainseq\":");
-        json.extend_from_slice(seq.to_string().as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = write!(json, "{seq}");
         json.push(b',');
         json.extend_from_slice(&event.data);
         json.extend_from_slice(b"\"id\":");

@@ -79,7 +79,8 @@ pub enum Saturation {
     /// When this runtime's workers were busy at least [`SATURATED_BUSY`] of the time since the
     /// last sample (they never park while runnable tasks queue).
     Runtime(tokio::runtime::Handle),
-    /// Always (tests).
+    /// Always: the outbox's own tests.
+    #[cfg(test)]
     Always,
 }
 
@@ -88,6 +89,7 @@ impl std::fmt::Debug for Saturation {
         f.write_str(match self {
             Saturation::Never => "Never",
             Saturation::Runtime(_) => "Runtime",
+            #[cfg(test)]
             Saturation::Always => "Always",
         })
     }
@@ -109,6 +111,7 @@ impl SaturationGauge {
     fn saturated(&mut self) -> bool {
         let handle = match &self.source {
             Saturation::Never => return false,
+            #[cfg(test)]
             Saturation::Always => return true,
             Saturation::Runtime(handle) => handle,
         };

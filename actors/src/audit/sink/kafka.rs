@@ -143,9 +143,9 @@ impl Shared {
         self.producer.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Counts a failed batch (the shipper keeps its error for status). After a fatal error (the gapless guarantee
-    /// tripped, a fenced epoch) the producer refuses everything: it is replaced, so the retried
-    /// batch starts a fresh sequence.
+    /// Counts a failed batch (the shipper keeps its error for status). After a fatal error
+    /// (the gapless guarantee tripped, a fenced epoch) the producer refuses everything: it is
+    /// replaced, so the retried batch starts a fresh sequence.
     fn fail(&self, error: String) -> SinkError {
         self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
         let mut current = self.producer.lock().unwrap_or_else(|p| p.into_inner());
