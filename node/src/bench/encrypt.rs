@@ -268,10 +268,11 @@ pub async fn run(options: Options) -> Result<()> {
         ];
         for target in runs {
             let (system, op) = (target.system, target.op);
-            let server = if system == "custos" { cluster.pids() } else { vec![bao.pid] };
-            let before = audit_commits(&cluster).await?;
+            let custos = system == "custos";
+            let server = if custos { cluster.pids() } else { vec![bao.pid] };
+            let before = if custos { Some(audit_commits(&cluster).await?) } else { None };
             let (stats, cpu_us) = run_measured(target, clients, options.duration, &server).await;
-            if system == "custos" {
+            if let Some(before) = before {
                 let after = audit_commits(&cluster).await?;
                 group_sizes.push((op, clients, (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64));
             }
