@@ -446,6 +446,16 @@ impl Drop for Outbox {
     }
 }
 
+/// Moves a chain's head; the tenant's name is copied only for a chain new to `heads`.
+fn set_head(heads: &mut HashMap<String, Head>, tenant: &str, head: Head) {
+    match heads.get_mut(tenant) {
+        Some(current) => *current = head,
+        None => {
+            heads.insert(tenant.to_string(), head);
+        }
+    }
+}
+
 impl Core {
     fn building(&self) -> MutexGuard<'_, Building> {
         self.building.lock().unwrap_or_else(|p| p.into_inner())
@@ -544,7 +554,7 @@ impl Core {
         log::encode(&mut group.records, &record)?;
         // The head moves now, so the next record (in this group or a later one, placed while
         // this one commits) chains onto it; a failed commit resets the heads from the log.
-        group.moved.insert(tenant.to_string(), new_head);
+        set_head(&mut group.moved, tenant, new_head);
         group.next = position + 1;
         let live = (self.tail.receiver_count() > 0).then(|| Committed {
             tenant: tenant.to_string(),
@@ -556,7 +566,7 @@ impl Core {
         // Counted from placement: an event waiting in a lingering group is not shipped either,
         // and the shipper's decrement can never come before this increment.
         self.stats.depth.fetch_add(1, Ordering::Relaxed);
-        building.heads.insert(tenant.to_string(), new_head);
+        set_head(&mut building.heads, tenant, new_head);
         building.next = position + 1;
         Ok(())
     }
