@@ -11,11 +11,21 @@
 //!
 //! etcd puts the same JSON value under a new key each time.
 //!
+//! Each run starts once every server (both systems share the machine) is idle, or after 30 s,
+//! and its fsyncs and CPU are counted until they are idle again: the work a run of creates
+//! leaves behind (tenant actors starting on every node) is charged to the creates, not to the
+//! next run.
+//!
+//! With `--rounds N` each client count runs the three N times in turn (so a slow spell of the
+//! shared machine hits both systems alike), every run is printed, and the ratios compare the
+//! medians over the rounds.
+//!
 //! fsyncs per write count every fsync of the busiest node or member: for Custos its Raft
 //! storage flushes, audit outbox commits and local audit log syncs; for etcd its WAL fsyncs
 //! and backend (bbolt) commits. CPU per write is the CPU time (user and system) of all three
-//! nodes or members during the run divided by the writes: less noisy than ops/s on a shared
-//! machine, it is what the servers spend on a write (the load generator is not counted).
+//! nodes or members from the run's start until they are idle again, divided by the writes:
+//! less noisy than ops/s on a shared machine, it is what the servers spend on a write (the
+//! load generator is not counted).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,12 +37,17 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::etcd::{self, EtcdCluster};
-use super::load::{cpu_seconds, drive, RunStats};
+use super::load::{cpu_seconds, drive, settle, RunStats};
+
+/// The longest wait for the servers to go idle before a run.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Options {
     pub duration: Duration,
     pub clients: Vec<usize>,
+    /// Runs of each system and operation per client count, taken in turn.
+    pub rounds: usize,
     /// Length of the tenant display name, the bulk of each written value (at most 200).
     pub value_bytes: usize,
     pub etcd_binary: PathBuf,
@@ -42,6 +57,7 @@ struct Row {
     system: &'static str,
     op: &'static str,
     clients: usize,
+    round: usize,
     stats: RunStats,
     /// Largest per-node number of fsyncs divided by committed writes.
     fsyncs_per_write: f64,
@@ -70,10 +86,11 @@ async fn custos_fsyncs(cluster: &ProcessCluster) -> Result<Vec<u64>> {
 
 fn print_row(row: &Row) {
     println!(
-        "{:<8} {:<7} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>13.2} {:>13.0}",
+        "{:<8} {:<7} {:>7} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>13.2} {:>13.0}",
         row.system,
         row.op,
         row.clients,
+        row.round + 1,
         row.stats.ops_per_sec(),
         row.stats.latency_ms(0.50),
         row.stats.latency_ms(0.99),
@@ -95,13 +112,13 @@ struct Counters {
 fn push_row(
     rows: &mut Vec<Row>,
     (system, op): (&'static str, &'static str),
-    clients: usize,
+    (clients, round): (usize, usize),
     stats: RunStats,
     (before, after): (&Counters, &Counters),
 ) {
     let fsyncs_per_write = fsyncs_per_write(&before.fsyncs, &after.fsyncs, stats.ok);
     let cpu_us_per_write = (after.cpu - before.cpu) * 1e6 / stats.ok.max(1) as f64;
-    let row = Row { system, op, clients, fsyncs_per_write, cpu_us_per_write, stats };
+    let row = Row { system, op, clients, round, fsyncs_per_write, cpu_us_per_write, stats };
     print_row(&row);
     rows.push(row);
 }
@@ -109,6 +126,9 @@ fn push_row(
 pub async fn run(options: Options) -> Result<()> {
     if options.value_bytes == 0 || options.value_bytes > 200 {
         bail!("--value-bytes must be between 1 and 200 (the display-name limit)");
+    }
+    if options.rounds == 0 || options.clients.contains(&0) {
+        bail!("--rounds and --clients must be positive");
     }
     let exe = std::env::current_exe().context("locating the custos binary")?;
     eprintln!("starting 3 custos nodes and 3 etcd members on 127.0.0.1 …");
@@ -127,13 +147,14 @@ pub async fn run(options: Options) -> Result<()> {
     etcd.wait_healthy(&http).await?;
 
     println!(
-        "governance writes: 3 nodes on loopback, TLS, {} s per run, {}-byte display name, clients spread over all nodes",
+        "governance writes: 3 nodes on loopback, TLS, {} s per run, {} round(s), {}-byte display name, clients spread over all nodes",
         options.duration.as_secs(),
+        options.rounds,
         options.value_bytes
     );
     println!(
-        "{:<8} {:<7} {:>7} {:>10} {:>9} {:>9} {:>8} {:>13} {:>13}",
-        "system", "op", "clients", "ops/s", "p50 ms", "p99 ms", "errors", "fsyncs/write", "cpu µs/write"
+        "{:<8} {:<7} {:>7} {:>5} {:>10} {:>9} {:>9} {:>8} {:>13} {:>13}",
+        "system", "op", "clients", "round", "ops/s", "p50 ms", "p99 ms", "errors", "fsyncs/write", "cpu µs/write"
     );
     let custos_counters = || async {
         Ok::<_, anyhow::Error>(Counters { fsyncs: custos_fsyncs(&cluster).await?, cpu: cpu_seconds(&cluster.pids()) })
@@ -141,14 +162,20 @@ pub async fn run(options: Options) -> Result<()> {
     let etcd_counters = || async {
         Ok::<_, anyhow::Error>(Counters { fsyncs: etcd.fsyncs(&http).await?, cpu: cpu_seconds(&etcd.pids()) })
     };
+    // Both systems share the machine: each run waits for all of them to go idle.
+    let servers = || [cluster.pids(), etcd.pids()].concat();
     let name = "n".repeat(options.value_bytes);
     let mut rows = Vec::new();
-    for (run, &clients) in options.clients.iter().enumerate() {
+    let runs = options.clients.iter().enumerate().flat_map(|(i, &c)| (0..options.rounds).map(move |r| (i, c, r)));
+    for (at, clients, round) in runs {
+        // Unique per client count and round: ids, keys and the tenants to update.
+        let run = format!("{at}-{round}");
+        settle(&servers(), SETTLE_AT_MOST).await;
         let before = custos_counters().await?;
-        let c = cluster.clone();
-        let n = name.clone();
+        let (c, n, r) = (cluster.clone(), name.clone(), run.clone());
         let stats = drive(clients, options.duration, move |client, seq| {
             let c = c.clone();
+            let run = &r;
             let body = json!({ "id": format!("r{run}-{client}-{seq}"), "display_name": n, "region": "bench" });
             async move {
                 let node = (client % 3) as u64 + 1;
@@ -156,8 +183,9 @@ pub async fn run(options: Options) -> Result<()> {
             }
         })
         .await;
+        settle(&servers(), SETTLE_AT_MOST).await;
         let after = custos_counters().await?;
-        push_row(&mut rows, ("custos", "create"), clients, stats, (&before, &after));
+        push_row(&mut rows, ("custos", "create"), (clients, round), stats, (&before, &after));
 
         for client in 0..clients {
             let body = json!({ "id": format!("u{run}-{client}"), "display_name": name, "region": "bench" });
@@ -166,40 +194,47 @@ pub async fn run(options: Options) -> Result<()> {
                 bail!("creating the tenants to update: {} {}", reply.status, reply.body);
             }
         }
+        settle(&servers(), SETTLE_AT_MOST).await;
         let before = custos_counters().await?;
-        let (c, n) = (cluster.clone(), name.clone());
+        let (c, n, r) = (cluster.clone(), name.clone(), run.clone());
         let stats = drive(clients, options.duration, move |client, seq| {
             let c = c.clone();
+            let run = &r;
             // The same length as the other runs' values: the name with a varying tail.
             let mut display_name = n.clone();
             let tail = format!("{seq}");
             display_name.truncate(display_name.len().saturating_sub(tail.len()));
             display_name.push_str(&tail);
             let body = json!({ "display_name": display_name });
+            let path = format!("/v1/tenants/u{run}-{client}");
             async move {
                 let node = (client % 3) as u64 + 1;
-                let path = format!("/v1/tenants/u{run}-{client}");
                 matches!(c.call(node, Method::PATCH, &path, Some(&body), &[]).await, Ok(r) if r.status == 200)
             }
         })
         .await;
+        settle(&servers(), SETTLE_AT_MOST).await;
         let after = custos_counters().await?;
-        push_row(&mut rows, ("custos", "update"), clients, stats, (&before, &after));
+        push_row(&mut rows, ("custos", "update"), (clients, round), stats, (&before, &after));
 
+        settle(&servers(), SETTLE_AT_MOST).await;
         let before = etcd_counters().await?;
-        let (e, h, n) = (etcd.clone(), http.clone(), name.clone());
+        let (e, h, n, r) = (etcd.clone(), http.clone(), name.clone(), run.clone());
         let stats = drive(clients, options.duration, move |client, seq| {
             let (e, h) = (e.clone(), h.clone());
+            let run = &r;
             let value =
                 json!({ "id": format!("r{run}-{client}-{seq}"), "display_name": n, "region": "bench" }).to_string();
+            let key = format!("/tenants/r{run}-{client}-{seq}");
             async move {
                 let url = &e.client_urls[client % e.client_urls.len()];
-                etcd::put(&h, url, &format!("/tenants/r{run}-{client}-{seq}"), value.as_bytes()).await
+                etcd::put(&h, url, &key, value.as_bytes()).await
             }
         })
         .await;
+        settle(&servers(), SETTLE_AT_MOST).await;
         let after = etcd_counters().await?;
-        push_row(&mut rows, ("etcd", "put"), clients, stats, (&before, &after));
+        push_row(&mut rows, ("etcd", "put"), (clients, round), stats, (&before, &after));
     }
 
     println!();
@@ -207,19 +242,67 @@ pub async fn run(options: Options) -> Result<()> {
         "{:<7} {:>7} {:>18} {:>16} {:>16} {:>16}",
         "op", "clients", "ops/s custos/etcd", "p50 custos/etcd", "p99 custos/etcd", "cpu custos/etcd"
     );
-    for triple in rows.chunks(3) {
-        let e = &triple[2];
-        for c in &triple[..2] {
+    for &clients in &options.clients {
+        let etcd = Medians::of(&rows, "put", clients);
+        for op in ["create", "update"] {
+            let custos = Medians::of(&rows, op, clients);
             println!(
                 "{:<7} {:>7} {:>18.2} {:>16.2} {:>16.2} {:>16.2}",
-                c.op,
-                c.clients,
-                c.stats.ops_per_sec() / e.stats.ops_per_sec(),
-                c.stats.latency_ms(0.5) / e.stats.latency_ms(0.5),
-                c.stats.latency_ms(0.99) / e.stats.latency_ms(0.99),
-                c.cpu_us_per_write / e.cpu_us_per_write
+                op,
+                clients,
+                custos.ops_per_sec / etcd.ops_per_sec,
+                custos.p50_ms / etcd.p50_ms,
+                custos.p99_ms / etcd.p99_ms,
+                custos.cpu_us / etcd.cpu_us
             );
         }
     }
+    if options.rounds > 1 {
+        println!("(medians over {} rounds)", options.rounds);
+    }
     Ok(())
+}
+
+/// One operation's figures at one client count, each the median over its rounds.
+struct Medians {
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us: f64,
+}
+
+impl Medians {
+    fn of(rows: &[Row], op: &str, clients: usize) -> Medians {
+        let runs: Vec<&Row> = rows.iter().filter(|r| r.op == op && r.clients == clients).collect();
+        let median = |figure: &dyn Fn(&Row) -> f64| median(runs.iter().map(|r| figure(r)).collect());
+        Medians {
+            ops_per_sec: median(&|r| r.stats.ops_per_sec()),
+            p50_ms: median(&|r| r.stats.latency_ms(0.50)),
+            p99_ms: median(&|r| r.stats.latency_ms(0.99)),
+            cpu_us: median(&|r| r.cpu_us_per_write),
+        }
+    }
+}
+
+/// The median (the mean of the middle two for an even count); NaN for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_is_the_middle_figure_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
+        assert!(median(Vec::new()).is_nan());
+    }
 }

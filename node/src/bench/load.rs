@@ -96,6 +96,24 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|pid| ticks(*pid)).sum::<u64>() as f64 / ticks_per_sec
 }
 
+/// Waits until the processes are nearly idle (under a fifth of a core over a quarter of a
+/// second) or `max_wait` has passed, so that work left from the previous run (actors still
+/// starting after creates, a backlog still being applied) stays out of the next run's figures.
+pub async fn settle(pids: &[u32], max_wait: Duration) {
+    const WINDOW: Duration = Duration::from_millis(250);
+    const BUSY_SHARE: f64 = 0.2;
+    let started = Instant::now();
+    let mut before = cpu_seconds(pids);
+    while started.elapsed() < max_wait {
+        tokio::time::sleep(WINDOW).await;
+        let now = cpu_seconds(pids);
+        if now - before < BUSY_SHARE * WINDOW.as_secs_f64() {
+            return;
+        }
+        before = now;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,6 +159,9 @@ pub enum BenchCommand {
         /// Concurrent clients, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
         clients: Vec<usize>,
+        /// Runs of each system per client count, taken in turn; the ratios compare medians.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         /// Bytes of payload (tenant display name) per write.
         #[arg(long, default_value_t = 100)]
         value_bytes: usize,
@@ -320,10 +323,11 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             println!("cluster CA and {nodes} node certificate(s) in {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { command: BenchCommand::Governance { duration_secs, clients, value_bytes, etcd_bin } } => {
+        Command::Bench { command: BenchCommand::Governance { duration_secs, clients, rounds, value_bytes, etcd_bin } } => {
             let options = custos_node::bench::governance::Options {
                 duration: std::time::Duration::from_secs(duration_secs),
                 clients,
+                rounds,
                 value_bytes,
                 etcd_binary: etcd_bin,
             };
