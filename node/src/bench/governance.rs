@@ -16,9 +16,9 @@
 //! leaves behind (tenant actors starting on every node) is charged to the creates, not to the
 //! next run.
 //!
-//! With `--rounds N` each client count runs the three N times in turn (so a slow spell of the
-//! shared machine hits both systems alike), every run is printed, and the ratios compare the
-//! medians over the rounds.
+//! With `--rounds N` each client count runs the three N times in turn, every run is printed,
+//! and each ratio is the median over the rounds of the ratio within a round (whose runs are
+//! close in time, so a slow spell of the shared machine hits both systems alike).
 //!
 //! fsyncs per write count every fsync of the busiest node or member: for Custos its Raft
 //! storage flushes, audit outbox commits and local audit log syncs; for etcd its WAL fsyncs
@@ -243,43 +243,46 @@ pub async fn run(options: Options) -> Result<()> {
         "op", "clients", "ops/s custos/etcd", "p50 custos/etcd", "p99 custos/etcd", "cpu custos/etcd"
     );
     for &clients in &options.clients {
-        let etcd = Medians::of(&rows, "put", clients);
         for op in ["create", "update"] {
-            let custos = Medians::of(&rows, op, clients);
+            let ratios = Ratios::of(&rows, op, clients);
             println!(
                 "{:<7} {:>7} {:>18.2} {:>16.2} {:>16.2} {:>16.2}",
-                op,
-                clients,
-                custos.ops_per_sec / etcd.ops_per_sec,
-                custos.p50_ms / etcd.p50_ms,
-                custos.p99_ms / etcd.p99_ms,
-                custos.cpu_us / etcd.cpu_us
+                op, clients, ratios.ops_per_sec, ratios.p50, ratios.p99, ratios.cpu
             );
         }
     }
     if options.rounds > 1 {
-        println!("(medians over {} rounds)", options.rounds);
+        println!("(each the median over {} rounds of the round's custos/etcd ratio)", options.rounds);
     }
     Ok(())
 }
 
-/// One operation's figures at one client count, each the median over its rounds.
-struct Medians {
+/// Custos against etcd for one operation at one client count: each ratio is taken within a
+/// round (runs close in time, so a slow spell of the machine hits both), then the median over
+/// the rounds.
+struct Ratios {
     ops_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    cpu_us: f64,
+    p50: f64,
+    p99: f64,
+    cpu: f64,
 }
 
-impl Medians {
-    fn of(rows: &[Row], op: &str, clients: usize) -> Medians {
-        let runs: Vec<&Row> = rows.iter().filter(|r| r.op == op && r.clients == clients).collect();
-        let median = |figure: &dyn Fn(&Row) -> f64| median(runs.iter().map(|r| figure(r)).collect());
-        Medians {
-            ops_per_sec: median(&|r| r.stats.ops_per_sec()),
-            p50_ms: median(&|r| r.stats.latency_ms(0.50)),
-            p99_ms: median(&|r| r.stats.latency_ms(0.99)),
-            cpu_us: median(&|r| r.cpu_us_per_write),
+impl Ratios {
+    fn of(rows: &[Row], op: &str, clients: usize) -> Ratios {
+        let pairs: Vec<(&Row, &Row)> = rows
+            .iter()
+            .filter(|c| c.op == op && c.clients == clients)
+            .filter_map(|c| {
+                let etcd = rows.iter().find(|e| e.op == "put" && e.clients == clients && e.round == c.round)?;
+                Some((c, etcd))
+            })
+            .collect();
+        let ratio = |figure: &dyn Fn(&Row) -> f64| median(pairs.iter().map(|(c, e)| figure(c) / figure(e)).collect());
+        Ratios {
+            ops_per_sec: ratio(&|r| r.stats.ops_per_sec()),
+            p50: ratio(&|r| r.stats.latency_ms(0.50)),
+            p99: ratio(&|r| r.stats.latency_ms(0.99)),
+            cpu: ratio(&|r| r.cpu_us_per_write),
         }
     }
 }

@@ -323,7 +323,9 @@ pub async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             println!("cluster CA and {nodes} node certificate(s) in {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { command: BenchCommand::Governance { duration_secs, clients, rounds, value_bytes, etcd_bin } } => {
+        Command::Bench {
+            command: BenchCommand::Governance { duration_secs, clients, rounds, value_bytes, etcd_bin },
+        } => {
             let options = custos_node::bench::governance::Options {
                 duration: std::time::Duration::from_secs(duration_secs),
                 clients,
