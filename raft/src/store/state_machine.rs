@@ -736,6 +736,8 @@ struct Captured {
     entries: Vec<(Vec<u8>, Vec<u8>)>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, NodeInfo>,
+    /// How long taking the copy held up the state machine (applies wait for it).
+    took: std::time::Duration,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -749,9 +751,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let meta =
             SnapshotMeta { last_log_id: captured.last_applied, last_membership: captured.membership, snapshot_id };
+        let (keys, captured_in) = (captured.entries.len(), captured.took);
         let file = SnapshotFile { meta: meta.clone(), entries: captured.entries };
         let store = self.store.clone();
         let signature = meta.signature();
+        let started = std::time::Instant::now();
         let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StorageError<NodeId>> {
             let bytes = encode(&file).map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &e))?;
             let mut batch = Batch::default();
@@ -765,6 +769,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
         .await
         .map_err(sm_write_err)??;
+        // What a snapshot costs, for sizing `raft.snapshot_after_entries`: the copy holds up
+        // applies; encoding and storing it run beside them.
+        tracing::info!(
+            last_log_index = meta.last_log_id.map(|l| l.index),
+            keys,
+            bytes = bytes.len(),
+            capture_ms = captured_in.as_millis() as u64,
+            store_ms = started.elapsed().as_millis() as u64,
+            "state machine snapshot built"
+        );
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }
@@ -805,11 +819,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let started = std::time::Instant::now();
         let captured = match self.applied_state().await {
             Ok((last_applied, membership)) => self
                 .engine
                 .range(Space::State, Bound::Unbounded, Bound::Unbounded, usize::MAX)
-                .map(|entries| Captured { entries, last_applied, membership })
+                .map(|entries| Captured { entries, last_applied, membership, took: started.elapsed() })
                 .map_err(sm_read_err),
             Err(e) => Err(e),
         };
