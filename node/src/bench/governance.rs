@@ -217,7 +217,7 @@ pub async fn run(options: Options) -> Result<()> {
         let after = custos_counters().await?;
         push_row(&mut rows, ("custos", "update"), (clients, round), stats, (&before, &after));
 
-        settle(&servers(), SETTLE_AT_MOST).await;
+        // Idle since the update run's end.
         let before = etcd_counters().await?;
         let (e, h, n, r) = (etcd.clone(), http.clone(), name.clone(), run.clone());
         let stats = drive(clients, options.duration, move |client, seq| {

@@ -159,7 +159,8 @@ pub enum BenchCommand {
         /// Concurrent clients, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
         clients: Vec<usize>,
-        /// Runs of each system per client count, taken in turn; the ratios compare medians.
+        /// Runs of each system per client count, taken in turn; each ratio is the median of the
+        /// rounds' ratios.
         #[arg(long, default_value_t = 1)]
         rounds: usize,
         /// Bytes of payload (tenant display name) per write.
