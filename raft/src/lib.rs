@@ -16,8 +16,9 @@
 //! - `directory.rs` — each tenant's directory (SCIM users and groups) and native sign-in.
 //! - `store/` — the only code that touches the storage engine: the storage trait
 //!   (`engine.rs`), its sled implementation (`sled_engine.rs`, the only file importing sled),
-//!   the value codec (`codec.rs`), the log store, the state machine with snapshots, and the
-//!   read-only [`GovernanceReader`].
+//!   the value codec (`codec.rs`), the log store, the state machine with snapshots, copies
+//!   of the state read beside applies (`copies.rs`), snapshot data read on first use
+//!   (`snapshot_data.rs`), and the read-only [`GovernanceReader`].
 //! - `network/` — bincode-over-HTTPS client and server for Raft RPCs and leader operations.
 //! - `batcher.rs` — leader-side batching of concurrent proposals into one log entry.
 //! - `cluster.rs` — [`Cluster`], the handle the node uses: start, init, write, read barrier,
@@ -64,6 +65,6 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = store::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );

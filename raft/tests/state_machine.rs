@@ -9,6 +9,7 @@ use custos_raft::{
     TenantCustody, TenantId, TenantStatus, TypeConfig,
 };
 use openraft::storage::RaftStateMachine;
+use openraft::RaftSnapshotBuilder;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
 fn proposal(index: u64, request_id: &str, command: Command) -> Proposal {
@@ -101,6 +102,31 @@ async fn retried_request_applies_once() {
     let reused = apply(&mut sm, entry(4, "req-1", create("other"))).await;
     assert_eq!(reused.outcome, Err(Rejection::RequestIdReused(RequestId::new("req-1").unwrap())));
     assert!(reader.tenant(&tenant("other")).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_snapshot_records_where_it_ends_and_sends_the_state_when_a_follower_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, _reader) = store::open(dir.path(), 100_000).unwrap();
+    assert!(sm.get_current_snapshot().await.unwrap().is_none(), "nothing to send before the first snapshot");
+
+    apply(&mut sm, entry(1, "req-1", create("acme"))).await;
+    let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(1));
+    let current = sm.get_current_snapshot().await.unwrap().expect("a snapshot was built");
+    assert_eq!(current.meta, built.meta, "nothing applied since: the same snapshot");
+
+    // Later applies are in the data sent, under a meta that says how far it goes.
+    apply(&mut sm, entry(2, "req-2", create("beta"))).await;
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(2));
+    let other = tempfile::tempdir().unwrap();
+    let (_other_log, mut follower, follower_reader) = store::open(other.path(), 100_000).unwrap();
+    follower.install_snapshot(&current.meta, current.snapshot).await.unwrap();
+    assert!(follower_reader.tenant(&tenant("acme")).unwrap().is_some());
+    assert!(follower_reader.tenant(&tenant("beta")).unwrap().is_some());
+    assert_eq!(follower.applied_state().await.unwrap().0.map(|l| l.index), Some(2));
+    assert_eq!(follower.get_current_snapshot().await.unwrap().unwrap().meta, current.meta);
 }
 
 #[tokio::test]
@@ -797,7 +823,8 @@ async fn carried_audit_events_are_kept_with_their_outcome_until_their_origin_rec
     assert_eq!(reader.carried(3, None, 10).unwrap().len(), 1);
 
     // They travel in snapshots: a node that installs one still holds them.
-    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = sm.get_current_snapshot().await.unwrap().expect("a snapshot was built");
     let other = tempfile::tempdir().unwrap();
     let (_log, mut installed, other_reader) = store::open(other.path(), 100_000).unwrap();
     installed.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();

@@ -4,6 +4,7 @@
 mod access;
 mod carried;
 pub mod codec;
+mod copies;
 mod directory;
 pub mod engine;
 mod flusher;
@@ -11,6 +12,7 @@ mod log_store;
 pub mod reader;
 mod sessions;
 mod sled_engine;
+mod snapshot_data;
 mod state_machine;
 
 use std::path::Path;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 pub use engine::{EngineError, KvEngine, Space};
 pub use log_store::LogStore;
 pub use reader::GovernanceReader;
+pub use snapshot_data::SnapshotData;
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 
 /// Opens the node's storage in `dir` (the log store starts its flusher thread) and returns the log store, the state machine and a reader

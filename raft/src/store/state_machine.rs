@@ -6,6 +6,10 @@
 //! not flushed per entry: it becomes durable with the next log flush (the engine recovers a
 //! prefix), and anything lost is re-applied from the durable log on restart.
 //!
+//! The state in the engine is its own snapshot: building one flushes the state and records
+//! the log id it has reached, so openraft may purge the log behind it, with no copy made. A
+//! copy is taken only when a follower needs the data, and encoded as a [`SnapshotFile`].
+//!
 //! Key layout in [`Space::State`]:
 //! - `m/applied`, `m/membership` — the applied log id and membership;
 //! - `m/admin` — the admin token hash;
@@ -32,9 +36,7 @@
 //! in `sessions.rs`.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -45,7 +47,9 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
+use super::copies::Copies;
 use super::engine::{Batch, KvEngine, Space};
+use super::snapshot_data::SnapshotData;
 use crate::command::{
     CarriedPosition, Command, Output, Proposal, Rejection, Response, MAX_KEYS_PER_TENANT, MAX_KEY_VERSIONS,
 };
@@ -67,7 +71,10 @@ const PURGE_PREFIX: &[u8] = b"p/";
 pub(crate) const PENDING_SHRED_PREFIX: &[u8] = b"s/";
 const REQUEST_PREFIX: &[u8] = b"r/";
 const REQUEST_INDEX_PREFIX: &[u8] = b"q/";
-const SNAPSHOT_KEY: &[u8] = b"current";
+/// In [`Space::Snapshot`]: the meta of the latest snapshot built or installed.
+const SNAPSHOT_META_KEY: &[u8] = b"meta";
+/// In [`Space::Snapshot`]: a full copy of the state, as earlier versions stored each snapshot.
+const LEGACY_SNAPSHOT_KEY: &[u8] = b"current";
 
 /// Largest number of request-index keys expired while applying one entry (each holds the
 /// requests of one entry, themselves bounded by the write batch), so one apply never does
@@ -287,7 +294,7 @@ impl<'a> Txn<'a> {
         self.writes.insert(key, None);
     }
 
-    fn commit(self) -> Result<(), StorageError<NodeId>> {
+    fn commit(self, copies: &Copies) -> Result<(), StorageError<NodeId>> {
         let mut batch = Batch::default();
         for (key, value) in self.writes {
             match value {
@@ -295,7 +302,7 @@ impl<'a> Txn<'a> {
                 None => batch.delete(key),
             }
         }
-        self.engine.write(Space::State, batch).map_err(sm_write_err)
+        copies.write(self.engine, batch).map_err(sm_write_err)
     }
 }
 
@@ -305,7 +312,8 @@ impl<'a> Txn<'a> {
 pub struct StateMachineStore {
     engine: Arc<dyn KvEngine>,
     dedup_window_entries: u64,
-    snapshot_counter: Arc<AtomicU64>,
+    /// Copies of the state being read for followers; every state write goes through it.
+    copies: Arc<Copies>,
 }
 
 pub(super) fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -318,7 +326,7 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 impl StateMachineStore {
     pub fn new(engine: Arc<dyn KvEngine>, dedup_window_entries: u64) -> Self {
-        StateMachineStore { engine, dedup_window_entries, snapshot_counter: Arc::new(AtomicU64::new(0)) }
+        StateMachineStore { engine, dedup_window_entries, copies: Arc::default() }
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
@@ -713,73 +721,78 @@ impl StateMachineStore {
         }
         Ok(())
     }
-
-    fn read_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let Some(bytes) = self.engine.get(Space::Snapshot, SNAPSHOT_KEY).map_err(sm_read_err)? else {
-            return Ok(None);
-        };
-        let file: SnapshotFile = decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(bytes)) }))
-    }
 }
 
-/// Builds snapshots from a copy of the state taken in `get_snapshot_builder`, which openraft
-/// calls between applies, so the copy is one consistent applied prefix even though building
-/// and saving run concurrently with later applies.
+/// Records snapshots: the state machine already lives durably in the engine, so a snapshot
+/// needs no copy of its own (as with etcd's backend). Building one records the applied log id
+/// and membership at a point between applies, flushed together with the state they describe,
+/// after which openraft may purge the log up to it. The data sent to a follower is copied from
+/// the state when a follower needs it ([`StateMachineStore::get_current_snapshot`]).
 pub struct SnapshotBuilder {
     store: StateMachineStore,
-    /// The copy, or the storage error met while taking it (reported by `build_snapshot`).
-    captured: Result<Captured, StorageError<NodeId>>,
+    /// The applied state when openraft asked for the builder, or the storage error met
+    /// reading it (reported by `build_snapshot`).
+    captured: Result<SnapshotMeta<NodeId, NodeInfo>, StorageError<NodeId>>,
 }
 
-struct Captured {
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
-    last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, NodeInfo>,
-    /// How long taking the copy held up the state machine (applies wait for it).
-    took: std::time::Duration,
+/// A snapshot's id follows from the log id it ends at: the state there is the same on every
+/// node, so two snapshots with the same id have the same data.
+fn snapshot_meta(
+    last_log_id: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, NodeInfo>,
+) -> SnapshotMeta<NodeId, NodeInfo> {
+    let snapshot_id = match last_log_id {
+        Some(id) => format!("{}-{}", id.leader_id, id.index),
+        None => "none".to_owned(),
+    };
+    SnapshotMeta { last_log_id, last_membership, snapshot_id }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// The returned snapshot carries no data: openraft keeps only the meta of a snapshot it
+    /// built (to purge the log), and asks `get_current_snapshot` for data to send.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let captured =
-            std::mem::replace(&mut self.captured, Err(sm_read_err(std::io::Error::other("snapshot already built"))))?;
-        let counter = self.store.snapshot_counter.fetch_add(1, Ordering::Relaxed);
-        let snapshot_id = match captured.last_applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, counter),
-            None => format!("none-{counter}"),
-        };
         let meta =
-            SnapshotMeta { last_log_id: captured.last_applied, last_membership: captured.membership, snapshot_id };
-        let (keys, captured_in) = (captured.entries.len(), captured.took);
-        let file = SnapshotFile { meta: meta.clone(), entries: captured.entries };
-        let store = self.store.clone();
-        let signature = meta.signature();
+            std::mem::replace(&mut self.captured, Err(sm_read_err(std::io::Error::other("snapshot already built"))))?;
         let started = std::time::Instant::now();
-        let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StorageError<NodeId>> {
-            let bytes = encode(&file).map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &e))?;
-            let mut batch = Batch::default();
-            batch.put(SNAPSHOT_KEY, bytes.clone());
-            store
-                .engine
-                .write(Space::Snapshot, batch)
-                .map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &e))?;
-            store.engine.flush().map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
-            Ok(bytes)
-        })
-        .await
-        .map_err(sm_write_err)??;
-        // What a snapshot costs, for sizing `raft.snapshot_after_entries`: the copy holds up
-        // applies; encoding and storing it run beside them.
+        self.store.record_snapshot(&meta).await?;
         tracing::info!(
             last_log_index = meta.last_log_id.map(|l| l.index),
-            keys,
-            bytes = bytes.len(),
-            capture_ms = captured_in.as_millis() as u64,
-            store_ms = started.elapsed().as_millis() as u64,
-            "state machine snapshot built"
+            flush_ms = started.elapsed().as_millis() as u64,
+            "state machine snapshot recorded"
         );
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotData::from_bytes(Vec::new())) })
+    }
+}
+
+impl StateMachineStore {
+    /// Makes the state up to `meta` durable, then records `meta` as the latest snapshot. Runs
+    /// in the state machine worker or after it captured `meta`: applies that follow only move
+    /// the durable state further, which is still a valid state past the snapshot.
+    async fn record_snapshot(&self, meta: &SnapshotMeta<NodeId, NodeInfo>) -> Result<(), StorageError<NodeId>> {
+        let signature = meta.signature();
+        let mut batch = Batch::default();
+        batch.put(SNAPSHOT_META_KEY, encode(meta).map_err(sm_write_err)?);
+        // A copy stored by earlier versions, now superseded.
+        batch.delete(LEGACY_SNAPSHOT_KEY);
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError<NodeId>> {
+            // The engine recovers a prefix of its writes, so once the meta is durable so is
+            // every apply before it.
+            engine
+                .write(Space::Snapshot, batch)
+                .map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &e))?;
+            engine.flush().map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
+            Ok(())
+        })
+        .await
+        .map_err(sm_write_err)?
+    }
+
+    /// Whether a snapshot was ever built or installed here (or stored by an earlier version).
+    fn has_snapshot(&self) -> Result<bool, StorageError<NodeId>> {
+        let read = |key| self.engine.get(Space::Snapshot, key).map_err(|e| StorageIOError::read_snapshot(None, &e));
+        Ok(read(SNAPSHOT_META_KEY)?.is_some() || read(LEGACY_SNAPSHOT_KEY)?.is_some())
     }
 }
 
@@ -808,40 +821,33 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             responses.push(self.apply_entry(&entry, &mut txn)?);
             pending += 1;
             if pending == MAX_ENTRIES_PER_WRITE {
-                std::mem::replace(&mut txn, Txn::new(self.engine.as_ref())).commit()?;
+                std::mem::replace(&mut txn, Txn::new(self.engine.as_ref())).commit(&self.copies)?;
                 pending = 0;
             }
         }
         if pending > 0 {
-            txn.commit()?;
+            txn.commit(&self.copies)?;
         }
         Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let started = std::time::Instant::now();
-        let captured = match self.applied_state().await {
-            Ok((last_applied, membership)) => self
-                .engine
-                .range(Space::State, Bound::Unbounded, Bound::Unbounded, usize::MAX)
-                .map(|entries| Captured { entries, last_applied, membership, took: started.elapsed() })
-                .map_err(sm_read_err),
-            Err(e) => Err(e),
-        };
+        let captured = self.applied_state().await.map(|(applied, membership)| snapshot_meta(applied, membership));
         SnapshotBuilder { store: self.clone(), captured }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<NodeId>> {
+        Ok(Box::new(SnapshotData::from_bytes(Vec::new())))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<NodeId>> {
-        let bytes = snapshot.into_inner();
         let signature = meta.signature();
+        let bytes =
+            snapshot.into_bytes().await.map_err(|e| StorageIOError::read_snapshot(Some(signature.clone()), &e))?;
         let file: SnapshotFile =
             decode(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(signature.clone()), &e))?;
         assert_eq!(file.meta.last_log_id, meta.last_log_id, "snapshot data does not match its meta");
@@ -849,24 +855,43 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         entries.retain(|(k, _)| k.as_slice() != APPLIED_KEY && k.as_slice() != MEMBERSHIP_KEY);
         entries.push((APPLIED_KEY.to_vec(), encode(&meta.last_log_id).map_err(sm_write_err)?));
         entries.push((MEMBERSHIP_KEY.to_vec(), encode(&meta.last_membership).map_err(sm_write_err)?));
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError<NodeId>> {
-            engine.replace_all(Space::State, entries).map_err(sm_write_err)?;
-            let mut batch = Batch::default();
-            batch.put(SNAPSHOT_KEY, bytes);
-            engine
-                .write(Space::Snapshot, batch)
-                .map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &e))?;
-            engine.flush().map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
-            Ok(())
-        })
-        .await
-        .map_err(sm_write_err)??;
-        Ok(())
+        let (engine, copies) = (self.engine.clone(), self.copies.clone());
+        tokio::task::spawn_blocking(move || copies.replace_all(engine.as_ref(), entries))
+            .await
+            .map_err(sm_write_err)?
+            .map_err(sm_write_err)?;
+        self.record_snapshot(meta).await
     }
 
+    /// The state as it is now, once a snapshot was built or installed here.
+    ///
+    /// openraft asks for it in the state machine worker, between applies, so a copy begun here
+    /// is exactly the applied prefix the meta names. It is read and encoded only if openraft
+    /// sends it to a follower, beside the applies that go on meanwhile.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        self.read_snapshot()
+        if !self.has_snapshot()? {
+            return Ok(None);
+        }
+        let (applied, membership) = self.applied_state().await?;
+        let meta = snapshot_meta(applied, membership);
+        let copy = self.copies.begin();
+        let (engine, file_meta) = (self.engine.clone(), meta.clone());
+        let data = SnapshotData::deferred(move || {
+            let started = std::time::Instant::now();
+            let last_log_index = file_meta.last_log_id.map(|l| l.index);
+            let entries = copy.read(engine.as_ref()).map_err(std::io::Error::other)?;
+            let keys = entries.len();
+            let bytes = encode(&SnapshotFile { meta: file_meta, entries }).map_err(std::io::Error::other)?;
+            tracing::info!(
+                last_log_index,
+                keys,
+                bytes = bytes.len(),
+                copy_ms = started.elapsed().as_millis() as u64,
+                "state machine snapshot copied for a follower"
+            );
+            Ok(bytes)
+        });
+        Ok(Some(Snapshot { meta, snapshot: Box::new(data) }))
     }
 }
 
@@ -938,5 +963,23 @@ mod tests {
         assert!(keys(engine.as_ref(), REQUEST_INDEX_PREFIX).is_empty());
         let fresh = sm.apply(vec![entry(14, &["a"])]).await.unwrap();
         assert!(!fresh[0][0].replayed, "an expired request id is new again");
+    }
+
+    #[tokio::test]
+    async fn a_copy_stored_by_an_earlier_version_counts_as_a_snapshot_until_the_next_one_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn KvEngine> = Arc::new(super::super::sled_engine::SledEngine::open(dir.path()).unwrap());
+        let mut sm = StateMachineStore::new(engine.clone(), 10);
+        sm.apply(vec![entry(1, &["a"])]).await.unwrap();
+        let mut legacy = Batch::default();
+        legacy.put(LEGACY_SNAPSHOT_KEY, b"an earlier version's copy".to_vec());
+        engine.write(Space::Snapshot, legacy).unwrap();
+
+        let current = sm.get_current_snapshot().await.unwrap().expect("the earlier snapshot is honoured");
+        assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(1));
+
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert!(engine.get(Space::Snapshot, LEGACY_SNAPSHOT_KEY).unwrap().is_none(), "the old copy is dropped");
+        assert!(engine.get(Space::Snapshot, SNAPSHOT_META_KEY).unwrap().is_some());
     }
 }
