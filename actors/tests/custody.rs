@@ -25,7 +25,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (_log, sm, reader) = store::open(dir.path(), 100_000).unwrap();
+        let (_log, sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
         let provider = Arc::new(SealedLocal::new(MasterKey::new(SecretKey::generate())));
         let edge = Arc::new(MemoryEdge::new(64, Duration::from_secs(60)));
         let custody = Custody::new(reader, vec![provider], CoreProviderKind::SealedLocal, edge);

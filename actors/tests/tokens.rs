@@ -57,7 +57,8 @@ struct Fixture {
 impl Fixture {
     async fn new(algorithm: SigningAlgorithm) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let (_log, mut sm, reader) = custos_raft::store::open(dir.path(), 100_000).unwrap();
+        let (_log, mut sm, reader) =
+            custos_raft::store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
         let provider = Arc::new(SealedLocal::new(MasterKey::new(SecretKey::generate())));
         let edge = Arc::new(MemoryEdge::new(64, Duration::from_secs(60)));
         let custody = Arc::new(Custody::new(reader.clone(), vec![provider], CoreProviderKind::SealedLocal, edge));
@@ -168,7 +169,8 @@ async fn tokens_verify_and_every_forgery_is_refused() {
 #[tokio::test]
 async fn no_signing_key_means_no_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, _sm, reader) = custos_raft::store::open(dir.path(), 100_000).unwrap();
+    let (_log, _sm, reader) =
+        custos_raft::store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     let provider = Arc::new(SealedLocal::new(MasterKey::new(SecretKey::generate())));
     let edge = Arc::new(MemoryEdge::new(64, Duration::from_secs(60)));
     let custody = Arc::new(Custody::new(reader.clone(), vec![provider], CoreProviderKind::SealedLocal, edge));

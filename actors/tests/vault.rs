@@ -116,7 +116,7 @@ async fn vault_outage_fails_closed_while_cached_keys_serve_until_their_ttl() {
     let bao = bao("start-raft");
     let (provider, adapter) = provider(settings(&bao, token_auth(&bao))).await;
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     let edge = Arc::new(MemoryEdge::new(64, Duration::from_secs(2)));
     let custody = Custody::new(reader, vec![provider.clone()], CoreProviderKind::Vault, edge);
     let t = tenant("acme");

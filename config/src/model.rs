@@ -77,6 +77,9 @@ pub struct RaftConfig {
     /// How many log entries back the state machine remembers request ids, for exactly-once
     /// apply of retries.
     pub dedup_window_entries: u64,
+    /// Memory the storage engine keeps for cached pages of the log and governance state
+    /// (sled's page cache); beyond it, pages are read back from disk.
+    pub engine_cache_bytes: u64,
     /// Most client proposals the leader batches into one log entry.
     pub max_proposals_per_entry: usize,
     /// Approximate byte bound of one batched entry (a single larger proposal goes alone).
@@ -106,6 +109,7 @@ impl Default for RaftConfig {
             max_entries_per_append: 64,
             rpc_timeout_ms: 2_000,
             dedup_window_entries: 100_000,
+            engine_cache_bytes: 1024 * 1024 * 1024,
             max_proposals_per_entry: 256,
             max_entry_bytes: 1024 * 1024,
             max_batches_in_flight: 2,

@@ -52,6 +52,11 @@ impl Config {
             format!("must be at least raft.heartbeat_interval_ms ({})", r.heartbeat_interval_ms),
         );
         check(
+            (16 * 1024 * 1024..=64 * 1024 * 1024 * 1024).contains(&r.engine_cache_bytes),
+            "raft.engine_cache_bytes",
+            "must be between 16 MiB and 64 GiB".into(),
+        );
+        check(
             (1_000..=10_000_000).contains(&r.dedup_window_entries),
             "raft.dedup_window_entries",
             "must be between 1000 and 10000000".into(),

@@ -36,12 +36,19 @@ fn type_and_unknown_key_errors_name_their_path() {
 fn semantic_errors_are_all_reported() {
     // Cross-field rules report each violation with the key that must change.
     let errors = load_from_str(
-        "[node]\nid = 0\n[raft]\nelection_timeout_ms_min = 900\nelection_timeout_ms_max = 800\n[tls]\nca_file = \"/nonexistent/ca.pem\"\n[limits]\nmax_in_flight = 0\n",
+        "[node]\nid = 0\n[raft]\nelection_timeout_ms_min = 900\nelection_timeout_ms_max = 800\nengine_cache_bytes = 1024\n[tls]\nca_file = \"/nonexistent/ca.pem\"\n[limits]\nmax_in_flight = 0\n",
     )
     .expect_err("invalid config")
     .0;
     let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-    for expected in ["node.id", "raft.election_timeout_ms_max", "tls", "tls.ca_file", "limits.max_in_flight"] {
+    for expected in [
+        "node.id",
+        "raft.election_timeout_ms_max",
+        "raft.engine_cache_bytes",
+        "tls",
+        "tls.ca_file",
+        "limits.max_in_flight",
+    ] {
         assert!(paths.contains(&expected), "missing {expected} in {errors:?}");
     }
 }

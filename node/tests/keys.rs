@@ -218,7 +218,8 @@ async fn plaintext_keys(cluster: &ProcessCluster, tenant: &TenantId, key: &KeyId
     let master = MasterKey::load(&MasterKeySource::File(cluster.root().join("master.key"))).unwrap();
     let master_copy = MasterKey::new(master.key().clone());
     let store_dir = cluster.root().join("node-1/data/raft");
-    let (_log, _sm, reader) = custos_raft::store::open(&store_dir, 100_000).unwrap();
+    let (_log, _sm, reader) =
+        custos_raft::store::open(&store_dir, custos_raft::store::StoreOptions::default()).unwrap();
     let custody = reader.custody(tenant).unwrap().expect("custody before deletion");
     let l1 = unwrap_key(
         master_copy.key(),
@@ -326,7 +327,8 @@ async fn no_plaintext_keys_at_rest_and_deletion_shreds_everywhere() {
         let cached = cluster.root().join(format!("node-{node}/data/edge/acme"));
         assert!(!cached.exists(), "node {node} kept {}", cached.display());
         let store_dir = cluster.root().join(format!("node-{node}/data/raft"));
-        let (_log, _sm, reader) = custos_raft::store::open(&store_dir, 100_000).unwrap();
+        let (_log, _sm, reader) =
+            custos_raft::store::open(&store_dir, custos_raft::store::StoreOptions::default()).unwrap();
         assert!(reader.custody(&tenant).unwrap().is_none(), "node {node} still has the tenant's roots");
         assert!(reader.keys(&tenant, None, 10).unwrap().is_empty(), "node {node} still has key records");
         assert!(reader.key_version(&tenant, &key, 1).unwrap().is_none());

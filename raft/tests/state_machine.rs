@@ -82,7 +82,7 @@ async fn apply(sm: &mut StateMachineStore, e: Entry<TypeConfig>) -> custos_raft:
 #[tokio::test]
 async fn retried_request_applies_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
 
     // First attempt creates the tenant.
     let first = apply(&mut sm, entry(1, "req-1", create("acme"))).await;
@@ -105,9 +105,9 @@ async fn retried_request_applies_once() {
 }
 
 #[tokio::test]
-async fn a_snapshot_records_where_it_ends_and_sends_the_state_when_a_follower_asks() {
+async fn a_snapshot_records_where_it_ends_and_a_follower_is_sent_a_copy_kept_until_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, _reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, _reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     assert!(sm.get_current_snapshot().await.unwrap().is_none(), "nothing to send before the first snapshot");
 
     apply(&mut sm, entry(1, "req-1", create("acme"))).await;
@@ -121,18 +121,27 @@ async fn a_snapshot_records_where_it_ends_and_sends_the_state_when_a_follower_as
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(2));
     let other = tempfile::tempdir().unwrap();
-    let (_other_log, mut follower, follower_reader) = store::open(other.path(), 100_000).unwrap();
+    let (_other_log, mut follower, follower_reader) =
+        store::open(other.path(), custos_raft::store::StoreOptions::default()).unwrap();
     follower.install_snapshot(&current.meta, current.snapshot).await.unwrap();
     assert!(follower_reader.tenant(&tenant("acme")).unwrap().is_some());
     assert!(follower_reader.tenant(&tenant("beta")).unwrap().is_some());
     assert_eq!(follower.applied_state().await.unwrap().0.map(|l| l.index), Some(2));
     assert_eq!(follower.get_current_snapshot().await.unwrap().unwrap().meta, current.meta);
+
+    // The copy a follower was sent serves the next one until another snapshot is recorded.
+    apply(&mut sm, entry(3, "req-3", create("gamma"))).await;
+    let reused = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(reused.meta, current.meta, "the log after the copy is still there");
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let fresh = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(fresh.meta.last_log_id.map(|l| l.index), Some(3));
 }
 
 #[tokio::test]
 async fn tenant_lifecycle_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     apply(&mut sm, entry(1, "c", create("acme"))).await;
 
     // Suspend, resume, and a status the tenant already has are all accepted.
@@ -161,7 +170,9 @@ async fn tenant_lifecycle_rules() {
 #[tokio::test]
 async fn request_records_expire_after_the_window() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, _reader) = store::open(dir.path(), 1_000).unwrap();
+    let (_log, mut sm, _reader) =
+        store::open(dir.path(), custos_raft::store::StoreOptions { dedup_window_entries: 1_000, ..Default::default() })
+            .unwrap();
     apply(&mut sm, entry(1, "old", create("t1"))).await;
     // Far beyond the window the old id is forgotten, so it is applied as a new request.
     for i in 2..=1_010 {
@@ -176,7 +187,7 @@ async fn request_records_expire_after_the_window() {
 #[tokio::test]
 async fn proposals_batched_in_one_entry_see_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     let suspend = Command::SetTenantStatus { id: tenant("acme"), status: TenantStatus::Suspended };
     // Create, then suspend the same tenant, then a retry of the create, all in one entry.
     let responses = sm
@@ -200,7 +211,9 @@ async fn proposals_batched_in_one_entry_see_each_other() {
 async fn entries_applied_in_one_call_see_each_other_and_expire_across_it() {
     let dir = tempfile::tempdir().unwrap();
     // A dedup window of 10 entries, so a request record written by this call also expires in it.
-    let (_log, mut sm, reader) = store::open(dir.path(), 10).unwrap();
+    let (_log, mut sm, reader) =
+        store::open(dir.path(), custos_raft::store::StoreOptions { dedup_window_entries: 10, ..Default::default() })
+            .unwrap();
     let blank = |i| Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), i), payload: EntryPayload::Blank };
     let suspend = Command::SetTenantStatus { id: tenant("acme"), status: TenantStatus::Suspended };
     // More entries than one engine write takes: a create, a retry of it past the window (both in
@@ -225,7 +238,7 @@ async fn entries_applied_in_one_call_see_each_other_and_expire_across_it() {
 #[tokio::test]
 async fn change_feed_lists_each_tenant_once_at_its_latest_revision() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     apply(&mut sm, entry(1, "a", create("alpha"))).await;
     apply(&mut sm, entry(2, "b", create("beta"))).await;
     apply(&mut sm, entry(3, "s", Command::SetTenantStatus { id: tenant("alpha"), status: TenantStatus::Suspended }))
@@ -253,7 +266,7 @@ async fn change_feed_lists_each_tenant_once_at_its_latest_revision() {
 #[tokio::test]
 async fn a_retried_create_with_fresh_material_replays_and_remembers_no_material() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     apply(&mut sm, entry(1, "t", create("acme"))).await;
     let first = apply(&mut sm, entry(2, "k", create_key("acme", "orders", b"material-one"))).await;
     // The retry went through another node, which generated other material: same request.
@@ -269,7 +282,7 @@ async fn a_retried_create_with_fresh_material_replays_and_remembers_no_material(
 #[tokio::test]
 async fn key_lifecycle_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     apply(&mut sm, entry(1, "t", create("acme"))).await;
     let created = apply(&mut sm, entry(2, "k1", create_key("acme", "orders", b"v1"))).await;
     assert!(matches!(created.outcome, Ok(Output::Key(ref k)) if k.latest_version == 1 && k.state == KeyState::Enabled));
@@ -342,7 +355,7 @@ async fn key_lifecycle_rules() {
 #[tokio::test]
 async fn keys_need_an_active_tenant() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, _reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, _reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     let none = apply(&mut sm, entry(1, "k0", create_key("ghost", "k", b"m"))).await;
     assert_eq!(none.outcome, Err(Rejection::TenantNotFound(tenant("ghost"))));
     apply(&mut sm, entry(2, "t", create("acme"))).await;
@@ -355,7 +368,7 @@ async fn keys_need_an_active_tenant() {
 #[tokio::test]
 async fn deleting_a_tenant_shreds_its_roots_then_purges_its_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     apply(&mut sm, entry(1, "t", create("acme"))).await;
     apply(&mut sm, entry(2, "u", create("other"))).await;
     let mut index = 3;
@@ -390,7 +403,7 @@ async fn deleting_a_tenant_shreds_its_roots_then_purges_its_keys() {
 #[tokio::test]
 async fn a_deleted_tenants_external_root_stays_pending_until_recorded_destroyed() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     let mut on_vault = create("bank");
     if let Command::CreateTenant { custody, .. } = &mut on_vault {
         custody.provider = CoreProviderKind::Vault;
@@ -431,7 +444,7 @@ fn create_api_key(tenant_id: &str, id: &str, secret: u8) -> Command {
 #[tokio::test]
 async fn api_keys_rotate_with_an_overlap_and_revoke_for_good() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     apply(&mut sm, entry(1, "t", create("acme"))).await;
 
     // Created at 1002: the secret works until its rotation period ends.
@@ -476,7 +489,7 @@ async fn api_keys_rotate_with_an_overlap_and_revoke_for_good() {
 #[tokio::test]
 async fn grants_expire_by_themselves_and_policies_compare_and_set() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     apply(&mut sm, entry(1, "t", create("acme"))).await;
 
     // A grant proposed at 1002 for one minute expires at 61002, and is dropped by the first
@@ -569,7 +582,7 @@ fn complete(state: &str, session: &str) -> Command {
 #[tokio::test]
 async fn sign_ins_complete_once_and_sessions_are_bounded_per_person() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     apply(&mut sm, entry(1, "t", create("acme"))).await;
 
     // A sign-in completes once: the state is consumed with the session's creation.
@@ -645,7 +658,7 @@ fn put_user(user: DirectoryUser, expected_revision: Option<u64>) -> Command {
 #[tokio::test]
 async fn directory_names_are_unique_and_versions_compare_and_set() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     apply(&mut sm, entry(1, "t", create("acme"))).await;
     apply(&mut sm, entry(2, "u1", put_user(directory_user("u1", "alice"), None))).await.outcome.unwrap();
     // The same name in another case is the same name; the same id cannot be created twice.
@@ -696,7 +709,7 @@ async fn directory_names_are_unique_and_versions_compare_and_set() {
 #[tokio::test]
 async fn deprovisioning_ends_sessions_and_revokes_api_keys_in_the_same_apply() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     apply(&mut sm, entry(1, "t", create("acme"))).await;
     apply(&mut sm, entry(2, "t2", create("globex"))).await;
     // Before the directory holds anyone, every sign-in of the tenant is admitted.
@@ -735,7 +748,7 @@ async fn deprovisioning_ends_sessions_and_revokes_api_keys_in_the_same_apply() {
 #[tokio::test]
 async fn native_sessions_need_an_active_user_and_a_fresh_totp_step() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     apply(&mut sm, entry(1, "t", create("acme"))).await;
     apply(&mut sm, entry(2, "alice", put_user(directory_user("u1", "alice"), None))).await.outcome.unwrap();
     let open = |session: &str, totp_step| {
@@ -780,7 +793,7 @@ async fn carried_audit_events_are_kept_with_their_outcome_until_their_origin_rec
     use openraft::RaftSnapshotBuilder;
 
     let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = store::open(dir.path(), 100_000).unwrap();
+    let (_log, mut sm, reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
     // An audited command applies as the command itself.
     let created = apply(&mut sm, entry(1, "c1", audited(2, "create acme", create("acme")))).await;
     assert!(matches!(created.outcome, Ok(Output::Tenant(ref t)) if t.id == tenant("acme")));
@@ -826,7 +839,8 @@ async fn carried_audit_events_are_kept_with_their_outcome_until_their_origin_rec
     sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     let snapshot = sm.get_current_snapshot().await.unwrap().expect("a snapshot was built");
     let other = tempfile::tempdir().unwrap();
-    let (_log, mut installed, other_reader) = store::open(other.path(), 100_000).unwrap();
+    let (_log, mut installed, other_reader) =
+        store::open(other.path(), custos_raft::store::StoreOptions::default()).unwrap();
     installed.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
     assert_eq!(other_reader.carried(2, None, 10).unwrap(), reader.carried(2, None, 10).unwrap());
     assert_eq!(other_reader.carried_origins(10).unwrap(), vec![2, 3]);

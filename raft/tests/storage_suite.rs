@@ -10,7 +10,8 @@ struct SledBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("create temp dir");
-        let (log, sm, _reader) = store::open(dir.path(), 100_000).expect("open store");
+        let (log, sm, _reader) =
+            store::open(dir.path(), custos_raft::store::StoreOptions::default()).expect("open store");
         Ok((dir, log, sm))
     }
 }

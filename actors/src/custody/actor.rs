@@ -195,7 +195,11 @@ mod tests {
     #[tokio::test]
     async fn the_leader_rotates_keys_whose_period_has_passed_and_destroys_due_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let (_log, mut sm, reader) = custos_raft::store::open(dir.path(), 1000).unwrap();
+        let (_log, mut sm, reader) = custos_raft::store::open(
+            dir.path(),
+            custos_raft::store::StoreOptions { dedup_window_entries: 1000, ..Default::default() },
+        )
+        .unwrap();
         let provider = Arc::new(SealedLocal::new(MasterKey::new(SecretKey::generate())));
         let edge = Arc::new(MemoryEdge::new(16, Duration::from_secs(60)));
         let custody = Arc::new(Custody::new(reader, vec![provider], CoreProviderKind::SealedLocal, edge));

@@ -240,7 +240,11 @@ mod tests {
     }
 
     fn deps(node_id: u64, max_restarts: usize, dir: &tempfile::TempDir) -> ActorDeps {
-        let (_log, _sm, reader) = custos_raft::store::open(dir.path(), 1000).unwrap();
+        let (_log, _sm, reader) = custos_raft::store::open(
+            dir.path(),
+            custos_raft::store::StoreOptions { dedup_window_entries: 1000, ..Default::default() },
+        )
+        .unwrap();
         let provider = Arc::new(SealedLocal::new(MasterKey::new(SecretKey::generate())));
         let edge = Arc::new(MemoryEdge::new(16, Duration::from_secs(60)));
         ActorDeps {

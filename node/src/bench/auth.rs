@@ -127,7 +127,7 @@ async fn in_process(calls: u32) -> Result<()> {
     // Through the cache a node decides with: revision check on the node's store, then the
     // compiled policy (as applied by Raft, here written directly by a state machine).
     let dir = tempfile::tempdir()?;
-    let (_log, mut sm, reader) = custos_raft::store::open(dir.path(), 100_000)?;
+    let (_log, mut sm, reader) = custos_raft::store::open(dir.path(), custos_raft::store::StoreOptions::default())?;
     apply_policy(&mut sm, &tenant).await?;
     let cache = PolicyCache::new(reader);
     let request = AccessRequest { now_ms: now_ms(), ..request };
@@ -169,7 +169,7 @@ async fn token_rates(algorithm: SigningAlgorithm, calls: u32) -> Result<(f64, f6
     use openraft::storage::RaftStateMachine;
 
     let dir = tempfile::tempdir()?;
-    let (_log, mut sm, reader) = custos_raft::store::open(dir.path(), 100_000)?;
+    let (_log, mut sm, reader) = custos_raft::store::open(dir.path(), custos_raft::store::StoreOptions::default())?;
     let provider = Arc::new(SealedLocal::new(MasterKey::new(SecretKey::generate())));
     let edge = Arc::new(MemoryEdge::new(64, Duration::from_secs(3600)));
     let custody = Arc::new(Custody::new(reader.clone(), vec![provider], CoreProviderKind::SealedLocal, edge));

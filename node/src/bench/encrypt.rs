@@ -355,7 +355,7 @@ async fn in_process_cost(payload_bytes: usize) -> Result<(f64, f64)> {
 
     const CALLS: u32 = 20_000;
     let dir = tempfile::tempdir()?;
-    let (_log, mut sm, reader) = custos_raft::store::open(dir.path(), 100_000)?;
+    let (_log, mut sm, reader) = custos_raft::store::open(dir.path(), custos_raft::store::StoreOptions::default())?;
     let provider = Arc::new(SealedLocal::new(MasterKey::new(SecretKey::generate())));
     let edge = Arc::new(MemoryEdge::new(64, Duration::from_secs(3600)));
     let custody = Custody::new(reader, vec![provider], CoreProviderKind::SealedLocal, edge);

@@ -153,7 +153,7 @@ mod tests {
 
     fn engine() -> (tempfile::TempDir, Arc<dyn KvEngine>) {
         let dir = tempfile::tempdir().unwrap();
-        let engine: Arc<dyn KvEngine> = Arc::new(SledEngine::open(dir.path()).unwrap());
+        let engine: Arc<dyn KvEngine> = Arc::new(SledEngine::open(dir.path(), 64 << 20).unwrap());
         (dir, engine)
     }
 

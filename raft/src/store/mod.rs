@@ -24,16 +24,28 @@ pub use reader::GovernanceReader;
 pub use snapshot_data::SnapshotData;
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 
-/// Opens the node's storage in `dir` (the log store starts its flusher thread) and returns the log store, the state machine and a reader
-/// over the same engine.
-pub fn open(
-    dir: &Path,
-    dedup_window_entries: u64,
-) -> Result<(LogStore, StateMachineStore, GovernanceReader), EngineError> {
-    let engine: Arc<dyn KvEngine> = Arc::new(sled_engine::SledEngine::open(dir)?);
+/// How the node's storage is opened (`[raft]` in the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// How many log entries back request ids are remembered.
+    pub dedup_window_entries: u64,
+    /// The storage engine's page cache.
+    pub engine_cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { dedup_window_entries: 100_000, engine_cache_bytes: 1024 * 1024 * 1024 }
+    }
+}
+
+/// Opens the node's storage in `dir` (the log store starts its flusher thread) and returns the
+/// log store, the state machine and a reader over the same engine.
+pub fn open(dir: &Path, options: StoreOptions) -> Result<(LogStore, StateMachineStore, GovernanceReader), EngineError> {
+    let engine: Arc<dyn KvEngine> = Arc::new(sled_engine::SledEngine::open(dir, options.engine_cache_bytes)?);
     Ok((
         LogStore::new(engine.clone())?,
-        StateMachineStore::new(engine.clone(), dedup_window_entries),
+        StateMachineStore::new(engine.clone(), options.dedup_window_entries),
         GovernanceReader::new(engine),
     ))
 }

@@ -18,10 +18,11 @@ fn err(e: impl std::fmt::Display) -> EngineError {
 }
 
 impl SledEngine {
-    /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, EngineError> {
+    /// Opens (or creates) the database in `dir`, caching up to `cache_bytes` of pages.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, EngineError> {
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             // Durability comes from explicit flushes; the background flush only bounds how much
             // unflushed state-machine work a crash can lose (it is replayed from the log).
             .flush_every_ms(Some(1000))

@@ -37,7 +37,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -314,6 +314,17 @@ pub struct StateMachineStore {
     dedup_window_entries: u64,
     /// Copies of the state being read for followers; every state write goes through it.
     copies: Arc<Copies>,
+    /// The last copy encoded for a follower, reused for the next ones until a snapshot is
+    /// recorded: a follower that stays unreachable must not cost a copy per retry.
+    encoded: Arc<Mutex<EncodedCopy>>,
+}
+
+/// See [`StateMachineStore::encoded`].
+#[derive(Default)]
+struct EncodedCopy {
+    /// Counts recorded snapshots; a copy begun before the latest one is not kept.
+    generation: u64,
+    last: Option<(SnapshotMeta<NodeId, NodeInfo>, Arc<Vec<u8>>)>,
 }
 
 pub(super) fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -326,7 +337,7 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 impl StateMachineStore {
     pub fn new(engine: Arc<dyn KvEngine>, dedup_window_entries: u64) -> Self {
-        StateMachineStore { engine, dedup_window_entries, copies: Arc::default() }
+        StateMachineStore { engine, dedup_window_entries, copies: Arc::default(), encoded: Arc::default() }
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
@@ -786,7 +797,13 @@ impl StateMachineStore {
             Ok(())
         })
         .await
-        .map_err(sm_write_err)?
+        .map_err(sm_write_err)??;
+        // The log may now be purged past a kept copy, which a follower could then not continue
+        // from.
+        let mut encoded = self.encoded.lock().unwrap_or_else(|p| p.into_inner());
+        encoded.generation += 1;
+        encoded.last = None;
+        Ok(())
     }
 
     /// Whether a snapshot was ever built or installed here (or stored by an earlier version).
@@ -863,7 +880,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.record_snapshot(meta).await
     }
 
-    /// The state as it is now, once a snapshot was built or installed here.
+    /// The state as it is now, once a snapshot was built or installed here, or the copy
+    /// last encoded for a follower if no snapshot was recorded since (a follower installing
+    /// it continues from the log after it, which a purge has not reached).
     ///
     /// openraft asks for it in the state machine worker, between applies, so a copy begun here
     /// is exactly the applied prefix the meta names. It is read and encoded only if openraft
@@ -872,16 +891,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if !self.has_snapshot()? {
             return Ok(None);
         }
+        let (generation, last) = {
+            let encoded = self.encoded.lock().unwrap_or_else(|p| p.into_inner());
+            (encoded.generation, encoded.last.clone())
+        };
+        if let Some((meta, bytes)) = last {
+            return Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::from_bytes(bytes.to_vec())) }));
+        }
         let (applied, membership) = self.applied_state().await?;
         let meta = snapshot_meta(applied, membership);
         let copy = self.copies.begin();
-        let (engine, file_meta) = (self.engine.clone(), meta.clone());
+        let (engine, file_meta, encoded) = (self.engine.clone(), meta.clone(), self.encoded.clone());
         let data = SnapshotData::deferred(move || {
             let started = std::time::Instant::now();
             let last_log_index = file_meta.last_log_id.map(|l| l.index);
             let entries = copy.read(engine.as_ref()).map_err(std::io::Error::other)?;
             let keys = entries.len();
+            let kept_meta = file_meta.clone();
             let bytes = encode(&SnapshotFile { meta: file_meta, entries }).map_err(std::io::Error::other)?;
+            let mut encoded = encoded.lock().unwrap_or_else(|p| p.into_inner());
+            if encoded.generation == generation {
+                encoded.last = Some((kept_meta, Arc::new(bytes.clone())));
+            }
+            drop(encoded);
             tracing::info!(
                 last_log_index,
                 keys,
@@ -938,7 +970,8 @@ mod tests {
     #[tokio::test]
     async fn one_index_key_per_entry_expires_its_requests_and_the_earlier_layout_expires_too() {
         let dir = tempfile::tempdir().unwrap();
-        let engine: Arc<dyn KvEngine> = Arc::new(super::super::sled_engine::SledEngine::open(dir.path()).unwrap());
+        let engine: Arc<dyn KvEngine> =
+            Arc::new(super::super::sled_engine::SledEngine::open(dir.path(), 64 << 20).unwrap());
         let mut sm = StateMachineStore::new(engine.clone(), 10);
 
         // Three requests in one entry (one a retry of another): two records, one index key.
@@ -968,7 +1001,8 @@ mod tests {
     #[tokio::test]
     async fn a_copy_stored_by_an_earlier_version_counts_as_a_snapshot_until_the_next_one_replaces_it() {
         let dir = tempfile::tempdir().unwrap();
-        let engine: Arc<dyn KvEngine> = Arc::new(super::super::sled_engine::SledEngine::open(dir.path()).unwrap());
+        let engine: Arc<dyn KvEngine> =
+            Arc::new(super::super::sled_engine::SledEngine::open(dir.path(), 64 << 20).unwrap());
         let mut sm = StateMachineStore::new(engine.clone(), 10);
         sm.apply(vec![entry(1, &["a"])]).await.unwrap();
         let mut legacy = Batch::default();
