@@ -324,7 +324,14 @@ pub struct StateMachineStore {
 struct EncodedCopy {
     /// Counts recorded snapshots; a copy begun before the latest one is not kept.
     generation: u64,
-    last: Option<(SnapshotMeta<NodeId, NodeInfo>, Arc<Vec<u8>>)>,
+    last: Option<KeptCopy>,
+}
+
+/// A copy encoded for a follower and the snapshot meta it was sent with.
+#[derive(Clone)]
+struct KeptCopy {
+    meta: SnapshotMeta<NodeId, NodeInfo>,
+    bytes: Arc<Vec<u8>>,
 }
 
 pub(super) fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -895,7 +902,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let encoded = self.encoded.lock().unwrap_or_else(|p| p.into_inner());
             (encoded.generation, encoded.last.clone())
         };
-        if let Some((meta, bytes)) = last {
+        if let Some(KeptCopy { meta, bytes }) = last {
             return Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::from_bytes(bytes.to_vec())) }));
         }
         let (applied, membership) = self.applied_state().await?;
@@ -911,7 +918,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let bytes = encode(&SnapshotFile { meta: file_meta, entries }).map_err(std::io::Error::other)?;
             let mut encoded = encoded.lock().unwrap_or_else(|p| p.into_inner());
             if encoded.generation == generation {
-                encoded.last = Some((kept_meta, Arc::new(bytes.clone())));
+                encoded.last = Some(KeptCopy { meta: kept_meta, bytes: Arc::new(bytes.clone()) });
             }
             drop(encoded);
             tracing::info!(
