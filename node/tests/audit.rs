@@ -292,6 +292,8 @@ async fn every_auditable_action_yields_its_event_without_secrets_in_its_tenants_
         "custos_request_duration_seconds_bucket{",
         "custos_raft_term ",
         "custos_raft_apply_lag ",
+        "custos_raft_snapshot_index ",
+        "custos_raft_snapshot_copies_total ",
         "custos_audit_outbox_depth ",
         "custos_audit_committed_total ",
         r#"custos_key_provider_up{provider="sealed-local"} 1"#,

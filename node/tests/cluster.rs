@@ -167,6 +167,12 @@ async fn three_node_cluster_survives_failover_and_catches_up() {
     wait_converged(&cluster, &[1, 2, 3], &acked, &attempted).await;
     let caught_up = cluster.node_status(lagging).await.unwrap();
     assert!(caught_up["snapshot_index"].as_u64().unwrap_or(0) > lagging_last, "{caught_up}");
+    // A leader encoded a copy of its state for it, and counted it.
+    let mut copies = 0;
+    for node in writers.iter().copied() {
+        copies += cluster.node_status(node).await.unwrap()["snapshot_copies"].as_u64().unwrap_or(0);
+    }
+    assert!(copies >= 1, "no snapshot copy counted");
 
     // Every node runs one tenant actor per active tenant; a suspension made through one node
     // stops that tenant's actor on every node.

@@ -123,6 +123,24 @@ impl Collector for NodeCollector {
             as_i64(node.committed_index.saturating_sub(applied)),
         )?;
         counter(&mut encoder, "raft_fsyncs", "Storage flushes since start", node.fsyncs)?;
+        gauge(
+            &mut encoder,
+            "raft_snapshot_index",
+            "Log index of the latest snapshot",
+            as_i64(node.snapshot_index.unwrap_or(0)),
+        )?;
+        gauge(
+            &mut encoder,
+            "raft_purged_index",
+            "Log index up to which the log is purged",
+            as_i64(node.purged_index.unwrap_or(0)),
+        )?;
+        counter(
+            &mut encoder,
+            "raft_snapshot_copies",
+            "Copies of the whole state encoded for followers behind the purged log",
+            node.snapshot_copies,
+        )?;
 
         let audit = self.audit.status();
         gauge(&mut encoder, "audit_outbox_depth", "Audit events not yet shipped", as_i64(audit.outbox_depth))?;

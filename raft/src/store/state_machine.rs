@@ -37,6 +37,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::RaftStateMachine;
@@ -317,6 +318,8 @@ pub struct StateMachineStore {
     /// The last copy encoded for a follower, reused for the next ones until a snapshot is
     /// recorded: a follower that stays unreachable must not cost a copy per retry.
     encoded: Arc<Mutex<EncodedCopy>>,
+    /// Copies of the state encoded for followers since the node started.
+    copies_encoded: Arc<AtomicU64>,
 }
 
 /// See [`StateMachineStore::encoded`].
@@ -344,7 +347,18 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 impl StateMachineStore {
     pub fn new(engine: Arc<dyn KvEngine>, dedup_window_entries: u64) -> Self {
-        StateMachineStore { engine, dedup_window_entries, copies: Arc::default(), encoded: Arc::default() }
+        StateMachineStore {
+            engine,
+            dedup_window_entries,
+            copies: Arc::default(),
+            encoded: Arc::default(),
+            copies_encoded: Arc::default(),
+        }
+    }
+
+    /// Counts the copies of the state encoded for followers, for status and metrics.
+    pub fn copies_encoded(&self) -> Arc<AtomicU64> {
+        self.copies_encoded.clone()
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
@@ -909,6 +923,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let meta = snapshot_meta(applied, membership);
         let copy = self.copies.begin();
         let (engine, file_meta, encoded) = (self.engine.clone(), meta.clone(), self.encoded.clone());
+        let copies_encoded = self.copies_encoded.clone();
         let data = SnapshotData::deferred(move || {
             let started = std::time::Instant::now();
             let last_log_index = file_meta.last_log_id.map(|l| l.index);
@@ -921,6 +936,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 encoded.last = Some(KeptCopy { meta: kept_meta, bytes: Arc::new(bytes.clone()) });
             }
             drop(encoded);
+            copies_encoded.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 last_log_index,
                 keys,
