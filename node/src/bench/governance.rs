@@ -1,7 +1,7 @@
 //! `custos bench governance`: durable governance writes on a 3-node loopback cluster at several
 //! client counts, side by side with a 3-member etcd cluster given the same payloads, TLS and
-//! client counts. Prints ops/s, p50/p99 latency, fsyncs and server CPU per committed write, and
-//! the ratios.
+//! client counts. Prints ops/s, p50/p99 latency, fsyncs and server CPU per committed write,
+//! the servers' resident memory after each run, and the ratios.
 //!
 //! Two Custos writes per client count:
 //! - `create`: `POST /v1/tenants` — the governance record plus what a new tenant brings on
@@ -37,7 +37,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::etcd::{self, EtcdCluster};
-use super::load::{cpu_seconds, drive, settle, RunStats};
+use super::load::{cpu_seconds, drive, resident_bytes, settle, RunStats};
 
 /// The longest wait for the servers to go idle before a run.
 const SETTLE_AT_MOST: Duration = Duration::from_secs(30);
@@ -63,6 +63,8 @@ struct Row {
     fsyncs_per_write: f64,
     /// CPU time of all nodes divided by committed writes, in microseconds.
     cpu_us_per_write: f64,
+    /// Resident memory of all nodes after the run, in MiB.
+    resident_mib: f64,
 }
 
 fn fsyncs_per_write(before: &[u64], after: &[u64], writes: u64) -> f64 {
@@ -86,7 +88,7 @@ async fn custos_fsyncs(cluster: &ProcessCluster) -> Result<Vec<u64>> {
 
 fn print_row(row: &Row) {
     println!(
-        "{:<8} {:<7} {:>7} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>13.2} {:>13.0}",
+        "{:<8} {:<7} {:>7} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>13.2} {:>13.0} {:>10.0}",
         row.system,
         row.op,
         row.clients,
@@ -96,7 +98,8 @@ fn print_row(row: &Row) {
         row.stats.latency_ms(0.99),
         row.stats.errors,
         row.fsyncs_per_write,
-        row.cpu_us_per_write
+        row.cpu_us_per_write,
+        row.resident_mib
     );
 }
 
@@ -106,6 +109,8 @@ struct Counters {
     fsyncs: Vec<u64>,
     /// CPU seconds of all of them.
     cpu: f64,
+    /// Resident memory of all of them, in bytes.
+    resident: u64,
 }
 
 /// Prints one run's row, fsyncs and CPU counted from the counters around it, and keeps it.
@@ -118,7 +123,8 @@ fn push_row(
 ) {
     let fsyncs_per_write = fsyncs_per_write(&before.fsyncs, &after.fsyncs, stats.ok);
     let cpu_us_per_write = (after.cpu - before.cpu) * 1e6 / stats.ok.max(1) as f64;
-    let row = Row { system, op, clients, round, fsyncs_per_write, cpu_us_per_write, stats };
+    let resident_mib = after.resident as f64 / (1024.0 * 1024.0);
+    let row = Row { system, op, clients, round, fsyncs_per_write, cpu_us_per_write, resident_mib, stats };
     print_row(&row);
     rows.push(row);
 }
@@ -153,14 +159,28 @@ pub async fn run(options: Options) -> Result<()> {
         options.value_bytes
     );
     println!(
-        "{:<8} {:<7} {:>7} {:>5} {:>10} {:>9} {:>9} {:>8} {:>13} {:>13}",
-        "system", "op", "clients", "round", "ops/s", "p50 ms", "p99 ms", "errors", "fsyncs/write", "cpu µs/write"
+        "{:<8} {:<7} {:>7} {:>5} {:>10} {:>9} {:>9} {:>8} {:>13} {:>13} {:>10}",
+        "system",
+        "op",
+        "clients",
+        "round",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "fsyncs/write",
+        "cpu µs/write",
+        "rss MiB"
     );
     let custos_counters = || async {
-        Ok::<_, anyhow::Error>(Counters { fsyncs: custos_fsyncs(&cluster).await?, cpu: cpu_seconds(&cluster.pids()) })
+        let pids = cluster.pids();
+        let fsyncs = custos_fsyncs(&cluster).await?;
+        Ok::<_, anyhow::Error>(Counters { fsyncs, cpu: cpu_seconds(&pids), resident: resident_bytes(&pids) })
     };
     let etcd_counters = || async {
-        Ok::<_, anyhow::Error>(Counters { fsyncs: etcd.fsyncs(&http).await?, cpu: cpu_seconds(&etcd.pids()) })
+        let pids = etcd.pids();
+        let fsyncs = etcd.fsyncs(&http).await?;
+        Ok::<_, anyhow::Error>(Counters { fsyncs, cpu: cpu_seconds(&pids), resident: resident_bytes(&pids) })
     };
     // Both systems share the machine: each run waits for all of them to go idle.
     let servers = || [cluster.pids(), etcd.pids()].concat();

@@ -96,6 +96,20 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|pid| ticks(*pid)).sum::<u64>() as f64 / ticks_per_sec
 }
 
+/// Resident memory of the processes `pids` together, in bytes, from `/proc/<pid>/statm`; a
+/// process that is gone counts as zero.
+pub fn resident_bytes(pids: &[u32]) -> u64 {
+    let page = match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
+        Ok(Some(bytes)) if bytes > 0 => bytes as u64,
+        _ => 4096,
+    };
+    let pages = |pid: u32| -> Option<u64> {
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+        statm.split_whitespace().nth(1)?.parse().ok()
+    };
+    pids.iter().filter_map(|pid| pages(*pid)).sum::<u64>() * page
+}
+
 /// Waits until the processes are nearly idle (under a fifth of a core over a quarter of a
 /// second) or `max_wait` has passed, so that work left from the previous run (actors still
 /// starting after creates, a backlog still being applied) stays out of the next run's figures.
@@ -117,6 +131,17 @@ pub async fn settle(pids: &[u32], max_wait: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resident_bytes_counts_memory_this_process_touched_and_nothing_for_a_missing_one() {
+        let me = std::process::id();
+        let before = resident_bytes(&[me]);
+        let touched = vec![1u8; 64 << 20];
+        let after = resident_bytes(&[me]);
+        std::hint::black_box(&touched);
+        assert!(after >= before + (60 << 20), "{before} -> {after}");
+        assert_eq!(resident_bytes(&[u32::MAX]), 0);
+    }
 
     #[test]
     fn cpu_seconds_counts_this_process_busy_and_nothing_for_a_missing_one() {
