@@ -138,6 +138,24 @@ async fn a_snapshot_records_where_it_ends_and_a_follower_is_sent_a_copy_kept_unt
     assert_eq!(fresh.meta.last_log_id.map(|l| l.index), Some(3));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_copy_kept_for_followers_is_dropped_after_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, _reader) = store::open(dir.path(), custos_raft::store::StoreOptions::default()).unwrap();
+    apply(&mut sm, entry(1, "req-1", create("acme"))).await;
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let sent = sm.get_current_snapshot().await.unwrap().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let (_other_log, mut follower, _) = store::open(other.path(), custos_raft::store::StoreOptions::default()).unwrap();
+    follower.install_snapshot(&sent.meta, sent.snapshot).await.unwrap();
+
+    apply(&mut sm, entry(2, "req-2", create("beta"))).await;
+    let index = |s: &openraft::Snapshot<TypeConfig>| s.meta.last_log_id.map(|l| l.index);
+    assert_eq!(index(&sm.get_current_snapshot().await.unwrap().unwrap()), Some(1), "kept");
+    tokio::time::sleep(std::time::Duration::from_secs(61)).await;
+    assert_eq!(index(&sm.get_current_snapshot().await.unwrap().unwrap()), Some(2), "dropped after a minute");
+}
+
 #[tokio::test]
 async fn tenant_lifecycle_rules() {
     let dir = tempfile::tempdir().unwrap();

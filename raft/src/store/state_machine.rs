@@ -77,6 +77,9 @@ const SNAPSHOT_META_KEY: &[u8] = b"meta";
 /// In [`Space::Snapshot`]: a full copy of the state, as earlier versions stored each snapshot.
 const LEGACY_SNAPSHOT_KEY: &[u8] = b"current";
 
+/// How long a copy encoded for a follower is kept for the next ones.
+const KEEP_COPY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Largest number of request-index keys expired while applying one entry (each holds the
 /// requests of one entry, themselves bounded by the write batch), so one apply never does
 /// unbounded work.
@@ -316,7 +319,8 @@ pub struct StateMachineStore {
     /// Copies of the state being read for followers; every state write goes through it.
     copies: Arc<Copies>,
     /// The last copy encoded for a follower, reused for the next ones until a snapshot is
-    /// recorded: a follower that stays unreachable must not cost a copy per retry.
+    /// recorded, for [`KEEP_COPY_FOR`] at most: a follower that stays unreachable must not
+    /// cost a copy per retry, and an idle cluster must not hold a copy of its state forever.
     encoded: Arc<Mutex<EncodedCopy>>,
     /// Copies of the state encoded for followers since the node started.
     copies_encoded: Arc<AtomicU64>,
@@ -327,6 +331,8 @@ pub struct StateMachineStore {
 struct EncodedCopy {
     /// Counts recorded snapshots; a copy begun before the latest one is not kept.
     generation: u64,
+    /// Counts copies kept, so the timer that drops one spares its successor.
+    kept: u64,
     last: Option<KeptCopy>,
 }
 
@@ -931,11 +937,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let keys = entries.len();
             let kept_meta = file_meta.clone();
             let bytes = encode(&SnapshotFile { meta: file_meta, entries }).map_err(std::io::Error::other)?;
-            let mut encoded = encoded.lock().unwrap_or_else(|p| p.into_inner());
-            if encoded.generation == generation {
-                encoded.last = Some(KeptCopy { meta: kept_meta, bytes: Arc::new(bytes.clone()) });
+            let mut guard = encoded.lock().unwrap_or_else(|p| p.into_inner());
+            if guard.generation == generation {
+                guard.last = Some(KeptCopy { meta: kept_meta, bytes: Arc::new(bytes.clone()) });
+                guard.kept += 1;
+                let kept = guard.kept;
+                // Produced on the blocking pool, inside the runtime.
+                let later = Arc::clone(&encoded);
+                tokio::spawn(async move {
+                    tokio::time::sleep(KEEP_COPY_FOR).await;
+                    let mut guard = later.lock().unwrap_or_else(|p| p.into_inner());
+                    if guard.kept == kept {
+                        guard.last = None;
+                    }
+                });
             }
-            drop(encoded);
+            drop(guard);
             copies_encoded.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 last_log_index,
