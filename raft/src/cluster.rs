@@ -173,10 +173,7 @@ impl Cluster {
     pub async fn start(options: ClusterOptions<'_>) -> Result<Cluster, StartError> {
         let r = options.raft;
         let dir = options.data_dir.join("raft");
-        let store_options = store::StoreOptions {
-            dedup_window_entries: r.dedup_window_entries,
-            engine_cache_bytes: r.engine_cache_bytes,
-        };
+        let store_options = store::StoreOptions::from(r);
         let (log, sm, reader) = tokio::task::spawn_blocking(move || store::open(&dir, store_options))
             .await
             .map_err(|e| store::EngineError(format!("storage open task failed: {e}")))??;

@@ -58,14 +58,12 @@ impl Copies {
         let mut open = self.lock();
         if !open.copies.is_empty() {
             for (key, _) in &batch.ops {
-                let mut before = None;
+                if open.copies.values().all(|saved| saved.contains_key(key)) {
+                    continue;
+                }
+                let before = engine.get(Space::State, key)?;
                 for saved in open.copies.values_mut() {
-                    if !saved.contains_key(key) {
-                        if before.is_none() {
-                            before = Some(engine.get(Space::State, key)?);
-                        }
-                        saved.insert(key.clone(), before.clone().expect("read above"));
-                    }
+                    saved.entry(key.clone()).or_insert_with(|| before.clone());
                 }
             }
         }

@@ -33,9 +33,16 @@ pub struct StoreOptions {
     pub engine_cache_bytes: u64,
 }
 
+impl From<&custos_config::RaftConfig> for StoreOptions {
+    fn from(raft: &custos_config::RaftConfig) -> Self {
+        StoreOptions { dedup_window_entries: raft.dedup_window_entries, engine_cache_bytes: raft.engine_cache_bytes }
+    }
+}
+
+/// The configuration's defaults.
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { dedup_window_entries: 100_000, engine_cache_bytes: 1024 * 1024 * 1024 }
+        StoreOptions::from(&custos_config::RaftConfig::default())
     }
 }
 

@@ -336,6 +336,26 @@ struct EncodedCopy {
     last: Option<KeptCopy>,
 }
 
+/// Keeps `copy` for later followers unless a snapshot was recorded since it began (in
+/// `generation`), and drops it after [`KEEP_COPY_FOR`] unless a later copy replaced it. Runs
+/// where the copy was produced: on the blocking pool, inside the runtime.
+fn keep_copy(encoded: &Arc<Mutex<EncodedCopy>>, generation: u64, copy: KeptCopy) {
+    let mut guard = encoded.lock().unwrap_or_else(|p| p.into_inner());
+    if guard.generation != generation {
+        return;
+    }
+    guard.last = Some(copy);
+    guard.kept += 1;
+    let (kept, encoded) = (guard.kept, Arc::clone(encoded));
+    tokio::spawn(async move {
+        tokio::time::sleep(KEEP_COPY_FOR).await;
+        let mut guard = encoded.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.kept == kept {
+            guard.last = None;
+        }
+    });
+}
+
 /// A copy encoded for a follower and the snapshot meta it was sent with.
 #[derive(Clone)]
 struct KeptCopy {
@@ -923,7 +943,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             (encoded.generation, encoded.last.clone())
         };
         if let Some(KeptCopy { meta, bytes }) = last {
-            return Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::from_bytes(bytes.to_vec())) }));
+            // Copied off the worker, when sent.
+            let data = SnapshotData::deferred(move || Ok(bytes.to_vec()));
+            return Ok(Some(Snapshot { meta, snapshot: Box::new(data) }));
         }
         let (applied, membership) = self.applied_state().await?;
         let meta = snapshot_meta(applied, membership);
@@ -937,22 +959,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let keys = entries.len();
             let kept_meta = file_meta.clone();
             let bytes = encode(&SnapshotFile { meta: file_meta, entries }).map_err(std::io::Error::other)?;
-            let mut guard = encoded.lock().unwrap_or_else(|p| p.into_inner());
-            if guard.generation == generation {
-                guard.last = Some(KeptCopy { meta: kept_meta, bytes: Arc::new(bytes.clone()) });
-                guard.kept += 1;
-                let kept = guard.kept;
-                // Produced on the blocking pool, inside the runtime.
-                let later = Arc::clone(&encoded);
-                tokio::spawn(async move {
-                    tokio::time::sleep(KEEP_COPY_FOR).await;
-                    let mut guard = later.lock().unwrap_or_else(|p| p.into_inner());
-                    if guard.kept == kept {
-                        guard.last = None;
-                    }
-                });
-            }
-            drop(guard);
+            keep_copy(&encoded, generation, KeptCopy { meta: kept_meta, bytes: Arc::new(bytes.clone()) });
             copies_encoded.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 last_log_index,
@@ -997,6 +1004,10 @@ mod tests {
         Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
     }
 
+    fn engine_in(dir: &tempfile::TempDir) -> Arc<dyn KvEngine> {
+        Arc::new(super::super::sled_engine::SledEngine::open(dir.path(), 64 << 20).unwrap())
+    }
+
     fn keys(engine: &dyn KvEngine, prefix: &[u8]) -> Vec<Vec<u8>> {
         let end = Bound::Excluded([prefix, &[0xff][..]].concat());
         engine
@@ -1010,8 +1021,7 @@ mod tests {
     #[tokio::test]
     async fn one_index_key_per_entry_expires_its_requests_and_the_earlier_layout_expires_too() {
         let dir = tempfile::tempdir().unwrap();
-        let engine: Arc<dyn KvEngine> =
-            Arc::new(super::super::sled_engine::SledEngine::open(dir.path(), 64 << 20).unwrap());
+        let engine = engine_in(&dir);
         let mut sm = StateMachineStore::new(engine.clone(), 10);
 
         // Three requests in one entry (one a retry of another): two records, one index key.
@@ -1041,8 +1051,7 @@ mod tests {
     #[tokio::test]
     async fn a_copy_stored_by_an_earlier_version_counts_as_a_snapshot_until_the_next_one_replaces_it() {
         let dir = tempfile::tempdir().unwrap();
-        let engine: Arc<dyn KvEngine> =
-            Arc::new(super::super::sled_engine::SledEngine::open(dir.path(), 64 << 20).unwrap());
+        let engine = engine_in(&dir);
         let mut sm = StateMachineStore::new(engine.clone(), 10);
         sm.apply(vec![entry(1, &["a"])]).await.unwrap();
         let mut legacy = Batch::default();
