@@ -1,22 +1,40 @@
 //! [`TenantDirectory`]: what the API asks before serving a tenant's request — is the tenant's
-//! actor tree serving on this node, and is there room under its in-flight bound.
+//! actor tree serving on this node, and is there room under its in-flight bound. It also
+//! stamps each tree's last request, which is how the node supervisor finds idle trees, and
+//! wakes requests waiting for a tree to start.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use custos_raft::TenantId;
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{futures::Notified, Notify, OwnedSemaphorePermit, Semaphore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TenantActorState {
+    /// No actors on this node: the tenant has not been used here lately. Its first request
+    /// starts them.
+    Idle,
     Running,
     /// A failed actor of the tenant is waiting for its restart.
     Restarting,
     /// Failed too often; stopped until the tenant changes or the node restarts. The tenant's
     /// requests are refused on this node.
     Degraded,
+}
+
+impl TenantActorState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantActorState::Idle => "idle",
+            TenantActorState::Running => "running",
+            TenantActorState::Restarting => "restarting",
+            TenantActorState::Degraded => "degraded",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,17 +60,31 @@ struct Entry {
     state: TenantActorState,
     recent_failures: usize,
     admission: Arc<Semaphore>,
+    /// When a request was last admitted (or the entry made), in ms since the directory's epoch.
+    last_used_ms: AtomicU64,
 }
 
 /// Shared between the supervisors, which publish each tenant's state, and the API.
 pub struct TenantDirectory {
     tenant_max_in_flight: usize,
+    epoch: Instant,
     entries: RwLock<BTreeMap<TenantId, Entry>>,
+    /// Woken whenever a tenant's state is published.
+    published: Notify,
 }
 
 impl TenantDirectory {
     pub fn new(tenant_max_in_flight: usize) -> Self {
-        TenantDirectory { tenant_max_in_flight, entries: RwLock::new(BTreeMap::new()) }
+        TenantDirectory {
+            tenant_max_in_flight,
+            epoch: Instant::now(),
+            entries: RwLock::new(BTreeMap::new()),
+            published: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     pub fn publish(&self, tenant: &TenantId, state: TenantActorState, recent_failures: usize) {
@@ -64,13 +96,54 @@ impl TenantDirectory {
             }
             None => {
                 let admission = Arc::new(Semaphore::new(self.tenant_max_in_flight));
-                entries.insert(tenant.clone(), Entry { state, recent_failures, admission });
+                let last_used_ms = AtomicU64::new(self.now_ms());
+                entries.insert(tenant.clone(), Entry { state, recent_failures, admission, last_used_ms });
             }
         }
+        drop(entries);
+        self.published.notify_waiters();
+    }
+
+    /// Completes at the next [`Self::publish`] after this call, even if it is polled later:
+    /// take it before checking [`Self::admit`], then wait on it.
+    pub fn published(&self) -> Notified<'_> {
+        self.published.notified()
     }
 
     pub fn remove(&self, tenant: &TenantId) {
         self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(tenant);
+    }
+
+    /// The running trees that admitted no request for `idle` (candidates for
+    /// [`Self::retire_if_idle`], which checks again).
+    pub fn idle(&self, idle: Duration) -> Vec<TenantId> {
+        let now = self.now_ms();
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .filter(|(_, e)| {
+                e.state == TenantActorState::Running
+                    && now.saturating_sub(e.last_used_ms.load(Ordering::Relaxed)) >= idle.as_millis() as u64
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Removes `tenant` if its tree runs, has nothing in flight and admitted no request for
+    /// `idle`: its next request then finds it not running and asks for a start. True if
+    /// removed; the caller stops the tree.
+    pub fn retire_if_idle(&self, tenant: &TenantId, idle: Duration) -> bool {
+        let now = self.now_ms();
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let retire = entries.get(tenant).is_some_and(|e| {
+            e.state == TenantActorState::Running
+                && now.saturating_sub(e.last_used_ms.load(Ordering::Relaxed)) >= idle.as_millis() as u64
+                && e.admission.available_permits() == self.tenant_max_in_flight
+        });
+        if retire {
+            entries.remove(tenant);
+        }
+        retire
     }
 
     /// Admits one request of `tenant`; the permit is held until the request completes.
@@ -80,11 +153,13 @@ impl TenantDirectory {
         if entry.state == TenantActorState::Degraded {
             return Err(Refusal::Degraded(tenant.clone()));
         }
-        entry
+        let permit = entry
             .admission
             .clone()
             .try_acquire_owned()
-            .map_err(|_| Refusal::Busy { tenant: tenant.clone(), limit: self.tenant_max_in_flight })
+            .map_err(|_| Refusal::Busy { tenant: tenant.clone(), limit: self.tenant_max_in_flight })?;
+        entry.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+        Ok(permit)
     }
 
     pub fn health_of(&self, tenant: &TenantId) -> Option<TenantHealth> {
@@ -94,6 +169,12 @@ impl TenantDirectory {
             state: e.state,
             recent_failures: e.recent_failures,
         })
+    }
+
+    /// How many tenants' trees are in `state` on this node.
+    pub fn count(&self, state: TenantActorState) -> usize {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.values().filter(|e| e.state == state).count()
     }
 
     pub fn health(&self) -> Vec<TenantHealth> {
@@ -127,7 +208,42 @@ mod tests {
         assert!(dir.admit(&b).is_ok());
         dir.publish(&b, TenantActorState::Degraded, 3);
         assert_eq!(dir.admit(&b).unwrap_err(), Refusal::Degraded(b.clone()));
+        assert_eq!((dir.count(TenantActorState::Running), dir.count(TenantActorState::Degraded)), (1, 1));
         drop(_p1);
         assert!(dir.admit(&a).is_ok(), "a finished request frees its permit");
+    }
+
+    #[test]
+    fn only_a_running_tree_without_recent_or_pending_requests_retires() {
+        let dir = TenantDirectory::new(2);
+        let (a, b) = (TenantId::new("a").unwrap(), TenantId::new("b").unwrap());
+        dir.publish(&a, TenantActorState::Running, 0);
+        dir.publish(&b, TenantActorState::Restarting, 1);
+        assert!(!dir.retire_if_idle(&a, Duration::from_secs(60)), "used within the idle time");
+        assert!(dir.idle(Duration::from_secs(60)).is_empty());
+        assert_eq!(dir.idle(Duration::ZERO), std::slice::from_ref(&a), "only running trees are candidates");
+        assert!(!dir.retire_if_idle(&b, Duration::ZERO), "a restarting tree stays");
+        let permit = dir.admit(&a).unwrap();
+        assert!(!dir.retire_if_idle(&a, Duration::ZERO), "a request is in flight");
+        drop(permit);
+        assert!(dir.retire_if_idle(&a, Duration::ZERO));
+        assert_eq!(dir.admit(&a).unwrap_err(), Refusal::NotRunning(a.clone()), "its next request asks for a start");
+        assert!(!dir.retire_if_idle(&a, Duration::ZERO), "already gone");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_taken_before_a_publish_is_woken_by_it() {
+        let dir = Arc::new(TenantDirectory::new(1));
+        let a = TenantId::new("a").unwrap();
+        let waiter = dir.published();
+        tokio::pin!(waiter);
+        assert!(dir.admit(&a).is_err());
+        let publisher = {
+            let (dir, a) = (dir.clone(), a.clone());
+            tokio::spawn(async move { dir.publish(&a, TenantActorState::Running, 0) })
+        };
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken");
+        publisher.await.unwrap();
+        assert!(dir.admit(&a).is_ok());
     }
 }

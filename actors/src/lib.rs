@@ -1,8 +1,12 @@
 //! Per-tenant supervised actors (ractor) and key custody.
 //!
-//! Each node runs one [`NodeSupervisor`] that keeps exactly one tenant supervisor alive for
-//! every *active* tenant in the replicated governance state, as that state is applied on this
-//! node. A tenant supervisor has four children — session, policy, custody and telemetry — and
+//! Each node runs one [`NodeSupervisor`] that keeps one tenant supervisor alive for every
+//! *active* tenant in the replicated governance state (as applied on this node) that is in use
+//! here: a tree starts with the tenant's first request on the node, or when its key schedule
+//! has work due on the leader, and stops after `actors.idle_stop_ms` without a request. Memory
+//! and start-up work thus follow the tenants a node serves, not every tenant that exists; a
+//! tree rebuilds what it needs from governance state whenever it starts. A tenant supervisor
+//! has four children — session, policy, custody and telemetry — and
 //! restarts a failed child with exponential backoff; more failures than the restart policy
 //! allows within its window stop the tenant's children and mark the tenant degraded on this
 //! node (its requests get 503) while every other tenant keeps serving. Suspending or deleting
@@ -92,6 +96,8 @@ pub struct ActorDeps {
     pub custody: Arc<custody::Custody>,
     /// None where nothing may be proposed (tests of supervision alone).
     pub proposer: Option<Arc<dyn Proposer>>,
-    /// How often the leader runs every tenant's key schedule.
+    /// How often the leader scans every tenant's keys for scheduled work.
     pub maintenance_interval: Duration,
+    /// A tenant's tree on this node stops after serving no request for this long.
+    pub idle_stop_after: Duration,
 }

@@ -248,7 +248,8 @@ pub async fn run(binary: &Path, plan: &Plan) -> Result<Summary> {
     if reply.status != 201 {
         bail!("creating {CRYPTO_TENANT}: {} {}", reply.status, reply.body);
     }
-    // The tenant's actors start right after the apply; until then: 503 tenant_starting.
+    // The first request starts the tenant's actors on node 1 and waits for them; retried in
+    // case the young cluster changes leader meanwhile.
     let path = format!("/v1/tenants/{CRYPTO_TENANT}/keys");
     let created = crate::eventually(Duration::from_secs(15), async || {
         let body = json!({ "id": CRYPTO_KEY });

@@ -170,6 +170,10 @@ pub struct ActorsConfig {
     /// First restart delay; doubles per failure in the window up to `restart_backoff_max_ms`.
     pub restart_backoff_ms: u64,
     pub restart_backoff_max_ms: u64,
+    /// A tenant's actor tree on a node stops after this long without a request there (its
+    /// next request starts it again, in a few milliseconds). Bounds the node's memory by the
+    /// tenants in use rather than every tenant.
+    pub idle_stop_ms: u64,
     /// Serve `POST /v1/tenants/{tenant}/faults`, which makes one of a tenant's actors fail:
     /// for chaos and supervision tests only. Off in production.
     pub fault_injection: bool,
@@ -182,6 +186,7 @@ impl Default for ActorsConfig {
             restart_window_ms: 60_000,
             restart_backoff_ms: 100,
             restart_backoff_max_ms: 10_000,
+            idle_stop_ms: 600_000,
             fault_injection: false,
         }
     }

@@ -208,6 +208,11 @@ impl Config {
             "actors.restart_backoff_max_ms",
             format!("must be at least actors.restart_backoff_ms ({})", a.restart_backoff_ms),
         );
+        check(
+            (1_000..=7 * 24 * 3_600_000).contains(&a.idle_stop_ms),
+            "actors.idle_stop_ms",
+            "must be between 1000 (1 s) and 604800000 (7 days)".into(),
+        );
         for (from, to) in &self.raft.dial_overrides {
             let addr = |a: &str| a.parse::<std::net::SocketAddr>().is_ok();
             check(

@@ -166,6 +166,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         custody: custody.clone(),
         proposer: Some(Arc::new(custody::ClusterProposer(cluster.clone()))),
         maintenance_interval: Duration::from_millis(config.custody.schedule_interval_ms),
+        idle_stop_after: Duration::from_millis(a.idle_stop_ms),
     };
     let (supervisor, _) = ractor::Actor::spawn(None, custos_actors::NodeSupervisor, deps)
         .await

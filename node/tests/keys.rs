@@ -62,9 +62,8 @@ where
 async fn setup(cluster: &ProcessCluster, tenant: &str, key: &str) {
     let body = json!({ "id": tenant, "display_name": tenant, "region": "eu-west" });
     ok(&post(cluster, 1, "/v1/tenants", body).await, 201);
-    // The tenant's actors start on node 1 right after the apply; until then: 503 tenant_starting.
-    let path = format!("/v1/tenants/{tenant}/keys");
-    eventually("create key", || post(cluster, 1, &path, json!({ "id": key })), |r| r.status == 201).await;
+    // The tenant's first request on the node waits for its actors to start there.
+    ok(&post(cluster, 1, format!("/v1/tenants/{tenant}/keys"), json!({ "id": key })).await, 201);
 }
 
 fn b64(s: &str) -> String {
@@ -405,6 +404,37 @@ async fn a_tenant_whose_actors_keep_failing_is_refused_on_its_node_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tenants_actors_stop_and_its_key_schedule_or_next_request_starts_them() {
+    let env: Vec<(&str, &str)> = ENV.iter().copied().chain([("CUSTOS_ACTORS__IDLE_STOP_MS", "1000")]).collect();
+    let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
+    cluster.form().await.expect("form");
+    setup(&cluster, "acme", "doomed").await;
+    ok(&post(&cluster, 1, "/v1/tenants/acme/keys", json!({ "id": "kept" })).await, 201);
+    let actors = || async { cluster.get(1, "/v1/tenants/acme/actors").await.unwrap() };
+    assert_eq!(actors().await.body["state"], "running");
+
+    // Destruction falls due in 4 s; the tree stops after 1 s without requests.
+    ok(&post(&cluster, 1, "/v1/tenants/acme/keys/doomed/destroy", json!({ "delay_ms": 4000 })).await, 200);
+    let idle = eventually("the tree stops", actors, |r| r.body["state"] == "idle").await;
+    assert!(idle.body["children"].as_array().unwrap().is_empty(), "{}", idle.body);
+    assert_eq!(cluster.get(1, "/v1/tenants/acme/keys/doomed").await.unwrap().body["state"], "destroy_scheduled");
+
+    // The leader's schedule finds the due key and starts the tree to destroy it.
+    eventually(
+        "scheduled destruction of an idle tenant's key",
+        || async { cluster.get(1, "/v1/tenants/acme/keys/doomed").await.unwrap() },
+        |r| r.body["state"] == "destroyed",
+    )
+    .await;
+
+    // Idle again, the next request is served at once.
+    eventually("the tree stops again", actors, |r| r.body["state"] == "idle").await;
+    let sealed = post(&cluster, 1, "/v1/tenants/acme/keys/kept/encrypt", json!({ "plaintext": b64("x") })).await;
+    ok(&sealed, 200);
+    assert_eq!(actors().await.body["state"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_works_at_once_on_a_follower_its_creation_has_not_reached_yet() {
     let cluster = {
         // Replication waits at most one heartbeat interval for an answer: longer than the
@@ -449,17 +479,12 @@ async fn a_key_works_at_once_on_a_follower_its_creation_has_not_reached_yet() {
         post(&cluster, follower, "/v1/tenants/acme/keys/nothing/encrypt", json!({ "plaintext": b64("x") })).await;
     assert_code(&reply, 404, "key_not_found");
 
-    // A tenant created through the leader is known on the follower at once: its actors may
-    // still be starting (503, retry), but it is never "not found".
+    // A tenant created through the leader serves on the follower at once: its first request
+    // there waits for the read barrier and for its actors to start.
     let tenant = json!({ "id": "late", "display_name": "Late", "region": "eu-west" });
     ok(&post(&cluster, leader, "/v1/tenants", tenant).await, 201);
     let reply = post(&cluster, follower, "/v1/tenants/late/keys", json!({ "id": "k" })).await;
-    assert!(
-        reply.status == 201 || reply.body["error"]["code"] == "tenant_starting",
-        "a tenant created elsewhere was refused on the follower: {} {}",
-        reply.status,
-        reply.body
-    );
+    ok(&reply, 201);
     let reply = post(&cluster, follower, "/v1/tenants/nowhere/keys", json!({ "id": "k" })).await;
     assert_code(&reply, 404, "tenant_not_found");
     // So is its audit stream (every tenant-scoped route shares the lookup).

@@ -1,22 +1,24 @@
 //! The custody actor of one tenant: owns the tenant's cached working keys on this node and
-//! runs the tenant's key schedule (rotation and destruction) when this node leads.
+//! runs the tenant's scheduled key work (rotation and destruction) when this node leads.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use custos_raft::store::reader::{GovernanceReader, ReadError};
 use custos_raft::{Command, KeyId, KeyRecord, KeyState, Proposal, RequestId, TenantId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::service::Custody;
 use crate::Proposer;
 
-/// Keys examined per schedule tick, so one tick never does unbounded work.
-const KEYS_PER_TICK: usize = 256;
+/// Keys read per page of the leader's schedule scan.
+const SCAN_PAGE: usize = 1000;
 
 #[derive(Debug)]
 pub enum CustodyMsg {
-    /// Runs the key schedule; the node supervisor sends it to every tenant on the leader.
-    Tick,
+    /// Does the scheduled work of these keys, found due by the leader's scan ([`due_keys`]).
+    RunSchedule(Vec<KeyId>),
     Health(RpcReplyPort<()>),
     /// Fails the actor: the fault hook of supervision and chaos tests (see
     /// [`crate::inject_fault`]).
@@ -29,16 +31,43 @@ pub struct CustodyArgs {
     pub proposer: Option<Arc<dyn Proposer>>,
 }
 
-pub struct CustodyState {
-    args: CustodyArgs,
-    /// Where the next schedule tick resumes in the tenant's keys.
-    cursor: Option<KeyId>,
-}
-
 pub struct CustodyActor;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Whether a key has scheduled work due at `now`: its destruction or its next rotation.
+fn is_due(record: &KeyRecord, now: u64) -> bool {
+    matches!(record.state, KeyState::DestroyScheduled { at_ms } if at_ms <= now)
+        || record.rotation_due_at_ms().is_some_and(|due| due <= now)
+}
+
+/// Every key with scheduled work due at `now`, by tenant, from one pass over all tenants' keys;
+/// at most `max_keys` of them (the next pass finds the rest).
+pub(crate) fn due_keys(
+    reader: &GovernanceReader,
+    now: u64,
+    max_keys: usize,
+) -> Result<BTreeMap<TenantId, Vec<KeyId>>, ReadError> {
+    let mut due: BTreeMap<TenantId, Vec<KeyId>> = BTreeMap::new();
+    let mut found = 0;
+    let mut after: Option<KeyRecord> = None;
+    loop {
+        let page = reader.all_keys(after.as_ref(), SCAN_PAGE)?;
+        let full = page.len() == SCAN_PAGE;
+        for record in page.iter().filter(|r| is_due(r, now)) {
+            if found == max_keys {
+                return Ok(due);
+            }
+            due.entry(record.tenant.clone()).or_default().push(record.id.clone());
+            found += 1;
+        }
+        if !full {
+            return Ok(due);
+        }
+        after = page.into_iter().last();
+    }
 }
 
 /// The scheduled command a key needs now, if any. Request ids name the key's state, so the
@@ -64,28 +93,30 @@ async fn due_command(
     Ok(None)
 }
 
-impl CustodyState {
-    async fn tick(&mut self) {
-        let Some(proposer) = self.args.proposer.clone() else { return };
+impl CustodyArgs {
+    /// Proposes the due work of `keys`, each read again first: the scan that named them may be
+    /// a tick old.
+    async fn run_schedule(&self, keys: Vec<KeyId>) {
+        let Some(proposer) = self.proposer.clone() else { return };
         if !proposer.is_leader() {
             return;
         }
-        let tenant = &self.args.tenant;
-        let page = match self.args.custody.reader().keys(tenant, self.cursor.as_ref(), KEYS_PER_TICK) {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::warn!(tenant_id = %tenant, error = %e, "reading keys for the key schedule failed");
-                return;
-            }
-        };
-        self.cursor = if page.len() == KEYS_PER_TICK { page.last().map(|k| k.id.clone()) } else { None };
+        let tenant = &self.tenant;
         let now = now_ms();
-        for record in page {
-            let command = match due_command(&self.args.custody, &record, now).await {
+        for key in keys {
+            let record = match self.custody.reader().key(tenant, &key) {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(tenant_id = %tenant, key_id = %key, error = %e, "reading a key for the key schedule failed");
+                    continue;
+                }
+            };
+            let command = match due_command(&self.custody, &record, now).await {
                 Ok(Some(command)) => command,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(tenant_id = %tenant, key_id = %record.id, error = %e, "scheduled key work failed");
+                    tracing::warn!(tenant_id = %tenant, key_id = %key, error = %e, "scheduled key work failed");
                     continue;
                 }
             };
@@ -94,12 +125,8 @@ impl CustodyState {
             let Ok(request_id) = RequestId::new(request_id) else { continue };
             let proposal = Proposal { request_id, proposed_at_ms: now, command };
             match proposer.propose(proposal).await {
-                Ok(()) => {
-                    tracing::info!(tenant_id = %tenant, key_id = %record.id, command = kind, "scheduled key work done")
-                }
-                Err(e) => {
-                    tracing::warn!(tenant_id = %tenant, key_id = %record.id, error = %e, "scheduled key work refused")
-                }
+                Ok(()) => tracing::info!(tenant_id = %tenant, key_id = %key, command = kind, "scheduled key work done"),
+                Err(e) => tracing::warn!(tenant_id = %tenant, key_id = %key, error = %e, "scheduled key work refused"),
             }
         }
     }
@@ -107,26 +134,26 @@ impl CustodyState {
 
 impl Actor for CustodyActor {
     type Msg = CustodyMsg;
-    type State = CustodyState;
+    type State = CustodyArgs;
     type Arguments = CustodyArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<CustodyMsg>,
         args: CustodyArgs,
-    ) -> Result<CustodyState, ActorProcessingErr> {
+    ) -> Result<CustodyArgs, ActorProcessingErr> {
         // A (re)started actor rebuilds from governance state: nothing cached survives it.
         args.custody.edge().evict_tenant(&args.tenant);
         tracing::debug!(tenant_id = %args.tenant, "custody actor started");
-        Ok(CustodyState { args, cursor: None })
+        Ok(args)
     }
 
     async fn post_stop(
         &self,
         _myself: ActorRef<CustodyMsg>,
-        state: &mut CustodyState,
+        state: &mut CustodyArgs,
     ) -> Result<(), ActorProcessingErr> {
-        state.args.custody.edge().evict_tenant(&state.args.tenant);
+        state.custody.edge().evict_tenant(&state.tenant);
         Ok(())
     }
 
@@ -134,10 +161,10 @@ impl Actor for CustodyActor {
         &self,
         _myself: ActorRef<CustodyMsg>,
         message: CustodyMsg,
-        state: &mut CustodyState,
+        state: &mut CustodyArgs,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            CustodyMsg::Tick => state.tick().await,
+            CustodyMsg::RunSchedule(keys) => state.run_schedule(keys).await,
             CustodyMsg::Health(reply) => {
                 // The caller may have timed out; nothing to do then.
                 let _ = reply.send(());
@@ -231,11 +258,18 @@ mod tests {
         let schedule = KeyChange::ScheduleDestroy { delay_ms: 0 };
         apply(&mut sm, 5, Command::ChangeKey { tenant: tenant.clone(), key: doomed.clone(), change: schedule }).await;
 
+        // The scan names the due keys, not the steady one, within its bound.
+        let due = due_keys(custody.reader(), now_ms(), 10).unwrap();
+        let keys = due.get(&tenant).cloned().unwrap_or_default();
+        assert_eq!(due.len(), 1);
+        assert_eq!(keys, [doomed.clone(), KeyId::new("rotating").unwrap()]);
+        assert_eq!(due_keys(custody.reader(), now_ms(), 1).unwrap()[&tenant].len(), 1);
+        assert!(due_keys(custody.reader(), 0, 10).unwrap().is_empty(), "nothing is due before it falls due");
+
         let recorder = Arc::new(Recorder::default());
         let args = CustodyArgs { tenant: tenant.clone(), custody: custody.clone(), proposer: Some(recorder.clone()) };
-        let mut state = CustodyState { args, cursor: None };
-        state.tick().await;
-        state.tick().await;
+        args.run_schedule(keys.clone()).await;
+        args.run_schedule(keys).await;
 
         let proposals = recorder.0.lock().unwrap().clone();
         let ids: Vec<&str> = proposals.iter().map(|p| p.request_id.as_str()).collect();

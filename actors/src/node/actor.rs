@@ -1,33 +1,65 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use custos_raft::{Tenant, TenantId, TenantStatus};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::msg::NodeMsg;
+use crate::custody::actor::{due_keys, now_ms};
 use crate::directory::TenantActorState;
 use crate::restart::{FailureWindow, Verdict};
 use crate::tenant::msg::TenantMsg;
 use crate::tenant::supervisor::{TenantArgs, TenantSupervisor};
 use crate::ActorDeps;
 
+/// Keys with due scheduled work handed out per scan; the next scan finds the rest.
+const MAX_DUE_KEYS: usize = 10_000;
+/// How long a tree stopped for idleness may take to stop before its names are reused anyway.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The registry name of a tenant's supervisor on a node.
 pub fn tenant_supervisor_name(node_id: u64, tenant: &TenantId) -> String {
     format!("custos/node-{node_id}/tenant/{tenant}")
 }
 
-/// Keeps one supervised tenant supervisor per active tenant on this node.
+/// How often idle trees are looked for: a quarter of the idle time, within bounds.
+fn retire_interval(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
+
+/// Keeps one supervised tenant supervisor per active tenant in use on this node. A tenant's
+/// tree starts with its first request here (or when its key schedule has work due on the
+/// leader) and stops again once it has served no request for the configured idle time, so a
+/// node's memory follows the tenants it serves, not every tenant that exists.
 pub struct NodeSupervisor;
+
+/// A tenant's actor tree on this node.
+enum Tree {
+    /// Not started: no request since the node started, or since the tree was retired.
+    Idle,
+    Running(ActorRef<TenantMsg>),
+    /// Failed; started again when its backoff has passed.
+    Backoff,
+    /// Stopping for idleness; started again once stopped if a request came meanwhile.
+    Retiring {
+        restart: bool,
+    },
+    /// Failed too often; started again when the tenant's record changes.
+    Degraded,
+}
 
 struct Slot {
     record: Tenant,
-    actor: Option<ActorRef<TenantMsg>>,
+    tree: Tree,
     failures: FailureWindow,
-    degraded: bool,
 }
 
 pub struct SupervisorState {
     deps: ActorDeps,
+    /// Every active tenant in the applied state, started or not.
     slots: BTreeMap<TenantId, Slot>,
+    /// A schedule scan is running; ticks skip until its result arrives.
+    scanning: bool,
 }
 
 impl SupervisorState {
@@ -42,10 +74,7 @@ async fn spawn_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, i
     let Some(slot) = state.slots.get_mut(id) else { return };
     let args = TenantArgs { tenant: slot.record.clone(), deps: deps.clone() };
     match Actor::spawn_linked(Some(name), TenantSupervisor, args, myself.get_cell()).await {
-        Ok((actor, _)) => {
-            slot.actor = Some(actor);
-            slot.degraded = false;
-        }
+        Ok((actor, _)) => slot.tree = Tree::Running(actor),
         Err(e) => {
             tracing::warn!(tenant_id = %id, error = %e, "spawning tenant supervisor failed");
             record_failure(myself, &deps, id, slot);
@@ -55,12 +84,12 @@ async fn spawn_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, i
 
 fn stop_tenant(state: &mut SupervisorState, id: &TenantId) {
     state.deps.directory.remove(id);
-    if let Some(Slot { actor: Some(actor), .. }) = state.slots.remove(id) {
+    if let Some(Slot { tree: Tree::Running(actor), .. }) = state.slots.remove(id) {
         actor.stop(Some("tenant no longer active".into()));
     }
 }
 
-/// Brings one tenant's actors in line with its record: started, updated or stopped.
+/// Brings one tenant's slot in line with its record: updated, or stopped and removed.
 async fn apply_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, tenant: Tenant) {
     let id = tenant.id.clone();
     if tenant.status != TenantStatus::Active {
@@ -74,42 +103,72 @@ async fn apply_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, t
         Some(slot) if slot.record.revision >= tenant.revision => {}
         Some(slot) => {
             slot.record = tenant.clone();
-            match (&slot.actor, slot.degraded) {
-                (Some(actor), _) => {
-                    // The actor may be stopping after a failure; the restart then starts from
-                    // the new record anyway.
+            match &slot.tree {
+                // The actor may be stopping after a failure; the restart then starts from the
+                // new record anyway.
+                Tree::Running(actor) => {
                     let _ = actor.cast(TenantMsg::Update(tenant));
                 }
-                (None, true) => {
+                Tree::Degraded => {
                     // A changed tenant gets a fresh chance.
                     slot.failures.clear();
                     spawn_tenant(myself, state, &id).await;
                 }
-                (None, false) => {}
+                // Each starts from the new record when it starts.
+                Tree::Idle | Tree::Backoff | Tree::Retiring { .. } => {}
             }
         }
         None => {
-            let slot = Slot { record: tenant, actor: None, failures: FailureWindow::default(), degraded: false };
-            state.slots.insert(id.clone(), slot);
-            spawn_tenant(myself, state, &id).await;
+            let slot = Slot { record: tenant, tree: Tree::Idle, failures: FailureWindow::default() };
+            state.slots.insert(id, slot);
         }
     }
 }
 
+/// Starts an idle tree, or has a retiring one start again once stopped. True if it runs now.
+async fn activate(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, id: &TenantId) -> bool {
+    match state.slots.get_mut(id).map(|s| &mut s.tree) {
+        Some(Tree::Idle) => spawn_tenant(myself, state, id).await,
+        Some(Tree::Retiring { restart }) => *restart = true,
+        _ => {}
+    }
+    state.slots.get(id).is_some_and(|s| matches!(s.tree, Tree::Running(_)))
+}
+
 /// Counts a failure of `slot`'s supervisor and schedules a restart, or marks it degraded.
 fn record_failure(myself: &ActorRef<NodeMsg>, deps: &ActorDeps, id: &TenantId, slot: &mut Slot) {
-    slot.actor = None;
     match slot.failures.record(&deps.policy) {
         Verdict::GiveUp => {
-            slot.degraded = true;
+            slot.tree = Tree::Degraded;
             deps.directory.publish(id, TenantActorState::Degraded, slot.failures.recent());
             tracing::error!(tenant_id = %id, failures = slot.failures.recent(), "tenant supervisor failed too often; tenant degraded");
         }
         Verdict::RestartAfter(delay) => {
+            slot.tree = Tree::Backoff;
             deps.directory.publish(id, TenantActorState::Restarting, slot.failures.recent());
             let id = id.clone();
             myself.send_after(delay, move || NodeMsg::Restart(id));
         }
+    }
+}
+
+/// Stops every running tree that served no request for the idle time. Each stops in a task of
+/// its own, which reports back when the tree's names are free.
+fn retire_idle(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState) {
+    let idle = state.deps.idle_stop_after;
+    for id in state.deps.directory.idle(idle) {
+        let Some(slot) = state.slots.get_mut(&id) else { continue };
+        let Tree::Running(actor) = &slot.tree else { continue };
+        if !state.deps.directory.retire_if_idle(&id, idle) {
+            continue;
+        }
+        let (actor, myself) = (actor.clone(), myself.clone());
+        slot.tree = Tree::Retiring { restart: false };
+        tracing::debug!(tenant_id = %id, "stopping an idle tenant's actors");
+        tokio::spawn(async move {
+            let _ = actor.stop_and_wait(Some("idle".into()), Some(RETIRE_TIMEOUT)).await;
+            let _ = myself.cast(NodeMsg::Retired(id));
+        });
     }
 }
 
@@ -123,9 +182,10 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<NodeMsg>,
         deps: ActorDeps,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        // One timer for the node, not one per tenant.
+        // One timer each for the node, not one per tenant.
         myself.send_interval(deps.maintenance_interval, || NodeMsg::ScheduleTick);
-        Ok(SupervisorState { deps, slots: BTreeMap::new() })
+        myself.send_interval(retire_interval(deps.idle_stop_after), || NodeMsg::RetireIdle);
+        Ok(SupervisorState { deps, slots: BTreeMap::new(), scanning: false })
     }
 
     async fn post_stop(
@@ -134,7 +194,7 @@ impl Actor for NodeSupervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         for slot in state.slots.values() {
-            if let Some(actor) = &slot.actor {
+            if let Tree::Running(actor) = &slot.tree {
                 actor.stop(Some("node stopping".into()));
             }
         }
@@ -163,15 +223,57 @@ impl Actor for NodeSupervisor {
                     apply_tenant(&myself, state, tenant).await;
                 }
             }
+            NodeMsg::Activate(id) => {
+                // The applied record, which may be newer than the last sync: a tenant suspended
+                // since the request looked is not started.
+                match state.deps.custody.reader().tenant(&id) {
+                    Ok(Some(tenant)) => {
+                        apply_tenant(&myself, state, tenant).await;
+                        activate(&myself, state, &id).await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(tenant_id = %id, error = %e, "reading a tenant to start its actors failed")
+                    }
+                }
+            }
             NodeMsg::Restart(id) => {
-                if state.slots.get(&id).is_some_and(|s| s.actor.is_none() && !s.degraded) {
+                if state.slots.get(&id).is_some_and(|s| matches!(s.tree, Tree::Backoff)) {
+                    spawn_tenant(&myself, state, &id).await;
+                }
+            }
+            NodeMsg::RetireIdle => retire_idle(&myself, state),
+            NodeMsg::Retired(id) => {
+                let Some(slot) = state.slots.get_mut(&id) else { return Ok(()) };
+                let Tree::Retiring { restart } = slot.tree else { return Ok(()) };
+                slot.tree = Tree::Idle;
+                // Whatever the stopping tree published after it was retired is stale.
+                state.deps.directory.remove(&id);
+                if restart {
                     spawn_tenant(&myself, state, &id).await;
                 }
             }
             NodeMsg::ScheduleTick => {
-                if state.deps.proposer.as_ref().is_some_and(|p| p.is_leader()) {
-                    for actor in state.slots.values().filter_map(|s| s.actor.as_ref()) {
-                        let _ = actor.cast(TenantMsg::ScheduleTick);
+                let leads = state.deps.proposer.as_ref().is_some_and(|p| p.is_leader());
+                if leads && !state.scanning {
+                    state.scanning = true;
+                    let (reader, myself) = (state.deps.custody.reader().clone(), myself.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let due = due_keys(&reader, now_ms(), MAX_DUE_KEYS).unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "scanning keys for scheduled work failed");
+                            BTreeMap::new()
+                        });
+                        let _ = myself.cast(NodeMsg::Due(due));
+                    });
+                }
+            }
+            NodeMsg::Due(due) => {
+                state.scanning = false;
+                for (id, keys) in due {
+                    if activate(&myself, state, &id).await {
+                        if let Some(Slot { tree: Tree::Running(actor), .. }) = state.slots.get(&id) {
+                            let _ = actor.cast(TenantMsg::RunSchedule(keys));
+                        }
                     }
                 }
             }
@@ -195,11 +297,14 @@ impl Actor for NodeSupervisor {
             SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
             _ => return Ok(()),
         };
-        // Children stopped on purpose were removed from `slots` first, so only unexpected exits
-        // match here.
-        let failed = state.slots.iter().find(|(_, s)| s.actor.as_ref().is_some_and(|a| a.get_id() == cell.get_id()));
-        if let Some((id, _)) = failed {
-            let id = id.clone();
+        // Trees stopped on purpose were removed or marked retiring first, so only unexpected
+        // exits match here.
+        let failed = state
+            .slots
+            .iter()
+            .find(|(_, s)| matches!(&s.tree, Tree::Running(a) if a.get_id() == cell.get_id()))
+            .map(|(id, _)| id.clone());
+        if let Some(id) = failed {
             tracing::warn!(tenant_id = %id, reason = %reason, "tenant supervisor exited");
             let deps = state.deps.clone();
             if let Some(slot) = state.slots.get_mut(&id) {
@@ -215,7 +320,12 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use custos_raft::{CoreProviderKind, RegionLabel, Tenant, TenantId, TenantStatus};
+    use custos_raft::{
+        Command, CoreProviderKind, Proposal, Proposals, RegionLabel, RequestId, Tenant, TenantId, TenantStatus,
+        TypeConfig,
+    };
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
     use ractor::{call_t, Actor, ActorRef};
 
     use super::*;
@@ -239,14 +349,30 @@ mod tests {
         }
     }
 
-    fn deps(node_id: u64, max_restarts: usize, dir: &tempfile::TempDir) -> ActorDeps {
-        let (_log, _sm, reader) = custos_raft::store::open(
+    /// Supervisor dependencies over a fresh store in which `active` tenants exist.
+    async fn deps(node_id: u64, max_restarts: usize, dir: &tempfile::TempDir, active: &[&str]) -> ActorDeps {
+        let (_log, mut sm, reader) = custos_raft::store::open(
             dir.path(),
             custos_raft::store::StoreOptions { dedup_window_entries: 1000, ..Default::default() },
         )
         .unwrap();
         let provider = Arc::new(SealedLocal::new(MasterKey::new(SecretKey::generate())));
         let edge = Arc::new(MemoryEdge::new(16, Duration::from_secs(60)));
+        let custody = Arc::new(Custody::new(reader, vec![provider], CoreProviderKind::SealedLocal, edge));
+        for (index, id) in (1..).zip(active) {
+            let id = TenantId::new(*id).unwrap();
+            let roots = custody.provision_tenant(&id, None).await.unwrap();
+            let region = RegionLabel::new("eu").unwrap();
+            let command = Command::CreateTenant { id, display_name: "T".into(), region, custody: roots };
+            let proposal =
+                Proposal { request_id: RequestId::new(format!("r{index}")).unwrap(), proposed_at_ms: 0, command };
+            let entry: Entry<TypeConfig> = Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(Proposals(vec![proposal])),
+            };
+            let outcome = sm.apply([entry]).await.unwrap().pop().unwrap().pop().unwrap().outcome;
+            assert!(outcome.is_ok(), "{outcome:?}");
+        }
         ActorDeps {
             node_id,
             policy: RestartPolicy {
@@ -256,10 +382,29 @@ mod tests {
                 backoff_max: Duration::from_millis(40),
             },
             directory: Arc::new(TenantDirectory::new(8)),
-            custody: Arc::new(Custody::new(reader, vec![provider], CoreProviderKind::SealedLocal, edge)),
+            custody,
             proposer: None,
             maintenance_interval: Duration::from_secs(3600),
+            idle_stop_after: Duration::from_secs(3600),
         }
+    }
+
+    /// Starts the supervisor with every tenant in `dir`'s store, and their trees.
+    async fn started(deps: ActorDeps, running: &[&str]) -> ActorRef<NodeMsg> {
+        let node_id = deps.node_id;
+        let sup = start(deps).await;
+        let records = running.iter().map(|id| tenant(id, TenantStatus::Active, 1)).collect();
+        sup.cast(NodeMsg::Sync(records)).unwrap();
+        for id in running {
+            sup.cast(NodeMsg::Activate(TenantId::new(*id).unwrap())).unwrap();
+            for _ in 0..300 {
+                if ractor::registry::where_is(format!("custos/node-{node_id}/tenant/{id}/custody")).is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        sup
     }
 
     async fn start(deps: ActorDeps) -> ActorRef<NodeMsg> {
@@ -297,18 +442,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn active_tenants_get_actor_trees_and_others_lose_them() {
+    async fn active_tenants_get_actor_trees_when_used_and_others_lose_them() {
         let dir = tempfile::tempdir().unwrap();
-        let sup = start(deps(101, 3, &dir)).await;
+        let sup = start(deps(101, 3, &dir, &[]).await).await;
         sup.cast(NodeMsg::Sync(vec![
             tenant("a", TenantStatus::Active, 1),
             tenant("b", TenantStatus::Active, 2),
             tenant("c", TenantStatus::Suspended, 3),
         ]))
         .unwrap();
+        // Known, but nothing runs before a tenant's first request.
+        assert!(health(&sup).await.is_empty());
+        assert!(ractor::registry::where_is("custos/node-101/tenant/a").is_none());
+        // The supervisor checks the applied state, where only these two are active.
+        for id in ["a", "b", "c"] {
+            sup.cast(NodeMsg::Activate(TenantId::new(id).unwrap())).unwrap();
+        }
+        let _ = health(&sup).await;
+        assert!(health(&sup).await.is_empty(), "tenants absent from the applied state stay idle");
+        sup.cast(NodeMsg::Due(
+            [("a", "k"), ("b", "k"), ("c", "k")]
+                .into_iter()
+                .map(|(t, k)| (TenantId::new(t).unwrap(), vec![custos_raft::KeyId::new(k).unwrap()]))
+                .collect(),
+        ))
+        .unwrap();
         wait_for(&sup, "a", TenantActorState::Running, 0).await;
         wait_for(&sup, "b", TenantActorState::Running, 0).await;
-        assert_eq!(health(&sup).await.len(), 2);
+        assert_eq!(health(&sup).await.len(), 2, "due key work starts the active tenants' trees only");
         // Each tenant has its four children, named with the tenant id, all answering.
         let children = call_t!(tenant_actor(101, "a"), TenantMsg::Health, 2000).unwrap();
         assert_eq!(children.len(), 4);
@@ -338,13 +499,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_tree_without_requests_stops_and_its_next_request_starts_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deps = deps(104, 2, &dir, &["t"]).await;
+        deps.idle_stop_after = Duration::from_millis(300);
+        let directory = deps.directory.clone();
+        let sup = started(deps, &["t"]).await;
+        let t = TenantId::new("t").unwrap();
+        wait_for(&sup, "t", TenantActorState::Running, 0).await;
+
+        // Requests every 50 ms keep it for three idle times.
+        for _ in 0..18 {
+            drop(directory.admit(&t).expect("running"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(custody_actor(104, "t").is_some(), "a tree in use stays");
+
+        // Unused, it stops, children included, and its next request finds it not running.
+        let mut stopped = false;
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if health(&sup).await.is_empty() && custody_actor(104, "t").is_none() {
+                stopped = true;
+                break;
+            }
+        }
+        assert!(stopped, "the idle tree never stopped");
+        assert_eq!(directory.admit(&t).unwrap_err(), crate::Refusal::NotRunning(t.clone()));
+        // Starting again reuses the names without a failure.
+        sup.cast(NodeMsg::Activate(t.clone())).unwrap();
+        wait_for(&sup, "t", TenantActorState::Running, 0).await;
+        assert!(custody_actor(104, "t").is_some());
+        sup.stop(None);
+    }
+
+    #[tokio::test]
     async fn custody_faults_restart_then_degrade_only_that_tenant() {
         let dir = tempfile::tempdir().unwrap();
-        let deps = deps(102, 2, &dir);
+        let deps = deps(102, 2, &dir, &["bad", "good"]).await;
         let directory = deps.directory.clone();
-        let sup = start(deps).await;
-        sup.cast(NodeMsg::Sync(vec![tenant("bad", TenantStatus::Active, 1), tenant("good", TenantStatus::Active, 1)]))
-            .unwrap();
+        let sup = started(deps, &["bad", "good"]).await;
         wait_for(&sup, "bad", TenantActorState::Running, 0).await;
 
         // Two faults are restarted after backoff; the third exceeds the limit of two.
@@ -380,8 +574,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_tenant_supervisor_is_restarted_by_the_node() {
         let dir = tempfile::tempdir().unwrap();
-        let sup = start(deps(103, 2, &dir)).await;
-        sup.cast(NodeMsg::Sync(vec![tenant("t", TenantStatus::Active, 1)])).unwrap();
+        let sup = started(deps(103, 2, &dir, &["t"]).await, &["t"]).await;
         wait_for(&sup, "t", TenantActorState::Running, 0).await;
         tenant_actor(103, "t").cast(TenantMsg::Crash).unwrap();
         // The node supervisor counts the failure and restarts the tree; the new tree starts

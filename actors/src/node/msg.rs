@@ -1,4 +1,6 @@
-use custos_raft::{Tenant, TenantId};
+use std::collections::BTreeMap;
+
+use custos_raft::{KeyId, Tenant, TenantId};
 use ractor::RpcReplyPort;
 
 use crate::directory::TenantHealth;
@@ -6,15 +8,23 @@ use crate::directory::TenantHealth;
 /// Messages of the node supervisor.
 #[derive(Debug)]
 pub enum NodeMsg {
-    /// Every tenant in the applied governance state (any status). Active tenants get an actor
-    /// tree; the others, and tenants not listed, lose theirs.
+    /// Every tenant in the applied governance state (any status). Active tenants may get an
+    /// actor tree; the others, and tenants not listed, lose theirs.
     Sync(Vec<Tenant>),
-    /// Tenants that changed since the last message: each is started, updated or stopped.
+    /// Tenants that changed since the last message: each is updated or stopped.
     Changed(Vec<Tenant>),
+    /// A request found no actors of this tenant on this node: start them if it is active.
+    Activate(TenantId),
     /// Restart a failed tenant supervisor once its backoff has passed.
     Restart(TenantId),
+    /// Periodic: stop the trees that served no request for the idle time.
+    RetireIdle,
+    /// A tree stopped for idleness has finished stopping.
+    Retired(TenantId),
     /// The state of every tenant's actors on this node.
     Health(RpcReplyPort<Vec<TenantHealth>>),
-    /// Periodic: on the leader, every tenant runs its key schedule.
+    /// Periodic: on the leader, scan every tenant's keys for scheduled work that is due.
     ScheduleTick,
+    /// The scan's result: the keys with due work, by tenant. Their trees start if idle.
+    Due(BTreeMap<TenantId, Vec<KeyId>>),
 }

@@ -44,8 +44,8 @@ pub enum TenantMsg {
     Health(RpcReplyPort<Vec<ChildHealth>>),
     /// Starts the children that are not running, once a restart backoff has passed.
     RestartChildren,
-    /// Runs the tenant's key schedule (forwarded to its custody actor).
-    ScheduleTick,
+    /// Does the scheduled work of these keys (forwarded to the custody actor).
+    RunSchedule(Vec<custos_raft::KeyId>),
     /// Fails the supervisor itself, to exercise the node supervisor in tests.
     #[cfg(test)]
     Crash,

@@ -1,4 +1,4 @@
-//! The tenant supervisor: one per active tenant per node, with four children (session,
+//! The tenant supervisor: one per active tenant in use on a node, with four children (session,
 //! policy, custody, telemetry). A failed child is restarted after a backoff; more failures
 //! than the restart policy allows within its window stop every child and mark the tenant
 //! degraded on this node, until its record changes.
@@ -22,6 +22,8 @@ pub fn child_name(node_id: u64, tenant: &custos_raft::TenantId, kind: ChildKind)
 
 /// How long a health probe of one child may take.
 const PROBE_TIMEOUT_MS: u64 = 500;
+/// How long a stopping supervisor waits for each child to stop.
+const CHILD_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct TenantSupervisor;
 
@@ -156,7 +158,11 @@ impl Actor for TenantSupervisor {
     }
 
     async fn post_stop(&self, _myself: ActorRef<TenantMsg>, state: &mut TenantState) -> Result<(), ActorProcessingErr> {
-        state.stop_children("tenant supervisor stopping");
+        // Waits, so that once this supervisor has stopped its children's names are free again
+        // for the tree's next start.
+        for (_, cell) in std::mem::take(&mut state.children) {
+            let _ = cell.stop_and_wait(Some("tenant supervisor stopping".into()), Some(CHILD_STOP_TIMEOUT)).await;
+        }
         Ok(())
     }
 
@@ -194,10 +200,10 @@ impl Actor for TenantSupervisor {
                 }
                 let _ = reply.send(health);
             }
-            TenantMsg::ScheduleTick => {
+            TenantMsg::RunSchedule(keys) => {
                 if let Some(cell) = state.children.get(&ChildKind::Custody) {
-                    // A custody actor that just failed misses this tick, not the next.
-                    let _ = ActorRef::<CustodyMsg>::from(cell.clone()).cast(CustodyMsg::Tick);
+                    // A custody actor that just failed misses this scan's work, not the next.
+                    let _ = ActorRef::<CustodyMsg>::from(cell.clone()).cast(CustodyMsg::RunSchedule(keys));
                 }
             }
             TenantMsg::RestartChildren => {

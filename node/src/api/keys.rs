@@ -6,10 +6,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
+use custos_actors::{NodeMsg, Refusal};
 use custos_raft::{
     Command, KeyAlgorithm, KeyChange, KeyId, KeyPurpose, KeyRecord, KeyState, Output, Rejection, TenantId, TenantStatus,
 };
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::auth::Caller;
@@ -20,14 +22,37 @@ use custos_actors::policy::Permission;
 /// Default delay before a scheduled destruction: time to notice a mistake and cancel.
 const DEFAULT_DESTROY_DELAY_MS: u64 = 7 * 24 * 3600 * 1000;
 
+/// How long a request waits for its tenant's actors to start on this node.
+const START_WAIT: Duration = Duration::from_secs(5);
+
 /// A tenant's request may start: the tenant is active ([`super::applied_tenant`]) and its
-/// actors serve here with room under its in-flight bound. The permit is held to the end.
+/// actors serve here with room under its in-flight bound. The permit is held to the end. A
+/// tenant with no actors on this node (not used here yet, or idle for a while) has them
+/// started, and the request waits for that.
 pub(super) async fn admit(state: &AppState, tenant: &TenantId) -> Result<OwnedSemaphorePermit, ApiError> {
     match super::applied_tenant(state, tenant).await? {
-        None => Err(Rejection::TenantNotFound(tenant.clone()).into()),
-        Some(t) if t.status == TenantStatus::Deleted => Err(Rejection::TenantDeleted(tenant.clone()).into()),
-        Some(t) if t.status != TenantStatus::Active => Err(Rejection::TenantNotActive(tenant.clone()).into()),
-        Some(_) => Ok(state.directory.admit(tenant)?),
+        None => return Err(Rejection::TenantNotFound(tenant.clone()).into()),
+        Some(t) if t.status == TenantStatus::Deleted => return Err(Rejection::TenantDeleted(tenant.clone()).into()),
+        Some(t) if t.status != TenantStatus::Active => return Err(Rejection::TenantNotActive(tenant.clone()).into()),
+        Some(_) => {}
+    }
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    let mut asked = false;
+    loop {
+        // Taken before the check, so a start published in between still wakes this request.
+        let published = state.directory.published();
+        match state.directory.admit(tenant) {
+            Err(Refusal::NotRunning(_)) => {}
+            admitted => return Ok(admitted?),
+        }
+        if !asked {
+            // The supervisor reads the tenant again and starts nothing unless it is active.
+            let _ = state.supervisor.cast(NodeMsg::Activate(tenant.clone()));
+            asked = true;
+        }
+        if tokio::time::timeout_at(deadline, published).await.is_err() {
+            return Err(Refusal::NotRunning(tenant.clone()).into());
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use custos_actors::audit::Audit;
 use custos_actors::custody::Custody;
+use custos_actors::{TenantActorState, TenantDirectory};
 use custos_raft::Cluster;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -49,7 +50,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(cluster: Cluster, audit: Arc<Audit>, custody: Arc<Custody>) -> Metrics {
+    pub fn new(cluster: Cluster, audit: Arc<Audit>, custody: Arc<Custody>, directory: Arc<TenantDirectory>) -> Metrics {
         let mut registry = Registry::with_prefix("custos");
         let requests = Family::<RequestLabels, Counter>::default();
         // 100 µs to about 6.5 s.
@@ -58,7 +59,7 @@ impl Metrics {
         });
         registry.register("requests", "Audited API requests by tenant, operation and outcome", requests.clone());
         registry.register("request_duration_seconds", "API request latency by tenant", latency.clone());
-        registry.register_collector(Box::new(NodeCollector { cluster, audit, custody }));
+        registry.register_collector(Box::new(NodeCollector { cluster, audit, custody, directory }));
         Metrics { registry, requests, latency }
     }
 
@@ -86,6 +87,7 @@ struct NodeCollector {
     cluster: Cluster,
     audit: Arc<Audit>,
     custody: Arc<Custody>,
+    directory: Arc<TenantDirectory>,
 }
 
 impl std::fmt::Debug for NodeCollector {
@@ -157,6 +159,18 @@ impl Collector for NodeCollector {
                 "Commit to Kafka acknowledgement of the last batch's oldest event, or how long the oldest event still waiting has waited",
                 as_i64(lag),
             )?;
+        }
+
+        let metric = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "tenant_actor_trees",
+            "Tenants with an actor tree on this node, by state (idle tenants have none)",
+            None,
+            metric.metric_type(),
+        )?;
+        for state in [TenantActorState::Running, TenantActorState::Restarting, TenantActorState::Degraded] {
+            let count = as_i64(self.directory.count(state) as u64);
+            ConstGauge::new(count).encode(family.encode_family(&[("state", state.as_str())])?)?;
         }
 
         let providers = self.custody.provider_health();

@@ -121,7 +121,12 @@ pub struct AppParts {
 impl AppState {
     pub fn new(parts: AppParts) -> Self {
         let in_flight = Arc::new(Semaphore::new(parts.limits.max_in_flight));
-        let metrics = metrics::Metrics::new(parts.cluster.clone(), parts.audit.clone(), parts.custody.clone());
+        let metrics = metrics::Metrics::new(
+            parts.cluster.clone(),
+            parts.audit.clone(),
+            parts.custody.clone(),
+            parts.directory.clone(),
+        );
         let policy = PolicyCache::new(parts.cluster.reader().clone());
         let rate_limiter = ratelimit::RateLimiter::new(&parts.identity);
         AppState(Arc::new(AppInner {

@@ -8,7 +8,7 @@ use axum::Json;
 use custos_raft::{check_display_name, Command, CoreProviderKind, Output, RegionLabel, Tenant, TenantId, TenantStatus};
 use serde::{Deserialize, Serialize};
 
-use custos_actors::{ChildHealth, TenantHealth};
+use custos_actors::{ChildHealth, TenantActorState, TenantHealth};
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -204,10 +204,10 @@ pub async fn get(
 #[derive(Debug, Serialize)]
 pub struct ActorsView {
     node_id: u64,
-    /// `tenant_id`, `state` (`running`, `restarting`, `degraded`) and `recent_failures`;
-    /// absent when the tenant has no actors here.
+    /// `tenant_id`, `state` (`idle`: no actors here until its next request; `running`,
+    /// `restarting`, `degraded`) and `recent_failures`.
     #[serde(flatten)]
-    state: Option<TenantHealth>,
+    state: TenantHealth,
     children: Vec<ChildHealth>,
 }
 
@@ -224,7 +224,11 @@ pub async fn actors(
         return Err(custos_raft::Rejection::TenantNotFound(id).into());
     }
     let node_id = state.cluster.id();
-    let health = state.directory.health_of(&id);
+    let health = state.directory.health_of(&id).unwrap_or_else(|| TenantHealth {
+        tenant_id: id.to_string(),
+        state: TenantActorState::Idle,
+        recent_failures: 0,
+    });
     let children = custos_actors::tenant_children(node_id, &id).await.unwrap_or_default();
     Ok(Json(ActorsView { node_id, state: health, children }))
 }

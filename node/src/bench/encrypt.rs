@@ -188,7 +188,8 @@ pub(super) async fn bench_node(exe: &std::path::Path, extra_env: &[(&str, &str)]
     if reply.status != 201 {
         bail!("creating the benchmark tenant: {} {}", reply.status, reply.body);
     }
-    // The tenant's actors start right after the apply; until then: 503 tenant_starting.
+    // The first request starts the tenant's actors on node 1 and waits for them; retried in
+    // case the young cluster changes leader meanwhile.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let reply = cluster.call(1, Method::POST, "/v1/tenants/bench/keys", Some(&json!({ "id": "k" })), &[]).await?;

@@ -14,7 +14,7 @@ use super::engine::{EngineError, KvEngine, Space};
 use super::sessions::{login_key, session_key};
 use super::state_machine::{
     custody_key, key_key, key_version_key, prefix_end, tenant_key, tenant_keys_prefix, tenant_revision_key, ADMIN_KEY,
-    PENDING_SHRED_PREFIX, TENANT_PREFIX, TENANT_REVISION_PREFIX,
+    KEY_PREFIX, PENDING_SHRED_PREFIX, TENANT_PREFIX, TENANT_REVISION_PREFIX,
 };
 use crate::access::{ApiKeyRecord, IdentityBinding, LoginState, PlatformKeys, SessionRecord, TenantAccess};
 use crate::command::{CarriedEvent, CarriedPosition};
@@ -185,6 +185,16 @@ impl GovernanceReader {
             None => Bound::Included(prefix.clone()),
         };
         self.decode_range(from, prefix_end(&prefix), limit)
+    }
+
+    /// Up to `limit` keys of every tenant after `after` (a key returned by an earlier call), in
+    /// (tenant, id) order: for the leader's key schedule.
+    pub fn all_keys(&self, after: Option<&KeyRecord>, limit: usize) -> Result<Vec<KeyRecord>, ReadError> {
+        let from = match after {
+            Some(key) => Bound::Excluded(key_key(&key.tenant, &key.id)),
+            None => Bound::Included(KEY_PREFIX.to_vec()),
+        };
+        self.decode_range(from, prefix_end(KEY_PREFIX), limit)
     }
 
     /// A tenant's access state; None until its first access-control write.
