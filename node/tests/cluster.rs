@@ -216,3 +216,41 @@ async fn three_node_cluster_survives_failover_and_catches_up() {
         }
     }
 }
+
+/// Pre-vote: a follower the leader cannot reach (here a one-way fault, as for a node restarting
+/// or waiting for its catch-up snapshot) hears no leader and times out, but the other voters
+/// still hear one, so it starts no election. Without pre-vote it would raise its term, and the
+/// leader would step down on the raised term as soon as it reached the follower again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_the_leader_cannot_reach_does_not_depose_it() {
+    let mut cluster = ProcessCluster::with_links(binary(), 3, ENV).await.expect("prepare");
+    cluster.form().await.expect("form");
+    let all = cluster.ids();
+    let leader = cluster.wait_leader(&all, Duration::from_secs(10)).await.unwrap();
+    let follower = *all.iter().find(|id| **id != leader).unwrap();
+    let other = *all.iter().find(|id| **id != leader && **id != follower).unwrap();
+    let term = cluster.node_status(leader).await.unwrap()["term"].clone();
+
+    // The leader's messages stop reaching the follower for ten longest election timeouts;
+    // writes go on through the other follower.
+    cluster.link(leader, follower).unwrap().set(custos_chaos_tests::Fault::Cut);
+    for i in 0..20 {
+        let body = json!({ "id": format!("cut-{i}"), "display_name": "d", "region": "eu" });
+        let reply = cluster.call(other, Method::POST, "/v1/tenants", Some(&body), &[]).await.unwrap();
+        assert_eq!(reply.status, 201, "write {i} during the fault: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    cluster.heal();
+
+    // The follower catches up under the same leader, in the same term.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !local_tenants(&cluster, follower).await.contains("cut-19") {
+        assert!(Instant::now() < deadline, "the follower never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for node in all {
+        let status = cluster.node_status(node).await.unwrap();
+        assert_eq!(status["term"], term, "node {node}: {status}");
+        assert_eq!(status["leader_id"], leader, "node {node}: {status}");
+    }
+}

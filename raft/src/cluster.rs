@@ -14,6 +14,7 @@ use tracing::Instrument;
 use crate::batcher::{BatchLimits, Batcher, Executor};
 use crate::command::{Command, Proposal, Proposals, Response};
 use crate::network::{path, CallError, Network, PeerClient};
+use crate::prevote;
 use crate::store::{self, GovernanceReader, LogStore};
 use crate::types::{NodeId, NodeInfo, RequestId};
 use crate::TypeConfig;
@@ -151,6 +152,10 @@ struct Inner {
     /// On the leader: merges incoming batches into one log entry.
     entries: Batcher<LeaderFailure>,
     snapshot_copies: Arc<std::sync::atomic::AtomicU64>,
+    /// When this node last accepted a leader's message, for pre-votes.
+    contact: Arc<prevote::Contact>,
+    /// How recent a leader's contact must be to count as live.
+    lease: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +192,8 @@ impl Cluster {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
             snapshot_max_chunk_size: r.snapshot_chunk_bytes,
             max_in_snapshot_log_to_keep: r.log_entries_kept_after_snapshot,
+            // Off until the pre-vote guard finds a majority without a leader.
+            enable_elect: false,
             ..Default::default()
         }
         .validate()?;
@@ -202,6 +209,18 @@ impl Cluster {
             // follower's fsync, a node catching up as it joins) is not a lost quorum.
             Duration::from_millis(2 * r.election_timeout_ms_max),
             Duration::from_millis(r.heartbeat_interval_ms),
+        ));
+        let contact = Arc::new(prevote::Contact::new());
+        let lease = Duration::from_millis(r.election_timeout_ms_max);
+        tokio::spawn(prevote::guard(
+            raft.clone(),
+            options.node_id,
+            peers.clone(),
+            contact.clone(),
+            prevote::Timings {
+                tick: Duration::from_millis(r.heartbeat_interval_ms),
+                silence: Duration::from_millis(r.election_timeout_ms_min),
+            },
         ));
         let limits = BatchLimits {
             max_proposals: r.max_proposals_per_entry,
@@ -242,6 +261,8 @@ impl Cluster {
                     forward: Batcher::start(to_leader, limits),
                     entries,
                     snapshot_copies,
+                    contact,
+                    lease,
                 }
             }),
         })
@@ -257,6 +278,16 @@ impl Cluster {
 
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.inner.raft
+    }
+
+    /// A leader's append or snapshot chunk was accepted: the pre-vote guard's clock.
+    pub(crate) fn record_leader_contact(&self) {
+        self.inner.contact.record();
+    }
+
+    /// This node's pre-vote answer: whether it is in touch with a live leader.
+    pub(crate) fn live_leader(&self) -> bool {
+        prevote::live_leader(&self.inner.raft, &self.inner.contact, self.inner.lease)
     }
 
     /// Applied state, for reads after [`Cluster::read_barrier`].

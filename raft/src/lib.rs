@@ -23,6 +23,8 @@
 //! - `batcher.rs` — leader-side batching of concurrent proposals into one log entry.
 //! - `cluster.rs` — [`Cluster`], the handle the node uses: start, init, write, read barrier,
 //!   membership, status.
+//! - `prevote.rs` — pre-vote: a voter starts an election only when a majority of voters hears
+//!   no leader, so a node the leader cannot reach for a while does not depose it.
 //!
 //! This crate never imports ractor: actors learn about changes from the node, not from Raft
 //! internals.
@@ -37,6 +39,7 @@ pub mod cluster;
 pub mod command;
 pub mod directory;
 pub mod network;
+mod prevote;
 pub mod state;
 pub mod store;
 pub mod types;

@@ -14,4 +14,5 @@ pub(crate) mod path {
     pub const VOTE: &str = "/raft/vote";
     pub const SNAPSHOT: &str = "/raft/snapshot";
     pub const LEADER_OP: &str = "/cluster/leader-op";
+    pub const PRE_VOTE: &str = "/raft/pre-vote";
 }

@@ -1,0 +1,143 @@
+//! Pre-vote (Raft thesis §9.6), which openraft 0.9 lacks: a voter that stops hearing from a
+//! leader starts an election only once a majority of voters has stopped hearing from one too.
+//!
+//! Without it, a voter that only the leader cannot reach for a while — one restarting, one
+//! whose catch-up snapshot is still being encoded, one behind a one-way fault — runs out its
+//! election timeout and raises its term. Its vote requests are refused (the other voters still
+//! hear the leader), but the raised term is not: the next time the leader reaches it, the
+//! answer carries the higher term and the working leader steps down. Writes then wait for an
+//! election.
+//!
+//! Here openraft's election timer stays off (`runtime_config().elect(false)`) while this voter
+//! hears a leader, or while a majority of voters says it does (see [`live_leader`], asked over
+//! `/raft/pre-vote`); it is switched on only when a majority, this voter included, has heard
+//! from no leader within the longest election timeout. A peer that cannot be reached counts
+//! against an election: it could not vote in one either.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::{Raft, ServerState};
+
+use crate::network::{path, CallError, PeerClient};
+use crate::types::NodeId;
+use crate::TypeConfig;
+
+/// When this node last heard from a leader it accepted.
+pub(crate) struct Contact {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last contact; `u64::MAX` before the first.
+    last_ms: AtomicU64,
+}
+
+impl Contact {
+    pub(crate) fn new() -> Self {
+        Contact { epoch: Instant::now(), last_ms: AtomicU64::new(u64::MAX) }
+    }
+
+    /// A leader's append or snapshot chunk was accepted just now.
+    pub(crate) fn record(&self) {
+        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn heard_within(&self, window: Duration) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        last != u64::MAX && (self.epoch.elapsed().as_millis() as u64).saturating_sub(last) <= window.as_millis() as u64
+    }
+}
+
+/// What this node answers a pre-vote: whether it is in touch with a live leader — it leads and
+/// a quorum acknowledged it within `lease`, or it accepted a leader's message within `lease`.
+pub(crate) fn live_leader(raft: &Raft<TypeConfig>, contact: &Contact, lease: Duration) -> bool {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    match m.state {
+        ServerState::Leader => m.millis_since_quorum_ack.is_some_and(|ms| ms <= lease.as_millis() as u64),
+        _ => contact.heard_within(lease),
+    }
+}
+
+/// The timings of the guard, from the Raft configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timings {
+    /// How often the guard looks: the heartbeat interval.
+    pub tick: Duration,
+    /// Silence after which peers are asked: the shortest election timeout. Each answers with
+    /// [`live_leader`] over the longest election timeout, within which openraft's followers
+    /// refuse votes too.
+    pub silence: Duration,
+}
+
+/// Switches this node's elections on and off by the pre-vote rule until Raft shuts down.
+pub(crate) async fn guard(raft: Raft<TypeConfig>, id: NodeId, peers: PeerClient, contact: Arc<Contact>, t: Timings) {
+    let mut allowed: Option<bool> = None;
+    let mut ticker = tokio::time::interval(t.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let (state, voters) = {
+            let m = raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let voters: Vec<(NodeId, String)> = membership
+                .voter_ids()
+                .filter_map(|v| membership.get_node(&v).map(|n| (v, n.raft_addr.clone())))
+                .collect();
+            (m.state, voters)
+        };
+        let allow = match state {
+            ServerState::Shutdown => return,
+            // A leader runs no election timer; learners never elect.
+            ServerState::Leader => continue,
+            _ if !voters.iter().any(|(v, _)| *v == id) => continue,
+            _ if contact.heard_within(t.silence) => false,
+            _ => majority_without_leader(&peers, id, &voters, t.silence / 2).await,
+        };
+        if allowed != Some(allow) {
+            if allow {
+                tracing::info!("no majority of voters hears a leader; elections allowed");
+            } else if allowed.is_some() {
+                tracing::info!("a leader is live; elections held");
+            }
+            raft.runtime_config().elect(allow);
+            allowed = Some(allow);
+        }
+    }
+}
+
+/// Asks every other voter whether it hears a leader; true if a majority of all voters (this one
+/// included) does not.
+async fn majority_without_leader(
+    peers: &PeerClient,
+    id: NodeId,
+    voters: &[(NodeId, String)],
+    timeout: Duration,
+) -> bool {
+    let asks = voters.iter().filter(|(v, _)| *v != id).map(|(_, addr)| async move {
+        match peers.call::<(), bool>(addr, path::PRE_VOTE, &(), timeout).await {
+            Ok(live) => !live,
+            // A node of an earlier version has no pre-vote; it would answer a real vote by
+            // Raft's own rules, so it does not hold this one back.
+            Err(CallError::Status { status: 404, .. }) => true,
+            Err(_) => false,
+        }
+    });
+    let without_leader = 1 + futures::future::join_all(asks).await.into_iter().filter(|w| *w).count();
+    without_leader * 2 > voters.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn contact_counts_only_within_its_window() {
+        let contact = Contact::new();
+        assert!(!contact.heard_within(Duration::from_secs(3600)), "never heard");
+        contact.record();
+        assert!(contact.heard_within(Duration::from_millis(200)));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(!contact.heard_within(Duration::from_millis(20)));
+        assert!(contact.heard_within(Duration::from_secs(1)));
+    }
+}
