@@ -3,14 +3,15 @@
 //! stamps each tree's last request, which is how the node supervisor finds idle trees, and
 //! wakes requests waiting for a tree to start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use custos_raft::TenantId;
+use ractor::ActorId;
 use serde::Serialize;
-use tokio::sync::{futures::Notified, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,6 +63,8 @@ struct Entry {
     admission: Arc<Semaphore>,
     /// When a request was last admitted (or the entry made), in ms since the directory's epoch.
     last_used_ms: AtomicU64,
+    /// The tenant supervisor that published the state; `None` when the node supervisor did.
+    owner: Option<ActorId>,
 }
 
 /// Shared between the supervisors, which publish each tenant's state, and the API.
@@ -69,8 +72,8 @@ pub struct TenantDirectory {
     tenant_max_in_flight: usize,
     epoch: Instant,
     entries: RwLock<BTreeMap<TenantId, Entry>>,
-    /// Woken whenever a tenant's state is published.
-    published: Notify,
+    /// Requests waiting for a tenant's actors to start, woken when its state is published.
+    waiting: Mutex<HashMap<TenantId, Arc<Notify>>>,
 }
 
 impl TenantDirectory {
@@ -79,7 +82,7 @@ impl TenantDirectory {
             tenant_max_in_flight,
             epoch: Instant::now(),
             entries: RwLock::new(BTreeMap::new()),
-            published: Notify::new(),
+            waiting: Mutex::new(HashMap::new()),
         }
     }
 
@@ -87,31 +90,55 @@ impl TenantDirectory {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Publishes a tenant's state on behalf of the node supervisor.
     pub fn publish(&self, tenant: &TenantId, state: TenantActorState, recent_failures: usize) {
+        self.publish_by(tenant, None, state, recent_failures);
+    }
+
+    /// Publishes a tenant's state on behalf of its tenant supervisor `owner`, whose
+    /// [`Self::remove_owned`] takes it back when it stops.
+    pub fn publish_owned(&self, tenant: &TenantId, owner: ActorId, state: TenantActorState, recent_failures: usize) {
+        self.publish_by(tenant, Some(owner), state, recent_failures);
+    }
+
+    fn publish_by(&self, tenant: &TenantId, owner: Option<ActorId>, state: TenantActorState, recent_failures: usize) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         match entries.get_mut(tenant) {
             Some(entry) => {
                 entry.state = state;
                 entry.recent_failures = recent_failures;
+                entry.owner = owner;
             }
             None => {
                 let admission = Arc::new(Semaphore::new(self.tenant_max_in_flight));
                 let last_used_ms = AtomicU64::new(self.now_ms());
-                entries.insert(tenant.clone(), Entry { state, recent_failures, admission, last_used_ms });
+                entries.insert(tenant.clone(), Entry { state, recent_failures, admission, last_used_ms, owner });
             }
         }
         drop(entries);
-        self.published.notify_waiters();
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(tenant);
+        if let Some(waiting) = waiting {
+            waiting.notify_waiters();
+        }
     }
 
-    /// Completes at the next [`Self::publish`] after this call, even if it is polled later:
-    /// take it before checking [`Self::admit`], then wait on it.
-    pub fn published(&self) -> Notified<'_> {
-        self.published.notified()
+    /// What a request waiting for `tenant`'s actors waits on: notified at the tenant's next
+    /// publish. Take `notified()` before checking [`Self::admit`], then wait on it.
+    pub fn waiter(&self, tenant: &TenantId) -> Arc<Notify> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).entry(tenant.clone()).or_default().clone()
     }
 
     pub fn remove(&self, tenant: &TenantId) {
         self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(tenant);
+    }
+
+    /// Removes `tenant`'s state if `owner` published it last: a tenant supervisor that stops
+    /// takes back what it published, even if that came after the node dropped the tenant.
+    pub fn remove_owned(&self, tenant: &TenantId, owner: ActorId) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if entries.get(tenant).is_some_and(|e| e.owner == Some(owner)) {
+            entries.remove(tenant);
+        }
     }
 
     /// The running trees that admitted no request for `idle` (candidates for
@@ -231,13 +258,32 @@ mod tests {
         assert!(!dir.retire_if_idle(&a, Duration::ZERO), "already gone");
     }
 
-    #[tokio::test]
-    async fn a_waiter_taken_before_a_publish_is_woken_by_it() {
-        let dir = Arc::new(TenantDirectory::new(1));
+    #[test]
+    fn a_stopping_tree_takes_back_only_what_it_published() {
+        let dir = TenantDirectory::new(1);
         let a = TenantId::new("a").unwrap();
-        let waiter = dir.published();
+        let (old, new) = (ActorId::Local(1), ActorId::Local(2));
+        dir.publish_owned(&a, old, TenantActorState::Running, 0);
+        dir.publish_owned(&a, new, TenantActorState::Running, 0);
+        dir.remove_owned(&a, old);
+        assert!(dir.admit(&a).is_ok(), "the newer tree's state stays");
+        dir.remove_owned(&a, new);
+        assert_eq!(dir.admit(&a).unwrap_err(), Refusal::NotRunning(a.clone()));
+        dir.publish(&a, TenantActorState::Restarting, 1);
+        dir.remove_owned(&a, new);
+        assert!(dir.admit(&a).is_ok(), "the node's own state is not a tree's to take back");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_woken_by_its_tenants_next_publish_only() {
+        let dir = Arc::new(TenantDirectory::new(1));
+        let (a, b) = (TenantId::new("a").unwrap(), TenantId::new("b").unwrap());
+        let notify = dir.waiter(&a);
+        let waiter = notify.notified();
         tokio::pin!(waiter);
         assert!(dir.admit(&a).is_err());
+        dir.publish(&b, TenantActorState::Running, 0);
+        assert!(tokio::time::timeout(Duration::from_millis(50), waiter.as_mut()).await.is_err(), "another tenant");
         let publisher = {
             let (dir, a) = (dir.clone(), a.clone());
             tokio::spawn(async move { dir.publish(&a, TenantActorState::Running, 0) })

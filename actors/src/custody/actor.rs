@@ -43,30 +43,61 @@ fn is_due(record: &KeyRecord, now: u64) -> bool {
         || record.rotation_due_at_ms().is_some_and(|due| due <= now)
 }
 
-/// Every key with scheduled work due at `now`, by tenant, from one pass over all tenants' keys;
-/// at most `max_keys` of them (the next pass finds the rest).
+/// Bounds of one schedule scan: each tick does a bounded share and the next goes on from
+/// there, so keys that stay due (their work keeps failing) never starve the keys after them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScanBounds {
+    /// Key records read.
+    pub read: usize,
+    /// Due keys handed out.
+    pub due: usize,
+    /// Due keys handed to one tenant's custody actor at once.
+    pub due_per_tenant: usize,
+}
+
+/// What one scan found, and where the next one goes on (`None`: from the first key).
+#[derive(Debug, Default)]
+pub(crate) struct DueScan {
+    pub due: BTreeMap<TenantId, Vec<KeyId>>,
+    pub resume_after: Option<KeyRecord>,
+}
+
+/// The keys of `serving` tenants with scheduled work due at `now`, by tenant, scanning all
+/// tenants' keys in order after `after` within `bounds`. Keys of other tenants (suspended,
+/// degraded here) are passed over without counting.
 pub(crate) fn due_keys(
     reader: &GovernanceReader,
     now: u64,
-    max_keys: usize,
-) -> Result<BTreeMap<TenantId, Vec<KeyId>>, ReadError> {
-    let mut due: BTreeMap<TenantId, Vec<KeyId>> = BTreeMap::new();
-    let mut found = 0;
-    let mut after: Option<KeyRecord> = None;
+    after: Option<KeyRecord>,
+    serving: impl Fn(&TenantId) -> bool,
+    bounds: ScanBounds,
+) -> Result<DueScan, ReadError> {
+    let mut scan = DueScan::default();
+    let (mut read, mut found) = (0, 0);
+    let mut after = after;
     loop {
-        let page = reader.all_keys(after.as_ref(), SCAN_PAGE)?;
-        let full = page.len() == SCAN_PAGE;
-        for record in page.iter().filter(|r| is_due(r, now)) {
-            if found == max_keys {
-                return Ok(due);
+        let page = reader.all_keys(after.as_ref(), SCAN_PAGE.min(bounds.read - read))?;
+        let full = !page.is_empty() && page.len() == SCAN_PAGE.min(bounds.read - read);
+        for record in page {
+            read += 1;
+            if is_due(&record, now) && serving(&record.tenant) {
+                let keys = scan.due.entry(record.tenant.clone()).or_default();
+                keys.push(record.id.clone());
+                found += 1;
+                if found == bounds.due || keys.len() == bounds.due_per_tenant {
+                    scan.resume_after = Some(record);
+                    return Ok(scan);
+                }
             }
-            due.entry(record.tenant.clone()).or_default().push(record.id.clone());
-            found += 1;
+            after = Some(record);
         }
         if !full {
-            return Ok(due);
+            return Ok(scan);
         }
-        after = page.into_iter().last();
+        if read == bounds.read {
+            scan.resume_after = after;
+            return Ok(scan);
+        }
     }
 }
 
@@ -258,13 +289,33 @@ mod tests {
         let schedule = KeyChange::ScheduleDestroy { delay_ms: 0 };
         apply(&mut sm, 5, Command::ChangeKey { tenant: tenant.clone(), key: doomed.clone(), change: schedule }).await;
 
-        // The scan names the due keys, not the steady one, within its bound.
-        let due = due_keys(custody.reader(), now_ms(), 10).unwrap();
-        let keys = due.get(&tenant).cloned().unwrap_or_default();
-        assert_eq!(due.len(), 1);
+        // The scan names the due keys, not the steady one, of the tenants this node serves.
+        let all = ScanBounds { read: 100, due: 10, due_per_tenant: 10 };
+        let scan = due_keys(custody.reader(), now_ms(), None, |_| true, all).unwrap();
+        let keys = scan.due.get(&tenant).cloned().unwrap_or_default();
+        assert_eq!(scan.due.len(), 1);
         assert_eq!(keys, [doomed.clone(), KeyId::new("rotating").unwrap()]);
-        assert_eq!(due_keys(custody.reader(), now_ms(), 1).unwrap()[&tenant].len(), 1);
-        assert!(due_keys(custody.reader(), 0, 10).unwrap().is_empty(), "nothing is due before it falls due");
+        assert!(scan.resume_after.is_none(), "one scan covered every key");
+        assert!(due_keys(custody.reader(), 0, None, |_| true, all).unwrap().due.is_empty(), "nothing is due yet");
+        assert!(due_keys(custody.reader(), now_ms(), None, |_| false, all).unwrap().due.is_empty());
+        // Bounded scans go on where the last one stopped, and wrap around at the end.
+        for bounds in [
+            ScanBounds { read: 1, due: 10, due_per_tenant: 10 },
+            ScanBounds { read: 100, due: 1, due_per_tenant: 10 },
+            ScanBounds { read: 100, due: 10, due_per_tenant: 1 },
+        ] {
+            let (mut seen, mut after) = (Vec::new(), None);
+            for _ in 0..5 {
+                let scan = due_keys(custody.reader(), now_ms(), after, |_| true, bounds).unwrap();
+                seen.extend(scan.due.into_values().flatten());
+                after = scan.resume_after;
+                if after.is_none() {
+                    break;
+                }
+            }
+            assert_eq!(seen, keys, "{bounds:?}");
+            assert!(after.is_none(), "{bounds:?}: the pass ends within five scans");
+        }
 
         let recorder = Arc::new(Recorder::default());
         let args = CustodyArgs { tenant: tenant.clone(), custody: custody.clone(), proposer: Some(recorder.clone()) };

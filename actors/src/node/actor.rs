@@ -5,15 +5,16 @@ use custos_raft::{Tenant, TenantId, TenantStatus};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::msg::NodeMsg;
-use crate::custody::actor::{due_keys, now_ms};
+use crate::custody::actor::{due_keys, now_ms, DueScan, ScanBounds};
 use crate::directory::TenantActorState;
 use crate::restart::{FailureWindow, Verdict};
 use crate::tenant::msg::TenantMsg;
 use crate::tenant::supervisor::{TenantArgs, TenantSupervisor};
 use crate::ActorDeps;
 
-/// Keys with due scheduled work handed out per scan; the next scan finds the rest.
-const MAX_DUE_KEYS: usize = 10_000;
+/// What one schedule scan (one per `maintenance_interval`, on the leader) may do; the next goes
+/// on where it stopped.
+const SCAN_BOUNDS: ScanBounds = ScanBounds { read: 100_000, due: 10_000, due_per_tenant: 256 };
 /// How long a tree stopped for idleness may take to stop before its names are reused anyway.
 const RETIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -60,6 +61,8 @@ pub struct SupervisorState {
     slots: BTreeMap<TenantId, Slot>,
     /// A schedule scan is running; ticks skip until its result arrives.
     scanning: bool,
+    /// Where the next schedule scan goes on.
+    scan_after: Option<custos_raft::KeyRecord>,
 }
 
 impl SupervisorState {
@@ -92,6 +95,10 @@ fn stop_tenant(state: &mut SupervisorState, id: &TenantId) {
 /// Brings one tenant's slot in line with its record: updated, or stopped and removed.
 async fn apply_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, tenant: Tenant) {
     let id = tenant.id.clone();
+    // Records arrive from the sync and from activations, which may have read a newer one.
+    if state.slots.get(&id).is_some_and(|slot| slot.record.revision >= tenant.revision) {
+        return;
+    }
     if tenant.status != TenantStatus::Active {
         stop_tenant(state, &id);
         // The custody actor evicts on stop, but this node may have been down when the tenant
@@ -100,7 +107,6 @@ async fn apply_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, t
         return;
     }
     match state.slots.get_mut(&id) {
-        Some(slot) if slot.record.revision >= tenant.revision => {}
         Some(slot) => {
             slot.record = tenant.clone();
             match &slot.tree {
@@ -185,7 +191,7 @@ impl Actor for NodeSupervisor {
         // One timer each for the node, not one per tenant.
         myself.send_interval(deps.maintenance_interval, || NodeMsg::ScheduleTick);
         myself.send_interval(retire_interval(deps.idle_stop_after), || NodeMsg::RetireIdle);
-        Ok(SupervisorState { deps, slots: BTreeMap::new(), scanning: false })
+        Ok(SupervisorState { deps, slots: BTreeMap::new(), scanning: false, scan_after: None })
     }
 
     async fn post_stop(
@@ -257,18 +263,39 @@ impl Actor for NodeSupervisor {
                 let leads = state.deps.proposer.as_ref().is_some_and(|p| p.is_leader());
                 if leads && !state.scanning {
                     state.scanning = true;
+                    // Degraded tenants' keys wait until they serve again.
+                    let serving: std::collections::BTreeSet<TenantId> = state
+                        .slots
+                        .iter()
+                        .filter(|(_, s)| !matches!(s.tree, Tree::Degraded))
+                        .map(|(id, _)| id.clone())
+                        .collect();
                     let (reader, myself) = (state.deps.custody.reader().clone(), myself.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let due = due_keys(&reader, now_ms(), MAX_DUE_KEYS).unwrap_or_else(|e| {
-                            tracing::warn!(error = %e, "scanning keys for scheduled work failed");
-                            BTreeMap::new()
-                        });
-                        let _ = myself.cast(NodeMsg::Due(due));
+                    let after = state.scan_after.clone();
+                    let from = after.clone();
+                    let scan = tokio::task::spawn_blocking(move || {
+                        due_keys(&reader, now_ms(), from, |t| serving.contains(t), SCAN_BOUNDS)
+                    });
+                    // Always answers, so a failed scan never stops the schedule.
+                    tokio::spawn(async move {
+                        let scan = match scan.await {
+                            Ok(Ok(scan)) => scan,
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "scanning keys for scheduled work failed");
+                                DueScan { resume_after: after, ..DueScan::default() }
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "the scan for scheduled key work panicked");
+                                DueScan { resume_after: after, ..DueScan::default() }
+                            }
+                        };
+                        let _ = myself.cast(NodeMsg::Due { due: scan.due, resume_after: scan.resume_after });
                     });
                 }
             }
-            NodeMsg::Due(due) => {
+            NodeMsg::Due { due, resume_after } => {
                 state.scanning = false;
+                state.scan_after = resume_after;
                 for (id, keys) in due {
                     if activate(&myself, state, &id).await {
                         if let Some(Slot { tree: Tree::Running(actor), .. }) = state.slots.get(&id) {
@@ -460,13 +487,11 @@ mod tests {
         }
         let _ = health(&sup).await;
         assert!(health(&sup).await.is_empty(), "tenants absent from the applied state stay idle");
-        sup.cast(NodeMsg::Due(
-            [("a", "k"), ("b", "k"), ("c", "k")]
-                .into_iter()
-                .map(|(t, k)| (TenantId::new(t).unwrap(), vec![custos_raft::KeyId::new(k).unwrap()]))
-                .collect(),
-        ))
-        .unwrap();
+        let due = [("a", "k"), ("b", "k"), ("c", "k")]
+            .into_iter()
+            .map(|(t, k)| (TenantId::new(t).unwrap(), vec![custos_raft::KeyId::new(k).unwrap()]))
+            .collect();
+        sup.cast(NodeMsg::Due { due, resume_after: None }).unwrap();
         wait_for(&sup, "a", TenantActorState::Running, 0).await;
         wait_for(&sup, "b", TenantActorState::Running, 0).await;
         assert_eq!(health(&sup).await.len(), 2, "due key work starts the active tenants' trees only");
@@ -507,6 +532,9 @@ mod tests {
         let sup = started(deps, &["t"]).await;
         let t = TenantId::new("t").unwrap();
         wait_for(&sup, "t", TenantActorState::Running, 0).await;
+        // A record older than the one the start read changes nothing.
+        sup.cast(NodeMsg::Changed(vec![tenant("t", TenantStatus::Suspended, 0)])).unwrap();
+        assert_eq!(health(&sup).await.len(), 1, "a stale suspension stopped the tree");
 
         // Requests every 50 ms keep it for three idle times.
         for _ in 0..18 {

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use custos_raft::{KeyId, Tenant, TenantId};
+use custos_raft::{KeyId, KeyRecord, Tenant, TenantId};
 use ractor::RpcReplyPort;
 
 use crate::directory::TenantHealth;
@@ -25,6 +25,7 @@ pub enum NodeMsg {
     Health(RpcReplyPort<Vec<TenantHealth>>),
     /// Periodic: on the leader, scan every tenant's keys for scheduled work that is due.
     ScheduleTick,
-    /// The scan's result: the keys with due work, by tenant. Their trees start if idle.
-    Due(BTreeMap<TenantId, Vec<KeyId>>),
+    /// A scan's result: the keys with due work, by tenant (their trees start if idle), and
+    /// where the next scan goes on.
+    Due { due: BTreeMap<TenantId, Vec<KeyId>>, resume_after: Option<KeyRecord> },
 }

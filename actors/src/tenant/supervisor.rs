@@ -33,6 +33,8 @@ pub struct TenantArgs {
 }
 
 pub struct TenantState {
+    /// This supervisor, which owns the tenant's entry in the directory while it runs.
+    id: ractor::ActorId,
     tenant: Tenant,
     deps: ActorDeps,
     children: BTreeMap<ChildKind, ActorCell>,
@@ -53,7 +55,7 @@ impl TenantState {
         } else {
             TenantActorState::Running
         };
-        self.deps.directory.publish(&self.tenant.id, state, self.failures.recent());
+        self.deps.directory.publish_owned(&self.tenant.id, self.id, state, self.failures.recent());
     }
 
     /// Starts every child that is not running. A child that fails to start counts as a failure.
@@ -139,10 +141,11 @@ impl Actor for TenantSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<TenantMsg>,
+        myself: ActorRef<TenantMsg>,
         args: TenantArgs,
     ) -> Result<TenantState, ActorProcessingErr> {
         Ok(TenantState {
+            id: myself.get_id(),
             tenant: args.tenant,
             deps: args.deps,
             children: BTreeMap::new(),
@@ -163,6 +166,9 @@ impl Actor for TenantSupervisor {
         for (_, cell) in std::mem::take(&mut state.children) {
             let _ = cell.stop_and_wait(Some("tenant supervisor stopping".into()), Some(CHILD_STOP_TIMEOUT)).await;
         }
+        // What this tree published is stale now, even if it came after the node let go of the
+        // tenant (a start racing a suspension).
+        state.deps.directory.remove_owned(&state.tenant.id, state.id);
         Ok(())
     }
 

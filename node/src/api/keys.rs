@@ -40,7 +40,8 @@ pub(super) async fn admit(state: &AppState, tenant: &TenantId) -> Result<OwnedSe
     let mut asked = false;
     loop {
         // Taken before the check, so a start published in between still wakes this request.
-        let published = state.directory.published();
+        let waiter = state.directory.waiter(tenant);
+        let published = waiter.notified();
         match state.directory.admit(tenant) {
             Err(Refusal::NotRunning(_)) => {}
             admitted => return Ok(admitted?),
