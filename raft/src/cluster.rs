@@ -220,6 +220,8 @@ impl Cluster {
             prevote::Timings {
                 tick: Duration::from_millis(r.heartbeat_interval_ms),
                 silence: Duration::from_millis(r.election_timeout_ms_min),
+                ask: Duration::from_millis(r.election_timeout_ms_max / 2)
+                    .max(Duration::from_millis(r.heartbeat_interval_ms)),
             },
         ));
         let limits = BatchLimits {
@@ -585,16 +587,36 @@ fn unexpected(output: LeaderOutput) -> ClusterError {
 /// It steps down by granting its vote for the next term to another voter, with its own last
 /// log id — what a vote request from that voter would do, and accepted once the leader's
 /// lease has run out. Voting for a candidate that never asked only spends this node's vote in
-/// that term; the node then follows nobody until its election timer makes it a candidate.
+/// that term; the node then follows nobody until an election is allowed (see `prevote`). A
+/// leader that no quorum of its current membership has acknowledged at all counts as quiet
+/// since it began leading with that membership.
 async fn check_quorum(raft: Raft<TypeConfig>, id: NodeId, limit: Duration, every: Duration) {
     let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
     let mut ticker = tokio::time::interval(every);
+    // The term and membership this node leads with, and since when: a leader no quorum of that
+    // membership has acknowledged yet has been quiet since then.
+    type Leading = (u64, Option<openraft::LogId<NodeId>>, std::time::Instant);
+    let mut leading: Option<Leading> = None;
     loop {
         ticker.tick().await;
-        let (state, quiet_ms, term, last_index, other) = {
+        let (state, quiet_ms, term, last_index, other, membership) = {
             let m = raft.metrics().borrow().clone();
             let other = m.membership_config.membership().voter_ids().find(|v| *v != id);
-            (m.state, m.millis_since_quorum_ack, m.current_term, m.last_log_index, other)
+            let membership = *m.membership_config.log_id();
+            (m.state, m.millis_since_quorum_ack, m.current_term, m.last_log_index, other, membership)
+        };
+        let quiet_ms = match state {
+            ServerState::Leader => {
+                let since = match leading {
+                    Some((t, m, since)) if t == term && m == membership => since,
+                    _ => leading.insert((term, membership, std::time::Instant::now())).2,
+                };
+                Some(quiet_ms.unwrap_or_else(|| since.elapsed().as_millis() as u64))
+            }
+            _ => {
+                leading = None;
+                quiet_ms
+            }
         };
         match state {
             ServerState::Shutdown => return,

@@ -9,10 +9,15 @@
 //! election.
 //!
 //! Here openraft's election timer stays off (`runtime_config().elect(false)`) while this voter
-//! hears a leader, or while a majority of voters says it does (see [`live_leader`], asked over
-//! `/raft/pre-vote`); it is switched on only when a majority, this voter included, has heard
-//! from no leader within the longest election timeout. A peer that cannot be reached counts
-//! against an election: it could not vote in one either.
+//! hears a leader. Once it has heard none for the shortest election timeout it asks the other
+//! voters over `/raft/pre-vote`; each answers with [`live_leader`], judged over the longest
+//! election timeout. The timer is switched on only when a majority, this voter included, hears
+//! no leader. A peer that cannot be reached counts against an election: it could not vote in
+//! one either.
+//!
+//! This does not lengthen failover: after losing its leader, openraft itself waits out the
+//! leader's lease (the longest election timeout) plus a random election timeout before it
+//! stands, and by then the other voters' contact with the old leader is older than the lease.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -67,6 +72,8 @@ pub(crate) struct Timings {
     /// [`live_leader`] over the longest election timeout, within which openraft's followers
     /// refuse votes too.
     pub silence: Duration,
+    /// How long a peer may take to answer: half the longest election timeout, at least a tick.
+    pub ask: Duration,
 }
 
 /// Switches this node's elections on and off by the pre-vote rule until Raft shuts down.
@@ -91,7 +98,7 @@ pub(crate) async fn guard(raft: Raft<TypeConfig>, id: NodeId, peers: PeerClient,
             ServerState::Leader => continue,
             _ if !voters.iter().any(|(v, _)| *v == id) => continue,
             _ if contact.heard_within(t.silence) => false,
-            _ => majority_without_leader(&peers, id, &voters, t.silence / 2).await,
+            _ => majority_without_leader(&peers, id, &voters, t.ask).await,
         };
         if allowed != Some(allow) {
             if allow {
