@@ -229,18 +229,24 @@ impl Actor for NodeSupervisor {
                     apply_tenant(&myself, state, tenant).await;
                 }
             }
-            NodeMsg::Activate(id) => {
+            NodeMsg::Activate(id, reply) => {
                 // The applied record, which may be newer than the last sync: a tenant suspended
                 // since the request looked is not started.
-                match state.deps.custody.reader().tenant(&id) {
+                let active = match state.deps.custody.reader().tenant(&id) {
                     Ok(Some(tenant)) => {
                         apply_tenant(&myself, state, tenant).await;
                         activate(&myself, state, &id).await;
+                        state.slots.contains_key(&id)
                     }
-                    Ok(None) => {}
+                    Ok(None) => false,
                     Err(e) => {
-                        tracing::warn!(tenant_id = %id, error = %e, "reading a tenant to start its actors failed")
+                        tracing::warn!(tenant_id = %id, error = %e, "reading a tenant to start its actors failed");
+                        false
                     }
+                };
+                if let Some(reply) = reply {
+                    // The caller may have timed out; nothing to do then.
+                    let _ = reply.send(active);
                 }
             }
             NodeMsg::Restart(id) => {
@@ -423,7 +429,7 @@ mod tests {
         let records = running.iter().map(|id| tenant(id, TenantStatus::Active, 1)).collect();
         sup.cast(NodeMsg::Sync(records)).unwrap();
         for id in running {
-            sup.cast(NodeMsg::Activate(TenantId::new(*id).unwrap())).unwrap();
+            sup.cast(NodeMsg::Activate(TenantId::new(*id).unwrap(), None)).unwrap();
             for _ in 0..300 {
                 if ractor::registry::where_is(format!("custos/node-{node_id}/tenant/{id}/custody")).is_some() {
                     break;
@@ -436,6 +442,16 @@ mod tests {
 
     async fn start(deps: ActorDeps) -> ActorRef<NodeMsg> {
         Actor::spawn(None, NodeSupervisor, deps).await.expect("spawn supervisor").0
+    }
+
+    /// Asks for `id`'s actors as a request would; true if the tenant is active here.
+    async fn activate_now(sup: &ActorRef<NodeMsg>, id: &str) -> bool {
+        let id = TenantId::new(id).unwrap();
+        let answer = sup.call(|reply| NodeMsg::Activate(id, Some(reply)), Some(Duration::from_secs(1))).await;
+        match answer.expect("supervisor running") {
+            ractor::rpc::CallResult::Success(active) => active,
+            other => panic!("no answer: {other:?}"),
+        }
     }
 
     async fn health(sup: &ActorRef<NodeMsg>) -> Vec<TenantHealth> {
@@ -483,9 +499,8 @@ mod tests {
         assert!(ractor::registry::where_is("custos/node-101/tenant/a").is_none());
         // The supervisor checks the applied state, where only these two are active.
         for id in ["a", "b", "c"] {
-            sup.cast(NodeMsg::Activate(TenantId::new(id).unwrap())).unwrap();
+            assert!(!activate_now(&sup, id).await, "{id} is not active in the applied state");
         }
-        let _ = health(&sup).await;
         assert!(health(&sup).await.is_empty(), "tenants absent from the applied state stay idle");
         let due = [("a", "k"), ("b", "k"), ("c", "k")]
             .into_iter()
@@ -555,7 +570,7 @@ mod tests {
         assert!(stopped, "the idle tree never stopped");
         assert_eq!(directory.admit(&t).unwrap_err(), crate::Refusal::NotRunning(t.clone()));
         // Starting again reuses the names without a failure.
-        sup.cast(NodeMsg::Activate(t.clone())).unwrap();
+        assert!(activate_now(&sup, "t").await, "t is active");
         wait_for(&sup, "t", TenantActorState::Running, 0).await;
         assert!(custody_actor(104, "t").is_some());
         sup.stop(None);

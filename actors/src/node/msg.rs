@@ -13,8 +13,9 @@ pub enum NodeMsg {
     Sync(Vec<Tenant>),
     /// Tenants that changed since the last message: each is updated or stopped.
     Changed(Vec<Tenant>),
-    /// A request found no actors of this tenant on this node: start them if it is active.
-    Activate(TenantId),
+    /// A request found no actors of this tenant on this node: start them if it is active. The
+    /// answer, if asked for, says whether the tenant is active here (its actors run or start).
+    Activate(TenantId, Option<RpcReplyPort<bool>>),
     /// Restart a failed tenant supervisor once its backoff has passed.
     Restart(TenantId),
     /// Periodic: stop the trees that served no request for the idle time.

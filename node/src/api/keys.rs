@@ -30,11 +30,8 @@ const START_WAIT: Duration = Duration::from_secs(5);
 /// tenant with no actors on this node (not used here yet, or idle for a while) has them
 /// started, and the request waits for that.
 pub(super) async fn admit(state: &AppState, tenant: &TenantId) -> Result<OwnedSemaphorePermit, ApiError> {
-    match super::applied_tenant(state, tenant).await? {
-        None => return Err(Rejection::TenantNotFound(tenant.clone()).into()),
-        Some(t) if t.status == TenantStatus::Deleted => return Err(Rejection::TenantDeleted(tenant.clone()).into()),
-        Some(t) if t.status != TenantStatus::Active => return Err(Rejection::TenantNotActive(tenant.clone()).into()),
-        Some(_) => {}
+    if let Some(refused) = not_serving(state, tenant).await? {
+        return Err(refused);
     }
     let deadline = tokio::time::Instant::now() + START_WAIT;
     let mut asked = false;
@@ -47,14 +44,38 @@ pub(super) async fn admit(state: &AppState, tenant: &TenantId) -> Result<OwnedSe
             admitted => return Ok(admitted?),
         }
         if !asked {
-            // The supervisor reads the tenant again and starts nothing unless it is active.
-            let _ = state.supervisor.cast(NodeMsg::Activate(tenant.clone()));
             asked = true;
+            // The supervisor reads the tenant again and starts nothing unless it is active.
+            let (reply, answer) = ractor::concurrency::oneshot();
+            if state.supervisor.cast(NodeMsg::Activate(tenant.clone(), Some(reply.into()))).is_err() {
+                return Err(Refusal::NotRunning(tenant.clone()).into());
+            }
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(true)) => {}
+                // Suspended or deleted since it was read above: say so rather than wait.
+                Ok(Ok(false)) => {
+                    return Err(not_serving(state, tenant)
+                        .await?
+                        .unwrap_or_else(|| Refusal::NotRunning(tenant.clone()).into()))
+                }
+                Ok(Err(_)) | Err(_) => return Err(Refusal::NotRunning(tenant.clone()).into()),
+            }
         }
         if tokio::time::timeout_at(deadline, published).await.is_err() {
             return Err(Refusal::NotRunning(tenant.clone()).into());
         }
     }
+}
+
+/// Why `tenant`'s requests are refused by its governance state (absent, deleted, not active);
+/// `None` when it is active.
+async fn not_serving(state: &AppState, tenant: &TenantId) -> Result<Option<ApiError>, ApiError> {
+    Ok(match super::applied_tenant(state, tenant).await? {
+        None => Some(Rejection::TenantNotFound(tenant.clone()).into()),
+        Some(t) if t.status == TenantStatus::Deleted => Some(Rejection::TenantDeleted(tenant.clone()).into()),
+        Some(t) if t.status != TenantStatus::Active => Some(Rejection::TenantNotActive(tenant.clone()).into()),
+        Some(_) => None,
+    })
 }
 
 pub(super) fn key_path(path: Result<Path<(String, String)>, PathRejection>) -> Result<(TenantId, KeyId), ApiError> {
