@@ -452,6 +452,17 @@ impl ProcessCluster {
         for id in self.ids().into_iter().skip(1) {
             self.join(id, first).await?;
         }
+        // A join returns once the leader has the node in its membership; the node itself learns
+        // that (and serves, rather than answering 503 `not_initialized`) a moment later.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for id in self.ids() {
+            while self.node_status(id).await.map_or(true, |s| s["leader_id"].is_null()) {
+                if Instant::now() > deadline {
+                    bail!("node {id} knows no leader 30 s after the cluster formed");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         Ok(())
     }
 
