@@ -128,8 +128,14 @@ impl TenantDirectory {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner()).entry(tenant.clone()).or_default().clone()
     }
 
+    /// Forgets `tenant`'s state (its tree stopped or the tenant is no longer active), and
+    /// wakes any request still waiting for it, which then finds out why.
     pub fn remove(&self, tenant: &TenantId) {
         self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(tenant);
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(tenant);
+        if let Some(waiting) = waiting {
+            waiting.notify_waiters();
+        }
     }
 
     /// Removes `tenant`'s state if `owner` published it last: a tenant supervisor that stops

@@ -36,14 +36,23 @@ pub(super) async fn admit(state: &AppState, tenant: &TenantId) -> Result<OwnedSe
     let deadline = tokio::time::Instant::now() + START_WAIT;
     let mut asked = false;
     loop {
-        // Taken before the check, so a start published in between still wakes this request.
+        match state.directory.admit(tenant) {
+            Err(Refusal::NotRunning(_)) => {}
+            admitted => return Ok(admitted?),
+        }
+        // Checked again once waiting, so a start published in between still wakes this request.
         let waiter = state.directory.waiter(tenant);
         let published = waiter.notified();
         match state.directory.admit(tenant) {
             Err(Refusal::NotRunning(_)) => {}
             admitted => return Ok(admitted?),
         }
-        if !asked {
+        if asked {
+            // Woken, yet nothing runs: the tenant may have stopped being active meanwhile.
+            if let Some(refused) = not_serving(state, tenant).await? {
+                return Err(refused);
+            }
+        } else {
             asked = true;
             // The supervisor reads the tenant again and starts nothing unless it is active.
             let (reply, answer) = ractor::concurrency::oneshot();
