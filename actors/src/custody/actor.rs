@@ -47,11 +47,11 @@ fn is_due(record: &KeyRecord, now: u64) -> bool {
 /// there, so keys that stay due (their work keeps failing) never starve the keys after them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ScanBounds {
-    /// Key records read.
+    /// Key records read, of any tenant.
     pub read: usize,
     /// Due keys handed out.
     pub due: usize,
-    /// Due keys handed to one tenant's custody actor at once.
+    /// Due keys handed to one tenant per scan; its further due keys wait for the next pass.
     pub due_per_tenant: usize,
 }
 
@@ -64,7 +64,7 @@ pub(crate) struct DueScan {
 
 /// The keys of `serving` tenants with scheduled work due at `now`, by tenant, scanning all
 /// tenants' keys in order after `after` within `bounds`. Keys of other tenants (suspended,
-/// degraded here) are passed over without counting.
+/// degraded here) are read but not handed out.
 pub(crate) fn due_keys(
     reader: &GovernanceReader,
     now: u64,
@@ -72,6 +72,7 @@ pub(crate) fn due_keys(
     serving: impl Fn(&TenantId) -> bool,
     bounds: ScanBounds,
 ) -> Result<DueScan, ReadError> {
+    assert!(bounds.read > 0 && bounds.due > 0 && bounds.due_per_tenant > 0, "empty scan bounds: {bounds:?}");
     let mut scan = DueScan::default();
     let (mut read, mut found) = (0, 0);
     let mut after = after;
@@ -82,11 +83,14 @@ pub(crate) fn due_keys(
             read += 1;
             if is_due(&record, now) && serving(&record.tenant) {
                 let keys = scan.due.entry(record.tenant.clone()).or_default();
-                keys.push(record.id.clone());
-                found += 1;
-                if found == bounds.due || keys.len() == bounds.due_per_tenant {
-                    scan.resume_after = Some(record);
-                    return Ok(scan);
+                // Keys come in tenant order: past its share, a tenant's keys are passed over.
+                if keys.len() < bounds.due_per_tenant {
+                    keys.push(record.id.clone());
+                    found += 1;
+                    if found == bounds.due {
+                        scan.resume_after = Some(record);
+                        return Ok(scan);
+                    }
                 }
             }
             after = Some(record);
@@ -298,12 +302,16 @@ mod tests {
         assert!(scan.resume_after.is_none(), "one scan covered every key");
         assert!(due_keys(custody.reader(), 0, None, |_| true, all).unwrap().due.is_empty(), "nothing is due yet");
         assert!(due_keys(custody.reader(), now_ms(), None, |_| false, all).unwrap().due.is_empty());
+        // A tenant's share per scan leaves its other due keys for the next pass; the scan goes
+        // on to the end.
+        let share = ScanBounds { read: 100, due: 10, due_per_tenant: 1 };
+        let scan = due_keys(custody.reader(), now_ms(), None, |_| true, share).unwrap();
+        assert_eq!(scan.due[&tenant], std::slice::from_ref(&doomed));
+        assert!(scan.resume_after.is_none());
         // Bounded scans go on where the last one stopped, and wrap around at the end.
-        for bounds in [
-            ScanBounds { read: 1, due: 10, due_per_tenant: 10 },
-            ScanBounds { read: 100, due: 1, due_per_tenant: 10 },
-            ScanBounds { read: 100, due: 10, due_per_tenant: 1 },
-        ] {
+        for bounds in
+            [ScanBounds { read: 1, due: 10, due_per_tenant: 10 }, ScanBounds { read: 100, due: 1, due_per_tenant: 10 }]
+        {
             let (mut seen, mut after) = (Vec::new(), None);
             for _ in 0..5 {
                 let scan = due_keys(custody.reader(), now_ms(), after, |_| true, bounds).unwrap();

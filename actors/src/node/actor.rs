@@ -269,11 +269,16 @@ impl Actor for NodeSupervisor {
                 let leads = state.deps.proposer.as_ref().is_some_and(|p| p.is_leader());
                 if leads && !state.scanning {
                     state.scanning = true;
-                    // Degraded tenants' keys wait until they serve again.
+                    // Degraded tenants' keys (by the node or by their own supervisor) wait
+                    // until they serve again.
+                    let directory = &state.deps.directory;
                     let serving: std::collections::BTreeSet<TenantId> = state
                         .slots
                         .iter()
-                        .filter(|(_, s)| !matches!(s.tree, Tree::Degraded))
+                        .filter(|(id, s)| {
+                            !matches!(s.tree, Tree::Degraded)
+                                && directory.health_of(id).is_none_or(|h| h.state != TenantActorState::Degraded)
+                        })
                         .map(|(id, _)| id.clone())
                         .collect();
                     let (reader, myself) = (state.deps.custody.reader().clone(), myself.clone());

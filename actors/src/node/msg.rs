@@ -14,7 +14,8 @@ pub enum NodeMsg {
     /// Tenants that changed since the last message: each is updated or stopped.
     Changed(Vec<Tenant>),
     /// A request found no actors of this tenant on this node: start them if it is active. The
-    /// answer, if asked for, says whether the tenant is active here (its actors run or start).
+    /// answer, if asked for, says whether the tenant is active in the applied state (its
+    /// actors then run, start, wait for a restart, or are degraded, which admission reports).
     Activate(TenantId, Option<RpcReplyPort<bool>>),
     /// Restart a failed tenant supervisor once its backoff has passed.
     Restart(TenantId),
