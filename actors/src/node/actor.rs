@@ -59,6 +59,9 @@ pub struct SupervisorState {
     deps: ActorDeps,
     /// Every active tenant in the applied state, started or not.
     slots: BTreeMap<TenantId, Slot>,
+    /// The revision at which each other tenant (suspended, deleted) was last seen, so an
+    /// older record still on its way cannot bring it back.
+    inactive: std::collections::HashMap<TenantId, u64>,
     /// A schedule scan is running; ticks skip until its result arrives.
     scanning: bool,
     /// Where the next schedule scan goes on.
@@ -96,16 +99,19 @@ fn stop_tenant(state: &mut SupervisorState, id: &TenantId) {
 async fn apply_tenant(myself: &ActorRef<NodeMsg>, state: &mut SupervisorState, tenant: Tenant) {
     let id = tenant.id.clone();
     // Records arrive from the sync and from activations, which may have read a newer one.
-    if state.slots.get(&id).is_some_and(|slot| slot.record.revision >= tenant.revision) {
+    let known = state.slots.get(&id).map(|slot| slot.record.revision).or_else(|| state.inactive.get(&id).copied());
+    if known.is_some_and(|revision| revision >= tenant.revision) {
         return;
     }
     if tenant.status != TenantStatus::Active {
         stop_tenant(state, &id);
+        state.inactive.insert(id.clone(), tenant.revision);
         // The custody actor evicts on stop, but this node may have been down when the tenant
         // was suspended or deleted, and an on-disk edge cache outlives the process.
         state.deps.custody.edge().evict_tenant(&id);
         return;
     }
+    state.inactive.remove(&id);
     match state.slots.get_mut(&id) {
         Some(slot) => {
             slot.record = tenant.clone();
@@ -191,7 +197,13 @@ impl Actor for NodeSupervisor {
         // One timer each for the node, not one per tenant.
         myself.send_interval(deps.maintenance_interval, || NodeMsg::ScheduleTick);
         myself.send_interval(retire_interval(deps.idle_stop_after), || NodeMsg::RetireIdle);
-        Ok(SupervisorState { deps, slots: BTreeMap::new(), scanning: false, scan_after: None })
+        Ok(SupervisorState {
+            deps,
+            slots: BTreeMap::new(),
+            inactive: std::collections::HashMap::new(),
+            scanning: false,
+            scan_after: None,
+        })
     }
 
     async fn post_stop(
@@ -578,6 +590,14 @@ mod tests {
         assert!(activate_now(&sup, "t").await, "t is active");
         wait_for(&sup, "t", TenantActorState::Running, 0).await;
         assert!(custody_actor(104, "t").is_some());
+
+        // Suspended, the tenant stays so whatever older record still arrives: its due key work
+        // starts nothing.
+        sup.cast(NodeMsg::Changed(vec![tenant("t", TenantStatus::Suspended, 100)])).unwrap();
+        sup.cast(NodeMsg::Changed(vec![tenant("t", TenantStatus::Active, 50)])).unwrap();
+        let due = [(t.clone(), vec![custos_raft::KeyId::new("k").unwrap()])].into_iter().collect();
+        sup.cast(NodeMsg::Due { due, resume_after: None }).unwrap();
+        assert!(health(&sup).await.is_empty(), "a stale record brought the suspended tenant back");
         sup.stop(None);
     }
 
