@@ -172,7 +172,8 @@ pub struct ActorsConfig {
     pub restart_backoff_max_ms: u64,
     /// A tenant's actor tree on a node stops after this long without a request there (its
     /// next request starts it again, in a few milliseconds). Bounds the node's memory by the
-    /// tenants in use rather than every tenant.
+    /// tenants in use rather than every tenant. At least `custody.key_cache_ttl_ms`: a
+    /// stopping tree drops its tenant's cached keys.
     pub idle_stop_ms: u64,
     /// Serve `POST /v1/tenants/{tenant}/faults`, which makes one of a tenant's actors fail:
     /// for chaos and supervision tests only. Off in production.

@@ -213,6 +213,13 @@ impl Config {
             "actors.idle_stop_ms",
             "must be between 1000 (1 s) and 604800000 (7 days)".into(),
         );
+        // A stopping tree drops its tenant's cached keys; none may still be fresh then, or a
+        // core provider outage would be ridden out for less than the cache promises.
+        check(
+            a.idle_stop_ms >= self.custody.key_cache_ttl_ms,
+            "actors.idle_stop_ms",
+            format!("must be at least custody.key_cache_ttl_ms ({})", self.custody.key_cache_ttl_ms),
+        );
         for (from, to) in &self.raft.dial_overrides {
             let addr = |a: &str| a.parse::<std::net::SocketAddr>().is_ok();
             check(
@@ -528,6 +535,16 @@ mod tests {
     fn defaults_are_valid() {
         // The built-in defaults must run `custos dev` without a file.
         assert_eq!(Config::default().validate(), vec![]);
+    }
+
+    #[test]
+    fn idle_tenant_actors_stop_only_once_their_cached_keys_have_expired() {
+        let mut config = Config::default();
+        config.actors.idle_stop_ms = config.custody.key_cache_ttl_ms - 1;
+        let paths: Vec<String> = config.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, vec!["actors.idle_stop_ms"]);
+        config.actors.idle_stop_ms = config.custody.key_cache_ttl_ms;
+        assert_eq!(config.validate(), vec![]);
     }
 
     #[test]

@@ -405,7 +405,8 @@ async fn a_tenant_whose_actors_keep_failing_is_refused_on_its_node_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tenants_actors_stop_and_its_key_schedule_or_next_request_starts_them() {
-    let env: Vec<(&str, &str)> = ENV.iter().copied().chain([("CUSTOS_ACTORS__IDLE_STOP_MS", "1000")]).collect();
+    let idle = [("CUSTOS_ACTORS__IDLE_STOP_MS", "1000"), ("CUSTOS_CUSTODY__KEY_CACHE_TTL_MS", "1000")];
+    let env: Vec<(&str, &str)> = ENV.iter().copied().chain(idle).collect();
     let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
     cluster.form().await.expect("form");
     setup(&cluster, "acme", "doomed").await;
