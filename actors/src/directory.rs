@@ -210,6 +210,12 @@ impl TenantDirectory {
         entries.values().filter(|e| e.state == state).count()
     }
 
+    /// The tenants whose trees are in `state` on this node.
+    pub fn in_state(&self, state: TenantActorState) -> std::collections::BTreeSet<TenantId> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.iter().filter(|(_, e)| e.state == state).map(|(id, _)| id.clone()).collect()
+    }
+
     pub fn health(&self) -> Vec<TenantHealth> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries
@@ -242,6 +248,7 @@ mod tests {
         dir.publish(&b, TenantActorState::Degraded, 3);
         assert_eq!(dir.admit(&b).unwrap_err(), Refusal::Degraded(b.clone()));
         assert_eq!((dir.count(TenantActorState::Running), dir.count(TenantActorState::Degraded)), (1, 1));
+        assert_eq!(dir.in_state(TenantActorState::Degraded), [b.clone()].into());
         drop(_p1);
         assert!(dir.admit(&a).is_ok(), "a finished request frees its permit");
     }

@@ -210,17 +210,30 @@ impl Actor for CustodyActor {
     }
 }
 
+/// Applies `command` as the only proposal of log entry `index`, proposed at 1 000 ms, and
+/// asserts it succeeded: state for actor tests, as Raft would have applied it.
+#[cfg(test)]
+pub(crate) async fn apply_for_test(sm: &mut custos_raft::store::StateMachineStore, index: u64, command: Command) {
+    use custos_raft::{Proposals, TypeConfig};
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    let proposal =
+        Proposal { request_id: RequestId::new(format!("r{index}")).unwrap(), proposed_at_ms: 1_000, command };
+    let entry: Entry<TypeConfig> = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Proposals(vec![proposal])),
+    };
+    let outcome = sm.apply([entry]).await.unwrap().pop().unwrap().pop().unwrap().outcome;
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use custos_raft::store::StateMachineStore;
-    use custos_raft::{
-        CoreProviderKind, KeyAlgorithm, KeyChange, KeyPurpose, Proposals, RegionLabel, TenantId, TypeConfig,
-    };
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use custos_raft::{CoreProviderKind, KeyAlgorithm, KeyChange, KeyPurpose, RegionLabel, TenantId};
 
     use super::*;
     use crate::custody::edge::MemoryEdge;
@@ -243,17 +256,6 @@ mod tests {
         }
     }
 
-    async fn apply(sm: &mut StateMachineStore, index: u64, command: Command) {
-        let proposal =
-            Proposal { request_id: RequestId::new(format!("r{index}")).unwrap(), proposed_at_ms: 1_000, command };
-        let entry: Entry<TypeConfig> = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Proposals(vec![proposal])),
-        };
-        let outcome = sm.apply([entry]).await.unwrap().pop().unwrap().pop().unwrap().outcome;
-        assert!(outcome.is_ok(), "{outcome:?}");
-    }
-
     #[tokio::test]
     async fn the_leader_rotates_keys_whose_period_has_passed_and_destroys_due_keys() {
         let dir = tempfile::tempdir().unwrap();
@@ -268,7 +270,7 @@ mod tests {
         let tenant = TenantId::new("acme").unwrap();
         let roots = custody.provision_tenant(&tenant, None).await.unwrap();
         let region = RegionLabel::new("eu").unwrap();
-        apply(
+        apply_for_test(
             &mut sm,
             1,
             Command::CreateTenant { id: tenant.clone(), display_name: "A".into(), region, custody: roots },
@@ -287,11 +289,16 @@ mod tests {
                 rotation_period_ms: period,
                 material,
             };
-            apply(&mut sm, index, create).await;
+            apply_for_test(&mut sm, index, create).await;
         }
         let doomed = KeyId::new("doomed").unwrap();
         let schedule = KeyChange::ScheduleDestroy { delay_ms: 0 };
-        apply(&mut sm, 5, Command::ChangeKey { tenant: tenant.clone(), key: doomed.clone(), change: schedule }).await;
+        apply_for_test(
+            &mut sm,
+            5,
+            Command::ChangeKey { tenant: tenant.clone(), key: doomed.clone(), change: schedule },
+        )
+        .await;
 
         // The scan names the due keys, not the steady one, of the tenants this node serves.
         let all = ScanBounds { read: 100, due: 10, due_per_tenant: 10 };

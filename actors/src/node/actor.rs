@@ -283,14 +283,11 @@ impl Actor for NodeSupervisor {
                     state.scanning = true;
                     // Degraded tenants' keys (by the node or by their own supervisor) wait
                     // until they serve again.
-                    let directory = &state.deps.directory;
+                    let degraded = state.deps.directory.in_state(TenantActorState::Degraded);
                     let serving: std::collections::BTreeSet<TenantId> = state
                         .slots
                         .iter()
-                        .filter(|(id, s)| {
-                            !matches!(s.tree, Tree::Degraded)
-                                && directory.health_of(id).is_none_or(|h| h.state != TenantActorState::Degraded)
-                        })
+                        .filter(|(id, s)| !matches!(s.tree, Tree::Degraded) && !degraded.contains(*id))
                         .map(|(id, _)| id.clone())
                         .collect();
                     let (reader, myself) = (state.deps.custody.reader().clone(), myself.clone());
@@ -370,12 +367,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use custos_raft::{
-        Command, CoreProviderKind, Proposal, Proposals, RegionLabel, RequestId, Tenant, TenantId, TenantStatus,
-        TypeConfig,
-    };
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use custos_raft::{Command, CoreProviderKind, RegionLabel, Tenant, TenantId, TenantStatus};
     use ractor::{call_t, Actor, ActorRef};
 
     use super::*;
@@ -414,14 +406,7 @@ mod tests {
             let roots = custody.provision_tenant(&id, None).await.unwrap();
             let region = RegionLabel::new("eu").unwrap();
             let command = Command::CreateTenant { id, display_name: "T".into(), region, custody: roots };
-            let proposal =
-                Proposal { request_id: RequestId::new(format!("r{index}")).unwrap(), proposed_at_ms: 0, command };
-            let entry: Entry<TypeConfig> = Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-                payload: EntryPayload::Normal(Proposals(vec![proposal])),
-            };
-            let outcome = sm.apply([entry]).await.unwrap().pop().unwrap().pop().unwrap().outcome;
-            assert!(outcome.is_ok(), "{outcome:?}");
+            crate::custody::actor::apply_for_test(&mut sm, index, command).await;
         }
         ActorDeps {
             node_id,

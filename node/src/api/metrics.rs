@@ -101,6 +101,21 @@ fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) ->
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// One gauge family with one label: a value per label value.
+fn labelled_gauges<'v>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'v str, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    for (value, gauge) in values {
+        ConstGauge::new(gauge).encode(family.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
     let metric = ConstCounter::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
@@ -161,30 +176,21 @@ impl Collector for NodeCollector {
             )?;
         }
 
-        let metric = ConstGauge::new(0i64);
-        let mut family = encoder.encode_descriptor(
+        labelled_gauges(
+            &mut encoder,
             "tenant_actor_trees",
             "Tenants with an actor tree on this node, by state (idle tenants have none)",
-            None,
-            metric.metric_type(),
+            "state",
+            [TenantActorState::Running, TenantActorState::Restarting, TenantActorState::Degraded]
+                .map(|state| (state.as_str(), as_i64(self.directory.count(state) as u64))),
         )?;
-        for state in [TenantActorState::Running, TenantActorState::Restarting, TenantActorState::Degraded] {
-            let count = as_i64(self.directory.count(state) as u64);
-            ConstGauge::new(count).encode(family.encode_family(&[("state", state.as_str())])?)?;
-        }
-
-        let providers = self.custody.provider_health();
-        let metric = ConstGauge::new(0i64);
-        let mut family = encoder.encode_descriptor(
+        labelled_gauges(
+            &mut encoder,
             "key_provider_up",
             "1 when a core key provider is healthy",
-            None,
-            metric.metric_type(),
+            "provider",
+            self.custody.provider_health().into_iter().map(|h| (h.provider, i64::from(h.healthy))),
         )?;
-        for health in providers {
-            let labels = [("provider", health.provider)];
-            ConstGauge::new(i64::from(health.healthy)).encode(family.encode_family(&labels)?)?;
-        }
         Ok(())
     }
 }
