@@ -12,13 +12,15 @@
 //! hears a leader. Once it has heard none for the shortest election timeout it asks the other
 //! voters over `/raft/pre-vote`; each answers with [`live_leader`], judged over the longest
 //! election timeout. The timer is switched on only when a majority, this voter included, hears
-//! no leader. A peer that cannot be reached counts against an election: it could not vote in
-//! one either.
+//! no leader — during a membership change a majority of each configuration, as an election
+//! needs. A peer that cannot be reached counts against an election: it could not vote in one
+//! either.
 //!
 //! This does not lengthen failover: after losing its leader, openraft itself waits out the
 //! leader's lease (the longest election timeout) plus a random election timeout before it
 //! stands, and by then the other voters' contact with the old leader is older than the lease.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,14 +85,14 @@ pub(crate) async fn guard(raft: Raft<TypeConfig>, id: NodeId, peers: PeerClient,
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let (state, voters) = {
+        let (state, voters, configs) = {
             let m = raft.metrics().borrow().clone();
             let membership = m.membership_config.membership();
             let voters: Vec<(NodeId, String)> = membership
                 .voter_ids()
                 .filter_map(|v| membership.get_node(&v).map(|n| (v, n.raft_addr.clone())))
                 .collect();
-            (m.state, voters)
+            (m.state, voters, membership.get_joint_config().clone())
         };
         let allow = match state {
             ServerState::Shutdown => return,
@@ -98,7 +100,10 @@ pub(crate) async fn guard(raft: Raft<TypeConfig>, id: NodeId, peers: PeerClient,
             ServerState::Leader => continue,
             _ if !voters.iter().any(|(v, _)| *v == id) => continue,
             _ if contact.heard_within(t.silence) => false,
-            _ => majority_without_leader(&peers, id, &voters, t.ask).await,
+            _ => {
+                let without = voters_without_leader(&peers, id, &voters, t.ask).await;
+                majority_of_each(&configs, &without)
+            }
         };
         if allowed != Some(allow) {
             if allow {
@@ -112,30 +117,64 @@ pub(crate) async fn guard(raft: Raft<TypeConfig>, id: NodeId, peers: PeerClient,
     }
 }
 
-/// Asks every other voter whether it hears a leader; true if a majority of all voters (this one
-/// included) does not.
-async fn majority_without_leader(
+/// Asks every other voter whether it hears a leader; returns the voters that do not, this one
+/// included.
+async fn voters_without_leader(
     peers: &PeerClient,
     id: NodeId,
     voters: &[(NodeId, String)],
     timeout: Duration,
-) -> bool {
-    let asks = voters.iter().filter(|(v, _)| *v != id).map(|(_, addr)| async move {
-        match peers.call::<(), bool>(addr, path::PRE_VOTE, &(), timeout).await {
+) -> BTreeSet<NodeId> {
+    let asks = voters.iter().filter(|(v, _)| *v != id).map(|(v, addr)| async move {
+        let without_leader = match peers.call::<(), bool>(addr, path::PRE_VOTE, &(), timeout).await {
             Ok(live) => !live,
             // A node of an earlier version has no pre-vote; it would answer a real vote by
             // Raft's own rules, so it does not hold this one back.
             Err(CallError::Status { status: 404, .. }) => true,
             Err(_) => false,
-        }
+        };
+        without_leader.then_some(*v)
     });
-    let without_leader = 1 + futures::future::join_all(asks).await.into_iter().filter(|w| *w).count();
-    without_leader * 2 > voters.len()
+    let mut without: BTreeSet<NodeId> = futures::future::join_all(asks).await.into_iter().flatten().collect();
+    without.insert(id);
+    without
+}
+
+/// Whether `without` holds a majority of every configuration: one outside a membership change,
+/// the old and the new one during it, as a vote needs.
+fn majority_of_each(configs: &[BTreeSet<NodeId>], without: &BTreeSet<NodeId>) -> bool {
+    !configs.is_empty() && configs.iter().all(|config| config.intersection(without).count() * 2 > config.len())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn one_configuration_needs_a_strict_majority() {
+        let configs = [set(&[1, 2, 3])];
+        assert!(majority_of_each(&configs, &set(&[1, 2])));
+        assert!(!majority_of_each(&configs, &set(&[1])));
+        let even = [set(&[1, 2, 3, 4])];
+        assert!(!majority_of_each(&even, &set(&[1, 2])), "half is not a majority");
+        assert!(majority_of_each(&even, &set(&[1, 2, 3])));
+    }
+
+    #[test]
+    fn a_membership_change_needs_a_majority_of_both_configurations() {
+        // Replacing 1 by 4: 2 and 3 are a majority of both, though only half of all four.
+        let joint = [set(&[1, 2, 3]), set(&[2, 3, 4])];
+        assert!(majority_of_each(&joint, &set(&[2, 3])));
+        // A majority of all five voters, but not of the new configuration.
+        let grow = [set(&[1, 2, 3]), set(&[3, 4, 5])];
+        assert!(!majority_of_each(&grow, &set(&[1, 2, 3])));
+        assert!(majority_of_each(&grow, &set(&[2, 3, 4])));
+        assert!(!majority_of_each(&[], &set(&[1])), "no configuration, no election");
+    }
 
     #[tokio::test]
     async fn contact_counts_only_within_its_window() {
