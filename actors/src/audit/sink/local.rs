@@ -159,7 +159,8 @@ impl TenantLog {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
             Err(e) => return Err(io(e)),
         };
-        let mut segments = list_segments(&dir)?;
+        // A directory just made holds nothing to list.
+        let mut segments = if created { Vec::new() } else { list_segments(&dir)? };
         let (next, dir_dirty) = match segments.last_mut() {
             Some(last) => {
                 let (lines, bytes) = repair_and_count(&last.path)?;
