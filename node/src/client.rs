@@ -56,7 +56,8 @@ impl ApiClient {
     /// Sends a request, retrying with one Idempotency-Key while the outcome is unknown.
     pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let key = uuid::Uuid::new_v4().to_string();
+        // Time-ordered, like the ids the node makes itself (see `api::request_id`).
+        let key = uuid::Uuid::now_v7().to_string();
         let mut last = None;
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {

@@ -360,7 +360,9 @@ impl CasAttempts {
 }
 
 /// The request id of a write: the client's Idempotency-Key, or a fresh one. Generated here, at
-/// the first node, so forwarding and internal retries reuse it.
+/// the first node, so forwarding and internal retries reuse it. A fresh id is a UUIDv7: ids
+/// made later sort later, so the state machine's request records grow at one end of their key
+/// range and expire from the other, instead of rewriting pages all over it.
 pub fn request_id(headers: &HeaderMap) -> Result<RequestId, ApiError> {
     match headers.get(IDEMPOTENCY_HEADER) {
         Some(value) => {
@@ -369,7 +371,7 @@ pub fn request_id(headers: &HeaderMap) -> Result<RequestId, ApiError> {
             })?;
             RequestId::new(text).map_err(|e| ApiError::bad_request("invalid_idempotency_key", e.to_string()))
         }
-        None => Ok(RequestId::new(uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid request id")),
+        None => Ok(RequestId::new(uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid request id")),
     }
 }
 
