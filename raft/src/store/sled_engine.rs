@@ -16,14 +16,14 @@
 //! reads. A lock keeps a batch all-or-nothing for readers too, as sled's own batches are, and
 //! keeps every other write from landing between a batch's operations and the removal of its
 //! record (a crash could otherwise keep that write and then replay the older batch over it):
-//! reads and single writes share it, a batch and a whole-space replacement hold it alone. A
-//! batch that fails midway leaves the engine refusing writes until it is opened again, which
-//! completes or drops the record.
+//! reads (a long range read step by step, as sled's iterators lock) and single writes share
+//! it, a batch and a whole-space replacement hold it alone. A batch that fails midway leaves
+//! the engine refusing writes until it is opened again, which completes or drops the record.
 //!
 //! One limit is sled's, not the record's: a value over about 128 KiB is written to a file of
 //! its own that sled does not fsync, so after a power loss it may be missing while later
-//! writes survive. Stored values stay far below that (batches are split into smaller redo
-//! chunks; log entries and records are bounded by the write batch).
+//! writes survive. Redo chunks stay under it; governance records are far smaller, and a log
+//! entry reaches it only with a write batch of large proposals.
 //!
 //! A node must not go back to a release before this scheme after an unclean stop: that
 //! release ignores the `redo` tree, so it would keep a torn batch, and a later upgrade would
@@ -42,6 +42,10 @@ const REDO_TREE: &str = "redo";
 /// Bytes of operations per redo chunk: well under the largest record sled writes inline in
 /// its log (a quarter of its 512 KiB segment); a larger one goes to a file of its own.
 const REDO_CHUNK_BYTES: usize = 48 * 1024;
+
+/// Entries read under the lock at a time by a range read: the bound on how long a read holds
+/// batches back.
+const READ_STEP: usize = 1024;
 
 /// One chunk of a redo record: how many chunks the record has, the space (its index in
 /// [`Space::ALL`]) and some of the batch's operations.
@@ -221,32 +225,63 @@ impl KvEngine for SledEngine {
     fn range(
         &self,
         space: Space,
-        from: Bound<Key>,
+        mut from: Bound<Key>,
         to: Bound<Key>,
         limit: usize,
     ) -> Result<Vec<(Key, Value)>, EngineError> {
-        let _gate = self.read_gate();
-        self.tree(space)
-            .range::<Key, _>((from, to))
-            .take(limit)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
-            .collect()
+        let tree = self.tree(space);
+        let mut out = Vec::new();
+        // In steps, the lock taken for each, so a long read does not hold batches back.
+        while out.len() < limit {
+            let step = (limit - out.len()).min(READ_STEP);
+            let part = {
+                let _gate = self.read_gate();
+                tree.range::<Key, _>((from.clone(), to.clone()))
+                    .take(step)
+                    .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let done = part.len() < step;
+            if let Some((key, _)) = part.last() {
+                from = Bound::Excluded(key.clone());
+            }
+            out.extend(part);
+            if done {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn range_rev_keys(
         &self,
         space: Space,
         from: Bound<Key>,
-        to: Bound<Key>,
+        mut to: Bound<Key>,
         limit: usize,
     ) -> Result<Vec<Key>, EngineError> {
-        let _gate = self.read_gate();
-        self.tree(space)
-            .range::<Key, _>((from, to))
-            .rev()
-            .take(limit)
-            .map(|r| r.map(|(k, _)| k.to_vec()).map_err(err))
-            .collect()
+        let tree = self.tree(space);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let step = (limit - out.len()).min(READ_STEP);
+            let part = {
+                let _gate = self.read_gate();
+                tree.range::<Key, _>((from.clone(), to.clone()))
+                    .rev()
+                    .take(step)
+                    .map(|r| r.map(|(k, _)| k.to_vec()).map_err(err))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let done = part.len() < step;
+            if let Some(key) = part.last() {
+                to = Bound::Excluded(key.clone());
+            }
+            out.extend(part);
+            if done {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn last(&self, space: Space) -> Result<Option<(Key, Value)>, EngineError> {
@@ -390,6 +425,23 @@ mod tests {
         let e = engine(dir.path());
         e.write(Space::State, batch(&[("a", Some("1")), ("b", Some("2"))])).unwrap();
         assert_eq!(value(&e, "b").as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn range_reads_longer_than_a_step_return_every_key_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path());
+        let keys: Vec<Key> = (0..2 * READ_STEP as u32 + 10).map(|i| i.to_be_bytes().to_vec()).collect();
+        e.put_each(Space::Log, keys.iter().map(|k| (k.clone(), b"v".to_vec())).collect()).unwrap();
+        let all = e.range(Space::Log, Bound::Unbounded, Bound::Unbounded, usize::MAX).unwrap();
+        assert_eq!(all.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), keys);
+        let some = e.range(Space::Log, Bound::Excluded(keys[5].clone()), Bound::Unbounded, READ_STEP + 3).unwrap();
+        assert_eq!(some.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), keys[6..READ_STEP + 9].to_vec());
+        let rev =
+            e.range_rev_keys(Space::Log, Bound::Unbounded, Bound::Excluded(keys[2000].clone()), usize::MAX).unwrap();
+        assert_eq!(rev, keys[..2000].iter().rev().cloned().collect::<Vec<_>>());
+        let rev_some = e.range_rev_keys(Space::Log, Bound::Included(keys[10].clone()), Bound::Unbounded, 1500).unwrap();
+        assert_eq!(rev_some, keys.iter().rev().take(1500).cloned().collect::<Vec<_>>());
     }
 
     #[test]
