@@ -142,6 +142,30 @@ impl SledEngine {
         Ok(())
     }
 
+    /// Reads up to `limit` items in steps of at most [`READ_STEP`], the lock taken for each, so
+    /// a long read does not hold batches back. `step(n, last)` reads up to `n` items following
+    /// `last`, the final item of the step before (`None` for the first).
+    fn read_in_steps<T>(
+        &self,
+        limit: usize,
+        mut step: impl FnMut(usize, Option<&T>) -> Result<Vec<T>, EngineError>,
+    ) -> Result<Vec<T>, EngineError> {
+        let mut out: Vec<T> = Vec::new();
+        while out.len() < limit {
+            let wanted = (limit - out.len()).min(READ_STEP);
+            let part = {
+                let _gate = self.read_gate();
+                step(wanted, out.last())?
+            };
+            let done = part.len() < wanted;
+            out.extend(part);
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     fn apply_ops(tree: &sled::Tree, ops: Vec<(Key, Option<Value>)>) -> Result<(), EngineError> {
         for (key, value) in ops {
             match value {
@@ -225,63 +249,36 @@ impl KvEngine for SledEngine {
     fn range(
         &self,
         space: Space,
-        mut from: Bound<Key>,
+        from: Bound<Key>,
         to: Bound<Key>,
         limit: usize,
     ) -> Result<Vec<(Key, Value)>, EngineError> {
         let tree = self.tree(space);
-        let mut out = Vec::new();
-        // In steps, the lock taken for each, so a long read does not hold batches back.
-        while out.len() < limit {
-            let step = (limit - out.len()).min(READ_STEP);
-            let part = {
-                let _gate = self.read_gate();
-                tree.range::<Key, _>((from.clone(), to.clone()))
-                    .take(step)
-                    .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
-                    .collect::<Result<Vec<_>, _>>()?
-            };
-            let done = part.len() < step;
-            if let Some((key, _)) = part.last() {
-                from = Bound::Excluded(key.clone());
-            }
-            out.extend(part);
-            if done {
-                break;
-            }
-        }
-        Ok(out)
+        self.read_in_steps(limit, |step, after: Option<&(Key, Value)>| {
+            let from = after.map_or_else(|| from.clone(), |(key, _)| Bound::Excluded(key.clone()));
+            tree.range::<Key, _>((from, to.clone()))
+                .take(step)
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
+                .collect()
+        })
     }
 
     fn range_rev_keys(
         &self,
         space: Space,
         from: Bound<Key>,
-        mut to: Bound<Key>,
+        to: Bound<Key>,
         limit: usize,
     ) -> Result<Vec<Key>, EngineError> {
         let tree = self.tree(space);
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let step = (limit - out.len()).min(READ_STEP);
-            let part = {
-                let _gate = self.read_gate();
-                tree.range::<Key, _>((from.clone(), to.clone()))
-                    .rev()
-                    .take(step)
-                    .map(|r| r.map(|(k, _)| k.to_vec()).map_err(err))
-                    .collect::<Result<Vec<_>, _>>()?
-            };
-            let done = part.len() < step;
-            if let Some(key) = part.last() {
-                to = Bound::Excluded(key.clone());
-            }
-            out.extend(part);
-            if done {
-                break;
-            }
-        }
-        Ok(out)
+        self.read_in_steps(limit, |step, after: Option<&Key>| {
+            let to = after.map_or_else(|| to.clone(), |key| Bound::Excluded(key.clone()));
+            tree.range::<Key, _>((from.clone(), to))
+                .rev()
+                .take(step)
+                .map(|r| r.map(|(k, _)| k.to_vec()).map_err(err))
+                .collect()
+        })
     }
 
     fn last(&self, space: Space) -> Result<Option<(Key, Value)>, EngineError> {
