@@ -111,6 +111,23 @@ pub async fn put(http: &reqwest::Client, url: &str, key: &str, value: &[u8]) -> 
     matches!(http.post(format!("{url}/v3/kv/put")).json(&body).send().await, Ok(r) if r.status().is_success())
 }
 
+/// One etcd create-if-absent through the v3 JSON gateway: a transaction that puts `key` only
+/// if it has never been created (`create_revision == 0`), as a store built on etcd creates a
+/// record. True if the transaction committed and its comparison held.
+pub async fn create(http: &reqwest::Client, url: &str, key: &str, value: &[u8]) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.encode(key);
+    let body = json!({
+        "compare": [{ "key": key, "result": "EQUAL", "target": "CREATE", "create_revision": "0" }],
+        "success": [{ "request_put": { "key": key, "value": b64.encode(value) } }],
+    });
+    let Ok(reply) = http.post(format!("{url}/v3/kv/txn")).json(&body).send().await else { return false };
+    if !reply.status().is_success() {
+        return false;
+    }
+    matches!(reply.json::<serde_json::Value>().await, Ok(v) if v["succeeded"] == true)
+}
+
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         for child in &mut self.children {

@@ -4,19 +4,24 @@
 //! the servers' resident memory after each run, and the ratios.
 //!
 //! Two Custos writes per client count:
-//! - `create`: `POST /v1/tenants` — the governance record plus what a new tenant brings on
-//!   every node: its custody root, its supervised actor tree, its audit log;
+//! - `create`: `POST /v1/tenants` — the governance record plus what a new tenant brings: its
+//!   custody root (replicated) and its audit log (on the node that took the request); its
+//!   actor trees start with its first use on a node, which the bench does not make;
 //! - `update`: `PATCH /v1/tenants/{id}` — the governance record alone (each client rewrites
 //!   the display name of a tenant of its own, created before the run).
 //!
-//! etcd puts the same JSON value under a new key each time.
+//! Two etcd writes, each of the same JSON value under a new key:
+//! - `put`: a plain put, compared with updates (and, as the cheapest etcd write, with creates);
+//! - `create`: a transaction that puts the key only if it was never created, as a store built
+//!   on etcd creates a record (Kubernetes' API server does this); compared with creates, which
+//!   likewise refuse an existing tenant.
 //!
 //! Each run starts once every server (both systems share the machine) is idle, or after 30 s,
 //! and its fsyncs and CPU are counted until they are idle again: the work a run of creates
-//! leaves behind (tenant actors starting on every node) is charged to the creates, not to the
-//! next run.
+//! leaves behind (audit events still shipping, applies on followers) is charged to the
+//! creates, not to the next run.
 //!
-//! With `--rounds N` each client count runs the three N times in turn, every run is printed,
+//! With `--rounds N` each client count runs the four N times in turn, every run is printed,
 //! and each ratio is the median over the rounds of the ratio within a round (whose runs are
 //! close in time, so a slow spell of the shared machine hits both systems alike).
 //!
@@ -38,6 +43,11 @@ use serde_json::json;
 
 use super::etcd::{self, EtcdCluster};
 use super::load::{cpu_seconds, drive, resident_bytes, settle, RunStats};
+
+/// Each Custos write and the etcd operation it is compared with: a create with etcd's
+/// create-if-absent (both refuse an existing record), an update with a put; creates against
+/// puts too, the cheapest etcd write.
+const PAIRS: [(&str, &str); 3] = [("create", "create"), ("create", "put"), ("update", "put")];
 
 /// The longest wait for the servers to go idle before a run.
 const SETTLE_AT_MOST: Duration = Duration::from_secs(30);
@@ -237,37 +247,41 @@ pub async fn run(options: Options) -> Result<()> {
         let after = custos_counters().await?;
         push_row(&mut rows, ("custos", "update"), (clients, round), stats, (&before, &after));
 
-        // Idle since the update run's end.
-        let before = etcd_counters().await?;
-        let (e, h, n, r) = (etcd.clone(), http.clone(), name.clone(), run.clone());
-        let stats = drive(clients, options.duration, move |client, seq| {
-            let (e, h) = (e.clone(), h.clone());
-            let run = &r;
-            let value =
-                json!({ "id": format!("r{run}-{client}-{seq}"), "display_name": n, "region": "bench" }).to_string();
-            let key = format!("/tenants/r{run}-{client}-{seq}");
-            async move {
-                let url = &e.client_urls[client % e.client_urls.len()];
-                etcd::put(&h, url, &key, value.as_bytes()).await
-            }
-        })
-        .await;
-        settle(&servers(), SETTLE_AT_MOST).await;
-        let after = etcd_counters().await?;
-        push_row(&mut rows, ("etcd", "put"), (clients, round), stats, (&before, &after));
+        // Each starts idle: the update run's end, then the put run's, was settled.
+        for (op, prefix) in [("put", "r"), ("create", "c")] {
+            let before = etcd_counters().await?;
+            let (e, h, n, r) = (etcd.clone(), http.clone(), name.clone(), run.clone());
+            let stats = drive(clients, options.duration, move |client, seq| {
+                let (e, h) = (e.clone(), h.clone());
+                let id = format!("{prefix}{}-{client}-{seq}", &r);
+                let value = json!({ "id": id, "display_name": n, "region": "bench" }).to_string();
+                let key = format!("/tenants/{id}");
+                async move {
+                    let url = &e.client_urls[client % e.client_urls.len()];
+                    match op {
+                        "create" => etcd::create(&h, url, &key, value.as_bytes()).await,
+                        _ => etcd::put(&h, url, &key, value.as_bytes()).await,
+                    }
+                }
+            })
+            .await;
+            settle(&servers(), SETTLE_AT_MOST).await;
+            let after = etcd_counters().await?;
+            push_row(&mut rows, ("etcd", op), (clients, round), stats, (&before, &after));
+        }
     }
 
     println!();
     println!(
-        "{:<7} {:>7} {:>18} {:>16} {:>16} {:>16}",
-        "op", "clients", "ops/s custos/etcd", "p50 custos/etcd", "p99 custos/etcd", "cpu custos/etcd"
+        "{:<7} {:<7} {:>7} {:>18} {:>16} {:>16} {:>16}",
+        "custos", "etcd", "clients", "ops/s custos/etcd", "p50 custos/etcd", "p99 custos/etcd", "cpu custos/etcd"
     );
     for &clients in &options.clients {
-        for op in ["create", "update"] {
-            let ratios = Ratios::of(&rows, op, clients);
+        for (op, etcd_op) in PAIRS {
+            let ratios = Ratios::of(&rows, (op, etcd_op), clients);
             println!(
-                "{:<7} {:>7} {:>18.2} {:>16.2} {:>16.2} {:>16.2}",
-                op, clients, ratios.ops_per_sec, ratios.p50, ratios.p99, ratios.cpu
+                "{:<7} {:<7} {:>7} {:>18.2} {:>16.2} {:>16.2} {:>16.2}",
+                op, etcd_op, clients, ratios.ops_per_sec, ratios.p50, ratios.p99, ratios.cpu
             );
         }
     }
@@ -288,12 +302,14 @@ struct Ratios {
 }
 
 impl Ratios {
-    fn of(rows: &[Row], op: &str, clients: usize) -> Ratios {
+    fn of(rows: &[Row], (op, etcd_op): (&str, &str), clients: usize) -> Ratios {
         let pairs: Vec<(&Row, &Row)> = rows
             .iter()
-            .filter(|c| c.op == op && c.clients == clients)
+            .filter(|c| c.system == "custos" && c.op == op && c.clients == clients)
             .filter_map(|c| {
-                let etcd = rows.iter().find(|e| e.op == "put" && e.clients == clients && e.round == c.round)?;
+                let etcd = rows
+                    .iter()
+                    .find(|e| e.system == "etcd" && e.op == etcd_op && e.clients == clients && e.round == c.round)?;
                 Some((c, etcd))
             })
             .collect();
