@@ -254,3 +254,53 @@ async fn a_follower_the_leader_cannot_reach_does_not_depose_it() {
         assert_eq!(status["leader_id"], leader, "node {node}: {status}");
     }
 }
+
+/// The first linearizable read on `node` that gets an answer, retried while the node is still
+/// starting or has no quorum yet.
+async fn first_read(cluster: &ProcessCluster, node: u64, path: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(reply) = cluster.get(node, path).await {
+            if reply.status == 200 {
+                return reply.body;
+            }
+            assert!(reply.status >= 500, "node {node} refused the read: {} {}", reply.status, reply.body);
+        }
+        assert!(Instant::now() < deadline, "node {node} served no read after restarting");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Every node is killed right after a write is acknowledged, so neither the committed index
+/// nor the applied state behind it is flushed, then all restart. The old leader leads its
+/// term again without an election; the first read it serves must still see the write, which
+/// is in its flushed log. A single node (`custos dev`) must not wait forever either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_read_after_a_full_restart_sees_the_last_acknowledged_write() {
+    for nodes in [3, 1] {
+        full_restarts(nodes).await;
+    }
+}
+
+async fn full_restarts(nodes: u64) {
+    let mut cluster = ProcessCluster::new(binary(), nodes, ENV).expect("prepare cluster");
+    cluster.form().await.expect("form cluster");
+    let all = cluster.ids();
+    let mut leader = cluster.wait_leader(&all, Duration::from_secs(10)).await.unwrap();
+    assert!(create(&cluster, leader, "register").await);
+    for round in 0..4 {
+        let name = format!("acknowledged before crash {round}");
+        let body = json!({ "display_name": name });
+        let reply = cluster.call(leader, Method::PATCH, "/v1/tenants/register", Some(&body), &[]).await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        for id in &all {
+            cluster.kill(*id).unwrap();
+        }
+        for id in &all {
+            cluster.start(*id).unwrap();
+        }
+        let read = first_read(&cluster, leader, "/v1/tenants/register").await;
+        assert_eq!(read["display_name"], name.as_str(), "{nodes} node(s), round {round}: a stale read");
+        leader = cluster.wait_leader(&all, Duration::from_secs(20)).await.unwrap();
+    }
+}

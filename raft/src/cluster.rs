@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{ChangeMembers, Raft, ServerState};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -156,6 +157,42 @@ struct Inner {
     contact: Arc<prevote::Contact>,
     /// How recent a leader's contact must be to count as live.
     lease: Duration,
+    /// Set when this node started as the leader of its term; see [`RestoredLeadership`].
+    restored: Option<RestoredLeadership>,
+}
+
+/// A node whose stored vote is its own committed one starts as the leader of that term again,
+/// without an election, so openraft appends no blank entry in a new term. It then takes its
+/// read index from the committed index it restored, and the committed marker is not flushed
+/// (nor is the applied state): after a crash, that index can be older than writes this
+/// leader acknowledged before it, which are in its flushed log. A linearizable read served
+/// from it would miss them. So while the term lasts, a read index is at least the last log
+/// index stored at start: everything the leader may have acknowledged. Its entries belong to
+/// this leader's term or precede one that does, so they commit as soon as a quorum holds them
+/// again; once the term ends, a new leader's blank entry bounds reads as openraft intends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RestoredLeadership {
+    term: u64,
+    last_log_index: u64,
+}
+
+impl RestoredLeadership {
+    fn at_start(
+        id: NodeId,
+        vote: Option<&openraft::Vote<NodeId>>,
+        last_log: Option<openraft::LogId<NodeId>>,
+    ) -> Option<Self> {
+        let vote = vote?;
+        (vote.is_committed() && vote.leader_id().voted_for() == Some(id)).then(|| RestoredLeadership {
+            term: vote.leader_id().get_term(),
+            last_log_index: last_log.map_or(0, |l| l.index),
+        })
+    }
+
+    /// The least read index while the leader is in `term`.
+    fn floor(restored: Option<Self>, term: u64) -> u64 {
+        restored.filter(|r| r.term == term).map_or(0, |r| r.last_log_index)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +234,19 @@ impl Cluster {
             ..Default::default()
         }
         .validate()?;
+        let restored = {
+            let mut log = log.clone();
+            let vote = log.read_vote().await.map_err(|e| store::EngineError(format!("reading the vote: {e}")))?;
+            let state = log.get_log_state().await.map_err(|e| store::EngineError(format!("reading the log: {e}")))?;
+            RestoredLeadership::at_start(options.node_id, vote.as_ref(), state.last_log_id)
+        };
+        if let Some(r) = restored {
+            tracing::info!(
+                term = r.term,
+                last_log_index = r.last_log_index,
+                "starting as the leader of its term again"
+            );
+        }
         let peers = PeerClient::new(options.peer_tls, options.raft.dial_overrides.clone())?;
         let snapshot_copies = sm.copies_encoded();
         let raft = Raft::new(options.node_id, Arc::new(config), Network::new(peers.clone()), log.clone(), sm)
@@ -265,6 +315,7 @@ impl Cluster {
                     snapshot_copies,
                     contact,
                     lease,
+                    restored,
                 }
             }),
         })
@@ -502,7 +553,11 @@ impl Cluster {
                 self.inner.entries.submit(proposals.0, stopped).await.map(LeaderOutput::Written)
             }
             LeaderOp::ReadIndex => match raft.get_read_log_id().await {
-                Ok((read_log_id, _)) => Ok(LeaderOutput::ReadIndex(read_log_id.map(|l| l.index).unwrap_or(0))),
+                Ok((read_log_id, _)) => {
+                    let index = read_log_id.map(|l| l.index).unwrap_or(0);
+                    let term = raft.metrics().borrow().current_term;
+                    Ok(LeaderOutput::ReadIndex(index.max(RestoredLeadership::floor(self.inner.restored, term))))
+                }
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(LeaderFailure::NotLeader),
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(LeaderFailure::Failed(
                     ClusterError::Unavailable(format!("no quorum confirmed leadership: {q}")),
@@ -648,5 +703,35 @@ fn server_state(state: ServerState, voter: bool) -> &'static str {
         ServerState::Follower if voter => "follower",
         ServerState::Follower | ServerState::Learner => "learner",
         ServerState::Shutdown => "shutdown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{LogId, Vote};
+
+    use super::RestoredLeadership;
+
+    fn log_id(term: u64, index: u64) -> Option<LogId<u64>> {
+        Some(LogId::new(openraft::CommittedLeaderId::new(term, 1), index))
+    }
+
+    #[test]
+    fn only_a_node_whose_committed_vote_is_its_own_starts_as_leader() {
+        let restored = RestoredLeadership::at_start(1, Some(&Vote::new_committed(7, 1)), log_id(7, 420));
+        assert_eq!(restored, Some(RestoredLeadership { term: 7, last_log_index: 420 }));
+        // Another node's leadership, a vote not yet won, no vote at all.
+        assert_eq!(RestoredLeadership::at_start(2, Some(&Vote::new_committed(7, 1)), log_id(7, 420)), None);
+        assert_eq!(RestoredLeadership::at_start(1, Some(&Vote::new(7, 1)), log_id(7, 420)), None);
+        assert_eq!(RestoredLeadership::at_start(1, None, None), None);
+    }
+
+    #[test]
+    fn reads_wait_for_the_whole_stored_log_while_the_restored_term_lasts() {
+        let restored = Some(RestoredLeadership { term: 7, last_log_index: 420 });
+        assert_eq!(RestoredLeadership::floor(restored, 7), 420);
+        // A later term began with a blank entry of its own, past everything stored before.
+        assert_eq!(RestoredLeadership::floor(restored, 8), 0);
+        assert_eq!(RestoredLeadership::floor(None, 7), 0);
     }
 }

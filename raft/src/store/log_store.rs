@@ -138,7 +138,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        // Not flushed: a lost committed marker only means re-learning it from the leader.
+        // Not flushed: a follower re-learns a lost marker from the leader; a node that starts
+        // as the leader of its term again bounds its reads by its whole log instead
+        // (`RestoredLeadership` in cluster.rs).
         let mut batch = Batch::default();
         batch.put(COMMITTED_KEY, encode(&committed).map_err(|e| StorageIOError::write(&e))?);
         self.engine.write(Space::Meta, batch).map_err(|e| StorageIOError::write(&e))?;
