@@ -35,6 +35,7 @@ fn settings(bao: &OpenBaoServer, auth: AuthSettings) -> VaultSettings {
     VaultSettings {
         address: bao.addr().unwrap(),
         ca_file: None,
+        server_cert_sha256: Vec::new(),
         namespace_prefix: "custos-test".into(),
         transit_mount: "transit".into(),
         root_key_name: "custos-root".into(),

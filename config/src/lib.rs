@@ -22,6 +22,7 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load, load_from_str, ENV_PREFIX};
+pub use model::parse_sha256_fingerprint;
 pub use model::{
     ActorsConfig, ApiConfig, AuditConfig, AuditKafkaConfig, AuditLocalConfig, AuditModeConfig, AuditSinkKind, Config,
     CoreProvider, CustodyConfig, EdgeProvider, IdentityConfig, KafkaSaslMechanism, KafkaSecurityProtocol,

@@ -262,8 +262,13 @@ pub enum VaultAuthMethod {
 pub struct VaultConfig {
     /// e.g. `https://vault.example:8200`. Unset: no Vault provider on this node.
     pub address: Option<String>,
-    /// The only CA trusted for the Vault server's certificate (pinned).
+    /// The only CA trusted for the Vault server's certificate (pinned); the system's roots
+    /// when unset.
     pub ca_file: Option<PathBuf>,
+    /// SHA-256 digests of the Vault server's own certificate (its DER; hex, ':' between bytes
+    /// allowed). When any are given, the certificate must also be one of them. List the next
+    /// certificate's digest too before rotating it.
+    pub server_cert_sha256: Vec<String>,
     /// Parent namespace of the tenants' namespaces (`<prefix>/<tenant>`).
     pub namespace_prefix: String,
     pub transit_mount: String,
@@ -287,11 +292,27 @@ pub struct VaultConfig {
     pub breaker_cooldown_ms: u64,
 }
 
+/// A certificate's SHA-256 digest from its hex form (64 digits, optionally ':' between
+/// bytes, either case), as `openssl x509 -fingerprint -sha256` prints it.
+pub fn parse_sha256_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let digits: Vec<u8> = text.trim().bytes().filter(|b| *b != b':').collect();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
 impl Default for VaultConfig {
     fn default() -> Self {
         VaultConfig {
             address: None,
             ca_file: None,
+            server_cert_sha256: Vec::new(),
             namespace_prefix: "custos".into(),
             transit_mount: "transit".into(),
             root_key_name: "custos-root".into(),

@@ -176,6 +176,18 @@ impl Config {
         if let Some(file) = &v.ca_file {
             check(file.is_file(), "custody.vault.ca_file", format!("file {} does not exist", file.display()));
         }
+        for (i, pin) in v.server_cert_sha256.iter().enumerate() {
+            check(
+                crate::model::parse_sha256_fingerprint(pin).is_some(),
+                &format!("custody.vault.server_cert_sha256[{i}]"),
+                "must be a SHA-256 digest: 64 hex digits, optionally ':' between bytes".into(),
+            );
+        }
+        check(
+            v.server_cert_sha256.is_empty() || v.address.as_deref().is_some_and(|a| a.starts_with("https://")),
+            "custody.vault.server_cert_sha256",
+            "pins a certificate, so custody.vault.address must be an https:// URL".into(),
+        );
         for (path, value) in [
             ("custody.vault.namespace_prefix", &v.namespace_prefix),
             ("custody.vault.transit_mount", &v.transit_mount),
@@ -582,6 +594,28 @@ mod tests {
             paths,
             vec!["audit.ship_stalled_after_ms", "audit.ship_stop_grace_ms", "audit.kafka.request_timeout_ms"]
         );
+    }
+
+    #[test]
+    fn vault_certificate_pins_are_sha256_digests_and_need_https() {
+        let mut config = Config::default();
+        config.custody.vault.address = Some("http://127.0.0.1:8200".into());
+        config.custody.vault.token_env = Some("VAULT_TOKEN".into());
+        let digest = "AB:".repeat(31) + "AB";
+        config.custody.vault.server_cert_sha256 = vec![digest.clone(), "ab".repeat(31), "zz".repeat(32)];
+        let paths: Vec<String> = config.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "custody.vault.server_cert_sha256[1]",
+                "custody.vault.server_cert_sha256[2]",
+                "custody.vault.server_cert_sha256"
+            ]
+        );
+        config.custody.vault.address = Some("https://vault.example:8200".into());
+        config.custody.vault.server_cert_sha256 = vec![digest.clone(), "cd".repeat(32)];
+        assert_eq!(config.validate(), vec![]);
+        assert_eq!(crate::parse_sha256_fingerprint(&digest), Some([0xab; 32]));
     }
 
     #[test]

@@ -45,9 +45,20 @@ fn vault_settings(v: &VaultConfig, address: &str) -> Result<VaultSettings, NodeE
             jwt_file: v.kubernetes_jwt_file.clone(),
         },
     };
+    let server_cert_sha256 = v
+        .server_cert_sha256
+        .iter()
+        .enumerate()
+        .map(|(i, pin)| {
+            custos_config::parse_sha256_fingerprint(pin).ok_or_else(|| {
+                NodeError::Vault(format!("custody.vault.server_cert_sha256[{i}] is not a SHA-256 digest"))
+            })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(VaultSettings {
         address: address.to_string(),
         ca_file: v.ca_file.clone(),
+        server_cert_sha256,
         namespace_prefix: v.namespace_prefix.clone(),
         transit_mount: v.transit_mount.clone(),
         root_key_name: v.root_key_name.clone(),

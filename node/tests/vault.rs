@@ -8,7 +8,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use custos_chaos_tests::{OpenBaoServer, ProcessCluster};
 use reqwest::Method;
+use rustls::pki_types::pem::PemObject;
 use serde_json::{json, Value};
+use sha2::Digest;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_custos"))
@@ -101,7 +103,7 @@ async fn a_tenant_on_vault_works_end_to_end_and_its_namespace_dies_with_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vault_over_tls_trusts_only_the_pinned_ca() {
+async fn vault_over_tls_trusts_only_the_pinned_ca_and_certificate() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/openbao.sh");
     // OpenBao serves a certificate from one CA; a second CA is the wrong one to pin.
@@ -127,23 +129,44 @@ async fn vault_over_tls_trusts_only_the_pinned_ca() {
     assert!(addr.starts_with("https://"), "{addr}");
     let token_file = bao.root_token_file().display().to_string();
 
-    for (ca, works) in [("right", true), ("wrong", false)] {
+    // OpenBao's own certificate, pinned by its digest, and a digest of no certificate.
+    let pem = std::fs::read(right.join("node-1.pem")).unwrap();
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(&pem).next().unwrap().unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(der.as_ref()));
+    let (pinned, other) = (format!("[{digest}]"), format!("[{}]", "fe".repeat(32)));
+    let cases = [
+        ("right", "", true),
+        ("wrong", "", false),
+        ("right", pinned.as_str(), true),
+        // The right CA issued OpenBao's certificate, but it is not the pinned one.
+        ("right", other.as_str(), false),
+    ];
+    for (case, (ca, pins, works)) in cases.into_iter().enumerate() {
         let ca_file = pki.path().join(ca).join("ca.pem").display().to_string();
-        let env = [
+        let prefix = format!("case-{case}");
+        let mut env = vec![
             ("CUSTOS_CUSTODY__VAULT__ADDRESS", addr.as_str()),
             ("CUSTOS_CUSTODY__VAULT__TOKEN_FILE", token_file.as_str()),
             ("CUSTOS_CUSTODY__VAULT__CA_FILE", ca_file.as_str()),
-            ("CUSTOS_CUSTODY__VAULT__NAMESPACE_PREFIX", ca),
+            ("CUSTOS_CUSTODY__VAULT__NAMESPACE_PREFIX", prefix.as_str()),
         ];
+        if !pins.is_empty() {
+            env.push(("CUSTOS_CUSTODY__VAULT__SERVER_CERT_SHA256", pins));
+        }
         let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
         cluster.form().await.expect("form");
         let body = json!({ "id": "bank", "display_name": "Bank", "region": "eu", "key_provider": "vault" });
         let reply = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await.unwrap();
         if works {
-            assert_eq!(reply.status, 201, "{}", reply.body);
+            assert_eq!(reply.status, 201, "case {case}: {}", reply.body);
         } else {
             // Without a certificate it trusts, the node never talks to this Vault: fail closed.
-            assert_eq!((reply.status, reply.code()), (503, Some("key_provider_unavailable")), "{}", reply.body);
+            assert_eq!(
+                (reply.status, reply.code()),
+                (503, Some("key_provider_unavailable")),
+                "case {case}: {}",
+                reply.body
+            );
             let status = cluster.get(1, "/v1/cluster/status").await.unwrap();
             let vault = status.body["custody"]["providers"]
                 .as_array()
@@ -153,6 +176,11 @@ async fn vault_over_tls_trusts_only_the_pinned_ca() {
                 .cloned()
                 .unwrap();
             assert_eq!(vault["healthy"], false, "{vault}");
+            if !pins.is_empty() {
+                // The operator is told why: the certificate is not the pinned one.
+                let detail = vault["detail"].as_str().unwrap_or_default();
+                assert!(detail.contains("server_cert_sha256"), "case {case}: {vault}");
+            }
         }
     }
 }

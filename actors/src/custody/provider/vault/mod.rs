@@ -8,9 +8,12 @@
 //! - `auth.rs` — login (token, AppRole, Kubernetes), renewal, revocation, and the
 //!   [`VaultAdapter`] actor that keeps the token fresh.
 //! - `breaker.rs` — the circuit breaker.
+//! - `tls.rs` — which server certificates are accepted: the pinned CA (or the system's roots),
+//!   and pinned certificate digests when configured.
 
 mod auth;
 mod breaker;
+mod tls;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,7 +24,6 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use custos_raft::{CoreProviderKind, TenantId};
-use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
@@ -39,8 +41,10 @@ const NAME: &str = "vault";
 #[derive(Debug, Clone)]
 pub struct VaultSettings {
     pub address: String,
-    /// The only CA trusted for the server's certificate.
+    /// The only CA trusted for the server's certificate; the system's roots if None.
     pub ca_file: Option<PathBuf>,
+    /// When not empty, the server's certificate must also have one of these SHA-256 digests.
+    pub server_cert_sha256: Vec<[u8; 32]>,
     pub namespace_prefix: String,
     pub transit_mount: String,
     pub root_key_name: String,
@@ -82,6 +86,24 @@ pub struct VaultShared {
     clients: Mutex<HashMap<String, (u64, Arc<VaultClient>)>>,
     /// For the namespace API, which vaultrs does not cover.
     http: reqwest::Client,
+    /// What vaultrs sends through (the reqwest release it is built on): the same TLS
+    /// configuration as `http`, one connection pool for every namespace.
+    vault_http: reqwest13::Client,
+}
+
+/// An error with its causes ("sending the request: … : invalid peer certificate …"): HTTP
+/// clients keep the reason a connection failed in the source chain.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text = format!("{text}: {next}");
+        }
+        cause = e.source();
+    }
+    text
 }
 
 fn unavailable(reason: impl Into<String>) -> ProviderError {
@@ -90,19 +112,18 @@ fn unavailable(reason: impl Into<String>) -> ProviderError {
 
 impl VaultShared {
     pub fn new(settings: VaultSettings) -> Result<Arc<Self>, ProviderError> {
-        let mut builder =
-            reqwest::Client::builder().timeout(settings.timeout).redirect(reqwest::redirect::Policy::none());
-        if let Some(ca) = &settings.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| unavailable(format!("reading {}: {e}", ca.display())))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| unavailable(format!("parsing {}: {e}", ca.display())))?;
-                roots.add(cert).map_err(|e| unavailable(format!("using {}: {e}", ca.display())))?;
-            }
-            let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-            builder = builder.use_preconfigured_tls(tls);
-        }
-        let http = builder.build().map_err(|e| unavailable(format!("building the HTTP client: {e}")))?;
+        let tls = tls::client_config(settings.ca_file.as_deref(), &settings.server_cert_sha256).map_err(unavailable)?;
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .use_preconfigured_tls(tls.clone())
+            .build()
+            .map_err(|e| unavailable(format!("building the HTTP client: {e}")))?;
+        let vault_http = reqwest13::Client::builder()
+            .timeout(settings.timeout)
+            .use_preconfigured_tls(tls)
+            .build()
+            .map_err(|e| unavailable(format!("building the Vault client: {e}")))?;
         let breaker = Breaker::new(settings.breaker_failures, settings.breaker_cooldown);
         Ok(Arc::new(VaultShared {
             settings,
@@ -113,6 +134,7 @@ impl VaultShared {
             retired: Mutex::new(Vec::new()),
             clients: Mutex::new(HashMap::new()),
             http,
+            vault_http,
         }))
     }
 
@@ -125,10 +147,15 @@ impl VaultShared {
             .token(token)
             .timeout(Some(s.timeout))
             .verify(true)
-            .ca_certs(s.ca_file.iter().map(|p| p.display().to_string()).collect())
+            // Not read from VAULT_CACERT: the client vaultrs builds is replaced below.
+            .ca_certs(Vec::new())
             .namespace(namespace.map(str::to_string));
         let settings = builder.build().map_err(|e| unavailable(format!("client settings: {e}")))?;
-        VaultClient::new(settings).map_err(|e| unavailable(format!("building the Vault client: {e}")))
+        let mut client =
+            VaultClient::new(settings).map_err(|e| unavailable(format!("building the Vault client: {e}")))?;
+        // vaultrs would trust the system's roots besides `ca_file`, and cannot pin a certificate.
+        client.http = rustify::clients::reqwest::Client::new(client.settings.address.as_str(), self.vault_http.clone());
+        Ok(client)
     }
 
     /// The cached client for `namespace`, rebuilt when the token changed.
@@ -187,7 +214,7 @@ impl VaultShared {
                 Err(unavailable(reason))
             }
             Ok(Err(e)) => {
-                let reason = format!("{what}: {e}");
+                let reason = format!("{what}: {}", with_causes(&e));
                 self.record(Some(reason.clone()));
                 Err(unavailable(reason))
             }
@@ -225,7 +252,7 @@ impl VaultShared {
         let what = format!("namespace {}{name}", parent.map(|p| format!("{p}/")).unwrap_or_default());
         self.call(&what, async {
             let response =
-                request.send().await.map_err(|e| ClientError::APIError { code: 503, errors: vec![e.to_string()] })?;
+                request.send().await.map_err(|e| ClientError::APIError { code: 503, errors: vec![with_causes(&e)] })?;
             let status = response.status().as_u16();
             if (200..300).contains(&status) {
                 Ok(())
