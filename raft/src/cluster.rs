@@ -162,7 +162,8 @@ struct Inner {
 }
 
 /// A node whose stored vote is its own committed one starts as the leader of that term again,
-/// without an election, so openraft appends no blank entry in a new term. It then takes its
+/// without an election, so openraft appends no blank entry in a new term (nor in this one, if
+/// the log already holds an entry of it). It then takes its
 /// read index from the committed index it restored, and the committed marker is not flushed
 /// (nor is the applied state): after a crash, that index can be older than writes this
 /// leader acknowledged before it, which are in its flushed log. A linearizable read served
@@ -552,18 +553,23 @@ impl Cluster {
                 let stopped = LeaderFailure::Failed(ClusterError::Fatal("the entry batcher has stopped".into()));
                 self.inner.entries.submit(proposals.0, stopped).await.map(LeaderOutput::Written)
             }
-            LeaderOp::ReadIndex => match raft.get_read_log_id().await {
-                Ok((read_log_id, _)) => {
-                    let index = read_log_id.map(|l| l.index).unwrap_or(0);
-                    let term = raft.metrics().borrow().current_term;
-                    Ok(LeaderOutput::ReadIndex(index.max(RestoredLeadership::floor(self.inner.restored, term))))
+            LeaderOp::ReadIndex => {
+                // The term before the read index (and no metrics guard held across the wait):
+                // metrics never run ahead of the core, so a term that ends meanwhile leaves the
+                // floor in place, where it is merely not needed.
+                let term = raft.metrics().borrow().current_term;
+                match raft.get_read_log_id().await {
+                    Ok((read_log_id, _)) => {
+                        let index = read_log_id.map(|l| l.index).unwrap_or(0);
+                        Ok(LeaderOutput::ReadIndex(index.max(RestoredLeadership::floor(self.inner.restored, term))))
+                    }
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(LeaderFailure::NotLeader),
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(LeaderFailure::Failed(
+                        ClusterError::Unavailable(format!("no quorum confirmed leadership: {q}")),
+                    )),
+                    Err(RaftError::Fatal(e)) => Err(LeaderFailure::Failed(ClusterError::Fatal(e.to_string()))),
                 }
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(LeaderFailure::NotLeader),
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(LeaderFailure::Failed(
-                    ClusterError::Unavailable(format!("no quorum confirmed leadership: {q}")),
-                )),
-                Err(RaftError::Fatal(e)) => Err(LeaderFailure::Failed(ClusterError::Fatal(e.to_string()))),
-            },
+            }
             LeaderOp::AddVoter { id, info } => {
                 raft.add_learner(id, info, true).await.map_err(write_failure)?;
                 raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)

@@ -25,6 +25,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use custos_raft::{CoreProviderKind, TenantId};
 use serde::{Deserialize, Serialize};
+use vaultrs::api::EndpointMiddleware;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
@@ -112,18 +113,21 @@ fn unavailable(reason: impl Into<String>) -> ProviderError {
 
 impl VaultShared {
     pub fn new(settings: VaultSettings) -> Result<Arc<Self>, ProviderError> {
-        let tls = tls::client_config(settings.ca_file.as_deref(), &settings.server_cert_sha256).map_err(unavailable)?;
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .use_preconfigured_tls(tls.clone())
-            .build()
-            .map_err(|e| unavailable(format!("building the HTTP client: {e}")))?;
-        let vault_http = reqwest13::Client::builder()
-            .timeout(settings.timeout)
-            .use_preconfigured_tls(tls)
-            .build()
-            .map_err(|e| unavailable(format!("building the Vault client: {e}")))?;
+        let mut http = reqwest::Client::builder().timeout(settings.timeout).redirect(reqwest::redirect::Policy::none());
+        // Redirects are followed (a standby may send a request to the active node), never to
+        // plain http with the token.
+        let mut vault_http = reqwest13::Client::builder().timeout(settings.timeout);
+        if settings.address.starts_with("https://") {
+            let tls =
+                tls::client_config(settings.ca_file.as_deref(), &settings.server_cert_sha256).map_err(unavailable)?;
+            http = http.use_preconfigured_tls(tls.clone()).https_only(true);
+            vault_http = vault_http.use_preconfigured_tls(tls).https_only(true);
+        } else {
+            // Plain http needs no roots; without this, reqwest loads the system's anyway.
+            vault_http = vault_http.tls_certs_only(Vec::new());
+        }
+        let http = http.build().map_err(|e| unavailable(format!("building the HTTP client: {e}")))?;
+        let vault_http = vault_http.build().map_err(|e| unavailable(format!("building the Vault client: {e}")))?;
         let breaker = Breaker::new(settings.breaker_failures, settings.breaker_cooldown);
         Ok(Arc::new(VaultShared {
             settings,
@@ -146,16 +150,21 @@ impl VaultShared {
             .address(&s.address)
             .token(token)
             .timeout(Some(s.timeout))
+            // Not read from VAULT_CACERT or VAULT_SKIP_VERIFY: TLS is `vault_http`'s.
             .verify(true)
-            // Not read from VAULT_CACERT: the client vaultrs builds is replaced below.
             .ca_certs(Vec::new())
             .namespace(namespace.map(str::to_string));
         let settings = builder.build().map_err(|e| unavailable(format!("client settings: {e}")))?;
-        let mut client =
-            VaultClient::new(settings).map_err(|e| unavailable(format!("building the Vault client: {e}")))?;
-        // vaultrs would trust the system's roots besides `ca_file`, and cannot pin a certificate.
-        client.http = rustify::clients::reqwest::Client::new(client.settings.address.as_str(), self.vault_http.clone());
-        Ok(client)
+        // Assembled as `VaultClient::new` does, but on our HTTP client: the one vaultrs builds
+        // trusts the system's roots besides `ca_file`, and cannot pin a certificate.
+        let middle = EndpointMiddleware {
+            token: settings.token.clone(),
+            version: format!("v{}", settings.version),
+            wrap: None,
+            namespace: settings.namespace.clone(),
+        };
+        let http = rustify::clients::reqwest::Client::new(settings.address.as_str(), self.vault_http.clone());
+        Ok(VaultClient { http, middle, settings })
     }
 
     /// The cached client for `namespace`, rebuilt when the token changed.
