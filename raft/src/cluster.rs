@@ -163,10 +163,10 @@ struct Inner {
 
 /// A node whose stored vote is its own committed one starts as the leader of that term again,
 /// without an election, so openraft appends no blank entry in a new term (nor in this one, if
-/// the log already holds an entry of it). It then takes its
-/// read index from the committed index it restored, and the committed marker is not flushed
-/// (nor is the applied state): after a crash, that index can be older than writes this
-/// leader acknowledged before it, which are in its flushed log. A linearizable read served
+/// the log already holds an entry of it). It then takes its read index from the committed
+/// index it restored, and the committed marker is not flushed (nor is the applied state):
+/// after a crash, that index can be older than writes this leader acknowledged before it,
+/// which are in its flushed log. A linearizable read served
 /// from it would miss them. So while the term lasts, a read index is at least the last log
 /// index stored at start: everything the leader may have acknowledged. Its entries belong to
 /// this leader's term or precede one that does, so they commit as soon as a quorum holds them

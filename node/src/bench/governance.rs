@@ -248,7 +248,7 @@ pub async fn run(options: Options) -> Result<()> {
         push_row(&mut rows, ("custos", "update"), (clients, round), stats, (&before, &after));
 
         // Each starts idle: the update run's end, then the put run's, was settled.
-        for (op, prefix) in [("put", "r"), ("create", "c")] {
+        for (op, prefix, if_absent) in [("put", "r", false), ("create", "c", true)] {
             let before = etcd_counters().await?;
             let (e, h, n, r) = (etcd.clone(), http.clone(), name.clone(), run.clone());
             let stats = drive(clients, options.duration, move |client, seq| {
@@ -258,9 +258,10 @@ pub async fn run(options: Options) -> Result<()> {
                 let key = format!("/tenants/{id}");
                 async move {
                     let url = &e.client_urls[client % e.client_urls.len()];
-                    match op {
-                        "create" => etcd::create(&h, url, &key, value.as_bytes()).await,
-                        _ => etcd::put(&h, url, &key, value.as_bytes()).await,
+                    if if_absent {
+                        etcd::create(&h, url, &key, value.as_bytes()).await
+                    } else {
+                        etcd::put(&h, url, &key, value.as_bytes()).await
                     }
                 }
             })
