@@ -1,8 +1,13 @@
 //! Keeps the per-tenant actors in step with governance state as it is applied on this node: a
 //! full tenant list at start, then, whenever the applied index moves, the tenants changed since
 //! (from the state machine's change index). Every node does this, so a change made through any
-//! node reaches every node's actors. A tenant deletion seen here also compacts this node's log
-//! past it, so the shredded key roots leave the log.
+//! node reaches every node's actors.
+//!
+//! Crypto-shredding reaches this node's log too: while the latest tenant deletion it knows of
+//! (from the full list at start, then from each change) lies past the log's purged index, a
+//! compaction builds a snapshot over it and purges the log up to it, retried every
+//! [`COMPACTION_RETRY`] until it succeeds. A node that crashed after applying a deletion and
+//! before compacting compacts once it starts again.
 
 use std::time::Duration;
 
@@ -13,7 +18,38 @@ use tokio::sync::watch;
 
 /// Bursts of applied entries within this interval lead to one sync.
 const SYNC_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a failed compaction waits before the next try.
+const COMPACTION_RETRY: Duration = Duration::from_secs(5);
 const PAGE: usize = 1000;
+
+/// The log compaction that crypto-shredding owes: up to the latest deletion known.
+#[derive(Default)]
+struct Compaction {
+    /// Log index of the latest tenant deletion seen.
+    upto: u64,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Compaction {
+    fn note(&mut self, tenants: &[Tenant]) {
+        let deleted = tenants.iter().filter(|t| t.status == TenantStatus::Deleted).map(|t| t.revision);
+        self.upto = self.upto.max(deleted.max().unwrap_or(0));
+    }
+
+    /// Whether the log still holds entries up to the latest deletion.
+    fn owed(&self, cluster: &Cluster) -> bool {
+        let purged = cluster.raft().metrics().borrow().purged.map(|l| l.index);
+        self.upto > purged.unwrap_or(0)
+    }
+
+    /// Starts a compaction if one is owed and none is running.
+    fn start(&mut self, cluster: &Cluster) {
+        if self.running.as_ref().is_some_and(|task| !task.is_finished()) || !self.owed(cluster) {
+            return;
+        }
+        self.running = Some(tokio::spawn(crate::custody::compact_after_shred(cluster.clone(), self.upto)));
+    }
+}
 
 fn all_tenants(cluster: &Cluster) -> Result<Vec<Tenant>, custos_raft::store::reader::ReadError> {
     let mut tenants = Vec::new();
@@ -34,6 +70,7 @@ pub async fn sync(cluster: Cluster, supervisor: ActorRef<NodeMsg>, mut stop: wat
     // Revision up to which every change has been sent; None until the first full sync.
     let mut cursor: Option<u64> = None;
     let mut seen_applied: Option<u64> = None;
+    let mut compaction = Compaction::default();
     loop {
         let applied = metrics.borrow_and_update().last_applied.map(|l| l.index);
         if cursor.is_none() || applied != seen_applied {
@@ -41,17 +78,16 @@ pub async fn sync(cluster: Cluster, supervisor: ActorRef<NodeMsg>, mut stop: wat
             // change with a revision up to it is seen; later ones may be seen twice, harmlessly.
             let upto = applied.unwrap_or(0);
             let sent = match cursor {
-                None => all_tenants(&cluster).map(NodeMsg::Sync),
+                None => all_tenants(&cluster).map(|all| {
+                    compaction.note(&all);
+                    NodeMsg::Sync(all)
+                }),
                 Some(from) => changed_tenants(&cluster, from).map(|changed| {
-                    // Crypto-shredding reaches this node's log and snapshot too: one compaction
-                    // past the latest deletion in this batch covers them all.
-                    let deleted = changed.iter().filter(|t| t.status == TenantStatus::Deleted).map(|t| t.revision);
-                    if let Some(upto) = deleted.max() {
-                        tokio::spawn(crate::custody::compact_after_shred(cluster.clone(), upto));
-                    }
+                    compaction.note(&changed);
                     NodeMsg::Changed(changed)
                 }),
             };
+            compaction.start(&cluster);
             match sent {
                 Ok(message) => {
                     if supervisor.cast(message).is_err() {
@@ -70,8 +106,10 @@ pub async fn sync(cluster: Cluster, supervisor: ActorRef<NodeMsg>, mut stop: wat
                 }
             }
         }
+        let retry = compaction.owed(&cluster);
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(COMPACTION_RETRY), if retry => compaction.start(&cluster),
             _ = stop.changed() => return,
         }
         tokio::time::sleep(SYNC_INTERVAL).await;

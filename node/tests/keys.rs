@@ -293,6 +293,27 @@ async fn no_plaintext_keys_at_rest_and_deletion_shreds_everywhere() {
     )
     .await;
     assert_eq!(deleted.body["status"], "deleted");
+    let deleted_at = deleted.body["revision"].as_u64().unwrap();
+    // Killed at once, nodes have applied the deletion (the one that answered has) without
+    // compacting their logs yet: they compact once they are back.
+    for node in 1..=3 {
+        cluster.kill(node).unwrap();
+    }
+    for node in 1..=3 {
+        cluster.start(node).unwrap();
+    }
+    for node in 1..=3 {
+        cluster.wait_healthy(node, Duration::from_secs(20)).await.unwrap();
+    }
+    cluster.wait_leader(&[1, 2, 3], Duration::from_secs(20)).await.unwrap();
+    for node in 1..=3 {
+        eventually(
+            "the log purged past the deletion",
+            || async { cluster.get(node, "/v1/cluster/status?scope=node").await.unwrap() },
+            |r| r.body["node"]["purged_index"].as_u64().is_some_and(|purged| purged >= deleted_at),
+        )
+        .await;
+    }
     for round in 0..2 {
         for node in 1..=3 {
             let reply = eventually(
