@@ -65,6 +65,25 @@ async fn provider(
     (provider, adapter)
 }
 
+/// Enables AppRole with a role whose tokens live `ttl`, renewable up to `max_ttl`, and
+/// returns the adapter's settings to log in with it (the secret id in a file).
+async fn approle(bao: &OpenBaoServer, http: &reqwest::Client, ttl: &str, max_ttl: &str) -> AuthSettings {
+    bao.api(http, "POST", "sys/auth/approle", json!({ "type": "approle" })).await.unwrap();
+    let policy = "path \"*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\", \"sudo\"] }";
+    bao.api(http, "PUT", "sys/policies/acl/custos", json!({ "policy": policy })).await.unwrap();
+    let role = json!({ "token_policies": ["custos"], "token_ttl": ttl, "token_max_ttl": max_ttl });
+    bao.api(http, "POST", "auth/approle/role/custos", role).await.unwrap();
+    let role_id = bao.api(http, "GET", "auth/approle/role/custos/role-id", json!(null)).await.unwrap()["data"]
+        ["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret = bao.api(http, "POST", "auth/approle/role/custos/secret-id", json!({})).await.unwrap();
+    let secret_file = bao.dir().join("secret-id");
+    std::fs::write(&secret_file, secret["data"]["secret_id"].as_str().unwrap()).unwrap();
+    AuthSettings::AppRole { mount: "approle".into(), role_id, secret_id_file: secret_file }
+}
+
 fn tenant(id: &str) -> TenantId {
     TenantId::new(id).unwrap()
 }
@@ -172,20 +191,7 @@ async fn approle_tokens_are_renewed_then_replaced_by_a_new_login_when_they_expir
     let bao = bao("start-dev");
     // An AppRole whose tokens live 2 s and can be renewed only up to 4 s.
     let http = reqwest::Client::new();
-    bao.api(&http, "POST", "sys/auth/approle", json!({ "type": "approle" })).await.unwrap();
-    let policy = "path \"*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\", \"sudo\"] }";
-    bao.api(&http, "PUT", "sys/policies/acl/custos", json!({ "policy": policy })).await.unwrap();
-    let role = json!({ "token_policies": ["custos"], "token_ttl": "2s", "token_max_ttl": "4s" });
-    bao.api(&http, "POST", "auth/approle/role/custos", role).await.unwrap();
-    let role_id = bao.api(&http, "GET", "auth/approle/role/custos/role-id", json!(null)).await.unwrap()["data"]
-        ["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let secret = bao.api(&http, "POST", "auth/approle/role/custos/secret-id", json!({})).await.unwrap();
-    let secret_file = bao.dir().join("secret-id");
-    std::fs::write(&secret_file, secret["data"]["secret_id"].as_str().unwrap()).unwrap();
-    let auth = AuthSettings::AppRole { mount: "approle".into(), role_id, secret_id_file: secret_file };
+    let auth = approle(&bao, &http, "2s", "4s").await;
     let (provider, adapter) = provider(settings(&bao, auth)).await;
 
     let t = tenant("acme");
@@ -208,4 +214,52 @@ async fn approle_tokens_are_renewed_then_replaced_by_a_new_login_when_they_expir
     assert!(accessors().await >= 2, "the adapter's token is live");
     adapter.stop_and_wait(None, Some(Duration::from_secs(5))).await.unwrap();
     assert_eq!(accessors().await, 1, "the adapter's token was revoked at stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_vault_refuses_is_replaced_by_a_new_login_without_a_restart() {
+    let bao = bao("start-dev");
+    // Tokens that would live an hour: only the revocation below ends the adapter's.
+    let http = reqwest::Client::new();
+    let auth = approle(&bao, &http, "1h", "2h").await;
+    let (provider, adapter) = provider(settings(&bao, auth)).await;
+    let t = tenant("acme");
+    let root = provider.provision(&t).await.unwrap();
+    let kek = SecretKey::generate();
+    provider.wrap(&t, &root, &kek).await.unwrap();
+
+    // An operator revokes every token but the root token: the adapter's is gone.
+    let root_accessor = bao.api(&http, "GET", "auth/token/lookup-self", json!(null)).await.unwrap()["data"]["accessor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let listed = bao.api(&http, "LIST", "auth/token/accessors", json!(null)).await.unwrap();
+    let theirs: Vec<String> = listed["data"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .filter(|a| *a != root_accessor)
+        .map(str::to_string)
+        .collect();
+    assert!(!theirs.is_empty(), "the adapter holds a token of its own");
+    for accessor in &theirs {
+        bao.api(&http, "POST", "auth/token/revoke-accessor", json!({ "accessor": accessor })).await.unwrap();
+    }
+
+    // The next call is refused and fails closed; the adapter logs in again, and calls work
+    // again without a restart.
+    let refused = provider.wrap(&t, &root, &kek).await;
+    assert!(matches!(refused, Err(ProviderError::Unavailable { .. })), "{refused:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let wrapped = loop {
+        match provider.wrap(&t, &root, &kek).await {
+            Ok(wrapped) => break wrapped,
+            Err(e) => assert!(Instant::now() < deadline, "no new login after the token was revoked: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(provider.unwrap(&t, &root, &wrapped).await.unwrap().expose(), kek.expose());
+    assert!(provider.health().healthy, "{:?}", provider.health());
+    adapter.stop(None);
 }

@@ -100,6 +100,12 @@ async fn a_tenant_on_vault_works_end_to_end_and_its_namespace_dies_with_it() {
         left = tenant_namespaces(&bao, &http).await;
     }
     assert!(left.is_empty(), "the tenant's namespace survived its deletion: {left:?}");
+
+    // The deleted tenant's id stays taken, and trying it provisions nothing in Vault.
+    let body = json!({ "id": "bank", "display_name": "Bank", "region": "eu", "key_provider": "vault" });
+    let again = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await.unwrap();
+    assert_eq!((again.status, again.code()), (409, Some("tenant_exists")), "{}", again.body);
+    assert!(tenant_namespaces(&bao, &http).await.is_empty(), "a refused create left a namespace behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,6 +128,12 @@ pub async fn create(
             )
         })?),
     };
+    // An id taken on this node is refused before anything is provisioned: provisioning a
+    // deleted tenant's id again would bring back its shredded Vault namespace, which the
+    // refused create would then leave behind. (The write checks again, against the log.)
+    if state.cluster.reader().tenant(&id)?.is_some() {
+        return Err(custos_raft::Rejection::TenantExists(id).into());
+    }
     // The tenant's key roots exist before the tenant does, so it is never without custody.
     let custody = state.custody.provision_tenant(&id, provider).await?;
     let note = super::audit::Note { tenant: Some(id.clone()), ..Default::default() }
