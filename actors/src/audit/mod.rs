@@ -105,6 +105,11 @@ pub struct AuditStatus {
     pub failed: u64,
     pub shipped: u64,
     pub delivery_failures: u64,
+    /// Shipper runs that failed and were started again.
+    pub shipper_restarts: u64,
+    /// Shipping stopped after too many failed runs: events stay in the outbox until the node
+    /// restarts.
+    pub shipper_failed: bool,
     /// Milliseconds from commit to Kafka acknowledgement of the last batch's oldest event, or,
     /// while a batch waits longer than that for Kafka, how long its oldest event has waited.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,8 +148,16 @@ impl Audit {
         };
         let shipper_stats = Arc::new(ShipperStats::default());
         let (stop, stop_rx) = watch::channel(false);
-        let shipper =
-            tokio::spawn(shipper::run(outbox.clone(), sink.clone(), settings.shipper, shipper_stats.clone(), stop_rx));
+        if let Some(log) = &local {
+            tokio::spawn(sweep_local_log(log.clone(), stop.subscribe()));
+        }
+        let shipper = tokio::spawn(shipper::supervised(
+            outbox.clone(),
+            sink.clone(),
+            settings.shipper,
+            shipper_stats.clone(),
+            stop_rx,
+        ));
         Ok(Arc::new(Audit {
             mode: settings.mode,
             stream_modes: settings.stream_modes,
@@ -213,6 +226,8 @@ impl Audit {
             failed: stats.failed.load(Ordering::Relaxed),
             shipped: self.shipper_stats.shipped.load(Ordering::Relaxed),
             delivery_failures: self.shipper_stats.failures.load(Ordering::Relaxed),
+            shipper_restarts: self.shipper_stats.restarts.load(Ordering::Relaxed),
+            shipper_failed: self.shipper_stats.failed.load(Ordering::Relaxed),
             kafka_lag_ms: self.kafka.as_ref().map(|k| {
                 let last = k.stats().last_lag_ms.load(Ordering::Relaxed);
                 match self.shipper_stats.oldest_waiting_ms.load(Ordering::Relaxed) {
@@ -232,6 +247,24 @@ impl Audit {
             let _ = shipper.await;
         }
         self.outbox.close().await;
+    }
+}
+
+/// Applies the local log's retention to every tenant every [`sink::local::SWEEP_INTERVAL`],
+/// until the audit stops.
+async fn sweep_local_log(log: Arc<LocalLog>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(sink::local::SWEEP_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        let log = log.clone();
+        match tokio::task::spawn_blocking(move || log.sweep()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::info!(removed, "audit log: segments past retention removed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "audit log: applying retention failed; trying again later"),
+            Err(e) => tracing::warn!(error = %e, "audit log: the retention sweep failed"),
+        }
     }
 }
 

@@ -18,9 +18,15 @@
 //! `stalled_after` is reported instead (`last_error`, with the sink's [`AuditSink::problem`]),
 //! once per stall. On stop the shipper waits up to `stop_grace` for the batches on their way;
 //! what is still unacknowledged then stays in the outbox for the next start.
+//!
+//! [`supervised`] runs it under supervision: a run that panics is counted, reported and
+//! followed by a fresh one from the outbox's shipped cursor (what the failed run had sent goes
+//! again), after a backoff; more than [`MAX_RESTARTS`] failures within [`RESTART_WINDOW`]
+//! leave shipping stopped and say so in status (`shipper_failed`), so a fault that recurs does
+//! not spin. The outbox then fills, and fail-closed requests get 503 `audit_backlog`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,11 +56,19 @@ pub struct ShipperLimits {
     pub stop_grace: Duration,
 }
 
+/// Failed runs tolerated within [`RESTART_WINDOW`] before shipping stays stopped.
+pub const MAX_RESTARTS: usize = 5;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Default)]
 pub struct ShipperStats {
     pub shipped: AtomicU64,
     pub batches: AtomicU64,
     pub failures: AtomicU64,
+    /// Runs that failed (panicked) and were started again.
+    pub restarts: AtomicU64,
+    /// Shipping stopped for good after too many failed runs.
+    pub failed: AtomicBool,
     pub last_error: Mutex<Option<String>>,
     /// Commit time (ms since the epoch) of the oldest event handed to the sink and not yet
     /// acknowledged; 0 when none waits.
@@ -75,6 +89,53 @@ struct InFlight {
     submitted: Instant,
     /// Commit time of its oldest event.
     oldest_ms: u64,
+}
+
+/// Runs the shipper until `stop` turns true, starting it again after a failed run (see the
+/// module docs).
+pub async fn supervised(
+    outbox: Arc<Outbox>,
+    sink: Arc<dyn AuditSink>,
+    limits: ShipperLimits,
+    stats: Arc<ShipperStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures: VecDeque<Instant> = VecDeque::with_capacity(MAX_RESTARTS + 1);
+    let mut backoff = limits.backoff_min;
+    loop {
+        let run = tokio::spawn(run(outbox.clone(), sink.clone(), limits.clone(), stats.clone(), stop.clone()));
+        let failure = match run.await {
+            Ok(()) => return,
+            // Cancelled: the runtime is going away.
+            Err(e) if !e.is_panic() => return,
+            Err(e) => e,
+        };
+        let now = Instant::now();
+        failures.retain(|at| now.duration_since(*at) < RESTART_WINDOW);
+        failures.push_back(now);
+        let reason = match failure.into_panic().downcast::<String>() {
+            Ok(message) => *message,
+            Err(payload) => payload.downcast::<&str>().map(|m| m.to_string()).unwrap_or_else(|_| "a panic".into()),
+        };
+        *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("the shipper failed: {reason}"));
+        if failures.len() > MAX_RESTARTS {
+            stats.failed.store(true, Ordering::Relaxed);
+            tracing::error!(sink = sink.name(), %reason, "the audit shipper failed too often; shipping stays stopped until the node restarts");
+            return;
+        }
+        stats.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(sink = sink.name(), %reason, "the audit shipper failed; starting it again");
+        // What the failed run had sent and not released goes again.
+        outbox.rewind();
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        backoff = (backoff * 2).min(limits.backoff_max);
+    }
 }
 
 /// Runs until `stop` turns true; then waits (up to `stop_grace`) for the batches on their way
@@ -395,6 +456,69 @@ mod tests {
         shipper.await.unwrap();
         assert_eq!(outbox.stats().depth.load(Ordering::Relaxed), 0);
         assert_eq!(stats.shipped.load(Ordering::Relaxed), 6);
+    }
+
+    /// A sink with a bug: its first `failing` deliveries panic; later ones are durable.
+    struct PanickySink {
+        failing: usize,
+        calls: AtomicUsize,
+        delivered: Mutex<Vec<u64>>,
+    }
+
+    #[async_trait::async_trait]
+    impl AuditSink for PanickySink {
+        fn name(&self) -> &'static str {
+            "panicky"
+        }
+
+        async fn deliver(&self, batch: &[Entry]) -> Result<Delivered, SinkError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failing {
+                panic!("a bug in the sink");
+            }
+            self.delivered.lock().unwrap().extend(batch.iter().map(|e| e.position));
+            Ok(Delivered::Durable)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shipper_run_that_panics_is_started_again_and_one_that_keeps_panicking_stops_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open_outbox(dir.path());
+        for _ in 0..5 {
+            outbox.record(record()).await.unwrap();
+        }
+        let sink = Arc::new(PanickySink { failing: 1, calls: AtomicUsize::new(0), delivered: Mutex::default() });
+        let stats = Arc::new(ShipperStats::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let shipper = tokio::spawn(supervised(outbox.clone(), sink.clone(), limits(64, 4), stats.clone(), stop_rx));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while outbox.stats().depth.load(Ordering::Relaxed) > 0 {
+            assert!(Instant::now() < deadline, "nothing shipped after the failed run");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*sink.delivered.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(stats.restarts.load(Ordering::Relaxed), 1);
+        assert!(!stats.failed.load(Ordering::Relaxed));
+        stop.send(true).unwrap();
+        shipper.await.unwrap();
+
+        // A sink that always panics: the supervisor gives up after its bound and says so; the
+        // events stay in the outbox.
+        let sink =
+            Arc::new(PanickySink { failing: usize::MAX, calls: AtomicUsize::new(0), delivered: Mutex::default() });
+        outbox.record(record()).await.unwrap();
+        let stats = Arc::new(ShipperStats::default());
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            supervised(outbox.clone(), sink, limits(64, 4), stats.clone(), stop_rx),
+        )
+        .await
+        .expect("the supervisor gave up");
+        assert!(stats.failed.load(Ordering::Relaxed));
+        assert!(stats.last_error().is_some_and(|e| e.contains("a bug in the sink")), "{:?}", stats.last_error());
+        assert_eq!(stats.restarts.load(Ordering::Relaxed), MAX_RESTARTS as u64);
+        assert_eq!(outbox.stats().depth.load(Ordering::Relaxed), 1);
     }
 
     type Answer = tokio::sync::oneshot::Sender<Result<Delivered, SinkError>>;

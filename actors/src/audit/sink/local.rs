@@ -4,18 +4,31 @@
 //! of the segment's first line in the tenant's log, counted from the tenant's first event
 //! ever, so positions stay valid as old segments are removed. A segment is closed once it
 //! exceeds `segment_bytes`; closed segments older than `retention` or beyond
-//! `max_bytes_per_tenant` are removed, oldest first. A delivery is written (and readable) when
+//! `max_bytes_per_tenant` are removed, oldest first: when a segment closes, and for every
+//! tenant (written lately or not) by [`LocalLog::sweep`], which the audit module runs every
+//! [`SWEEP_INTERVAL`]. A delivery is written (and readable) when
 //! it returns; `sync` fsyncs every file written since the last one, then every directory that
 //! gained a tenant or a segment since (each once), so a node with many tenants pays one fsync
 //! per tenant per sync interval rather than per delivery, and a new tenant costs no fsync of
 //! its own on the delivery path. From [`SYNCFS_FROM`] tenants written since the last sync, one
 //! `syncfs` of the log's filesystem replaces their fsyncs: a burst of new tenants costs one
-//! flush, not two per tenant. The outbox keeps the events until `sync` has returned. A torn last line (a crash mid-append) is cut off when the
-//! tenant's log is opened; the outbox still holds that event and delivers it again.
+//! flush, not two per tenant. The outbox keeps the events until `sync` has returned. A torn
+//! last line (a crash mid-append) is cut off when the tenant's log is opened; the outbox still
+//! holds that event and delivers it again.
+//!
+//! Memory is bounded whatever the number of tenants: at most [`MAX_OPEN_FILES`] logs hold a
+//! file descriptor and at most [`MAX_KEPT_LOGS`] are known in memory (their segments and next
+//! position); the least recently written log goes first. Opening a log again finds its next
+//! position by counting the lines of its newest segment — from the checkpoint in
+//! `<tenant>/position` when one was left for that segment: a log dropped from memory with at
+//! least [`CHECKPOINT_FROM`] bytes in its newest segment leaves one (segment, bytes, lines),
+//! so only lines appended after it are counted. A checkpoint that does not match the segment
+//! (a later segment, a file shorter than it says, a torn write) is ignored and every line is
+//! counted; a segment only grows, so a matching one stays true however old it is.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,7 +44,36 @@ pub const SYNCFS_FROM: usize = 8;
 /// Tenant log files kept open at once: one file descriptor each. A node with more tenants
 /// closes the least recently written file to open another; the log's place is kept, so
 /// opening it again costs one `open`.
-const MAX_OPEN_FILES: usize = 256;
+pub const MAX_OPEN_FILES: usize = 256;
+
+/// Tenant logs known in memory at once (a few hundred bytes each, more for a log of many
+/// segments). Past it, the least recently written one is synced, closed and forgotten.
+pub const MAX_KEPT_LOGS: usize = 4096;
+
+/// A log forgotten with at least this much in its newest segment leaves a checkpoint, so
+/// opening it again does not read the segment through.
+pub const CHECKPOINT_FROM: u64 = 1 << 20;
+
+/// How often every tenant's log is checked for segments past retention, so a tenant that no
+/// longer writes loses its old events on time too.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The checkpoint file in a tenant's directory.
+const CHECKPOINT: &str = "position";
+
+/// How the log bounds what it holds; tests shrink them.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    open_files: usize,
+    kept_logs: usize,
+    checkpoint_from: u64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds { open_files: MAX_OPEN_FILES, kept_logs: MAX_KEPT_LOGS, checkpoint_from: CHECKPOINT_FROM }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct LocalLogLimits {
@@ -64,10 +106,12 @@ struct TenantLog {
     dir_dirty: bool,
 }
 
-/// The tenant logs this node has written to, and which of them hold an open file.
+/// The tenant logs known in memory, and which of them hold an open file.
 #[derive(Default)]
 struct Logs {
     logs: HashMap<String, TenantLog>,
+    /// `used` → tenant, for every log in `logs`: the first is the least recent.
+    kept: std::collections::BTreeMap<u64, String>,
     /// `used` → tenant, for the logs whose file is open: the first is the least recent.
     open: std::collections::BTreeMap<u64, String>,
     clock: u64,
@@ -102,6 +146,7 @@ pub struct Page {
 pub struct LocalLog {
     dir: PathBuf,
     limits: LocalLogLimits,
+    bounds: Bounds,
     tenants: Arc<Mutex<Logs>>,
 }
 
@@ -135,18 +180,65 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, SinkError> {
     Ok(segments)
 }
 
-/// Counts the complete lines of a segment and cuts off a torn last line.
-fn repair_and_count(path: &Path) -> Result<(u64, u64), SinkError> {
+/// Counts the complete lines of a segment from `offset` (the end of a line) on, and cuts off a
+/// torn last line; returns the lines counted and the segment's length.
+fn repair_and_count(path: &Path, offset: u64) -> Result<(u64, u64), SinkError> {
     let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
-    let mut content = Vec::new();
-    file.read_to_end(&mut content).map_err(io)?;
-    let complete = content.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
-    if complete < content.len() {
-        file.set_len(complete as u64).map_err(io)?;
+    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let mut buffer = vec![0u8; 64 << 10];
+    let (mut lines, mut read, mut complete) = (0u64, offset, offset);
+    loop {
+        let n = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
+        let chunk = &buffer[..n];
+        if let Some(last) = chunk.iter().rposition(|b| *b == b'\n') {
+            lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+            complete = read + last as u64 + 1;
+        }
+        read += n as u64;
+    }
+    if complete < read {
+        file.set_len(complete).map_err(io)?;
         file.sync_data().map_err(io)?;
     }
-    let lines = content[..complete].iter().filter(|b| **b == b'\n').count() as u64;
-    Ok((lines, complete as u64))
+    Ok((lines, complete))
+}
+
+/// A newest segment's length and line count at some moment, left when its log was forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Checkpoint {
+    first: u64,
+    bytes: u64,
+    lines: u64,
+}
+
+impl Checkpoint {
+    fn render(&self) -> String {
+        format!("v1 {} {} {} end\n", self.first, self.bytes, self.lines)
+    }
+
+    /// None for anything but a whole checkpoint (a torn write lacks the closing `end`).
+    fn parse(text: &str) -> Option<Checkpoint> {
+        let line = text.strip_suffix('\n')?;
+        let mut fields = line.split(' ');
+        let (Some("v1"), Some(first), Some(bytes), Some(lines), Some("end"), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return None;
+        };
+        Some(Checkpoint { first: first.parse().ok()?, bytes: bytes.parse().ok()?, lines: lines.parse().ok()? })
+    }
+
+    /// The checkpoint left in `dir` if it holds for `segment`: the same segment, no longer
+    /// than the file.
+    fn find(dir: &Path, segment: &Segment) -> Option<Checkpoint> {
+        let text = fs::read_to_string(dir.join(CHECKPOINT)).ok()?;
+        Checkpoint::parse(&text).filter(|c| c.first == segment.first && c.bytes <= segment.bytes && c.lines <= c.bytes)
+    }
 }
 
 impl TenantLog {
@@ -163,9 +255,11 @@ impl TenantLog {
         let mut segments = if created { Vec::new() } else { list_segments(&dir)? };
         let (next, dir_dirty) = match segments.last_mut() {
             Some(last) => {
-                let (lines, bytes) = repair_and_count(&last.path)?;
+                let known =
+                    Checkpoint::find(&dir, last).unwrap_or(Checkpoint { first: last.first, bytes: 0, lines: 0 });
+                let (lines, bytes) = repair_and_count(&last.path, known.bytes)?;
                 last.bytes = bytes;
-                (last.first + lines, false)
+                (last.first + known.lines + lines, false)
             }
             None => {
                 segments.push(Segment { first: 0, path: dir.join(segment_name(0)), bytes: 0 });
@@ -222,6 +316,19 @@ impl TenantLog {
         Ok(())
     }
 
+    /// Leaves a checkpoint of the newest segment if it is long enough to be worth one; called
+    /// once what was written is durable. Failing to is harmless: the lines are counted.
+    fn leave_checkpoint(&self, from: u64) {
+        let Some(active) = self.segments.last() else { return };
+        if active.bytes < from {
+            return;
+        }
+        let checkpoint = Checkpoint { first: active.first, bytes: active.bytes, lines: self.next - active.first };
+        if let Err(e) = fs::write(self.dir.join(CHECKPOINT), checkpoint.render()) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "audit log: leaving a checkpoint failed");
+        }
+    }
+
     /// Everything written is durable: a filesystem-wide sync covered it.
     fn synced(&mut self) {
         self.dirty = false;
@@ -230,21 +337,33 @@ impl TenantLog {
 
     /// Removes closed segments past the age or size limit; the active one always stays.
     fn enforce_retention(&mut self, limits: &LocalLogLimits) -> Result<(), SinkError> {
-        let now = SystemTime::now();
-        let mut total: u64 = self.segments.iter().map(|s| s.bytes).sum();
-        while self.segments.len() > 1 {
-            let oldest = &self.segments[0];
-            let modified = fs::metadata(&oldest.path).and_then(|m| m.modified()).unwrap_or(now);
-            let expired = now.duration_since(modified).unwrap_or_default() > limits.retention;
-            if !expired && total <= limits.max_bytes_per_tenant {
-                break;
-            }
-            fs::remove_file(&oldest.path).map_err(io)?;
-            total -= oldest.bytes;
-            self.segments.remove(0);
-        }
+        let removed = remove_expired(&self.segments, limits)?;
+        self.segments.drain(..removed);
         Ok(())
     }
+}
+
+/// Removes the oldest of `segments` (oldest first) while they are past the age or size limit,
+/// all but the newest at most; returns how many it removed.
+fn remove_expired(segments: &[Segment], limits: &LocalLogLimits) -> Result<usize, SinkError> {
+    let now = SystemTime::now();
+    let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
+    let mut removed = 0;
+    for oldest in &segments[..segments.len().saturating_sub(1)] {
+        let modified = fs::metadata(&oldest.path).and_then(|m| m.modified()).unwrap_or(now);
+        let expired = now.duration_since(modified).unwrap_or_default() > limits.retention;
+        if !expired && total <= limits.max_bytes_per_tenant {
+            break;
+        }
+        match fs::remove_file(&oldest.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        total -= oldest.bytes;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SinkError> {
@@ -253,9 +372,14 @@ fn sync_dir(dir: &Path) -> Result<(), SinkError> {
 
 impl LocalLog {
     pub fn open(dir: &Path, limits: LocalLogLimits) -> Result<LocalLog, SinkError> {
+        LocalLog::open_bounded(dir, limits, Bounds::default())
+    }
+
+    fn open_bounded(dir: &Path, limits: LocalLogLimits, bounds: Bounds) -> Result<LocalLog, SinkError> {
+        assert!(bounds.open_files >= 1 && bounds.kept_logs >= bounds.open_files, "bounds: {bounds:?}");
         fs::create_dir_all(dir).map_err(io)?;
         sync_dir(dir)?;
-        Ok(LocalLog { dir: dir.to_path_buf(), limits, tenants: Arc::new(Mutex::new(Logs::default())) })
+        Ok(LocalLog { dir: dir.to_path_buf(), limits, bounds, tenants: Arc::new(Mutex::new(Logs::default())) })
     }
 
     /// fsyncs of tenant files and directories since the log was opened.
@@ -265,6 +389,30 @@ impl LocalLog {
 
     fn tenant_dir(&self, tenant: &str) -> PathBuf {
         self.dir.join(tenant)
+    }
+
+    /// Applies retention to every tenant's log on disk, one tenant at a time (deliveries go on
+    /// in between). Blocking: run it off the async threads. Returns the segments removed.
+    pub fn sweep(&self) -> Result<usize, SinkError> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let Some(tenant) = entry.file_name().to_str().map(str::to_string) else { continue };
+            if !entry.file_type().map_err(io)?.is_dir() {
+                continue;
+            }
+            // Under the lock, so a delivery never opens the log while its segments go.
+            let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+            match tenants.logs.get_mut(&tenant) {
+                Some(log) => {
+                    let before = log.segments.len();
+                    log.enforce_retention(&self.limits)?;
+                    removed += before - log.segments.len();
+                }
+                None => removed += remove_expired(&list_segments(&entry.path())?, &self.limits)?,
+            }
+        }
+        Ok(removed)
     }
 
     /// Reads one page of a tenant's log. Positions before the oldest kept segment are skipped.
@@ -361,9 +509,10 @@ impl AuditSink for LocalLog {
         let tenants = self.tenants.clone();
         let dir = self.dir.clone();
         let limits = self.limits.clone();
+        let bounds = self.bounds;
         tokio::task::spawn_blocking(move || -> Result<Delivered, SinkError> {
             let mut tenants = tenants.lock().unwrap_or_else(|p| p.into_inner());
-            let Logs { logs, open, clock, dirty, root_dirty, fsyncs } = &mut *tenants;
+            let Logs { logs, kept, open, clock, dirty, root_dirty, fsyncs } = &mut *tenants;
             for (tenant, lines) in by_tenant {
                 *clock += 1;
                 let log = match logs.entry(tenant.clone()) {
@@ -374,21 +523,37 @@ impl AuditSink for LocalLog {
                         v.insert(log)
                     }
                 };
+                kept.remove(&log.used);
                 open.remove(&log.used);
                 log.used = *clock;
+                kept.insert(*clock, tenant.clone());
                 open.insert(*clock, tenant.clone());
                 let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_ref()).collect();
                 log.append(&lines, &limits, fsyncs)?;
                 if log.dirty || log.dir_dirty {
                     dirty.insert(tenant);
                 }
-                while open.len() > MAX_OPEN_FILES {
-                    let Some((_, oldest)) = open.pop_first() else { break };
-                    if let Some(log) = logs.get_mut(&oldest) {
+                // A log leaves a bound only once it is durable: if syncing fails it stays as
+                // it was, still pending the next sync.
+                while open.len() > bounds.open_files {
+                    let Some((&used, oldest)) = open.first_key_value() else { break };
+                    if let Some(log) = logs.get_mut(oldest) {
                         log.sync(fsyncs)?;
-                        dirty.remove(&oldest);
+                        dirty.remove(oldest);
                         log.file = None;
                     }
+                    open.remove(&used);
+                }
+                while kept.len() > bounds.kept_logs {
+                    let Some((&used, oldest)) = kept.first_key_value() else { break };
+                    if let Some(log) = logs.get_mut(oldest) {
+                        log.sync(fsyncs)?;
+                        log.leave_checkpoint(bounds.checkpoint_from);
+                        dirty.remove(oldest);
+                        logs.remove(oldest);
+                    }
+                    open.remove(&used);
+                    kept.remove(&used);
                 }
             }
             Ok(Delivered::Written)
@@ -540,6 +705,77 @@ mod tests {
         }
     }
 
+    fn positions(log: &LocalLog, tenant: &str) -> Vec<u64> {
+        let page = log.read(tenant, &ReadFilter { limit: 100, ..Default::default() }).unwrap();
+        page.events.iter().map(|(p, _)| *p).collect()
+    }
+
+    #[tokio::test]
+    async fn more_tenants_than_kept_logs_are_forgotten_durably_and_continue_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        // Checkpoints from 1 KiB: the first rounds are counted, the later ones checkpointed.
+        let bounds = Bounds { open_files: 2, kept_logs: 4, checkpoint_from: 1024 };
+        let log = LocalLog::open_bounded(dir.path(), limits(1 << 20), bounds).unwrap();
+        let tenants: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+        for round in 0..6 {
+            for tenant in &tenants {
+                let batch = [
+                    entry(tenant, 2 * round, "dev.custos.key.encrypt", round),
+                    entry(tenant, 2 * round + 1, "dev.custos.key.encrypt", round),
+                ];
+                log.deliver(&batch).await.unwrap();
+            }
+            let logs = log.tenants.lock().unwrap();
+            assert!(logs.logs.len() <= 4 && logs.kept.len() == logs.logs.len(), "{} logs kept", logs.logs.len());
+            assert!(logs.open.len() <= 2, "{} files open", logs.open.len());
+            assert!(logs.dirty.iter().all(|t| logs.logs.contains_key(t)), "a forgotten log is pending a sync");
+        }
+        for tenant in &tenants {
+            assert_eq!(positions(&log, tenant), (0..12).collect::<Vec<_>>(), "{tenant}");
+        }
+        // Forgotten logs past 1 KiB left a checkpoint that agrees with their segment.
+        let checkpoint = fs::read_to_string(dir.path().join("t0").join(CHECKPOINT)).unwrap();
+        let checkpoint = Checkpoint::parse(&checkpoint).unwrap();
+        let segment = list_segments(&dir.path().join("t0")).unwrap().pop().unwrap();
+        assert_eq!(checkpoint.first, 0);
+        assert!(checkpoint.bytes >= 1024 && checkpoint.bytes <= segment.bytes, "{checkpoint:?}");
+        let (lines, _) = repair_and_count(&segment.path, 0).unwrap();
+        let (after, _) = repair_and_count(&segment.path, checkpoint.bytes).unwrap();
+        assert_eq!(checkpoint.lines + after, lines);
+    }
+
+    #[test]
+    fn a_matching_checkpoint_spares_counting_and_any_other_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = dir.path().join("acme");
+        fs::create_dir(&tenant).unwrap();
+        let line = b"{}\n";
+        fs::write(tenant.join(segment_name(100)), line.repeat(5)).unwrap();
+        let open_next = || TenantLog::open(tenant.clone()).unwrap().0.next;
+        assert_eq!(open_next(), 105);
+
+        // A checkpoint is trusted for the bytes it covers (here it claims more lines than the
+        // file holds, which shows its count is used); only the lines after it are counted.
+        let at = |first: u64, bytes: u64, lines: u64| {
+            fs::write(tenant.join(CHECKPOINT), Checkpoint { first, bytes, lines }.render()).unwrap();
+        };
+        at(100, 9, 7);
+        assert_eq!(open_next(), 100 + 7 + 2);
+        // Another segment's, one longer than the file, or a torn one: every line is counted.
+        at(0, 9, 3);
+        assert_eq!(open_next(), 105);
+        at(100, 16, 5);
+        assert_eq!(open_next(), 105);
+        fs::write(tenant.join(CHECKPOINT), "v1 100 9 7").unwrap();
+        assert_eq!(open_next(), 105);
+        fs::write(tenant.join(CHECKPOINT), "v1 100 9 7 end\n").unwrap();
+        // A torn line after the checkpoint is cut off.
+        OpenOptions::new().append(true).open(tenant.join(segment_name(100))).unwrap().write_all(b"{\"to").unwrap();
+        assert_eq!(open_next(), 100 + 7 + 2);
+        assert_eq!(fs::metadata(tenant.join(segment_name(100))).unwrap().len(), 15);
+        assert_eq!(Checkpoint::parse("v1 1 2 3 end extra\n"), None);
+    }
+
     #[tokio::test]
     async fn new_tenant_directories_and_segments_wait_for_sync_and_sync_covers_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -577,6 +813,45 @@ mod tests {
         let logs = log.tenants.lock().unwrap();
         assert!(!logs.root_dirty && logs.dirty.is_empty());
         assert!(logs.logs.values().all(|l| !l.dir_dirty && !l.dirty), "sync left entries pending");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_applies_retention_to_tenants_that_no_longer_write() {
+        let dir = tempfile::tempdir().unwrap();
+        // About 290 bytes an event: four to a segment.
+        let limits = LocalLogLimits {
+            segment_bytes: 1000,
+            retention: Duration::from_secs(3600),
+            max_bytes_per_tenant: u64::MAX,
+        };
+        let log = LocalLog::open(dir.path(), limits.clone()).unwrap();
+        for tenant in ["kept", "gone"] {
+            for i in 0..9 {
+                log.deliver(&[entry(tenant, i, "dev.custos.key.encrypt", i)]).await.unwrap();
+            }
+            let firsts: Vec<u64> = list_segments(&dir.path().join(tenant)).unwrap().iter().map(|s| s.first).collect();
+            assert_eq!(firsts, [0, 4, 8], "{tenant}");
+        }
+        assert_eq!(log.sweep().unwrap(), 0, "nothing is past retention yet");
+        // Their closed segments were last written two hours ago.
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        for tenant in ["kept", "gone"] {
+            for segment in &list_segments(&dir.path().join(tenant)).unwrap()[..2] {
+                File::options().write(true).open(&segment.path).unwrap().set_modified(two_hours_ago).unwrap();
+            }
+        }
+        // "kept" is in this log's memory; "gone" only on disk.
+        let fresh = LocalLog::open(dir.path(), limits).unwrap();
+        fresh.deliver(&[entry("kept", 9, "dev.custos.key.encrypt", 9)]).await.unwrap();
+        assert_eq!(fresh.sweep().unwrap(), 4, "each tenant's two closed segments");
+        for (tenant, last) in [("kept", 9), ("gone", 8)] {
+            let page = fresh.read(tenant, &ReadFilter { limit: 100, ..Default::default() }).unwrap();
+            let positions: Vec<u64> = page.events.iter().map(|(p, _)| *p).collect();
+            assert_eq!(positions, (8..=last).collect::<Vec<_>>(), "{tenant}");
+        }
+        // The kept log goes on appending after its segments went.
+        fresh.deliver(&[entry("kept", 10, "dev.custos.key.encrypt", 10)]).await.unwrap();
+        assert_eq!(fresh.extent("kept").unwrap(), (8, 11));
     }
 
     #[tokio::test]
