@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use custos_actors::audit::chain::Anchor;
 use custos_actors::audit::shipper::ShipperLimits;
 use custos_actors::audit::sink::kafka::{KafkaSinkConfig, TopicLayout};
 use custos_actors::audit::sink::local::LocalLogLimits;
@@ -142,9 +143,18 @@ impl StreamSource {
     }
 }
 
-/// Reads a whole stream (a tenant id, or `_cluster`) and checks its chains. Blocking.
-pub fn verify(source: &StreamSource, stream: &str) -> Result<custos_actors::audit::chain::Report, NodeError> {
+/// Reads a whole stream (a tenant id, or `_cluster`) and checks its chains, each from its
+/// anchor if one is given. A stream whose oldest entries retention removed is checked from
+/// what it retains. Blocking.
+pub fn verify(
+    source: &StreamSource,
+    stream: &str,
+    anchors: Vec<Anchor>,
+) -> Result<custos_actors::audit::chain::Report, NodeError> {
     let mut verifier = custos_actors::audit::chain::Verifier::new(stream);
+    for anchor in anchors {
+        verifier.anchor(anchor);
+    }
     match source {
         StreamSource::LocalLog(dir) => {
             if !dir.is_dir() {
@@ -155,13 +165,24 @@ pub fn verify(source: &StreamSource, stream: &str) -> Result<custos_actors::audi
                 LocalLogLimits { segment_bytes: u64::MAX, retention: Duration::MAX, max_bytes_per_tenant: u64::MAX },
             )
             .map_err(|e| NodeError::Audit(e.to_string()))?;
-            log.for_each_raw(stream, |line| verifier.push_raw(line)).map_err(|e| NodeError::Audit(e.to_string()))?;
+            let first = log
+                .for_each_raw(stream, |line| verifier.push_raw(line))
+                .map_err(|e| NodeError::Audit(e.to_string()))?;
+            if first > 0 {
+                verifier.after_retention();
+            }
         }
         StreamSource::Kafka(config) => {
-            custos_actors::audit::sink::kafka::read_tenant(config, stream, Duration::from_secs(30), |_, payload| {
-                verifier.push_raw(payload)
-            })
+            let low = custos_actors::audit::sink::kafka::read_tenant(
+                config,
+                stream,
+                Duration::from_secs(30),
+                |_, payload| verifier.push_raw(payload),
+            )
             .map_err(|e| NodeError::Audit(e.to_string()))?;
+            if low > 0 {
+                verifier.after_retention();
+            }
         }
     }
     Ok(verifier.finish())

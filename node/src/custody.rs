@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use custos_actors::audit::{Actor, Audit, AuditData, AuditRecord, AuditStream, EventType, Outcome};
 use custos_actors::custody::edge::{EdgeStorageProvider, EncryptedFsEdge, MemoryEdge};
 use custos_actors::custody::master::{MasterKey, MasterKeySource};
 use custos_actors::custody::provider::vault::{AuthSettings, TokenSource};
@@ -118,18 +119,26 @@ pub(crate) fn is_leader(cluster: &Cluster) -> bool {
     cluster.raft().metrics().borrow().current_leader == Some(cluster.id())
 }
 
-/// The custody actors' way to write: through this node's Raft cluster.
-pub struct ClusterProposer(pub Cluster);
+/// The custody actors' way to write and to record what they did: through this node's Raft
+/// cluster and audit outbox.
+pub struct ClusterProposer {
+    pub cluster: Cluster,
+    pub audit: Arc<Audit>,
+}
 
 #[async_trait::async_trait]
 impl Proposer for ClusterProposer {
     fn is_leader(&self) -> bool {
-        is_leader(&self.0)
+        is_leader(&self.cluster)
     }
 
     async fn propose(&self, proposal: Proposal) -> Result<(), String> {
-        let response = self.0.write(proposal).await.map_err(|e| e.to_string())?;
+        let response = self.cluster.write(proposal).await.map_err(|e| e.to_string())?;
         response.outcome.map(|_| ()).map_err(|rejection| rejection.to_string())
+    }
+
+    async fn record(&self, record: AuditRecord) -> Result<(), String> {
+        self.audit.record(record).await.map_err(|e| e.to_string())
     }
 }
 
@@ -138,10 +147,13 @@ const SHREDS_PER_ROUND: usize = 64;
 
 /// On the leader, every `interval`: destroys deleted tenants' roots at their providers (a
 /// Vault namespace) and records each success, so a provider that was down when the tenant
-/// was deleted is shredded once it is back.
+/// was deleted is shredded once it is back. Each success is audited (`tenant.shred`, actor
+/// `system`) before governance state records it, so a failure in between only shreds and
+/// audits again.
 pub async fn shred_pending(
     cluster: Cluster,
     custody: Arc<Custody>,
+    audit: Arc<Audit>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -167,6 +179,19 @@ pub async fn shred_pending(
                 continue;
             }
             let Ok(request_id) = RequestId::new(format!("shred/{tenant}")) else { continue };
+            let mut data = AuditData::new(Actor::system(), Outcome::Success);
+            data.request_id = Some(request_id.as_str().to_string());
+            data.details.insert("key_provider".into(), shred.provider.as_str().into());
+            let event = AuditRecord {
+                stream: AuditStream::Tenant(tenant.clone()),
+                kind: EventType::TenantShred,
+                subject: None,
+                data,
+            };
+            if let Err(e) = audit.record(event).await {
+                tracing::warn!(tenant_id = %tenant, error = %e, "auditing a destroyed root failed; retrying");
+                continue;
+            }
             let proposal = Proposal {
                 request_id,
                 proposed_at_ms: crate::api::now_ms(),

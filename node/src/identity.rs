@@ -1,6 +1,7 @@
 //! The leader's identity upkeep: the platform's token-signing keys (the first key right after
 //! the cluster forms, then rotation: publish ahead, retire after the last token it signed),
-//! and announcing API-key secrets that expire soon.
+//! and announcing API-key secrets that expire soon. Each change of the signing keys is
+//! audited in the cluster stream (`key.rotate`, actor `system`) before it is written.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +56,7 @@ pub async fn maintain(
         if !crate::custody::is_leader(&cluster) {
             continue;
         }
-        match step(&cluster, &custody, &config).await {
+        match step(&cluster, &custody, &audit, &config).await {
             Ok(have_key) => wait = if have_key { interval } else { FIRST_KEY_INTERVAL },
             Err(e) => tracing::warn!(error = %e, "signing-key upkeep failed; retrying"),
         }
@@ -114,7 +115,7 @@ async fn announce_expiring(
 }
 
 /// One round; returns whether a signing key exists afterwards.
-async fn step(cluster: &Cluster, custody: &Custody, config: &IdentityConfig) -> anyhow::Result<bool> {
+async fn step(cluster: &Cluster, custody: &Custody, audit: &Audit, config: &IdentityConfig) -> anyhow::Result<bool> {
     let current = cluster.reader().platform_keys()?;
     let now = crate::api::now_ms();
     let keys = current.as_ref().map(|c| c.signing.as_slice()).unwrap_or_default();
@@ -124,15 +125,24 @@ async fn step(cluster: &Cluster, custody: &Custody, config: &IdentityConfig) -> 
         None => custody.provision_platform().await?,
     };
     let mut keep = plan.keep;
+    let mut data = AuditData::new(Actor::system(), Outcome::Success);
+    let retired: Vec<&str> =
+        keys.iter().filter(|k| !keep.iter().any(|kept| kept.kid == k.kid)).map(|k| k.kid.as_str()).collect();
+    data.details.insert("retired_kids".into(), retired.into());
     if let Some(activates_at_ms) = plan.new_key_activates_at_ms {
         let algorithm = algorithm(config);
         // RSA generation takes a while; keep it off the async threads.
         let generated = tokio::task::spawn_blocking(move || generate(algorithm)).await??;
         let kek = custody.platform_kek(&platform).await?;
         keep.push(record(&kek, &generated, now, activates_at_ms));
+        data.key_id = Some(generated.kid.clone());
+        data.details.insert("activates_at_ms".into(), activates_at_ms.into());
         tracing::info!(kid = %generated.kid, activates_at_ms, "new token-signing key");
     }
     let expected_revision = current.as_ref().map_or(0, |c| c.revision);
+    data.request_id = Some(format!("signing-keys/{expected_revision}"));
+    let subject = Some("signing-keys".to_string());
+    audit.record(AuditRecord { stream: AuditStream::Cluster, kind: EventType::KeyRotate, subject, data }).await?;
     let proposal = Proposal {
         // One request per revision: a retry after a lost answer replays instead of rotating twice.
         request_id: RequestId::new(format!("signing-keys/{expected_revision}"))?,

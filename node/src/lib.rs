@@ -164,7 +164,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
         directory: directory.clone(),
         custody: custody.clone(),
-        proposer: Some(Arc::new(custody::ClusterProposer(cluster.clone()))),
+        proposer: Some(Arc::new(custody::ClusterProposer { cluster: cluster.clone(), audit: audit.clone() })),
         maintenance_interval: Duration::from_millis(config.custody.schedule_interval_ms),
         idle_stop_after: Duration::from_millis(a.idle_stop_ms),
     };
@@ -174,8 +174,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
     let sync_task = tokio::spawn(tenants::sync(cluster.clone(), supervisor.clone(), sync_stopped.clone()));
     let schedule_interval = Duration::from_millis(config.custody.schedule_interval_ms);
-    let shred_task =
-        tokio::spawn(custody::shred_pending(cluster.clone(), custody.clone(), schedule_interval, sync_stopped.clone()));
+    let shred_task = tokio::spawn(custody::shred_pending(
+        cluster.clone(),
+        custody.clone(),
+        audit.clone(),
+        schedule_interval,
+        sync_stopped.clone(),
+    ));
     let carrier = Arc::new(carried::Carrier::default());
     let recorder_task = tokio::spawn(carried::record(
         cluster.clone(),

@@ -330,6 +330,66 @@ async fn every_auditable_action_yields_its_event_without_secrets_in_its_tenants_
     let (code, out) = verify_cli(&["--tenant", "acme", "--log-dir", log_dir.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("\"kind\":\"reordered\""), "{out}");
+
+    // Retention removed the oldest events (the log now starts at position 3): the chain is
+    // checked from what is left. The anchor an earlier run printed still holds, and finds a
+    // tail cut off afterwards, which the chain alone cannot show.
+    std::fs::write(&segment, &original).unwrap();
+    let dir = log_dir.to_str().unwrap();
+    let (code, out) = verify_cli(&["--tenant", "acme", "--log-dir", dir]);
+    assert_eq!(code, 0, "{out}");
+    let anchor = out.split("--anchor ").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap().to_string();
+    let lines: Vec<&str> = original.lines().collect();
+    std::fs::remove_file(&segment).unwrap();
+    let retained = log_dir.join("acme").join(format!("{:020}.jsonl", 3));
+    std::fs::write(&retained, lines[3..].join("\n") + "\n").unwrap();
+    let (code, out) = verify_cli(&["--tenant", "acme", "--log-dir", dir, "--anchor", &anchor]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("after retention"), "{out}");
+    std::fs::write(&retained, lines[3..lines.len() - 1].join("\n") + "\n").unwrap();
+    let (code, out) = verify_cli(&["--tenant", "acme", "--log-dir", dir]);
+    assert_eq!(code, 0, "without an anchor a cut-off tail goes unseen: {out}");
+    let (code, out) = verify_cli(&["--tenant", "acme", "--log-dir", dir, "--anchor", &anchor]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("\"kind\":\"missing\""), "{out}");
+    let (code, out) = verify_cli(&["--tenant", "acme", "--log-dir", dir, "--anchor", "nonsense"]);
+    assert_eq!(code, 2, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_work_the_leader_does_by_itself_is_audited_as_the_system() {
+    let env = [("CUSTOS_CUSTODY__SCHEDULE_INTERVAL_MS", "200")];
+    let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
+    cluster.form().await.expect("form");
+    create_tenant(&cluster, "acme").await;
+    let (status, body) = call(&cluster, Method::POST, "/v1/tenants/acme/keys", Some(json!({"id": "old"}))).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) =
+        call(&cluster, Method::POST, "/v1/tenants/acme/keys/old/destroy", Some(json!({"delay_ms": 0}))).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, key) = call(&cluster, Method::GET, "/v1/tenants/acme/keys/old", None).await;
+        assert_eq!(status, 200, "{key}");
+        if key["state"] == "destroyed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader did not destroy the due key: {key}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shipped(&cluster).await;
+
+    let acme = stream(&cluster, "acme").await;
+    assert_eq!(kinds(&acme), ["tenant.create", "key.create", "key.schedule_destroy", "key.destroy"]);
+    let destroyed = &acme[3]["data"];
+    assert_eq!((destroyed["actor"]["kind"].as_str(), destroyed["outcome"].as_str()), (Some("system"), Some("success")));
+    assert_eq!((destroyed["key_id"].as_str(), &destroyed["details"]["scheduled"]), (Some("old"), &json!(true)));
+    assert_eq!(acme[3]["subject"], "keys/old");
+    let mut verifier = Verifier::new("acme");
+    for event in &acme {
+        verifier.push(serde_json::from_value::<AuditEvent>(event.clone()).unwrap());
+    }
+    assert!(verifier.finish().is_clean());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,6 +403,8 @@ async fn a_node_killed_with_a_full_outbox_ships_every_acknowledged_event_after_r
         ("CUSTOS_AUDIT__KAFKA__REPLICATION_FACTOR", "1"),
         ("CUSTOS_AUDIT__KAFKA__REQUEST_TIMEOUT_MS", "2000"),
         ("CUSTOS_AUDIT__SHIP_BACKOFF_MAX_MS", "500"),
+        ("CUSTOS_AUDIT__MAX_BATCH_EVENTS", "16"),
+        ("CUSTOS_AUDIT__MAX_OUTBOX_EVENTS", "50"),
     ];
     let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
     cluster.form().await.expect("form");
@@ -363,6 +425,24 @@ async fn a_node_killed_with_a_full_outbox_ships_every_acknowledged_event_after_r
     }
     let (_, status) = call(&cluster, Method::GET, "/v1/cluster/status", None).await;
     assert!(status["audit"]["outbox_depth"].as_u64().unwrap() >= 40, "{}", status["audit"]);
+    // Past the outbox's bound, fail-closed refuses clearly instead of answering what it
+    // could not record.
+    let mut refused = None;
+    for _ in 0..20 {
+        let (status, body) =
+            call(&cluster, Method::POST, "/v1/tenants/acme/keys/k/encrypt", Some(json!({"plaintext": "aGVsbG8="})))
+                .await;
+        match status {
+            200 => acknowledged += 1,
+            _ => {
+                refused = Some((status, body));
+                break;
+            }
+        }
+    }
+    let (status, body) = refused.expect("the outbox never filled");
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("audit_backlog")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("fail-closed"), "{body}");
 
     cluster.kill(1).unwrap();
     kafka.run("restart").unwrap();

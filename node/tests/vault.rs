@@ -100,6 +100,27 @@ async fn a_tenant_on_vault_works_end_to_end_and_its_namespace_dies_with_it() {
         left = tenant_namespaces(&bao, &http).await;
     }
     assert!(left.is_empty(), "the tenant's namespace survived its deletion: {left:?}");
+    // The leader audited the shred in the tenant's stream, as the system.
+    let log = cluster.root().join("node-1/data/audit/log/bank");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let shred = loop {
+        let mut events = Vec::new();
+        for segment in std::fs::read_dir(&log).unwrap() {
+            let path = segment.unwrap().path();
+            if path.extension().is_none_or(|e| e != "jsonl") {
+                continue;
+            }
+            let text = std::fs::read_to_string(path).unwrap();
+            events.extend(text.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()));
+        }
+        if let Some(shred) = events.into_iter().find(|e| e["type"] == "dev.custos.tenant.shred") {
+            break shred;
+        }
+        assert!(std::time::Instant::now() < deadline, "no tenant.shred event in {}", log.display());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(shred["data"]["actor"]["kind"], "system", "{shred}");
+    assert_eq!(shred["data"]["details"]["key_provider"], "vault", "{shred}");
 
     // The deleted tenant's id stays taken, and trying it provisions nothing in Vault.
     let body = json!({ "id": "bank", "display_name": "Bank", "region": "eu", "key_provider": "vault" });

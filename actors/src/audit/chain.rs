@@ -7,7 +7,13 @@
 //! dropping or moving an event shows up in [`Verifier::finish`].
 //!
 //! What a chain cannot show on its own is a cut-off tail: the last events of a chain missing
-//! together look like a chain that ended early. Compare with the node's chain heads for that.
+//! together look like a chain that ended early. An [`Anchor`] closes that gap: the head an
+//! earlier verification (or the node's `chain_head`) reported must still be in the stream,
+//! or be followed by the chain's first retained event.
+//!
+//! Retention removes a stream's oldest events. A stream the reader knows was cut that way
+//! ([`Verifier::after_retention`]) lets each chain begin after seq 1; only an anchor can then
+//! tell a removal by retention from one by anyone else.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -197,6 +203,37 @@ pub enum Finding {
     Conflict { chain: String, seq: u64 },
     /// The event could not be read as an audit event at all.
     Unreadable { position: u64, reason: String },
+    /// The event at an anchor's place, or the first retained one after it, does not match the
+    /// anchor's hash: the chain was rewritten since the anchor was taken.
+    AnchorMismatch { chain: String, seq: u64 },
+}
+
+/// Where an earlier verification of a chain ended: its last seq and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Anchor {
+    pub chain: String,
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl Anchor {
+    /// Parses `CHAIN:SEQ:HASH` (as `custos audit verify` prints a chain's head).
+    pub fn parse(text: &str) -> Result<Anchor, String> {
+        let mut parts = text.rsplitn(3, ':');
+        let (Some(hash), Some(seq), Some(chain)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("anchor {text:?} is not CHAIN:SEQ:HASH"));
+        };
+        let seq: u64 = seq.parse().map_err(|_| format!("anchor {text:?}: SEQ is not a number"))?;
+        if seq == 0 || chain.is_empty() || decode_hash(hash).is_none() {
+            return Err(format!("anchor {text:?}: needs a chain, a seq from 1 and a 64-digit hex hash"));
+        }
+        Ok(Anchor { chain: chain.to_string(), seq, hash: hash.to_ascii_lowercase() })
+    }
+
+    /// How `custos audit verify --anchor` takes it.
+    pub fn render(&self) -> String {
+        format!("{}:{}:{}", self.chain, self.seq, self.hash)
+    }
 }
 
 /// One chain's extent in a verified stream.
@@ -212,6 +249,9 @@ pub struct ChainSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub tenant: String,
+    /// Retention had removed the stream's oldest events: chains were verified from their
+    /// first retained event (and from their anchors).
+    pub after_retention: bool,
     /// Events of the tenant read, duplicates included.
     pub events: u64,
     /// Redeliveries of an identical event (at-least-once shipping); not a finding.
@@ -242,6 +282,8 @@ struct ChainState {
 /// Memory grows with the number of distinct events (about 80 bytes each).
 pub struct Verifier {
     tenant: String,
+    after_retention: bool,
+    anchors: Vec<Anchor>,
     position: u64,
     events: u64,
     duplicates: u64,
@@ -258,12 +300,25 @@ impl Verifier {
     pub fn new(tenant: impl Into<String>) -> Verifier {
         Verifier {
             tenant: tenant.into(),
+            after_retention: false,
+            anchors: Vec::new(),
             position: 0,
             events: 0,
             duplicates: 0,
             chains: HashMap::new(),
             findings: Vec::new(),
         }
+    }
+
+    /// The stream's oldest events were removed by retention (its reader saw the log or the
+    /// partition start after its first entry): a chain may begin after seq 1.
+    pub fn after_retention(&mut self) {
+        self.after_retention = true;
+    }
+
+    /// Requires a chain to hold, or to continue from, a head seen before.
+    pub fn anchor(&mut self, anchor: Anchor) {
+        self.anchors.push(anchor);
     }
 
     /// Feeds one raw stream entry; entries of other tenants are skipped. The hash is computed
@@ -336,12 +391,40 @@ impl Verifier {
     /// Checks links and gaps once the whole stream has been read.
     pub fn finish(mut self) -> Report {
         let genesis = [0u8; 32];
+        let empty = ChainState::default();
+        for anchor in &self.anchors {
+            let state = self.chains.get(&anchor.chain).unwrap_or(&empty);
+            let hash = decode_hash(&anchor.hash);
+            let chain = anchor.chain.clone();
+            let first = state.seen.keys().next().copied();
+            if let Some(seen) = state.seen.get(&anchor.seq) {
+                if Some(seen.hash) != hash {
+                    self.findings.push(Finding::AnchorMismatch { chain, seq: anchor.seq });
+                }
+            } else if first == Some(anchor.seq + 1) {
+                if Some(state.seen[&(anchor.seq + 1)].prev) != hash {
+                    self.findings.push(Finding::AnchorMismatch { chain, seq: anchor.seq });
+                }
+            } else if let Some(first) = first.filter(|&first| first > anchor.seq + 1 && self.after_retention) {
+                // Events after the anchor, never verified, are gone.
+                self.findings.push(Finding::Missing { chain, from: anchor.seq + 1, to: first - 1 });
+            } else if state.max_seq < anchor.seq && (first.is_some() || !self.after_retention) {
+                // The chain's tail up to the anchor was cut off. (A chain retention removed
+                // entirely leaves nothing to compare.)
+                self.findings.push(Finding::Missing { chain, from: state.max_seq + 1, to: anchor.seq });
+            }
+        }
         let mut names: Vec<String> = self.chains.keys().cloned().collect();
         names.sort();
         let mut chains = Vec::with_capacity(names.len());
         for name in names {
             let state = &self.chains[&name];
-            let mut expected = 1u64;
+            // After retention a chain is checked from its first retained event; gaps after an
+            // anchor were reported above.
+            let mut expected = match state.seen.keys().next() {
+                Some(&first) if self.after_retention => first,
+                _ => 1,
+            };
             let mut previous: Option<(u64, [u8; 32])> = None;
             for (&seq, seen) in &state.seen {
                 if seq > expected {
@@ -370,6 +453,7 @@ impl Verifier {
         }
         Report {
             tenant: self.tenant,
+            after_retention: self.after_retention,
             events: self.events,
             duplicates: self.duplicates,
             chains,
@@ -449,6 +533,106 @@ mod tests {
         assert_eq!(report.findings, vec![Finding::Missing { chain: "1/a".into(), from: 3, to: 3 }]);
         let first_dropped = verify("acme", &chain_of("acme", "1/a", 3)[1..]);
         assert_eq!(first_dropped.findings, vec![Finding::Missing { chain: "1/a".into(), from: 1, to: 1 }]);
+    }
+
+    fn verify_with(events: &[AuditEvent], after_retention: bool, anchors: &[Anchor]) -> Vec<Finding> {
+        let mut verifier = Verifier::new("acme");
+        if after_retention {
+            verifier.after_retention();
+        }
+        for anchor in anchors {
+            verifier.anchor(anchor.clone());
+        }
+        for event in events {
+            verifier.push_raw(&serde_json::to_vec(event).unwrap());
+        }
+        let report = verifier.finish();
+        assert_eq!(report.after_retention, after_retention);
+        report.findings
+    }
+
+    fn anchor_at(events: &[AuditEvent], seq: u64) -> Anchor {
+        let event = &events[seq as usize - 1];
+        Anchor { chain: event.chain.clone(), seq, hash: event.chainhash.clone() }
+    }
+
+    #[test]
+    fn after_retention_a_chain_is_checked_from_its_first_retained_event() {
+        let events = chain_of("acme", "1/a", 10);
+        let retained = &events[4..];
+        assert_eq!(verify_with(retained, false, &[]), vec![Finding::Missing { chain: "1/a".into(), from: 1, to: 4 }]);
+        assert_eq!(verify_with(retained, true, &[]), vec![]);
+        // A gap inside what is retained is still one.
+        let mut holed = retained.to_vec();
+        holed.remove(2);
+        assert_eq!(verify_with(&holed, true, &[]), vec![Finding::Missing { chain: "1/a".into(), from: 7, to: 7 }]);
+    }
+
+    #[test]
+    fn an_anchor_finds_a_cut_tail_a_rewritten_chain_and_unverified_events_removed_after_it() {
+        let events = chain_of("acme", "1/a", 10);
+        let head = anchor_at(&events, 10);
+        assert_eq!(verify_with(&events, false, std::slice::from_ref(&head)), vec![]);
+        // The last three events dropped: without the anchor the chain just looks shorter.
+        assert_eq!(verify_with(&events[..7], false, &[]), vec![]);
+        assert_eq!(
+            verify_with(&events[..7], false, std::slice::from_ref(&head)),
+            vec![Finding::Missing { chain: "1/a".into(), from: 8, to: 10 }]
+        );
+        // A chain built again from scratch (same ids, other content) does not hold the anchor.
+        let mut forged = chain_of("acme", "1/a", 10);
+        for event in &mut forged {
+            event.subject = Some("keys/other".into());
+        }
+        let forged: Vec<AuditEvent> = {
+            let mut prev = GENESIS.to_string();
+            forged
+                .into_iter()
+                .map(|mut event| {
+                    event.chainprev = prev.clone();
+                    event.chainhash = event_hash(&event);
+                    prev = event.chainhash.clone();
+                    event
+                })
+                .collect()
+        };
+        assert_eq!(verify_with(&forged, false, &[]), vec![]);
+        assert_eq!(
+            verify_with(&forged, false, std::slice::from_ref(&head)),
+            vec![Finding::AnchorMismatch { chain: "1/a".into(), seq: 10 }]
+        );
+        // After retention: an anchor just before the first retained event links to it; one
+        // further back means events after it went before anyone verified them.
+        let retained = &events[5..];
+        assert_eq!(verify_with(retained, true, &[anchor_at(&events, 5)]), vec![]);
+        assert_eq!(verify_with(retained, true, &[anchor_at(&events, 8)]), vec![]);
+        assert_eq!(
+            verify_with(retained, true, &[anchor_at(&events, 3)]),
+            vec![Finding::Missing { chain: "1/a".into(), from: 4, to: 5 }]
+        );
+        let wrong = Anchor { hash: events[1].chainhash.clone(), ..anchor_at(&events, 5) };
+        assert_eq!(
+            verify_with(retained, true, &[wrong]),
+            vec![Finding::AnchorMismatch { chain: "1/a".into(), seq: 5 }]
+        );
+        // A chain the stream lacks: cut off, unless retention may have removed all of it.
+        let other = Anchor { chain: "2/b".into(), ..anchor_at(&events, 4) };
+        assert_eq!(
+            verify_with(&events, false, std::slice::from_ref(&other)),
+            vec![Finding::Missing { chain: "2/b".into(), from: 1, to: 4 }]
+        );
+        assert_eq!(verify_with(retained, true, &[other]), vec![]);
+    }
+
+    #[test]
+    fn anchors_parse_as_verify_prints_them() {
+        let hash = "ab".repeat(32);
+        let anchor = Anchor::parse(&format!("node-1.7f3a:42:{hash}")).unwrap();
+        assert_eq!(anchor, Anchor { chain: "node-1.7f3a".into(), seq: 42, hash: hash.clone() });
+        assert_eq!(Anchor::parse(&anchor.render()).unwrap(), anchor);
+        for bad in ["", "c:1", &format!("c:x:{hash}"), &format!("c:0:{hash}"), "c:1:abc", &format!(":1:{hash}")] {
+            assert!(Anchor::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum EventType {
     KeyDisable,
     KeyScheduleDestroy,
     KeyCancelDestroy,
+    /// A key scheduled for destruction was destroyed (by the leader, actor `system`).
+    KeyDestroy,
     KeyEncrypt,
     KeyDecrypt,
     KeyRewrap,
@@ -69,10 +71,12 @@ pub enum EventType {
     DirectoryGroupCreate,
     DirectoryGroupUpdate,
     DirectoryGroupDelete,
+    /// A deleted tenant's root was destroyed at its provider (by the leader, actor `system`).
+    TenantShred,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 36] = [
+    pub const ALL: [EventType; 38] = [
         EventType::TenantCreate,
         EventType::TenantUpdate,
         EventType::TenantDelete,
@@ -83,6 +87,7 @@ impl EventType {
         EventType::KeyDisable,
         EventType::KeyScheduleDestroy,
         EventType::KeyCancelDestroy,
+        EventType::KeyDestroy,
         EventType::KeyEncrypt,
         EventType::KeyDecrypt,
         EventType::KeyRewrap,
@@ -109,6 +114,7 @@ impl EventType {
         EventType::DirectoryGroupCreate,
         EventType::DirectoryGroupUpdate,
         EventType::DirectoryGroupDelete,
+        EventType::TenantShred,
     ];
 
     /// The type without [`TYPE_PREFIX`], e.g. `key.encrypt`.
@@ -124,6 +130,7 @@ impl EventType {
             EventType::KeyDisable => "key.disable",
             EventType::KeyScheduleDestroy => "key.schedule_destroy",
             EventType::KeyCancelDestroy => "key.cancel_destroy",
+            EventType::KeyDestroy => "key.destroy",
             EventType::KeyEncrypt => "key.encrypt",
             EventType::KeyDecrypt => "key.decrypt",
             EventType::KeyRewrap => "key.rewrap",
@@ -150,6 +157,7 @@ impl EventType {
             EventType::DirectoryGroupCreate => "directory.group_create",
             EventType::DirectoryGroupUpdate => "directory.group_update",
             EventType::DirectoryGroupDelete => "directory.group_delete",
+            EventType::TenantShred => "tenant.shred",
         }
     }
 

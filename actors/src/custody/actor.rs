@@ -1,5 +1,7 @@
 //! The custody actor of one tenant: owns the tenant's cached working keys on this node and
-//! runs the tenant's scheduled key work (rotation and destruction) when this node leads.
+//! runs the tenant's scheduled key work (rotation and destruction) when this node leads. Each
+//! piece of scheduled work is audited (actor `system`, `details.scheduled`) before it is
+//! proposed, and a refusal after it is audited as a failure.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use custos_raft::{Command, KeyId, KeyRecord, KeyState, Proposal, RequestId, Tena
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::service::Custody;
+use crate::audit::{self, AuditData, AuditRecord, AuditStream, EventType, Outcome};
 use crate::Proposer;
 
 /// Keys read per page of the leader's schedule scan.
@@ -128,6 +131,34 @@ async fn due_command(
     Ok(None)
 }
 
+/// The audit event of scheduled key work (`None` for any other command).
+fn scheduled_event(
+    record: &KeyRecord,
+    command: &Command,
+    request_id: &RequestId,
+    outcome: Outcome,
+) -> Option<AuditRecord> {
+    let (kind, version) = match command {
+        Command::RotateKey { expected_latest, .. } => (EventType::KeyRotate, Some(expected_latest + 1)),
+        Command::DestroyKey { .. } => (EventType::KeyDestroy, None),
+        _ => return None,
+    };
+    let mut data = AuditData::new(audit::Actor::system(), outcome);
+    data.key_id = Some(record.id.to_string());
+    data.key_version = version;
+    data.request_id = Some(request_id.as_str().to_string());
+    data.details.insert("scheduled".into(), true.into());
+    if outcome != Outcome::Success {
+        data.reason = Some("scheduled_work_refused".into());
+    }
+    Some(AuditRecord {
+        stream: AuditStream::Tenant(record.tenant.clone()),
+        kind,
+        subject: Some(format!("keys/{}", record.id)),
+        data,
+    })
+}
+
 impl CustodyArgs {
     /// Proposes the due work of `keys`, each read again first: the scan that named them may be
     /// a tick old.
@@ -158,10 +189,28 @@ impl CustodyArgs {
             let (request_id, command) = command;
             let kind = command.kind();
             let Ok(request_id) = RequestId::new(request_id) else { continue };
+            // Durable before the work is proposed: a crash in between leaves an event whose
+            // work the next tick proposes again (under the same request id), never work
+            // without its event.
+            if let Some(event) = scheduled_event(&record, &command, &request_id, Outcome::Success) {
+                if let Err(e) = proposer.record(event).await {
+                    tracing::warn!(tenant_id = %tenant, key_id = %key, error = %e, "auditing scheduled key work failed; it waits for the next tick");
+                    continue;
+                }
+            }
+            let refused = scheduled_event(&record, &command, &request_id, Outcome::Failure);
             let proposal = Proposal { request_id, proposed_at_ms: now, command };
             match proposer.propose(proposal).await {
                 Ok(()) => tracing::info!(tenant_id = %tenant, key_id = %key, command = kind, "scheduled key work done"),
-                Err(e) => tracing::warn!(tenant_id = %tenant, key_id = %key, error = %e, "scheduled key work refused"),
+                Err(e) => {
+                    tracing::warn!(tenant_id = %tenant, key_id = %key, error = %e, "scheduled key work refused");
+                    if let Some(mut event) = refused {
+                        event.data.details.insert("error".into(), e.into());
+                        if let Err(e) = proposer.record(event).await {
+                            tracing::warn!(tenant_id = %tenant, key_id = %key, error = %e, "auditing refused scheduled key work failed");
+                        }
+                    }
+                }
             }
         }
     }
@@ -241,9 +290,9 @@ mod tests {
     use crate::custody::provider::SealedLocal;
     use crate::custody::SecretKey;
 
-    /// Records proposals instead of replicating them.
+    /// Keeps proposals and audit events, in order, instead of replicating and recording them.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<Proposal>>);
+    struct Recorder(Mutex<Vec<Result<Proposal, AuditRecord>>>);
 
     #[async_trait::async_trait]
     impl Proposer for Recorder {
@@ -251,7 +300,11 @@ mod tests {
             true
         }
         async fn propose(&self, proposal: Proposal) -> Result<(), String> {
-            self.0.lock().unwrap().push(proposal);
+            self.0.lock().unwrap().push(Ok(proposal));
+            Ok(())
+        }
+        async fn record(&self, record: AuditRecord) -> Result<(), String> {
+            self.0.lock().unwrap().push(Err(record));
             Ok(())
         }
     }
@@ -337,7 +390,27 @@ mod tests {
         args.run_schedule(keys.clone()).await;
         args.run_schedule(keys).await;
 
-        let proposals = recorder.0.lock().unwrap().clone();
+        let done = recorder.0.lock().unwrap().clone();
+        // Each piece of work is audited (actor system, the version a rotation makes) just
+        // before it is proposed.
+        for pair in done.chunks(2) {
+            let [Err(event), Ok(proposal)] = pair else { panic!("not an event then its proposal: {pair:?}") };
+            assert_eq!(event.data.actor, audit::Actor::system());
+            assert_eq!(event.data.request_id.as_deref(), Some(proposal.request_id.as_str()));
+            assert_eq!(event.data.details["scheduled"], true);
+            match &proposal.command {
+                Command::RotateKey { key, .. } => {
+                    assert_eq!((event.kind, event.data.key_version), (EventType::KeyRotate, Some(2)));
+                    assert_eq!(event.subject.as_deref(), Some(format!("keys/{key}").as_str()));
+                }
+                Command::DestroyKey { key, .. } => {
+                    assert_eq!(event.kind, EventType::KeyDestroy);
+                    assert_eq!(event.data.key_id.as_deref(), Some(key.as_str()));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let proposals: Vec<Proposal> = done.into_iter().filter_map(Result::ok).collect();
         let ids: Vec<&str> = proposals.iter().map(|p| p.request_id.as_str()).collect();
         // Two ticks propose the same work under the same ids, so it applies once.
         assert_eq!(

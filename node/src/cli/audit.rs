@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
+use custos_actors::audit::chain::Anchor;
 use custos_node::audit::StreamSource;
 
 use super::output::{print, text};
@@ -33,7 +34,10 @@ pub enum AuditCommand {
     },
     /// Check a stream's hash chains: reports modified, missing, reordered and conflicting
     /// events. Exits 0 when clean, 1 with findings. Reads the sink directly (Kafka, or the
-    /// local log of a node), not through the API.
+    /// local log of a node), not through the API. Once retention has removed a stream's
+    /// oldest events, chains are checked from what is retained; keep each run's printed
+    /// anchors and pass them to the next run to check that nothing before them was cut off
+    /// or rewritten meanwhile.
     Verify {
         /// The tenant; `_cluster` for the cluster's own stream.
         #[arg(long, env = "CUSTOS_TENANT")]
@@ -44,7 +48,15 @@ pub enum AuditCommand {
         /// Verify this local audit log directory instead (`<data_dir>/audit/log`, or a copy).
         #[arg(long, conflicts_with = "config")]
         log_dir: Option<PathBuf>,
+        /// A chain head an earlier run printed, CHAIN:SEQ:HASH: the stream must still hold it
+        /// (or continue right after it, once retention removed it). Repeat for each chain.
+        #[arg(long = "anchor", value_parser = parse_anchor)]
+        anchors: Vec<Anchor>,
     },
+}
+
+fn parse_anchor(text: &str) -> Result<Anchor, String> {
+    Anchor::parse(text)
 }
 
 fn event_line(e: &serde_json::Value) -> String {
@@ -104,7 +116,7 @@ pub async fn run(global: &Global, command: AuditCommand) -> anyhow::Result<ExitC
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify { tenant, config, log_dir } => {
+        AuditCommand::Verify { tenant, config, log_dir, anchors } => {
             let source = match log_dir {
                 Some(dir) => StreamSource::LocalLog(dir),
                 None => {
@@ -113,7 +125,7 @@ pub async fn run(global: &Global, command: AuditCommand) -> anyhow::Result<ExitC
                 }
             };
             let described = source.describe();
-            let report = tokio::task::spawn_blocking(move || custos_node::audit::verify(&source, &tenant))
+            let report = tokio::task::spawn_blocking(move || custos_node::audit::verify(&source, &tenant, anchors))
                 .await?
                 .with_context(|| format!("reading {described}"))?;
             match global.output {
@@ -126,10 +138,19 @@ pub async fn run(global: &Global, command: AuditCommand) -> anyhow::Result<ExitC
                         report.duplicates,
                         report.chains.len()
                     );
+                    if report.after_retention {
+                        println!("  the stream starts after retention: chains are checked from what it retains");
+                    }
                     for chain in &report.chains {
+                        let head =
+                            Anchor { chain: chain.chain.clone(), seq: chain.last_seq, hash: chain.last_hash.clone() };
                         println!(
-                            "  chain {}: seq {}..{} ({} events), head {}",
-                            chain.chain, chain.first_seq, chain.last_seq, chain.events, chain.last_hash
+                            "  chain {}: seq {}..{} ({} events), anchor for the next run: --anchor {}",
+                            chain.chain,
+                            chain.first_seq,
+                            chain.last_seq,
+                            chain.events,
+                            head.render()
                         );
                     }
                     for finding in &report.findings {

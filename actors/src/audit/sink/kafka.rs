@@ -388,6 +388,8 @@ fn partition_count<C: rdkafka::ClientContext>(
 pub struct KafkaPage {
     pub records: Vec<(i64, Vec<u8>)>,
     pub next: i64,
+    /// The oldest offset the partition holds: above 0 once retention removed records.
+    pub low: i64,
 }
 
 /// Reads up to `limit` of a tenant's records from offset `from` (or the oldest kept) to what
@@ -409,7 +411,7 @@ pub fn read_tenant_page(
         reader_config(config, "custos-audit-reader").create().map_err(|e| SinkError::Config(e.to_string()))?;
     let partitions = match partition_count(consumer.client(), &topic, timeout) {
         Ok(n) => n,
-        Err(_) => return Ok(KafkaPage { records: Vec::new(), next: from.max(0) }),
+        Err(_) => return Ok(KafkaPage { records: Vec::new(), next: from.max(0), low: 0 }),
     };
     let partition = partition_for(tenant, partitions);
     let (low, high) =
@@ -417,7 +419,7 @@ pub fn read_tenant_page(
     let start = from.max(low);
     let mut records = Vec::new();
     if start >= high || limit == 0 {
-        return Ok(KafkaPage { records, next: start });
+        return Ok(KafkaPage { records, next: start, low });
     }
     let mut assignment = TopicPartitionList::new();
     assignment
@@ -437,24 +439,28 @@ pub fn read_tenant_page(
             records.push((message.offset(), message.payload().unwrap_or_default().to_vec()));
         }
     }
-    Ok(KafkaPage { records, next })
+    Ok(KafkaPage { records, next, low })
 }
 
-/// Every record of a tenant its topic holds now, oldest first, page by page.
+/// Every record of a tenant its topic holds now, oldest first, page by page. Returns the
+/// oldest offset the partition held when reading began (above 0 once retention removed
+/// records).
 pub fn read_tenant(
     config: &KafkaSinkConfig,
     tenant: &str,
     timeout: Duration,
     mut f: impl FnMut(i64, &[u8]),
-) -> Result<(), SinkError> {
+) -> Result<i64, SinkError> {
     let mut from = 0;
+    let mut low = None;
     loop {
         let page = read_tenant_page(config, tenant, from, 10_000, timeout)?;
+        let low = *low.get_or_insert(page.low);
         for (offset, payload) in &page.records {
             f(*offset, payload);
         }
         if page.next == from {
-            return Ok(());
+            return Ok(low);
         }
         from = page.next;
     }

@@ -460,19 +460,23 @@ impl LocalLog {
         Ok(Page { events, next })
     }
 
-    /// Every raw line of a tenant's log, oldest first, for verification.
-    pub fn for_each_raw(&self, tenant: &str, mut f: impl FnMut(&[u8])) -> Result<(), SinkError> {
+    /// Every raw line of a tenant's log, oldest first, for verification. Returns the position
+    /// of the first line it holds (above 0 once retention removed segments).
+    pub fn for_each_raw(&self, tenant: &str, mut f: impl FnMut(&[u8])) -> Result<u64, SinkError> {
+        let mut first = None;
         for segment in list_segments(&self.tenant_dir(tenant))? {
             let file = match File::open(&segment.path) {
                 Ok(file) => file,
+                // Removed by retention since it was listed.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io(e)),
             };
+            first.get_or_insert(segment.first);
             for line in BufReader::new(file).split(b'\n') {
                 f(&line.map_err(io)?);
             }
         }
-        Ok(())
+        Ok(first.unwrap_or(0))
     }
 
     /// Positions `[first, next)` a tenant's log holds now.
