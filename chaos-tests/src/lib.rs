@@ -24,6 +24,7 @@
 //! - `routes.rs` — [`tenant_routes`]: every tenant-scoped route, for isolation tests.
 //! - `keycloak.rs` — [`KeycloakServer`]: a real Keycloak 26 with the `custos` realm, run by
 //!   `deploy/scripts/keycloak.sh`.
+//! - [`files_under`]: every file below a directory, for scans of what lies at rest.
 //!
 //! The harness talks to nodes only through their public API and their process, so what it
 //! checks is what a client and an operator see. It takes the path of the `custos` binary from
@@ -48,3 +49,17 @@ pub use openbao::OpenBaoServer;
 pub use otelcol::{Collector, ExportedSpan};
 pub use proxy::{Fault, LinkProxy};
 pub use routes::tenant_routes;
+
+/// Every file below `dir`, at any depth (for scans of data at rest).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -207,29 +207,46 @@ pub async fn shred_pending(
     }
 }
 
-/// Most time spent waiting for the snapshot that covers a tenant deletion.
+/// Most time spent waiting for the snapshot that covers a tenant deletion, and again for the
+/// purge.
 const COMPACTION_WAIT: Duration = Duration::from_secs(60);
 
 /// After a tenant deletion at log index `index` was applied here: builds a snapshot that
-/// covers it and purges the log up to it, so the tenant's wrapped roots no longer exist in
-/// this node's log or snapshot, only in storage pages the engine has yet to reuse.
+/// covers it (unless one does already) and purges the log up to it, so the tenant's wrapped
+/// roots no longer exist in this node's log or snapshot, only in storage pages the engine has
+/// yet to reuse. Returns once the log is purged, or after a failure or timeout (logged).
 pub async fn compact_after_shred(cluster: Cluster, index: u64) {
     let raft = cluster.raft();
-    if let Err(e) = raft.trigger().snapshot().await {
-        tracing::warn!(error = %e, "snapshot after crypto-shredding could not start");
+    let covered = raft.metrics().borrow().snapshot.is_some_and(|s| s.index >= index);
+    if !covered {
+        if let Err(e) = raft.trigger().snapshot().await {
+            tracing::warn!(error = %e, "snapshot after crypto-shredding could not start");
+            return;
+        }
+        let built = raft
+            .wait(Some(COMPACTION_WAIT))
+            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= index), "snapshot covers the tenant deletion")
+            .await;
+        if let Err(e) = built {
+            tracing::warn!(error = %e, index, "no snapshot covered the tenant deletion in time; trying again later");
+            return;
+        }
+    }
+    if let Err(e) = raft.trigger().purge_log(index).await {
+        tracing::warn!(error = %e, index, "purging the log after crypto-shredding failed");
         return;
     }
-    let covered = raft
+    // A leader purges only once no replication still reads the entries: wait for it, so a
+    // compaction counts as running until the log is purged.
+    let purged = raft
         .wait(Some(COMPACTION_WAIT))
-        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= index), "snapshot covers the tenant deletion")
+        .metrics(|m| m.purged.is_some_and(|p| p.index >= index), "log purged past the tenant deletion")
         .await;
-    if let Err(e) = covered {
-        tracing::warn!(error = %e, index, "no snapshot covered the tenant deletion in time; the log keeps it until the next one");
-        return;
-    }
-    match raft.trigger().purge_log(index).await {
-        Ok(()) => tracing::info!(index, "log purged after crypto-shredding"),
-        Err(e) => tracing::warn!(error = %e, index, "purging the log after crypto-shredding failed"),
+    match purged {
+        Ok(_) => tracing::info!(index, "log purged after crypto-shredding"),
+        Err(e) => {
+            tracing::warn!(error = %e, index, "the log was not purged past the tenant deletion in time; trying again later")
+        }
     }
 }
 

@@ -5,11 +5,14 @@
 //!
 //! Crypto-shredding reaches this node's log too: while the latest tenant deletion it knows of
 //! (from the full list at start, then from each change) lies past the log's purged index, a
-//! compaction builds a snapshot over it and purges the log up to it, retried every
-//! [`COMPACTION_RETRY`] until it succeeds. A node that crashed after applying a deletion and
-//! before compacting compacts once it starts again.
+//! compaction builds a snapshot over it and purges the log up to it. One runs at a time, at
+//! most one starts per [`COMPACTION_RETRY`], and one is tried again that long after the last
+//! until the log is purged. A node that crashed after applying a deletion and before
+//! compacting compacts once it starts again.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use custos_actors::NodeMsg;
 use custos_raft::{Cluster, Tenant, TenantId, TenantStatus};
@@ -18,7 +21,7 @@ use tokio::sync::watch;
 
 /// Bursts of applied entries within this interval lead to one sync.
 const SYNC_INTERVAL: Duration = Duration::from_millis(50);
-/// How long a failed compaction waits before the next try.
+/// The least time between the starts of two compactions.
 const COMPACTION_RETRY: Duration = Duration::from_secs(5);
 const PAGE: usize = 1000;
 
@@ -28,6 +31,8 @@ struct Compaction {
     /// Log index of the latest tenant deletion seen.
     upto: u64,
     running: Option<tokio::task::JoinHandle<()>>,
+    /// No compaction starts before this.
+    next_try: Option<Instant>,
 }
 
 impl Compaction {
@@ -42,12 +47,28 @@ impl Compaction {
         self.upto > purged.unwrap_or(0)
     }
 
-    /// Starts a compaction if one is owed and none is running.
+    /// Starts a compaction if one is owed, none is running and the last started long enough
+    /// ago; otherwise looks again [`COMPACTION_RETRY`] later.
     fn start(&mut self, cluster: &Cluster) {
-        if self.running.as_ref().is_some_and(|task| !task.is_finished()) || !self.owed(cluster) {
+        if !self.owed(cluster) {
             return;
         }
+        let now = Instant::now();
+        let running = self.running.as_ref().is_some_and(|task| !task.is_finished());
+        if running {
+            self.next_try = Some(now + COMPACTION_RETRY);
+            return;
+        }
+        if self.next_try.is_some_and(|at| now < at) {
+            return;
+        }
+        self.next_try = Some(now + COMPACTION_RETRY);
         self.running = Some(tokio::spawn(crate::custody::compact_after_shred(cluster.clone(), self.upto)));
+    }
+
+    /// When to look again, while a compaction is owed.
+    fn wake_at(&self, cluster: &Cluster) -> Option<Instant> {
+        self.owed(cluster).then(|| self.next_try.unwrap_or_else(Instant::now))
     }
 }
 
@@ -106,10 +127,14 @@ pub async fn sync(cluster: Cluster, supervisor: ActorRef<NodeMsg>, mut stop: wat
                 }
             }
         }
-        let retry = compaction.owed(&cluster);
+        // The wake-up time is kept across passes: metrics change every tick and must not
+        // put it off.
+        let wake_at = compaction.wake_at(&cluster);
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(COMPACTION_RETRY), if retry => compaction.start(&cluster),
+            () = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now)), if wake_at.is_some() => {
+                compaction.start(&cluster)
+            }
             _ = stop.changed() => return,
         }
         tokio::time::sleep(SYNC_INTERVAL).await;

@@ -2,7 +2,7 @@
 //! through one node work through the others, rotations and retirements reach every node,
 //! bad ciphertexts get clear errors, and deleting a tenant crypto-shreds it everywhere.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use base64::Engine;
 use custos_actors::custody::crypto::{labelled_aad, unwrap_key, SecretKey};
 use custos_actors::custody::master::{MasterKey, MasterKeySource};
 use custos_actors::custody::provider::{CoreStorageProvider, SealedLocal};
-use custos_chaos_tests::{ApiReply, ProcessCluster};
+use custos_chaos_tests::{files_under, ApiReply, ProcessCluster};
 use custos_raft::{KeyId, TenantId};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -197,20 +197,6 @@ async fn keys_work_through_every_node() {
     assert_code(&reply, 410, "key_destroyed");
 }
 
-/// Every file under `dir`, recursively.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 /// The tenant's plaintext L1, L2 and L3 keys, recovered from node 1's stopped store with the
 /// master key, as an attacker holding both would.
 async fn plaintext_keys(cluster: &ProcessCluster, tenant: &TenantId, key: &KeyId) -> Vec<SecretKey> {
@@ -267,7 +253,7 @@ async fn no_plaintext_keys_at_rest_and_deletion_shreds_everywhere() {
     assert!(cached.join("kek").is_file(), "node 1 cached the tenant's KEK on disk");
     let secrets = plaintext_keys(&cluster, &tenant, &key).await;
     assert_eq!(secrets.len(), 4);
-    for file in files(cluster.root()) {
+    for file in files_under(cluster.root()) {
         let bytes = std::fs::read(&file).unwrap();
         for secret in &secrets {
             assert!(

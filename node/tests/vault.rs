@@ -127,6 +127,12 @@ async fn a_tenant_on_vault_works_end_to_end_and_its_namespace_dies_with_it() {
     let again = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &[]).await.unwrap();
     assert_eq!((again.status, again.code()), (409, Some("tenant_exists")), "{}", again.body);
     assert!(tenant_namespaces(&bao, &http).await.is_empty(), "a refused create left a namespace behind");
+    // With an Idempotency-Key the create goes as far as the write (it could be a retry to
+    // replay), and what it provisioned for the deleted tenant goes again.
+    let key = [("idempotency-key", "bank-again")];
+    let again = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &key).await.unwrap();
+    assert_eq!((again.status, again.code()), (409, Some("tenant_exists")), "{}", again.body);
+    assert!(tenant_namespaces(&bao, &http).await.is_empty(), "a refused retry left a namespace behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

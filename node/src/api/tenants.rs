@@ -128,22 +128,43 @@ pub async fn create(
             )
         })?),
     };
-    // An id taken on this node is refused before anything is provisioned: provisioning a
-    // deleted tenant's id again would bring back its shredded Vault namespace, which the
-    // refused create would then leave behind. (The write checks again, against the log.)
-    if state.cluster.reader().tenant(&id)?.is_some() {
+    // An id taken on this node is refused before anything is provisioned (the write checks
+    // again, against the log) — unless the request may be a retry, whose earlier answer the
+    // write replays.
+    if !headers.contains_key(super::IDEMPOTENCY_HEADER) && state.cluster.reader().tenant(&id)?.is_some() {
         return Err(custos_raft::Rejection::TenantExists(id).into());
     }
     // The tenant's key roots exist before the tenant does, so it is never without custody.
     let custody = state.custody.provision_tenant(&id, provider).await?;
+    let provisioned = (custody.provider, custody.root.clone());
     let note = super::audit::Note { tenant: Some(id.clone()), ..Default::default() }
         .detail("region", region.as_str())
         .detail("key_provider", custody.provider.as_str());
     super::audit::annotate(&note);
-    let command = Command::CreateTenant { id, display_name: body.display_name, region, custody };
-    let mut response = write(&state, &headers, command, StatusCode::CREATED).await?;
+    let command = Command::CreateTenant { id: id.clone(), display_name: body.display_name, region, custody };
+    let written = write(&state, &headers, command, StatusCode::CREATED).await;
+    if !matches!(&written, Ok(response) if !response.headers().contains_key("idempotent-replayed")) {
+        discard_if_deleted(&state, &id, provisioned).await;
+    }
+    let mut response = written?;
     response.extensions_mut().insert(note);
     Ok(response)
+}
+
+/// After a create that did not store what it provisioned (refused, or a replay): if the id's
+/// tenant is deleted, provisioning brought back the Vault namespace its deletion shredded, and
+/// nothing would ever shred it again, so it goes now. A live tenant's namespace is the one
+/// provisioning found, and stays. Failures are logged: the namespace is left as it was.
+async fn discard_if_deleted(state: &AppState, id: &TenantId, (provider, root): (CoreProviderKind, Vec<u8>)) {
+    if state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await.is_err() {
+        return;
+    }
+    if !matches!(state.cluster.reader().tenant(id), Ok(Some(t)) if t.status == TenantStatus::Deleted) {
+        return;
+    }
+    if let Err(e) = state.custody.destroy_root(id, provider, &root).await {
+        tracing::warn!(tenant_id = %id, error = %e, "destroying what a refused create provisioned for a deleted tenant failed");
+    }
 }
 
 pub async fn list(
