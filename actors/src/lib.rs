@@ -78,14 +78,25 @@ pub async fn tenant_children(node_id: u64, tenant: &custos_raft::TenantId) -> Op
     ractor::call_t!(ractor::ActorRef::<TenantMsg>::from(cell), TenantMsg::Health, 3000).ok()
 }
 
+/// Why a proposal is not known to have applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// The state machine refused it: it did not apply.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// No answer (a timeout, a change of leader): it may still apply.
+    #[error("{0}")]
+    Unknown(String),
+}
+
 /// How actors write to governance state and record what they did: the node hands in its Raft
 /// cluster and its audit outbox.
 #[async_trait::async_trait]
 pub trait Proposer: Send + Sync {
     /// Whether this node leads now; scheduled work runs on the leader only.
     fn is_leader(&self) -> bool;
-    /// Replicates one proposal; the error says why it was not applied.
-    async fn propose(&self, proposal: Proposal) -> Result<(), String>;
+    /// Replicates one proposal; the error says whether it was refused or may still apply.
+    async fn propose(&self, proposal: Proposal) -> Result<(), ProposeError>;
     /// Records the event of work the node does by itself (no request records it), as its
     /// stream's audit mode says: in a fail-closed stream, durable before it returns.
     async fn record(&self, record: audit::AuditRecord) -> Result<(), String>;

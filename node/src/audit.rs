@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use custos_actors::audit::chain::Anchor;
+use custos_actors::audit::chain::{Anchor, Cut};
 use custos_actors::audit::shipper::ShipperLimits;
 use custos_actors::audit::sink::kafka::{KafkaSinkConfig, TopicLayout};
 use custos_actors::audit::sink::local::LocalLogLimits;
@@ -145,7 +145,8 @@ impl StreamSource {
 
 /// Reads a whole stream (a tenant id, or `_cluster`) and checks its chains, each from its
 /// anchor if one is given. A stream whose oldest entries retention removed is checked from
-/// what it retains. Blocking.
+/// what it retains; a Kafka partition that starts after offset 0 while the configured
+/// retention keeps everything is a finding. Blocking.
 pub fn verify(
     source: &StreamSource,
     stream: &str,
@@ -169,7 +170,8 @@ pub fn verify(
                 .for_each_raw(stream, |line| verifier.push_raw(line))
                 .map_err(|e| NodeError::Audit(e.to_string()))?;
             if first > 0 {
-                verifier.after_retention();
+                // A node's log holds its own chains one after another.
+                verifier.after_retention(Cut::Sequential);
             }
         }
         StreamSource::Kafka(config) => {
@@ -180,8 +182,11 @@ pub fn verify(
                 |_, payload| verifier.push_raw(payload),
             )
             .map_err(|e| NodeError::Audit(e.to_string()))?;
-            if low > 0 {
-                verifier.after_retention();
+            match low {
+                0 => {}
+                // Nothing expires: something else removed the partition's first records.
+                low if config.retention_ms < 0 => verifier.truncated(low as u64),
+                _ => verifier.after_retention(Cut::Interleaved),
             }
         }
     }

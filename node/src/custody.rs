@@ -12,7 +12,7 @@ use custos_actors::custody::master::{MasterKey, MasterKeySource};
 use custos_actors::custody::provider::vault::{AuthSettings, TokenSource};
 use custos_actors::custody::provider::{CoreStorageProvider, SealedLocal, VaultProvider, VaultSettings, VaultShared};
 use custos_actors::custody::Custody;
-use custos_actors::Proposer;
+use custos_actors::{ProposeError, Proposer};
 use custos_config::{CoreProvider, CustodyConfig, EdgeProvider, VaultAuthMethod, VaultConfig};
 use custos_raft::{Cluster, Command, CoreProviderKind, Proposal, RequestId};
 
@@ -132,9 +132,9 @@ impl Proposer for ClusterProposer {
         is_leader(&self.cluster)
     }
 
-    async fn propose(&self, proposal: Proposal) -> Result<(), String> {
-        let response = self.cluster.write(proposal).await.map_err(|e| e.to_string())?;
-        response.outcome.map(|_| ()).map_err(|rejection| rejection.to_string())
+    async fn propose(&self, proposal: Proposal) -> Result<(), ProposeError> {
+        let response = self.cluster.write(proposal).await.map_err(|e| ProposeError::Unknown(e.to_string()))?;
+        response.outcome.map(|_| ()).map_err(|rejection| ProposeError::Refused(rejection.to_string()))
     }
 
     async fn record(&self, record: AuditRecord) -> Result<(), String> {

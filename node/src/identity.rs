@@ -1,7 +1,8 @@
 //! The leader's identity upkeep: the platform's token-signing keys (the first key right after
 //! the cluster forms, then rotation: publish ahead, retire after the last token it signed),
 //! and announcing API-key secrets that expire soon. Each change of the signing keys is
-//! audited in the cluster stream (`key.rotate`, actor `system`) before it is written.
+//! audited in the cluster stream (`key.rotate`, actor `system`) before it is written, and a
+//! refusal of the write again, as a failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,15 +141,32 @@ async fn step(cluster: &Cluster, custody: &Custody, audit: &Audit, config: &Iden
         tracing::info!(kid = %generated.kid, activates_at_ms, "new token-signing key");
     }
     let expected_revision = current.as_ref().map_or(0, |c| c.revision);
-    data.request_id = Some(format!("signing-keys/{expected_revision}"));
-    let subject = Some("signing-keys".to_string());
-    audit.record(AuditRecord { stream: AuditStream::Cluster, kind: EventType::KeyRotate, subject, data }).await?;
+    // The revision check keeps a retry after a lost answer from rotating twice; the id names
+    // the new key, so a try's event and its outcome belong together.
+    let request_id = match &data.key_id {
+        Some(kid) => format!("signing-keys/{expected_revision}/{kid}"),
+        None => format!("signing-keys/{expected_revision}"),
+    };
+    data.request_id = Some(request_id.clone());
+    let event = |data| AuditRecord {
+        stream: AuditStream::Cluster,
+        kind: EventType::KeyRotate,
+        subject: Some("signing-keys".to_string()),
+        data,
+    };
+    let mut refused = data.clone();
+    audit.record(event(data)).await?;
     let proposal = Proposal {
-        // One request per revision: a retry after a lost answer replays instead of rotating twice.
-        request_id: RequestId::new(format!("signing-keys/{expected_revision}"))?,
+        request_id: RequestId::new(request_id)?,
         proposed_at_ms: now,
         command: Command::PutSigningKeys { custody: platform, keys: keep, expected_revision },
     };
-    cluster.write(proposal).await?.outcome?;
+    if let Err(rejection) = cluster.write(proposal).await?.outcome {
+        refused.outcome = Outcome::Failure;
+        refused.reason = Some("scheduled_work_refused".into());
+        refused.details.insert("error".into(), rejection.to_string().into());
+        audit.record(event(refused)).await?;
+        return Err(rejection.into());
+    }
     Ok(true)
 }

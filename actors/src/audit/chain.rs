@@ -12,8 +12,9 @@
 //! or be followed by the chain's first retained event.
 //!
 //! Retention removes a stream's oldest events. A stream the reader knows was cut that way
-//! ([`Verifier::after_retention`]) lets each chain begin after seq 1; only an anchor can then
-//! tell a removal by retention from one by anyone else.
+//! ([`Verifier::after_retention`]) lets a chain begin after seq 1 where retention could have
+//! removed its start ([`Cut`]); only an anchor can then tell a removal by retention from one
+//! by anyone else.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -206,6 +207,19 @@ pub enum Finding {
     /// The event at an anchor's place, or the first retained one after it, does not match the
     /// anchor's hash: the chain was rewritten since the anchor was taken.
     AnchorMismatch { chain: String, seq: u64 },
+    /// The stream starts after entry `first` although its retention keeps every entry: entries
+    /// were removed.
+    Truncated { first: u64 },
+}
+
+/// Where retention may have cut a chain's start off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The stream holds its chains one after another (a node's local log): only the chain of
+    /// its first retained entry.
+    Sequential,
+    /// Chains interleave (a Kafka partition holds every node's): any chain.
+    Interleaved,
 }
 
 /// Where an earlier verification of a chain ended: its last seq and hash.
@@ -249,8 +263,8 @@ pub struct ChainSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub tenant: String,
-    /// Retention had removed the stream's oldest events: chains were verified from their
-    /// first retained event (and from their anchors).
+    /// Retention had removed the stream's oldest events: chains it may have cut were verified
+    /// from their first retained event (and from their anchors).
     pub after_retention: bool,
     /// Events of the tenant read, duplicates included.
     pub events: u64,
@@ -282,7 +296,9 @@ struct ChainState {
 /// Memory grows with the number of distinct events (about 80 bytes each).
 pub struct Verifier {
     tenant: String,
-    after_retention: bool,
+    cut: Option<Cut>,
+    /// The chain of the tenant's first entry read.
+    first_chain: Option<String>,
     anchors: Vec<Anchor>,
     position: u64,
     events: u64,
@@ -300,7 +316,8 @@ impl Verifier {
     pub fn new(tenant: impl Into<String>) -> Verifier {
         Verifier {
             tenant: tenant.into(),
-            after_retention: false,
+            cut: None,
+            first_chain: None,
             anchors: Vec::new(),
             position: 0,
             events: 0,
@@ -311,9 +328,23 @@ impl Verifier {
     }
 
     /// The stream's oldest events were removed by retention (its reader saw the log or the
-    /// partition start after its first entry): a chain may begin after seq 1.
-    pub fn after_retention(&mut self) {
-        self.after_retention = true;
+    /// partition start after its first entry): a chain `cut` names may begin after seq 1.
+    pub fn after_retention(&mut self, cut: Cut) {
+        self.cut = Some(cut);
+    }
+
+    /// The stream starts after entry `first` though nothing should have removed any: a finding.
+    pub fn truncated(&mut self, first: u64) {
+        self.findings.push(Finding::Truncated { first });
+    }
+
+    /// Whether retention may have removed the start of `chain`.
+    fn may_be_cut(&self, chain: &str) -> bool {
+        match self.cut {
+            None => false,
+            Some(Cut::Interleaved) => true,
+            Some(Cut::Sequential) => self.first_chain.as_deref() == Some(chain),
+        }
     }
 
     /// Requires a chain to hold, or to continue from, a head seen before.
@@ -358,6 +389,9 @@ impl Verifier {
             return;
         }
         self.events += 1;
+        if self.first_chain.is_none() {
+            self.first_chain = Some(event.chain.clone());
+        }
         if computed != event.chainhash {
             self.findings.push(Finding::Modified {
                 chain: event.chain.clone(),
@@ -392,26 +426,28 @@ impl Verifier {
     pub fn finish(mut self) -> Report {
         let genesis = [0u8; 32];
         let empty = ChainState::default();
+        let mut findings = Vec::new();
         for anchor in &self.anchors {
+            let cut = self.may_be_cut(&anchor.chain);
             let state = self.chains.get(&anchor.chain).unwrap_or(&empty);
             let hash = decode_hash(&anchor.hash);
             let chain = anchor.chain.clone();
             let first = state.seen.keys().next().copied();
             if let Some(seen) = state.seen.get(&anchor.seq) {
                 if Some(seen.hash) != hash {
-                    self.findings.push(Finding::AnchorMismatch { chain, seq: anchor.seq });
+                    findings.push(Finding::AnchorMismatch { chain, seq: anchor.seq });
                 }
             } else if first == Some(anchor.seq + 1) {
                 if Some(state.seen[&(anchor.seq + 1)].prev) != hash {
-                    self.findings.push(Finding::AnchorMismatch { chain, seq: anchor.seq });
+                    findings.push(Finding::AnchorMismatch { chain, seq: anchor.seq });
                 }
-            } else if let Some(first) = first.filter(|&first| first > anchor.seq + 1 && self.after_retention) {
+            } else if let Some(first) = first.filter(|&first| first > anchor.seq + 1 && cut) {
                 // Events after the anchor, never verified, are gone.
-                self.findings.push(Finding::Missing { chain, from: anchor.seq + 1, to: first - 1 });
-            } else if state.max_seq < anchor.seq && (first.is_some() || !self.after_retention) {
+                findings.push(Finding::Missing { chain, from: anchor.seq + 1, to: first - 1 });
+            } else if state.max_seq < anchor.seq && (first.is_some() || self.cut.is_none()) {
                 // The chain's tail up to the anchor was cut off. (A chain retention removed
                 // entirely leaves nothing to compare.)
-                self.findings.push(Finding::Missing { chain, from: state.max_seq + 1, to: anchor.seq });
+                findings.push(Finding::Missing { chain, from: state.max_seq + 1, to: anchor.seq });
             }
         }
         let mut names: Vec<String> = self.chains.keys().cloned().collect();
@@ -419,16 +455,16 @@ impl Verifier {
         let mut chains = Vec::with_capacity(names.len());
         for name in names {
             let state = &self.chains[&name];
-            // After retention a chain is checked from its first retained event; gaps after an
-            // anchor were reported above.
+            // A chain retention may have cut is checked from its first retained event; gaps
+            // after an anchor were reported above.
             let mut expected = match state.seen.keys().next() {
-                Some(&first) if self.after_retention => first,
+                Some(&first) if self.may_be_cut(&name) => first,
                 _ => 1,
             };
             let mut previous: Option<(u64, [u8; 32])> = None;
             for (&seq, seen) in &state.seen {
                 if seq > expected {
-                    self.findings.push(Finding::Missing { chain: name.clone(), from: expected, to: seq - 1 });
+                    findings.push(Finding::Missing { chain: name.clone(), from: expected, to: seq - 1 });
                 }
                 let link_ok = match previous {
                     Some((prev_seq, prev_hash)) if prev_seq + 1 == seq => seen.prev == prev_hash,
@@ -438,7 +474,7 @@ impl Verifier {
                     None => true,
                 };
                 if !link_ok {
-                    self.findings.push(Finding::BrokenLink { chain: name.clone(), seq });
+                    findings.push(Finding::BrokenLink { chain: name.clone(), seq });
                 }
                 previous = Some((seq, seen.hash));
                 expected = seq + 1;
@@ -451,9 +487,10 @@ impl Verifier {
                 last_hash: state.last_hash_hex.clone(),
             });
         }
+        self.findings.extend(findings);
         Report {
             tenant: self.tenant,
-            after_retention: self.after_retention,
+            after_retention: self.cut.is_some(),
             events: self.events,
             duplicates: self.duplicates,
             chains,
@@ -535,10 +572,10 @@ mod tests {
         assert_eq!(first_dropped.findings, vec![Finding::Missing { chain: "1/a".into(), from: 1, to: 1 }]);
     }
 
-    fn verify_with(events: &[AuditEvent], after_retention: bool, anchors: &[Anchor]) -> Vec<Finding> {
+    fn verify_with(events: &[AuditEvent], cut: Option<Cut>, anchors: &[Anchor]) -> Vec<Finding> {
         let mut verifier = Verifier::new("acme");
-        if after_retention {
-            verifier.after_retention();
+        if let Some(cut) = cut {
+            verifier.after_retention(cut);
         }
         for anchor in anchors {
             verifier.anchor(anchor.clone());
@@ -547,7 +584,7 @@ mod tests {
             verifier.push_raw(&serde_json::to_vec(event).unwrap());
         }
         let report = verifier.finish();
-        assert_eq!(report.after_retention, after_retention);
+        assert_eq!(report.after_retention, cut.is_some());
         report.findings
     }
 
@@ -560,23 +597,47 @@ mod tests {
     fn after_retention_a_chain_is_checked_from_its_first_retained_event() {
         let events = chain_of("acme", "1/a", 10);
         let retained = &events[4..];
-        assert_eq!(verify_with(retained, false, &[]), vec![Finding::Missing { chain: "1/a".into(), from: 1, to: 4 }]);
-        assert_eq!(verify_with(retained, true, &[]), vec![]);
+        assert_eq!(verify_with(retained, None, &[]), vec![Finding::Missing { chain: "1/a".into(), from: 1, to: 4 }]);
+        assert_eq!(verify_with(retained, Some(Cut::Sequential), &[]), vec![]);
         // A gap inside what is retained is still one.
         let mut holed = retained.to_vec();
         holed.remove(2);
-        assert_eq!(verify_with(&holed, true, &[]), vec![Finding::Missing { chain: "1/a".into(), from: 7, to: 7 }]);
+        assert_eq!(
+            verify_with(&holed, Some(Cut::Sequential), &[]),
+            vec![Finding::Missing { chain: "1/a".into(), from: 7, to: 7 }]
+        );
+
+        // A second chain that begins later without its first events: in a log holding its
+        // chains one after another retention cannot have taken them; in a partition where
+        // chains interleave it may have.
+        let later = chain_of("acme", "1/b", 4);
+        let stream: Vec<AuditEvent> = retained.iter().chain(&later[2..]).cloned().collect();
+        assert_eq!(
+            verify_with(&stream, Some(Cut::Sequential), &[]),
+            vec![Finding::Missing { chain: "1/b".into(), from: 1, to: 2 }]
+        );
+        assert_eq!(verify_with(&stream, Some(Cut::Interleaved), &[]), vec![]);
+    }
+
+    #[test]
+    fn a_stream_cut_although_nothing_expires_is_a_finding() {
+        let mut verifier = Verifier::new("acme");
+        verifier.truncated(7);
+        for event in &chain_of("acme", "1/a", 3) {
+            verifier.push(event.clone());
+        }
+        assert_eq!(verifier.finish().findings, vec![Finding::Truncated { first: 7 }]);
     }
 
     #[test]
     fn an_anchor_finds_a_cut_tail_a_rewritten_chain_and_unverified_events_removed_after_it() {
         let events = chain_of("acme", "1/a", 10);
         let head = anchor_at(&events, 10);
-        assert_eq!(verify_with(&events, false, std::slice::from_ref(&head)), vec![]);
+        assert_eq!(verify_with(&events, None, std::slice::from_ref(&head)), vec![]);
         // The last three events dropped: without the anchor the chain just looks shorter.
-        assert_eq!(verify_with(&events[..7], false, &[]), vec![]);
+        assert_eq!(verify_with(&events[..7], None, &[]), vec![]);
         assert_eq!(
-            verify_with(&events[..7], false, std::slice::from_ref(&head)),
+            verify_with(&events[..7], None, std::slice::from_ref(&head)),
             vec![Finding::Missing { chain: "1/a".into(), from: 8, to: 10 }]
         );
         // A chain built again from scratch (same ids, other content) does not hold the anchor.
@@ -596,32 +657,32 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(verify_with(&forged, false, &[]), vec![]);
+        assert_eq!(verify_with(&forged, None, &[]), vec![]);
         assert_eq!(
-            verify_with(&forged, false, std::slice::from_ref(&head)),
+            verify_with(&forged, None, std::slice::from_ref(&head)),
             vec![Finding::AnchorMismatch { chain: "1/a".into(), seq: 10 }]
         );
         // After retention: an anchor just before the first retained event links to it; one
         // further back means events after it went before anyone verified them.
         let retained = &events[5..];
-        assert_eq!(verify_with(retained, true, &[anchor_at(&events, 5)]), vec![]);
-        assert_eq!(verify_with(retained, true, &[anchor_at(&events, 8)]), vec![]);
+        assert_eq!(verify_with(retained, Some(Cut::Sequential), &[anchor_at(&events, 5)]), vec![]);
+        assert_eq!(verify_with(retained, Some(Cut::Sequential), &[anchor_at(&events, 8)]), vec![]);
         assert_eq!(
-            verify_with(retained, true, &[anchor_at(&events, 3)]),
+            verify_with(retained, Some(Cut::Sequential), &[anchor_at(&events, 3)]),
             vec![Finding::Missing { chain: "1/a".into(), from: 4, to: 5 }]
         );
         let wrong = Anchor { hash: events[1].chainhash.clone(), ..anchor_at(&events, 5) };
         assert_eq!(
-            verify_with(retained, true, &[wrong]),
+            verify_with(retained, Some(Cut::Sequential), &[wrong]),
             vec![Finding::AnchorMismatch { chain: "1/a".into(), seq: 5 }]
         );
         // A chain the stream lacks: cut off, unless retention may have removed all of it.
         let other = Anchor { chain: "2/b".into(), ..anchor_at(&events, 4) };
         assert_eq!(
-            verify_with(&events, false, std::slice::from_ref(&other)),
+            verify_with(&events, None, std::slice::from_ref(&other)),
             vec![Finding::Missing { chain: "2/b".into(), from: 1, to: 4 }]
         );
-        assert_eq!(verify_with(retained, true, &[other]), vec![]);
+        assert_eq!(verify_with(retained, Some(Cut::Sequential), &[other]), vec![]);
     }
 
     #[test]

@@ -250,14 +250,20 @@ impl Audit {
     }
 }
 
-/// Applies the local log's retention to every tenant every [`sink::local::SWEEP_INTERVAL`],
-/// until the audit stops.
+/// How long after start the first retention sweep runs (a node restarted more often than
+/// the sweep interval still sweeps).
+const FIRST_SWEEP_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Applies the local log's retention to every tenant shortly after start, then every
+/// [`sink::local::SWEEP_INTERVAL`], until the audit stops.
 async fn sweep_local_log(log: Arc<LocalLog>, mut stop: watch::Receiver<bool>) {
+    let mut wait = FIRST_SWEEP_AFTER;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(sink::local::SWEEP_INTERVAL) => {}
+            () = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
+        wait = sink::local::SWEEP_INTERVAL;
         let log = log.clone();
         match tokio::task::spawn_blocking(move || log.sweep()).await {
             Ok(Ok(0)) => {}

@@ -103,6 +103,7 @@ pub async fn supervised(
     let mut failures: VecDeque<Instant> = VecDeque::with_capacity(MAX_RESTARTS + 1);
     let mut backoff = limits.backoff_min;
     loop {
+        let started = Instant::now();
         let run = tokio::spawn(run(outbox.clone(), sink.clone(), limits.clone(), stats.clone(), stop.clone()));
         let failure = match run.await {
             Ok(()) => return,
@@ -111,6 +112,10 @@ pub async fn supervised(
             Err(e) => e,
         };
         let now = Instant::now();
+        if now.duration_since(started) >= RESTART_WINDOW {
+            // It ran well for a while: this failure starts the backoff afresh.
+            backoff = limits.backoff_min;
+        }
         failures.retain(|at| now.duration_since(*at) < RESTART_WINDOW);
         failures.push_back(now);
         let reason = match failure.into_panic().downcast::<String>() {
@@ -125,11 +130,14 @@ pub async fn supervised(
         }
         stats.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::error!(sink = sink.name(), %reason, "the audit shipper failed; starting it again");
-        // What the failed run had sent and not released goes again.
+        // What the failed run had sent and not released goes again. Batches it had handed to
+        // the sink are not waited for: the local log takes deliveries one at a time, and Kafka
+        // keeps a partition's batches in order, so a resent batch lands after them, as a
+        // redelivery.
         outbox.rewind();
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            _ = stop.changed() => {}
+            changed = stop.changed() => if changed.is_err() { return },
         }
         if *stop.borrow() {
             return;

@@ -13,7 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::service::Custody;
 use crate::audit::{self, AuditData, AuditRecord, AuditStream, EventType, Outcome};
-use crate::Proposer;
+use crate::{ProposeError, Proposer};
 
 /// Keys read per page of the leader's schedule scan.
 const SCAN_PAGE: usize = 1000;
@@ -202,7 +202,11 @@ impl CustodyArgs {
             let proposal = Proposal { request_id, proposed_at_ms: now, command };
             match proposer.propose(proposal).await {
                 Ok(()) => tracing::info!(tenant_id = %tenant, key_id = %key, command = kind, "scheduled key work done"),
-                Err(e) => {
+                // It may still apply; if not, the next tick proposes it again (same request id).
+                Err(ProposeError::Unknown(e)) => {
+                    tracing::warn!(tenant_id = %tenant, key_id = %key, error = %e, "scheduled key work unanswered")
+                }
+                Err(ProposeError::Refused(e)) => {
                     tracing::warn!(tenant_id = %tenant, key_id = %key, error = %e, "scheduled key work refused");
                     if let Some(mut event) = refused {
                         event.data.details.insert("error".into(), e.into());
@@ -299,7 +303,7 @@ mod tests {
         fn is_leader(&self) -> bool {
             true
         }
-        async fn propose(&self, proposal: Proposal) -> Result<(), String> {
+        async fn propose(&self, proposal: Proposal) -> Result<(), ProposeError> {
             self.0.lock().unwrap().push(Ok(proposal));
             Ok(())
         }

@@ -10,7 +10,8 @@
 //! it returns; `sync` fsyncs every file written since the last one, then every directory that
 //! gained a tenant or a segment since (each once), so a node with many tenants pays one fsync
 //! per tenant per sync interval rather than per delivery, and a new tenant costs no fsync of
-//! its own on the delivery path. From [`SYNCFS_FROM`] tenants written since the last sync, one
+//! its own on the delivery path (but for closing a log written since its last sync, to make
+//! room past the bounds below). From [`SYNCFS_FROM`] tenants written since the last sync, one
 //! `syncfs` of the log's filesystem replaces their fsyncs: a burst of new tenants costs one
 //! flush, not two per tenant. The outbox keeps the events until `sync` has returned. A torn
 //! last line (a crash mid-append) is cut off when the tenant's log is opened; the outbox still
@@ -104,6 +105,9 @@ struct TenantLog {
     dirty: bool,
     /// The directory gained a segment since its last fsync.
     dir_dirty: bool,
+    /// A failed append may have left part of its batch that could not be cut off: the newest
+    /// segment is counted again before the next append.
+    recount: bool,
 }
 
 /// The tenant logs known in memory, and which of them hold an open file.
@@ -268,10 +272,20 @@ impl TenantLog {
         };
         let active = segments.last().map(|s| s.path.clone()).unwrap_or_default();
         let file = OpenOptions::new().create(true).append(true).open(&active).map_err(io)?;
-        Ok((TenantLog { dir, used: 0, segments, next, file: Some(file), dirty: false, dir_dirty }, created))
+        let log = TenantLog { dir, used: 0, segments, next, file: Some(file), dirty: false, dir_dirty, recount: false };
+        Ok((log, created))
     }
 
     fn append(&mut self, lines: &[&[u8]], limits: &LocalLogLimits, fsyncs: &mut u64) -> Result<(), SinkError> {
+        if self.recount {
+            let active = self.segments.last_mut().expect("a tenant log always has an active segment");
+            let (lines, bytes) = repair_and_count(&active.path, 0)?;
+            active.bytes = bytes;
+            self.next = active.first + lines;
+            // Whole lines the failed append left are in the count now, and not yet durable.
+            self.dirty = true;
+            self.recount = false;
+        }
         let mut buffer = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for line in lines {
             buffer.extend_from_slice(line);
@@ -284,7 +298,15 @@ impl TenantLog {
                 self.file.insert(OpenOptions::new().append(true).open(&active.path).map_err(io)?)
             }
         };
-        file.write_all(&buffer).map_err(io)?;
+        if let Err(e) = file.write_all(&buffer) {
+            // Part of the batch may be in the file, where the next append would join it to its
+            // first line: cut back to what the log counts, or count again before appending.
+            let counted = self.segments.last().map_or(0, |s| s.bytes);
+            if file.set_len(counted).is_err() {
+                self.recount = true;
+            }
+            return Err(io(e));
+        }
         self.dirty = true;
         self.next += lines.len() as u64;
         let active = self.segments.last_mut().expect("a tenant log always has an active segment");
@@ -296,7 +318,10 @@ impl TenantLog {
             self.file = Some(OpenOptions::new().create(true).append(true).open(&path).map_err(io)?);
             self.segments.push(Segment { first: self.next, path, bytes: 0 });
             self.dir_dirty = true;
-            self.enforce_retention(limits)?;
+            // What was written stands; old segments are tried again at the next roll or sweep.
+            if let Err(e) = self.enforce_retention(limits) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "audit log: applying retention failed");
+            }
         }
         Ok(())
     }
@@ -320,7 +345,7 @@ impl TenantLog {
     /// once what was written is durable. Failing to is harmless: the lines are counted.
     fn leave_checkpoint(&self, from: u64) {
         let Some(active) = self.segments.last() else { return };
-        if active.bytes < from {
+        if active.bytes < from || self.recount {
             return;
         }
         let checkpoint = Checkpoint { first: active.first, bytes: active.bytes, lines: self.next - active.first };
@@ -392,24 +417,28 @@ impl LocalLog {
     }
 
     /// Applies retention to every tenant's log on disk, one tenant at a time (deliveries go on
-    /// in between). Blocking: run it off the async threads. Returns the segments removed.
+    /// in between). A tenant whose log fails is logged and skipped. Blocking: run it off the
+    /// async threads. Returns the segments removed.
     pub fn sweep(&self) -> Result<usize, SinkError> {
         let mut removed = 0;
         for entry in fs::read_dir(&self.dir).map_err(io)? {
             let entry = entry.map_err(io)?;
             let Some(tenant) = entry.file_name().to_str().map(str::to_string) else { continue };
-            if !entry.file_type().map_err(io)?.is_dir() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
             // Under the lock, so a delivery never opens the log while its segments go.
             let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-            match tenants.logs.get_mut(&tenant) {
+            let swept = match tenants.logs.get_mut(&tenant) {
                 Some(log) => {
                     let before = log.segments.len();
-                    log.enforce_retention(&self.limits)?;
-                    removed += before - log.segments.len();
+                    log.enforce_retention(&self.limits).map(|()| before - log.segments.len())
                 }
-                None => removed += remove_expired(&list_segments(&entry.path())?, &self.limits)?,
+                None => list_segments(&entry.path()).and_then(|segments| remove_expired(&segments, &self.limits)),
+            };
+            match swept {
+                Ok(n) => removed += n,
+                Err(e) => tracing::warn!(tenant_id = %tenant, error = %e, "audit log: applying retention failed"),
             }
         }
         Ok(removed)
@@ -537,12 +566,16 @@ impl AuditSink for LocalLog {
                 if log.dirty || log.dir_dirty {
                     dirty.insert(tenant);
                 }
-                // A log leaves a bound only once it is durable: if syncing fails it stays as
-                // it was, still pending the next sync.
+                // A log leaves a bound only once it is durable. If syncing it fails, it stays as
+                // it was, pending the next sync (which reports the failure), and the bound waits
+                // for a later delivery: this one, written already, does not fail for it.
                 while open.len() > bounds.open_files {
                     let Some((&used, oldest)) = open.first_key_value() else { break };
                     if let Some(log) = logs.get_mut(oldest) {
-                        log.sync(fsyncs)?;
+                        if let Err(e) = log.sync(fsyncs) {
+                            tracing::warn!(tenant_id = %oldest, error = %e, "audit log: syncing a log to close its file failed");
+                            break;
+                        }
                         dirty.remove(oldest);
                         log.file = None;
                     }
@@ -551,7 +584,10 @@ impl AuditSink for LocalLog {
                 while kept.len() > bounds.kept_logs {
                     let Some((&used, oldest)) = kept.first_key_value() else { break };
                     if let Some(log) = logs.get_mut(oldest) {
-                        log.sync(fsyncs)?;
+                        if let Err(e) = log.sync(fsyncs) {
+                            tracing::warn!(tenant_id = %oldest, error = %e, "audit log: syncing a log to forget it failed");
+                            break;
+                        }
                         log.leave_checkpoint(bounds.checkpoint_from);
                         dirty.remove(oldest);
                         logs.remove(oldest);
@@ -817,6 +853,28 @@ mod tests {
         let logs = log.tenants.lock().unwrap();
         assert!(!logs.root_dirty && logs.dirty.is_empty());
         assert!(logs.logs.values().all(|l| !l.dir_dirty && !l.dirty), "sync left entries pending");
+    }
+
+    #[tokio::test]
+    async fn what_a_failed_append_left_behind_is_counted_again_before_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LocalLog::open(dir.path(), limits(1 << 20)).unwrap();
+        log.deliver(&[entry("acme", 0, "dev.custos.key.encrypt", 0)]).await.unwrap();
+        // A failed append left one whole line of its batch and part of the next, and could
+        // not cut them off.
+        let segment = dir.path().join("acme").join(segment_name(0));
+        let mut left = entry("acme", 1, "dev.custos.key.encrypt", 1).json.to_vec();
+        left.extend_from_slice(b"\n{\"part");
+        OpenOptions::new().append(true).open(&segment).unwrap().write_all(&left).unwrap();
+        log.tenants.lock().unwrap().logs.get_mut("acme").unwrap().recount = true;
+        // The retry of the whole batch follows whole lines only; the line it left counts.
+        log.deliver(&[entry("acme", 1, "dev.custos.key.encrypt", 1), entry("acme", 2, "dev.custos.key.encrypt", 2)])
+            .await
+            .unwrap();
+        let page = log.read("acme", &ReadFilter { limit: 10, ..Default::default() }).unwrap();
+        assert_eq!(page.events.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(page.events.iter().map(|(_, e)| e.chainseq).collect::<Vec<_>>(), vec![1, 2, 2, 3]);
+        assert_eq!(log.extent("acme").unwrap(), (0, 4));
     }
 
     #[tokio::test]
