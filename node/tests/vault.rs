@@ -27,6 +27,20 @@ async fn tenant_namespaces(bao: &OpenBaoServer, http: &reqwest::Client) -> Vec<S
     }
 }
 
+/// The tenant namespaces left once OpenBao has finished deleting (it deletes a namespace in
+/// the background): polls for up to 5 s until none is left.
+async fn namespaces_left(bao: &OpenBaoServer, http: &reqwest::Client) -> Vec<String> {
+    let mut left = tenant_namespaces(bao, http).await;
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = tenant_namespaces(bao, http).await;
+    }
+    left
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_on_vault_works_end_to_end_and_its_namespace_dies_with_it() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -91,14 +105,7 @@ async fn a_tenant_on_vault_works_end_to_end_and_its_namespace_dies_with_it() {
 
     let reply = cluster.call(1, Method::DELETE, "/v1/tenants/bank", None, &[]).await.unwrap();
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let mut left = tenant_namespaces(&bao, &http).await;
-    for _ in 0..50 {
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        left = tenant_namespaces(&bao, &http).await;
-    }
+    let left = namespaces_left(&bao, &http).await;
     assert!(left.is_empty(), "the tenant's namespace survived its deletion: {left:?}");
     // The leader audited the shred in the tenant's stream, as the system.
     let log = cluster.root().join("node-1/data/audit/log/bank");
@@ -132,7 +139,8 @@ async fn a_tenant_on_vault_works_end_to_end_and_its_namespace_dies_with_it() {
     let key = [("idempotency-key", "bank-again")];
     let again = cluster.call(1, Method::POST, "/v1/tenants", Some(&body), &key).await.unwrap();
     assert_eq!((again.status, again.code()), (409, Some("tenant_exists")), "{}", again.body);
-    assert!(tenant_namespaces(&bao, &http).await.is_empty(), "a refused retry left a namespace behind");
+    let left = namespaces_left(&bao, &http).await;
+    assert!(left.is_empty(), "a refused retry left a namespace behind: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
