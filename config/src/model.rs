@@ -412,6 +412,10 @@ pub struct AuditConfig {
     /// Per-tenant exceptions to `mode`, e.g. `{ acme = "best-effort" }` (not `off`). Keep it
     /// the same on every node: a tenant's requests may reach any of them.
     pub tenant_modes: std::collections::BTreeMap<String, AuditModeConfig>,
+    /// Record every authenticated read (`access.read`: a `GET` of tenants, keys, policy,
+    /// status…), as the mode says. Off, only API keys' reads are recorded (`apikey.use`), and
+    /// refused ones.
+    pub record_reads: bool,
     pub sink: AuditSinkKind,
     /// Most events in one group commit, and in one shipping batch.
     pub max_batch_events: usize,
@@ -512,6 +516,7 @@ impl Default for AuditConfig {
         AuditConfig {
             mode: AuditModeConfig::FailClosed,
             tenant_modes: std::collections::BTreeMap::new(),
+            record_reads: true,
             sink: AuditSinkKind::Local,
             max_batch_events: 1024,
             queue_events: 16_384,

@@ -218,6 +218,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         limits: config.limits.clone(),
         max_batch_items: config.custody.max_batch_items,
         fault_injection: config.actors.fault_injection,
+        record_reads: config.audit.record_reads,
         identity: config.identity.clone(),
         tokens,
         sign_in: api::login::SignIn::new(&config.identity, &cluster.info().api_addr)

@@ -357,7 +357,7 @@ async fn every_auditable_action_yields_its_event_without_secrets_in_its_tenants_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_work_the_leader_does_by_itself_is_audited_as_the_system() {
+async fn key_work_the_leader_does_by_itself_and_every_read_are_audited() {
     let env = [("CUSTOS_CUSTODY__SCHEDULE_INTERVAL_MS", "200")];
     let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
     cluster.form().await.expect("form");
@@ -379,15 +379,25 @@ async fn key_work_the_leader_does_by_itself_is_audited_as_the_system() {
     }
     shipped(&cluster).await;
 
-    let acme = stream(&cluster, "acme").await;
+    // The test's own reads of the key are in the stream too (access.read).
+    let (reads, acme): (Vec<Value>, Vec<Value>) =
+        stream(&cluster, "acme").await.into_iter().partition(|e| e["type"] == "dev.custos.access.read");
+    assert!(!reads.is_empty());
+    for read in &reads {
+        assert_eq!(
+            (read["data"]["actor"]["kind"].as_str(), read["subject"].as_str()),
+            (Some("admin"), Some("keys/old"))
+        );
+        assert_eq!(read["data"]["details"]["route"], "/v1/tenants/{tenant}/keys/{key}", "{read}");
+    }
     assert_eq!(kinds(&acme), ["tenant.create", "key.create", "key.schedule_destroy", "key.destroy"]);
     let destroyed = &acme[3]["data"];
     assert_eq!((destroyed["actor"]["kind"].as_str(), destroyed["outcome"].as_str()), (Some("system"), Some("success")));
     assert_eq!((destroyed["key_id"].as_str(), &destroyed["details"]["scheduled"]), (Some("old"), &json!(true)));
     assert_eq!(acme[3]["subject"], "keys/old");
     let mut verifier = Verifier::new("acme");
-    for event in &acme {
-        verifier.push(serde_json::from_value::<AuditEvent>(event.clone()).unwrap());
+    for event in stream(&cluster, "acme").await {
+        verifier.push(serde_json::from_value::<AuditEvent>(event).unwrap());
     }
     assert!(verifier.finish().is_clean());
 }

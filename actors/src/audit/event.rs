@@ -51,6 +51,8 @@ pub enum EventType {
     ApiKeyRevoke,
     /// A request authenticated by an API key that no other event records (a plain read).
     ApiKeyUse,
+    /// A plain read (a `GET` of tenants, keys, policy, status…) by any other principal.
+    Read,
     /// A platform token was issued.
     TokenIssue,
     /// An API key's secret expires soon (announced once per secret, by the leader).
@@ -76,7 +78,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 38] = [
+    pub const ALL: [EventType; 39] = [
         EventType::TenantCreate,
         EventType::TenantUpdate,
         EventType::TenantDelete,
@@ -103,6 +105,7 @@ impl EventType {
         EventType::ApiKeyRotate,
         EventType::ApiKeyRevoke,
         EventType::ApiKeyUse,
+        EventType::Read,
         EventType::TokenIssue,
         EventType::ApiKeyExpiring,
         EventType::SignIn,
@@ -146,6 +149,7 @@ impl EventType {
             EventType::ApiKeyRotate => "apikey.rotate",
             EventType::ApiKeyRevoke => "apikey.revoke",
             EventType::ApiKeyUse => "apikey.use",
+            EventType::Read => "access.read",
             EventType::TokenIssue => "auth.token",
             EventType::ApiKeyExpiring => "apikey.expiring",
             EventType::SignIn => "auth.login",

@@ -15,10 +15,11 @@
 //! The tenant's stream is served paged (`GET …/audit`) and live over Server-Sent Events
 //! (`GET …/audit/tail`).
 //!
-//! What is recorded: every write and key operation, every read of an audit stream, and every
-//! refused authentication (`auth.authenticate`, outcome denied), whatever the route. A
-//! successful authentication is part of the event of the action it allowed (its `actor`).
-//! Plain metadata reads (`GET` of tenants, keys, status) are not recorded.
+//! What is recorded: every write and key operation, every read of an audit stream, every
+//! refused authentication (`auth.authenticate`, outcome denied), whatever the route, and every
+//! other authenticated read (`apikey.use` for an API key, `access.read` for anyone else; the
+//! latter only while `audit.record_reads` is on; see [`UNRECORDED_READS`]). A successful
+//! authentication is part of the event of the action it allowed (its `actor`).
 //!
 //! Events go to the tenant's stream when the path names a tenant this node knows, otherwise to
 //! the cluster stream (`_cluster`), so unauthenticated requests naming made-up tenants cannot
@@ -55,6 +56,12 @@ const TAIL_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 /// How long one page read from Kafka may take.
 const KAFKA_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Reads never recorded as `access.read`: the cluster stream (each read would land in the
+/// stream being read, so a reader paging to its end would chase its own events), and the
+/// node's own status, which monitoring polls like `/metrics` and `/healthz` (each poll would
+/// be an event about watching the audit pipeline, keeping its outbox from ever draining).
+const UNRECORDED_READS: [&str; 3] = ["/v1/cluster/audit", "/v1/cluster/status", "/v1/cluster/self"];
 
 /// What a handler adds to its response for the audit event.
 #[derive(Debug, Clone, Default)]
@@ -268,12 +275,17 @@ pub async fn record(
         }
     }
     let api_key = principal.as_ref().is_some_and(|p| p.kind == PrincipalKind::ApiKey);
+    let recorded_read = state.record_reads
+        && principal.is_some()
+        && matches!(method, Method::GET | Method::HEAD)
+        && !UNRECORDED_READS.contains(&route.as_str());
     let kind = match event_type(&method, &route) {
         _ if status == StatusCode::UNAUTHORIZED => Some(EventType::Authentication),
-        // Reads are not events, but a refused one is a decision, and every use of an API
-        // key is recorded.
+        // A refused read is a decision; every use of an API key is recorded, and every other
+        // authenticated read while reads are recorded.
         None if status == StatusCode::FORBIDDEN => Some(EventType::Authorization),
         None if api_key => Some(EventType::ApiKeyUse),
+        None if recorded_read => Some(EventType::Read),
         kind => kind,
     };
     let note = response.extensions_mut().remove::<Note>().unwrap_or_default();
@@ -308,6 +320,10 @@ pub async fn record(
             data.details = note.details;
             data.details.insert("http_method".into(), method.as_str().into());
             data.details.insert("http_status".into(), status.as_u16().into());
+            if matches!(kind, EventType::Read | EventType::ApiKeyUse) {
+                // What was read: the route's template (ids only where the path has them).
+                data.details.insert("route".into(), route.as_str().into());
+            }
             let subject = match (&path_tenant, &key) {
                 (_, Some(key)) => Some(format!("keys/{key}")),
                 (Some(tenant), None) if kind == EventType::AuditRead => {
@@ -369,9 +385,14 @@ fn observe(
         Outcome::Denied => "denied",
         Outcome::Failure => "failure",
     };
+    // Reads count as `read` whether or not they are recorded.
+    let operation = match kind {
+        None | Some(EventType::Read) => "read",
+        Some(kind) => kind.short(),
+    };
     state.metrics.observe(
         tenant.map_or(super::metrics::NO_TENANT, |t| t.as_str()),
-        kind.map_or("read", EventType::short),
+        operation,
         outcome_label,
         started.elapsed(),
     );
@@ -391,6 +412,7 @@ fn may_carry(kind: EventType) -> bool {
             | EventType::Authorization
             | EventType::Authentication
             | EventType::ApiKeyUse
+            | EventType::Read
             | EventType::TokenIssue
             | EventType::SignIn
             | EventType::SignOut

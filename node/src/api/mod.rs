@@ -80,6 +80,8 @@ pub struct AppInner {
     pub max_batch_items: usize,
     /// Whether `POST /v1/tenants/{tenant}/faults` is routed (`actors.fault_injection`).
     pub fault_injection: bool,
+    /// Whether every authenticated read is an audit event (`audit.record_reads`).
+    pub record_reads: bool,
     /// The admin token's hash once this node has applied it (it never changes after).
     pub admin_sha256: std::sync::OnceLock<[u8; 32]>,
     in_flight: Arc<Semaphore>,
@@ -113,6 +115,7 @@ pub struct AppParts {
     pub limits: LimitsConfig,
     pub max_batch_items: usize,
     pub fault_injection: bool,
+    pub record_reads: bool,
     pub identity: IdentityConfig,
     pub tokens: Arc<TokenService>,
     pub sign_in: login::SignIn,
@@ -139,6 +142,7 @@ impl AppState {
             limits: Arc::new(parts.limits),
             max_batch_items: parts.max_batch_items,
             fault_injection: parts.fault_injection,
+            record_reads: parts.record_reads,
             admin_sha256: std::sync::OnceLock::new(),
             in_flight,
             tails: Arc::new(Semaphore::new(audit::MAX_TAILS)),
