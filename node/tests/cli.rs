@@ -86,6 +86,71 @@ async fn tenant_commands_work_against_any_node() {
     assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_commands_cover_a_keys_life_through_any_node() {
+    let mut cluster = ProcessCluster::new(binary(), 2, &[]).unwrap();
+    cluster.form().await.unwrap();
+    let stdout = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    ok(cli(&cluster, 1, &["tenant", "create", "acme", "--name", "Acme", "--region", "eu"]));
+    let key = |node: u64, args: &[&str]| {
+        let mut all = vec!["key", "--tenant", "acme"];
+        all.extend_from_slice(args);
+        cli(&cluster, node, &all)
+    };
+    assert!(ok(key(2, &["create", "orders"])).contains("created orders"));
+
+    // Encrypt through one node, decrypt through the other, with the context bound.
+    let sealed = ok(key(2, &["encrypt", "orders", "4111 1111", "--context", "order=42"]));
+    assert_eq!(ok(key(1, &["decrypt", "orders", &sealed, "--context", "order=42"])), "4111 1111");
+    let wrong = key(1, &["decrypt", "orders", &sealed, "--context", "order=43"]);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("decryption_failed"), "{wrong:?}");
+
+    // Several texts go in one batch; a failed item is its own line and makes the exit code 1.
+    let lines = ok(key(1, &["encrypt", "orders", "a", "b", "--context", "order=42"]));
+    let batch: Vec<&str> = lines.lines().collect();
+    assert_eq!(batch.len(), 2, "{lines}");
+    assert_eq!(ok(key(2, &["decrypt", "orders", batch[0], batch[1], "--context", "order=42"])), "a\nb");
+    let mixed = key(2, &["decrypt", "orders", batch[0], "not-a-ciphertext", "--context", "order=42"]);
+    assert_eq!(mixed.status.code(), Some(1));
+    let mixed = stdout(&mixed);
+    assert!(mixed.starts_with("a\nerror malformed_ciphertext:"), "{mixed}");
+    let json = key(1, &["-o", "json", "encrypt", "orders", "x", "y"]);
+    let json: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["results"].as_array().unwrap().len(), 2);
+
+    // Rotation, rewrap, retiring the old version, data keys.
+    assert!(ok(key(2, &["rotate", "orders"])).contains("v2"));
+    let rewrapped = ok(key(1, &["rewrap", "orders", &sealed, "--context", "order=42"]));
+    ok(key(1, &["config", "orders", "--min-decryption-version", "2"]));
+    let retired = key(2, &["decrypt", "orders", &sealed, "--context", "order=42"]);
+    assert!(String::from_utf8_lossy(&retired.stderr).contains("key_version_retired"), "{retired:?}");
+    assert_eq!(ok(key(2, &["decrypt", "orders", &rewrapped, "--context", "order=42"])), "4111 1111");
+    let wrapped = ok(key(1, &["datakey", "orders", "--wrapped-only"]));
+    assert!(!wrapped.contains("plaintext") && wrapped.starts_with("custos:"), "{wrapped}");
+
+    // Disable and enable; scheduling destruction refuses use until it is cancelled.
+    ok(key(1, &["disable", "orders"]));
+    let refused = key(2, &["encrypt", "orders", "z"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("key_not_enabled"), "{refused:?}");
+    ok(key(1, &["enable", "orders"]));
+    assert!(ok(key(1, &["destroy", "orders", "--after-secs", "3600"])).contains("destroy at"));
+    assert!(!key(2, &["encrypt", "orders", "z"]).status.success());
+    ok(key(1, &["destroy", "orders", "--cancel"]));
+    ok(key(2, &["encrypt", "orders", "z"]));
+    let listed: Value = serde_json::from_slice(&key(2, &["-o", "json", "list"]).stdout).unwrap();
+    assert_eq!(listed["keys"][0]["latest_version"], 2);
+}
+
 #[test]
 fn example_configuration_is_valid() {
     // The shipped example must stay in step with the configuration model.

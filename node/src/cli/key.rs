@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use clap::Subcommand;
+use custos_node::client::ApiClient;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -59,18 +60,22 @@ pub enum KeyCommand {
         #[arg(long)]
         cancel: bool,
     },
-    /// Encrypt text (UTF-8) and print the ciphertext.
+    /// Encrypt text (UTF-8) and print the ciphertext. Several texts go in one batch request:
+    /// one line each, in order, `error <code>: <message>` for one that failed (exit 1).
     Encrypt {
         id: String,
-        plaintext: String,
+        #[arg(required = true, num_args = 1..)]
+        plaintexts: Vec<String>,
         /// Encryption context entries, KEY=VALUE; the same must be given to decrypt.
         #[arg(long = "context", value_parser = parse_pair)]
         context: Vec<(String, String)>,
     },
     /// Decrypt a ciphertext and print the plaintext (as text if it is UTF-8, else base64).
+    /// Several ciphertexts go in one batch request, as for encrypt.
     Decrypt {
         id: String,
-        ciphertext: String,
+        #[arg(required = true, num_args = 1..)]
+        ciphertexts: Vec<String>,
         #[arg(long = "context", value_parser = parse_pair)]
         context: Vec<(String, String)>,
     },
@@ -98,6 +103,37 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 
 fn context(pairs: Vec<(String, String)>) -> BTreeMap<String, String> {
     pairs.into_iter().collect()
+}
+
+/// A decrypted plaintext: as text if it is UTF-8, else its base64.
+fn plaintext_text(o: &Value) -> String {
+    let b64 = text(&o["plaintext"]);
+    STANDARD.decode(&b64).ok().and_then(|bytes| String::from_utf8(bytes).ok()).unwrap_or(b64)
+}
+
+/// Sends `items` to a batch endpoint and prints one line per result (`line` of a success,
+/// the error of a failure); the exit code is 1 if any item failed.
+async fn batch(
+    api: &ApiClient,
+    out: super::Output,
+    path: &str,
+    items: Vec<Value>,
+    line: fn(&Value) -> String,
+) -> anyhow::Result<ExitCode> {
+    let reply = api.request(Method::POST, path, Some(json!({ "items": items }))).await?;
+    let results = reply["results"].as_array().cloned().unwrap_or_default();
+    let failed = results.iter().any(|r| r.get("error").is_some());
+    print(out, &reply, |_| {
+        let lines: Vec<String> = results
+            .iter()
+            .map(|r| match r.get("error") {
+                Some(e) => format!("error {}: {}", text(&e["code"]), text(&e["message"])),
+                None => line(r),
+            })
+            .collect();
+        lines.join("\n")
+    });
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn key_line(k: &Value) -> String {
@@ -162,18 +198,28 @@ pub async fn run(global: &Global, tenant: &str, command: KeyCommand) -> anyhow::
             };
             print(out, &key, |k| format!("{} (destroy at {} ms)", key_line(k), text(&k["destroy_at_ms"])));
         }
-        KeyCommand::Encrypt { id, plaintext, context: pairs } => {
-            let body = json!({ "plaintext": STANDARD.encode(plaintext.as_bytes()), "context": context(pairs) });
+        KeyCommand::Encrypt { id, mut plaintexts, context: pairs } => {
+            let context = context(pairs);
+            let item = |p: &String| json!({ "plaintext": STANDARD.encode(p.as_bytes()), "context": context });
+            if plaintexts.len() > 1 {
+                let items = plaintexts.iter().map(item).collect();
+                return batch(&api, out, &format!("{base}/{id}/encrypt/batch"), items, |s| text(&s["ciphertext"]))
+                    .await;
+            }
+            let body = item(&plaintexts.remove(0));
             let sealed = api.request(Method::POST, &format!("{base}/{id}/encrypt"), Some(body)).await?;
             print(out, &sealed, |s| text(&s["ciphertext"]));
         }
-        KeyCommand::Decrypt { id, ciphertext, context: pairs } => {
-            let body = json!({ "ciphertext": ciphertext, "context": context(pairs) });
+        KeyCommand::Decrypt { id, mut ciphertexts, context: pairs } => {
+            let context = context(pairs);
+            let item = |c: &String| json!({ "ciphertext": c, "context": context });
+            if ciphertexts.len() > 1 {
+                let items = ciphertexts.iter().map(item).collect();
+                return batch(&api, out, &format!("{base}/{id}/decrypt/batch"), items, plaintext_text).await;
+            }
+            let body = item(&ciphertexts.remove(0));
             let opened = api.request(Method::POST, &format!("{base}/{id}/decrypt"), Some(body)).await?;
-            print(out, &opened, |o| {
-                let b64 = text(&o["plaintext"]);
-                STANDARD.decode(&b64).ok().and_then(|bytes| String::from_utf8(bytes).ok()).unwrap_or(b64)
-            });
+            print(out, &opened, plaintext_text);
         }
         KeyCommand::Rewrap { id, ciphertext, context: pairs } => {
             let body = json!({ "ciphertext": ciphertext, "context": context(pairs) });
