@@ -357,6 +357,92 @@ async fn every_auditable_action_yields_its_event_without_secrets_in_its_tenants_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_to_a_tenant_and_its_keys_yields_exactly_its_event() {
+    let mut cluster = ProcessCluster::new(binary(), 1, &[]).expect("prepare");
+    cluster.form().await.expect("form");
+    create_tenant(&cluster, "acme").await;
+    let keys = "/v1/tenants/acme/keys";
+    let mut expect = vec!["tenant.create"];
+    let mut step = |method: Method, path: String, body: Value, status: u16, kind: &'static str| {
+        expect.push(kind);
+        let cluster = &cluster;
+        async move {
+            let (got, reply) = call(cluster, method, &path, Some(body)).await;
+            assert_eq!(got, status, "{path}: {reply}");
+            reply
+        }
+    };
+    step(Method::POST, keys.into(), json!({"id": "k"}), 201, "key.create").await;
+    step(Method::POST, format!("{keys}/k/config"), json!({"min_decryption_version": 1}), 200, "key.configure").await;
+    step(Method::POST, format!("{keys}/k/disable"), json!({}), 200, "key.disable").await;
+    step(Method::POST, format!("{keys}/k/enable"), json!({}), 200, "key.enable").await;
+    step(Method::POST, format!("{keys}/k/destroy"), json!({"delay_ms": 3_600_000}), 200, "key.schedule_destroy").await;
+    step(Method::DELETE, format!("{keys}/k/destroy"), json!({}), 200, "key.cancel_destroy").await;
+    let items = json!({"items": [{"plaintext": "AA=="}, {"plaintext": "AQ=="}]});
+    let sealed = step(Method::POST, format!("{keys}/k/encrypt/batch"), items, 200, "key.encrypt").await;
+    let first = sealed["results"][0]["ciphertext"].clone();
+    step(Method::POST, format!("{keys}/k/rotate"), json!({}), 200, "key.rotate").await;
+    step(Method::POST, format!("{keys}/k/rewrap"), json!({"ciphertext": first}), 200, "key.rewrap").await;
+    let items = json!({"items": [{"ciphertext": first}]});
+    step(Method::POST, format!("{keys}/k/decrypt/batch"), items, 200, "key.decrypt").await;
+    let body = json!({"include_plaintext": false});
+    step(Method::POST, format!("{keys}/k/datakey"), body, 200, "key.generate_data_key").await;
+    let body = json!({"name": "ci", "scopes": ["keys:read"]});
+    let api_key = step(Method::POST, "/v1/tenants/acme/apikeys".into(), body, 201, "apikey.create").await;
+    let id = api_key["id"].as_str().unwrap().to_string();
+    let rotated =
+        step(Method::POST, format!("/v1/tenants/acme/apikeys/{id}/rotate"), json!({}), 200, "apikey.rotate").await;
+    step(Method::POST, format!("/v1/tenants/acme/apikeys/{id}/revoke"), json!({}), 200, "apikey.revoke").await;
+    step(Method::POST, "/v1/tenants/acme/suspend".into(), json!({}), 200, "tenant.update").await;
+    step(Method::POST, "/v1/tenants/acme/resume".into(), json!({}), 200, "tenant.update").await;
+    step(Method::DELETE, "/v1/tenants/acme".into(), json!({}), 200, "tenant.delete").await;
+    shipped(&cluster).await;
+
+    // The tenant is gone from the API: its stream is read from the node's log.
+    let dir = cluster.root().join("node-1/data/audit/log/acme");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.sort();
+    let events: Vec<Value> = segments
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(kinds(&events), expect);
+    for event in &events {
+        let data = &event["data"];
+        assert_eq!(
+            (data["actor"]["kind"].as_str(), data["outcome"].as_str()),
+            (Some("admin"), Some("success")),
+            "{event}"
+        );
+        assert_eq!(event["tenant"], "acme");
+    }
+    let by_kind =
+        |kind: &str| events.iter().find(|e| e["type"] == format!("dev.custos.{kind}")).unwrap()["data"].clone();
+    for kind in ["key.configure", "key.disable", "key.enable", "key.schedule_destroy", "key.cancel_destroy"] {
+        assert_eq!(by_kind(kind)["key_id"], "k", "{kind}");
+    }
+    assert_eq!(by_kind("key.encrypt")["details"]["items"], 2);
+    assert_eq!(by_kind("key.decrypt")["details"]["items"], 1);
+    assert_eq!(
+        (&by_kind("key.rewrap")["key_version"], &by_kind("key.rewrap")["details"]["from_version"]),
+        (&json!(2), &json!(1))
+    );
+    assert_eq!(by_kind("key.generate_data_key")["details"]["include_plaintext"], false);
+    // No secret: neither API key token, nor a ciphertext.
+    let text = serde_json::to_string(&events).unwrap();
+    for secret in [api_key["token"].as_str().unwrap(), rotated["token"].as_str().unwrap(), first.as_str().unwrap()] {
+        assert!(!text.contains(secret), "the stream holds {secret:?}");
+    }
+    let mut verifier = Verifier::new("acme");
+    events.into_iter().for_each(|e| verifier.push(serde_json::from_value(e).unwrap()));
+    assert!(verifier.finish().is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_work_the_leader_does_by_itself_and_every_read_are_audited() {
     let env = [("CUSTOS_CUSTODY__SCHEDULE_INTERVAL_MS", "200")];
     let mut cluster = ProcessCluster::new(binary(), 1, &env).expect("prepare");
