@@ -50,10 +50,12 @@ pub use otelcol::{Collector, ExportedSpan};
 pub use proxy::{Fault, LinkProxy};
 pub use routes::tenant_routes;
 
-/// Every file below `dir`, at any depth (for scans of data at rest).
+/// Every file below `dir`, at any depth (for scans of data at rest). Panics if `dir` cannot be
+/// read, so a scan of a wrong path fails instead of finding nothing.
 pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
+    for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
             out.extend(files_under(&path));

@@ -413,7 +413,7 @@ pub struct AuditConfig {
     /// the same on every node: a tenant's requests may reach any of them.
     pub tenant_modes: std::collections::BTreeMap<String, AuditModeConfig>,
     /// Record every authenticated read (`access.read`: a `GET` of tenants, keys, policy,
-    /// status…), as the mode says. Off, only API keys' reads are recorded (`apikey.use`), and
+    /// grants, sessions…; not the node's status), as the mode says. Off, only API keys' reads are recorded (`apikey.use`), and
     /// refused ones.
     pub record_reads: bool,
     pub sink: AuditSinkKind,

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use custos_chaos_tests::ProcessCluster;
 use serde_json::Value;
@@ -128,27 +129,45 @@ async fn key_commands_cover_a_keys_life_through_any_node() {
     let json: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(json["results"].as_array().unwrap().len(), 2);
 
+    // A change made through one node shows on the other once it applied it there: checks
+    // on the other node wait for that (up to 10 s).
+    let until = |node: u64, args: &[&str], done: &dyn Fn(&std::process::Output) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = key(node, args);
+            if done(&out) || Instant::now() > deadline {
+                assert!(done(&out), "{args:?} on node {node}: {out:?}");
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let fails_with =
+        |code: &'static str| move |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).contains(code);
+    let json = |out: &std::process::Output| serde_json::from_slice::<Value>(&out.stdout).unwrap_or_default();
+
     // Rotation, rewrap, retiring the old version, data keys.
     assert!(ok(key(2, &["rotate", "orders"])).contains("v2"));
-    let rewrapped = ok(key(1, &["rewrap", "orders", &sealed, "--context", "order=42"]));
+    let args = ["-o", "json", "rewrap", "orders", &sealed, "--context", "order=42"];
+    let rewrapped = until(1, &args, &|out| json(out)["key_version"] == 2);
+    let rewrapped = json(&rewrapped)["ciphertext"].as_str().unwrap().to_string();
     ok(key(1, &["config", "orders", "--min-decryption-version", "2"]));
-    let retired = key(2, &["decrypt", "orders", &sealed, "--context", "order=42"]);
-    assert!(String::from_utf8_lossy(&retired.stderr).contains("key_version_retired"), "{retired:?}");
+    until(2, &["decrypt", "orders", &sealed, "--context", "order=42"], &fails_with("key_version_retired"));
     assert_eq!(ok(key(2, &["decrypt", "orders", &rewrapped, "--context", "order=42"])), "4111 1111");
     let wrapped = ok(key(1, &["datakey", "orders", "--wrapped-only"]));
     assert!(!wrapped.contains("plaintext") && wrapped.starts_with("custos:"), "{wrapped}");
 
     // Disable and enable; scheduling destruction refuses use until it is cancelled.
     ok(key(1, &["disable", "orders"]));
-    let refused = key(2, &["encrypt", "orders", "z"]);
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("key_not_enabled"), "{refused:?}");
+    until(2, &["encrypt", "orders", "z"], &fails_with("key_not_enabled"));
     ok(key(1, &["enable", "orders"]));
+    until(2, &["encrypt", "orders", "z"], &|out| out.status.success());
     assert!(ok(key(1, &["destroy", "orders", "--after-secs", "3600"])).contains("destroy at"));
-    assert!(!key(2, &["encrypt", "orders", "z"]).status.success());
+    until(2, &["encrypt", "orders", "z"], &|out| !out.status.success());
     ok(key(1, &["destroy", "orders", "--cancel"]));
-    ok(key(2, &["encrypt", "orders", "z"]));
-    let listed: Value = serde_json::from_slice(&key(2, &["-o", "json", "list"]).stdout).unwrap();
-    assert_eq!(listed["keys"][0]["latest_version"], 2);
+    until(2, &["encrypt", "orders", "z"], &|out| out.status.success());
+    let listed = until(2, &["-o", "json", "list"], &|out| json(out)["keys"][0]["latest_version"] == 2);
+    assert_eq!(json(&listed)["keys"][0]["state"], "enabled");
 }
 
 #[test]

@@ -51,7 +51,7 @@ pub enum EventType {
     ApiKeyRevoke,
     /// A request authenticated by an API key that no other event records (a plain read).
     ApiKeyUse,
-    /// A plain read (a `GET` of tenants, keys, policy, status…) by any other principal.
+    /// A plain read (a `GET` of tenants, keys, policy, grants, sessions…) by any other principal.
     Read,
     /// A platform token was issued.
     TokenIssue,

@@ -130,21 +130,36 @@ pub async fn create(
     };
     // An id taken on this node is refused before anything is provisioned (the write checks
     // again, against the log) — unless the request may be a retry, whose earlier answer the
-    // write replays.
-    if !headers.contains_key(super::IDEMPOTENCY_HEADER) && state.cluster.reader().tenant(&id)?.is_some() {
+    // write replays. A live tenant's own roots then stand in for new ones: the write replays
+    // or refuses, and never stores them, since the id is taken.
+    let taken = state.cluster.reader().tenant(&id)?;
+    let retry = headers.contains_key(super::IDEMPOTENCY_HEADER);
+    if taken.is_some() && !retry {
         return Err(custos_raft::Rejection::TenantExists(id).into());
     }
-    // The tenant's key roots exist before the tenant does, so it is never without custody.
-    let custody = state.custody.provision_tenant(&id, provider).await?;
-    let provisioned = (custody.provider, custody.root.clone());
+    let live_custody = match &taken {
+        Some(t) if t.status != TenantStatus::Deleted => state.cluster.reader().custody(&id)?,
+        _ => None,
+    };
+    let (custody, provisioned) = match live_custody {
+        Some(custody) => (custody, None),
+        // The tenant's key roots exist before the tenant does, so it is never without custody.
+        None => {
+            let custody = state.custody.provision_tenant(&id, provider).await?;
+            let provisioned = (custody.provider, custody.root.clone());
+            (custody, Some(provisioned))
+        }
+    };
     let note = super::audit::Note { tenant: Some(id.clone()), ..Default::default() }
         .detail("region", region.as_str())
         .detail("key_provider", custody.provider.as_str());
     super::audit::annotate(&note);
     let command = Command::CreateTenant { id: id.clone(), display_name: body.display_name, region, custody };
     let written = write(&state, &headers, command, StatusCode::CREATED).await;
-    if !matches!(&written, Ok(response) if !response.headers().contains_key("idempotent-replayed")) {
-        discard_if_deleted(&state, &id, provisioned).await;
+    let fresh = matches!(&written, Ok(response) if !response.headers().contains_key("idempotent-replayed"));
+    if let (false, Some(provisioned)) = (fresh, provisioned) {
+        // In a task of its own: a request cut short (a deadline, a client gone) still cleans up.
+        tokio::spawn(discard_if_deleted(state.clone(), id, provisioned));
     }
     let mut response = written?;
     response.extensions_mut().insert(note);
@@ -155,14 +170,19 @@ pub async fn create(
 /// tenant is deleted, provisioning brought back the Vault namespace its deletion shredded, and
 /// nothing would ever shred it again, so it goes now. A live tenant's namespace is the one
 /// provisioning found, and stays. Failures are logged: the namespace is left as it was.
-async fn discard_if_deleted(state: &AppState, id: &TenantId, (provider, root): (CoreProviderKind, Vec<u8>)) {
-    if state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await.is_err() {
-        return;
+async fn discard_if_deleted(state: AppState, id: TenantId, (provider, root): (CoreProviderKind, Vec<u8>)) {
+    let deleted = || matches!(state.cluster.reader().tenant(&id), Ok(Some(t)) if t.status == TenantStatus::Deleted);
+    // Deletion is final: a local read that shows it needs no barrier.
+    if !deleted() {
+        if let Err(e) = state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await {
+            tracing::warn!(tenant_id = %id, error = %e, "no read barrier after a refused create; what it provisioned stays");
+            return;
+        }
+        if !deleted() {
+            return;
+        }
     }
-    if !matches!(state.cluster.reader().tenant(id), Ok(Some(t)) if t.status == TenantStatus::Deleted) {
-        return;
-    }
-    if let Err(e) = state.custody.destroy_root(id, provider, &root).await {
+    if let Err(e) = state.custody.destroy_root(&id, provider, &root).await {
         tracing::warn!(tenant_id = %id, error = %e, "destroying what a refused create provisioned for a deleted tenant failed");
     }
 }

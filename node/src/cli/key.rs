@@ -71,7 +71,8 @@ pub enum KeyCommand {
         context: Vec<(String, String)>,
     },
     /// Decrypt a ciphertext and print the plaintext (as text if it is UTF-8, else base64).
-    /// Several ciphertexts go in one batch request, as for encrypt.
+    /// Several ciphertexts go in one batch request, as for encrypt (a plaintext with a line
+    /// break shows as base64 there).
     Decrypt {
         id: String,
         #[arg(required = true, num_args = 1..)]
@@ -111,6 +112,17 @@ fn plaintext_text(o: &Value) -> String {
     STANDARD.decode(&b64).ok().and_then(|bytes| String::from_utf8(bytes).ok()).unwrap_or(b64)
 }
 
+/// A decrypted plaintext on one line of a batch: as text if it is UTF-8 without a line
+/// break, else its base64.
+fn plaintext_line(o: &Value) -> String {
+    let shown = plaintext_text(o);
+    if shown.contains(['\n', '\r']) {
+        text(&o["plaintext"])
+    } else {
+        shown
+    }
+}
+
 /// Sends `items` to a batch endpoint and prints one line per result (`line` of a success,
 /// the error of a failure); the exit code is 1 if any item failed.
 async fn batch(
@@ -121,7 +133,9 @@ async fn batch(
     line: fn(&Value) -> String,
 ) -> anyhow::Result<ExitCode> {
     let reply = api.request(Method::POST, path, Some(json!({ "items": items }))).await?;
-    let results = reply["results"].as_array().cloned().unwrap_or_default();
+    let Some(results) = reply["results"].as_array().cloned() else {
+        anyhow::bail!("the node answered a batch without results: {reply}");
+    };
     let failed = results.iter().any(|r| r.get("error").is_some());
     print(out, &reply, |_| {
         let lines: Vec<String> = results
@@ -215,7 +229,7 @@ pub async fn run(global: &Global, tenant: &str, command: KeyCommand) -> anyhow::
             let item = |c: &String| json!({ "ciphertext": c, "context": context });
             if ciphertexts.len() > 1 {
                 let items = ciphertexts.iter().map(item).collect();
-                return batch(&api, out, &format!("{base}/{id}/decrypt/batch"), items, plaintext_text).await;
+                return batch(&api, out, &format!("{base}/{id}/decrypt/batch"), items, plaintext_line).await;
             }
             let body = item(&ciphertexts.remove(0));
             let opened = api.request(Method::POST, &format!("{base}/{id}/decrypt"), Some(body)).await?;

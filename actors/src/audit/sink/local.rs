@@ -123,6 +123,10 @@ struct Logs {
     dirty: std::collections::HashSet<String>,
     /// The root directory gained a tenant directory since its last fsync.
     root_dirty: bool,
+    /// Syncing a log to close or forget it failed since the last sync: the next sync fails
+    /// too, so the outbox sends everything it has not released again (a failed fsync may
+    /// have dropped the pages, and syncing the file again may well succeed).
+    sync_failed: bool,
     /// fsyncs of files and directories since the log was opened.
     fsyncs: u64,
 }
@@ -545,7 +549,7 @@ impl AuditSink for LocalLog {
         let bounds = self.bounds;
         tokio::task::spawn_blocking(move || -> Result<Delivered, SinkError> {
             let mut tenants = tenants.lock().unwrap_or_else(|p| p.into_inner());
-            let Logs { logs, kept, open, clock, dirty, root_dirty, fsyncs } = &mut *tenants;
+            let Logs { logs, kept, open, clock, dirty, root_dirty, sync_failed, fsyncs } = &mut *tenants;
             for (tenant, lines) in by_tenant {
                 *clock += 1;
                 let log = match logs.entry(tenant.clone()) {
@@ -566,27 +570,33 @@ impl AuditSink for LocalLog {
                 if log.dirty || log.dir_dirty {
                     dirty.insert(tenant);
                 }
-                // A log leaves a bound only once it is durable. If syncing it fails, it stays as
-                // it was, pending the next sync (which reports the failure), and the bound waits
-                // for a later delivery: this one, written already, does not fail for it.
+                // A log leaves a bound only once it is durable. One that fails to sync stays as
+                // it was and the next oldest goes instead; this delivery, written already, does
+                // not fail for it, but the next sync does (see `sync_failed`).
+                let mut from = 0;
                 while open.len() > bounds.open_files {
-                    let Some((&used, oldest)) = open.first_key_value() else { break };
+                    let Some((&used, oldest)) = open.range(from..).next() else { break };
+                    from = used + 1;
                     if let Some(log) = logs.get_mut(oldest) {
                         if let Err(e) = log.sync(fsyncs) {
                             tracing::warn!(tenant_id = %oldest, error = %e, "audit log: syncing a log to close its file failed");
-                            break;
+                            *sync_failed = true;
+                            continue;
                         }
                         dirty.remove(oldest);
                         log.file = None;
                     }
                     open.remove(&used);
                 }
+                let mut from = 0;
                 while kept.len() > bounds.kept_logs {
-                    let Some((&used, oldest)) = kept.first_key_value() else { break };
+                    let Some((&used, oldest)) = kept.range(from..).next() else { break };
+                    from = used + 1;
                     if let Some(log) = logs.get_mut(oldest) {
                         if let Err(e) = log.sync(fsyncs) {
                             tracing::warn!(tenant_id = %oldest, error = %e, "audit log: syncing a log to forget it failed");
-                            break;
+                            *sync_failed = true;
+                            continue;
                         }
                         log.leave_checkpoint(bounds.checkpoint_from);
                         dirty.remove(oldest);
@@ -607,7 +617,12 @@ impl AuditSink for LocalLog {
         let root = self.dir.clone();
         tokio::task::spawn_blocking(move || -> Result<(), SinkError> {
             let mut tenants = tenants.lock().unwrap_or_else(|p| p.into_inner());
-            let Logs { logs, dirty, root_dirty, fsyncs, .. } = &mut *tenants;
+            let Logs { logs, dirty, root_dirty, sync_failed, fsyncs, .. } = &mut *tenants;
+            if std::mem::take(sync_failed) {
+                return Err(SinkError::Storage(
+                    "syncing a tenant log to close it failed since the last sync; sending again".into(),
+                ));
+            }
             if dirty.len() >= SYNCFS_FROM {
                 // One barrier for all of them: syncfs writes back every dirty file and directory
                 // of the log's filesystem and flushes it, as their fsyncs one by one would (and
