@@ -131,6 +131,46 @@ struct Logs {
     fsyncs: u64,
 }
 
+impl Logs {
+    /// Syncs and lets go of the least recently written logs until at most `bound` hold an open
+    /// file (`forget` false: their files are closed) or are known at all (`forget`: they are
+    /// dropped from memory, leaving a checkpoint from `checkpoint_from` bytes). A log leaves
+    /// only once it is durable: one that fails to sync stays as it was and the next oldest goes
+    /// instead. The delivery that made room, written already, does not fail for it, but the
+    /// next sync does (`sync_failed`).
+    fn let_go(&mut self, forget: bool, bound: usize, checkpoint_from: u64) {
+        let mut from = 0;
+        loop {
+            let order = if forget { &self.kept } else { &self.open };
+            if order.len() <= bound {
+                return;
+            }
+            let Some((&used, oldest)) = order.range(from..).next() else { return };
+            let oldest = oldest.clone();
+            from = used + 1;
+            if let Some(log) = self.logs.get_mut(&oldest) {
+                if let Err(e) = log.sync(&mut self.fsyncs) {
+                    let action = if forget { "forget it" } else { "close its file" };
+                    tracing::warn!(tenant_id = %oldest, error = %e, "audit log: syncing a log to {action} failed");
+                    self.sync_failed = true;
+                    continue;
+                }
+                if forget {
+                    log.leave_checkpoint(checkpoint_from);
+                    self.logs.remove(&oldest);
+                } else {
+                    log.file = None;
+                }
+                self.dirty.remove(&oldest);
+            }
+            self.open.remove(&used);
+            if forget {
+                self.kept.remove(&used);
+            }
+        }
+    }
+}
+
 /// Filters and paging for reading a tenant's log.
 #[derive(Debug, Clone, Default)]
 pub struct ReadFilter {
@@ -549,8 +589,8 @@ impl AuditSink for LocalLog {
         let bounds = self.bounds;
         tokio::task::spawn_blocking(move || -> Result<Delivered, SinkError> {
             let mut tenants = tenants.lock().unwrap_or_else(|p| p.into_inner());
-            let Logs { logs, kept, open, clock, dirty, root_dirty, sync_failed, fsyncs } = &mut *tenants;
             for (tenant, lines) in by_tenant {
+                let Logs { logs, kept, open, clock, dirty, root_dirty, fsyncs, .. } = &mut *tenants;
                 *clock += 1;
                 let log = match logs.entry(tenant.clone()) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -570,41 +610,8 @@ impl AuditSink for LocalLog {
                 if log.dirty || log.dir_dirty {
                     dirty.insert(tenant);
                 }
-                // A log leaves a bound only once it is durable. One that fails to sync stays as
-                // it was and the next oldest goes instead; this delivery, written already, does
-                // not fail for it, but the next sync does (see `sync_failed`).
-                let mut from = 0;
-                while open.len() > bounds.open_files {
-                    let Some((&used, oldest)) = open.range(from..).next() else { break };
-                    from = used + 1;
-                    if let Some(log) = logs.get_mut(oldest) {
-                        if let Err(e) = log.sync(fsyncs) {
-                            tracing::warn!(tenant_id = %oldest, error = %e, "audit log: syncing a log to close its file failed");
-                            *sync_failed = true;
-                            continue;
-                        }
-                        dirty.remove(oldest);
-                        log.file = None;
-                    }
-                    open.remove(&used);
-                }
-                let mut from = 0;
-                while kept.len() > bounds.kept_logs {
-                    let Some((&used, oldest)) = kept.range(from..).next() else { break };
-                    from = used + 1;
-                    if let Some(log) = logs.get_mut(oldest) {
-                        if let Err(e) = log.sync(fsyncs) {
-                            tracing::warn!(tenant_id = %oldest, error = %e, "audit log: syncing a log to forget it failed");
-                            *sync_failed = true;
-                            continue;
-                        }
-                        log.leave_checkpoint(bounds.checkpoint_from);
-                        dirty.remove(oldest);
-                        logs.remove(oldest);
-                    }
-                    open.remove(&used);
-                    kept.remove(&used);
-                }
+                tenants.let_go(false, bounds.open_files, bounds.checkpoint_from);
+                tenants.let_go(true, bounds.kept_logs, bounds.checkpoint_from);
             }
             Ok(Delivered::Written)
         })
