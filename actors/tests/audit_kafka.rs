@@ -39,7 +39,7 @@ fn kafka_config(broker: &KafkaBroker, layout: TopicLayout) -> KafkaSinkConfig {
 const STALLED_AFTER: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-fn open(dir: &Path, mode: AuditMode, max_depth: u64, kafka: KafkaSinkConfig) -> Arc<Audit> {
+async fn open(dir: &Path, mode: AuditMode, max_depth: u64, kafka: KafkaSinkConfig) -> Arc<Audit> {
     Audit::open(AuditSettings {
         node_id: 1,
         dir: dir.to_path_buf(),
@@ -67,6 +67,7 @@ fn open(dir: &Path, mode: AuditMode, max_depth: u64, kafka: KafkaSinkConfig) -> 
         },
         sink: SinkChoice::Kafka(kafka),
     })
+    .await
     .expect("audit opens")
 }
 
@@ -117,7 +118,7 @@ async fn events_reach_kafka_keyed_by_tenant_in_chain_order_and_verify() {
     let kafka = broker();
     let dir = tempfile::tempdir().unwrap();
     let config = kafka_config(&kafka, TopicLayout::Shared { topic: "custos.audit".into() });
-    let audit = open(dir.path(), AuditMode::FailClosed, 100_000, config.clone());
+    let audit = open(dir.path(), AuditMode::FailClosed, 100_000, config.clone()).await;
 
     let tasks: Vec<_> = (0..600u64)
         .map(|n| {
@@ -158,7 +159,7 @@ async fn a_broker_crash_under_load_loses_no_acknowledged_event_and_fail_closed_r
     let dir = tempfile::tempdir().unwrap();
     let config = kafka_config(&kafka, TopicLayout::PerTenant { prefix: "custos.audit.".into() });
     let max_depth = 400;
-    let audit = open(dir.path(), AuditMode::FailClosed, max_depth, config.clone());
+    let audit = open(dir.path(), AuditMode::FailClosed, max_depth, config.clone()).await;
     for n in 0..50 {
         audit.record(record("acme", n)).await.unwrap();
     }
@@ -206,7 +207,7 @@ async fn best_effort_keeps_answering_while_the_broker_is_down_and_catches_up() {
     let kafka = broker();
     let dir = tempfile::tempdir().unwrap();
     let config = kafka_config(&kafka, TopicLayout::Shared { topic: "custos.audit".into() });
-    let audit = open(dir.path(), AuditMode::BestEffort, 100_000, config.clone());
+    let audit = open(dir.path(), AuditMode::BestEffort, 100_000, config.clone()).await;
     kafka.run("stop").unwrap();
     let started = Instant::now();
     for n in 0..500 {
@@ -233,7 +234,7 @@ async fn batches_wait_out_a_long_outage_without_failing_so_no_later_event_overta
     let kafka = broker();
     let dir = tempfile::tempdir().unwrap();
     let config = kafka_config(&kafka, TopicLayout::Shared { topic: "custos.audit.waits".into() });
-    let audit = open(dir.path(), AuditMode::FailClosed, 100_000, config.clone());
+    let audit = open(dir.path(), AuditMode::FailClosed, 100_000, config.clone()).await;
     for n in 0..50 {
         audit.record(record("acme", n)).await.unwrap();
     }
@@ -268,7 +269,7 @@ async fn batches_wait_out_a_long_outage_without_failing_so_no_later_event_overta
     drop(audit);
 
     kafka.run("restart").unwrap();
-    let audit = open(dir.path(), AuditMode::FailClosed, 100_000, config.clone());
+    let audit = open(dir.path(), AuditMode::FailClosed, 100_000, config.clone()).await;
     drained(&audit, Duration::from_secs(90)).await;
     let events = read_back(&config, "acme").await;
     let report = verify(&events, "acme");

@@ -71,7 +71,7 @@ pub fn kafka_sink_config(k: &AuditKafkaConfig, max_batch: usize) -> Result<Kafka
 
 /// Opens the node's audit under `<data_dir>/audit`; the outbox replays what an earlier run
 /// left unshipped.
-pub fn open(config: &AuditConfig, node_id: u64, data_dir: &Path) -> Result<Arc<Audit>, NodeError> {
+pub async fn open(config: &AuditConfig, node_id: u64, data_dir: &Path) -> Result<Arc<Audit>, NodeError> {
     let sink = match config.sink {
         AuditSinkKind::Local => SinkChoice::Local(LocalLogLimits {
             segment_bytes: config.local.segment_bytes,
@@ -114,6 +114,7 @@ pub fn open(config: &AuditConfig, node_id: u64, data_dir: &Path) -> Result<Arc<A
         },
         sink,
     })
+    .await
     .map_err(|e| NodeError::Audit(e.to_string()))
 }
 

@@ -142,7 +142,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let raft_body_limit = append_bytes.max(config.raft.snapshot_chunk_bytes as usize * 2) + 1024 * 1024;
     let raft_app = custos_raft::network::router(cluster.clone(), raft_body_limit);
     let custody::Built { custody, vault } = custody::build(&config.custody, &data_dir, &cluster)?;
-    let audit = audit::open(&config.audit, node_id, &data_dir)?;
+    let audit = audit::open(&config.audit, node_id, &data_dir).await?;
     let vault_adapter = match vault {
         Some(shared) => Some(
             ractor::Actor::spawn(Some(format!("custos/node-{node_id}/vault")), VaultAdapter, shared)

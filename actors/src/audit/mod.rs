@@ -132,8 +132,8 @@ pub struct Audit {
 
 impl Audit {
     /// Opens the outbox (replaying what an earlier run left), builds the sink and starts the
-    /// shipper. Needs a tokio runtime.
-    pub fn open(settings: AuditSettings) -> Result<Arc<Audit>, AuditError> {
+    /// shipper's actors (see [`shipper::spawn`]).
+    pub async fn open(settings: AuditSettings) -> Result<Arc<Audit>, AuditError> {
         let outbox = Outbox::open(&settings.dir.join("outbox"), settings.node_id, settings.outbox)?;
         let (sink, local, kafka): (Arc<dyn AuditSink>, _, _) = match settings.sink {
             SinkChoice::Local(limits) => {
@@ -151,13 +151,14 @@ impl Audit {
         if let Some(log) = &local {
             tokio::spawn(sweep_local_log(log.clone(), stop.subscribe()));
         }
-        let shipper = tokio::spawn(shipper::supervised(
-            outbox.clone(),
-            sink.clone(),
-            settings.shipper,
-            shipper_stats.clone(),
-            stop_rx,
-        ));
+        let shipper = shipper::spawn(shipper::ShipperArgs {
+            outbox: outbox.clone(),
+            sink: sink.clone(),
+            limits: settings.shipper,
+            stats: shipper_stats.clone(),
+            stop: stop_rx,
+        })
+        .await?;
         Ok(Arc::new(Audit {
             mode: settings.mode,
             stream_modes: settings.stream_modes,
@@ -312,15 +313,14 @@ mod tests {
                     max_bytes_per_tenant: 1 << 30,
                 }),
             })
-            .unwrap()
         };
         let tenant = |id: &str| AuditStream::Tenant(custos_raft::TenantId::new(id).unwrap());
-        let audit = open(AuditMode::FailClosed);
+        let audit = open(AuditMode::FailClosed).await.unwrap();
         assert_eq!(audit.mode_of(&tenant("acme")), AuditMode::BestEffort);
         assert_eq!(audit.mode_of(&tenant("globex")), AuditMode::FailClosed);
         assert_eq!(audit.mode_of(&AuditStream::Cluster), AuditMode::FailClosed);
         audit.shutdown().await;
-        let off = open(AuditMode::Off);
+        let off = open(AuditMode::Off).await.unwrap();
         assert_eq!(off.mode_of(&tenant("acme")), AuditMode::Off);
         off.shutdown().await;
     }

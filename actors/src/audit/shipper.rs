@@ -19,22 +19,27 @@
 //! once per stall. On stop the shipper waits up to `stop_grace` for the batches on their way;
 //! what is still unacknowledged then stays in the outbox for the next start.
 //!
-//! [`supervised`] runs it under supervision: a run that panics is counted, reported and
-//! followed by a fresh one from the outbox's shipped cursor (what the failed run had sent goes
-//! again), after a backoff; more than [`MAX_RESTARTS`] failures within [`RESTART_WINDOW`]
-//! leave shipping stopped and say so in status (`shipper_failed`), so a fault that recurs does
-//! not spin. The outbox then fills, and fail-closed requests get 503 `audit_backlog`.
+//! It runs in actors ([`spawn`]): the sink's adapter actor ([`SinkAdapter`], named
+//! `custos/<chain>/audit/kafka` or `…/local`) owns one run, under a [`ShipperSupervisor`]
+//! (`custos/<chain>/audit`). A run that panics fails its actor; the supervisor counts and
+//! reports it and starts a fresh one from the outbox's shipped cursor (what the failed run had
+//! sent goes again) after a backoff; more than [`MAX_RESTARTS`] failures within
+//! [`RESTART_WINDOW`] leave shipping stopped and say so in status (`shipper_failed`), so a
+//! fault that recurs does not spin. The outbox then fills, and fail-closed requests get 503
+//! `audit_backlog`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ractor::{ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 
 use super::outbox::{Cursor, Entry, Outbox};
 use super::sink::{AuditSink, Delivered, Delivery, SinkError};
 use super::AuditError;
+use crate::restart::{FailureWindow, RestartPolicy, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct ShipperLimits {
@@ -91,58 +96,212 @@ struct InFlight {
     oldest_ms: u64,
 }
 
-/// Runs the shipper until `stop` turns true, starting it again after a failed run (see the
-/// module docs).
-pub async fn supervised(
-    outbox: Arc<Outbox>,
-    sink: Arc<dyn AuditSink>,
-    limits: ShipperLimits,
-    stats: Arc<ShipperStats>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut failures: VecDeque<Instant> = VecDeque::with_capacity(MAX_RESTARTS + 1);
-    let mut backoff = limits.backoff_min;
-    loop {
-        let started = Instant::now();
-        let run = tokio::spawn(run(outbox.clone(), sink.clone(), limits.clone(), stats.clone(), stop.clone()));
-        let failure = match run.await {
-            Ok(()) => return,
-            // Cancelled: the runtime is going away.
-            Err(e) if !e.is_panic() => return,
-            Err(e) => e,
+/// What the shipper actors are given: the outbox to read, the sink to feed, their bounds and
+/// counters, and the node's stop signal.
+#[derive(Clone)]
+pub struct ShipperArgs {
+    pub outbox: Arc<Outbox>,
+    pub sink: Arc<dyn AuditSink>,
+    pub limits: ShipperLimits,
+    pub stats: Arc<ShipperStats>,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Starts the sink's adapter actor under its supervisor, both named after the outbox's chain
+/// (`custos/<chain>/audit` and `custos/<chain>/audit/<sink>`; the chain names the node and is
+/// unique, and ractor's registry is process-wide). The handle resolves once shipping has
+/// stopped: after `stop` turned true and the batches on their way were waited for, or after
+/// the supervisor gave up.
+pub async fn spawn(args: ShipperArgs) -> Result<tokio::task::JoinHandle<()>, AuditError> {
+    let name = format!("custos/{}/audit", args.outbox.chain());
+    let (_, handle) = ractor::Actor::spawn(Some(name), ShipperSupervisor, args)
+        .await
+        .map_err(|e| AuditError::Storage(format!("starting the audit shipper: {e}")))?;
+    Ok(handle)
+}
+
+/// Supervises the [`SinkAdapter`] actor: a run that fails is counted and reported, and a fresh
+/// actor starts from the outbox's shipped cursor after a backoff (what the failed run had sent
+/// goes again); more than [`MAX_RESTARTS`] failures within [`RESTART_WINDOW`] leave shipping
+/// stopped (`shipper_failed`).
+pub struct ShipperSupervisor;
+
+pub struct SupervisorState {
+    args: ShipperArgs,
+    policy: RestartPolicy,
+    failures: FailureWindow,
+}
+
+pub enum SupervisorMsg {
+    /// Start the adapter again (after a failure's backoff).
+    Restart,
+    /// The node's stop signal turned true.
+    Stop,
+}
+
+impl SupervisorState {
+    fn stopping(&self) -> bool {
+        *self.args.stop.borrow()
+    }
+
+    async fn start_adapter(&self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+        let name = format!("{}/{}", myself.get_name().unwrap_or_default(), self.args.sink.name());
+        ractor::Actor::spawn_linked(Some(name), SinkAdapter, self.args.clone(), myself.get_cell()).await?;
+        Ok(())
+    }
+}
+
+impl ractor::Actor for ShipperSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = ShipperArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: ShipperArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut stop = args.stop.clone();
+        let watcher = myself.clone();
+        tokio::spawn(async move {
+            // Turned true, or the sender is gone: either way shipping ends.
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+            let _ = watcher.cast(SupervisorMsg::Stop);
+        });
+        let policy = RestartPolicy {
+            max_restarts: MAX_RESTARTS,
+            window: RESTART_WINDOW,
+            backoff_base: args.limits.backoff_min,
+            backoff_max: args.limits.backoff_max,
         };
-        let now = Instant::now();
-        if now.duration_since(started) >= RESTART_WINDOW {
-            // It ran well for a while: this failure starts the backoff afresh.
-            backoff = limits.backoff_min;
+        let state = SupervisorState { args, policy, failures: FailureWindow::default() };
+        state.start_adapter(&myself).await?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Restart if !state.stopping() => state.start_adapter(&myself).await?,
+            // Stopping: a running adapter ends by itself and is waited for (see
+            // `handle_supervisor_evt`); one waiting to start again never does.
+            SupervisorMsg::Restart | SupervisorMsg::Stop => {
+                if myself.get_children().is_empty() {
+                    myself.stop(None);
+                }
+            }
         }
-        failures.retain(|at| now.duration_since(*at) < RESTART_WINDOW);
-        failures.push_back(now);
-        let reason = match failure.into_panic().downcast::<String>() {
-            Ok(message) => *message,
-            Err(payload) => payload.downcast::<&str>().map(|m| m.to_string()).unwrap_or_else(|_| "a panic".into()),
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let reason = match event {
+            SupervisionEvent::ActorFailed(_, error) => error.to_string(),
+            SupervisionEvent::ActorTerminated(..) if state.stopping() => {
+                myself.stop(None);
+                return Ok(());
+            }
+            SupervisionEvent::ActorTerminated(_, _, reason) => reason.unwrap_or_else(|| "stopped".into()),
+            _ => return Ok(()),
         };
+        let stats = &state.args.stats;
         *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("the shipper failed: {reason}"));
-        if failures.len() > MAX_RESTARTS {
-            stats.failed.store(true, Ordering::Relaxed);
-            tracing::error!(sink = sink.name(), %reason, "the audit shipper failed too often; shipping stays stopped until the node restarts");
-            return;
+        let sink = state.args.sink.name();
+        match state.failures.record(&state.policy) {
+            Verdict::GiveUp => {
+                stats.failed.store(true, Ordering::Relaxed);
+                tracing::error!(sink, %reason, "the audit shipper failed too often; shipping stays stopped until the node restarts");
+                myself.stop(None);
+            }
+            Verdict::RestartAfter(delay) => {
+                stats.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(sink, %reason, "the audit shipper failed; starting it again");
+                // What the failed run had sent and not released goes again. Batches it had
+                // handed to the sink are not waited for: the local log takes deliveries one
+                // at a time, and Kafka keeps a partition's batches in order, so a resent batch
+                // lands after them, as a redelivery.
+                state.args.outbox.rewind();
+                myself.send_after(delay, || SupervisorMsg::Restart);
+            }
         }
-        stats.restarts.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(sink = sink.name(), %reason, "the audit shipper failed; starting it again");
-        // What the failed run had sent and not released goes again. Batches it had handed to
-        // the sink are not waited for: the local log takes deliveries one at a time, and Kafka
-        // keeps a partition's batches in order, so a resent batch lands after them, as a
-        // redelivery.
-        outbox.rewind();
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            changed = stop.changed() => if changed.is_err() { return },
+        Ok(())
+    }
+}
+
+/// The sink's adapter actor (`…/audit/kafka`, `…/audit/local`): owns one [`run`] of the
+/// shipper. It stops when the run ends after a stop, and fails — for its supervisor to
+/// start it again — when the run panics.
+pub struct SinkAdapter;
+
+pub enum AdapterMsg {
+    /// The run ended: `None` after a stop, the panic's message when it failed.
+    Ended(Option<String>),
+}
+
+impl ractor::Actor for SinkAdapter {
+    type Msg = AdapterMsg;
+    type State = tokio::task::AbortHandle;
+    type Arguments = ShipperArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AdapterMsg>,
+        args: ShipperArgs,
+    ) -> Result<tokio::task::AbortHandle, ActorProcessingErr> {
+        let ShipperArgs { outbox, sink, limits, stats, stop } = args;
+        let running = tokio::spawn(run(outbox, sink, limits, stats, stop));
+        let abort = running.abort_handle();
+        tokio::spawn(async move {
+            let ended = match running.await {
+                Ok(()) => None,
+                Err(e) if !e.is_panic() => None,
+                Err(e) => Some(match e.into_panic().downcast::<String>() {
+                    Ok(message) => *message,
+                    Err(payload) => {
+                        payload.downcast::<&str>().map(|m| m.to_string()).unwrap_or_else(|_| "a panic".into())
+                    }
+                }),
+            };
+            let _ = myself.cast(AdapterMsg::Ended(ended));
+        });
+        Ok(abort)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AdapterMsg>,
+        message: AdapterMsg,
+        _running: &mut tokio::task::AbortHandle,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AdapterMsg::Ended(None) => myself.stop(None),
+            AdapterMsg::Ended(Some(reason)) => return Err(reason.into()),
         }
-        if *stop.borrow() {
-            return;
-        }
-        backoff = (backoff * 2).min(limits.backoff_max);
+        Ok(())
+    }
+
+    /// Stopped from outside (the runtime or a test killing it), the run goes with it; what it
+    /// had not released stays in the outbox.
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<AdapterMsg>,
+        running: &mut tokio::task::AbortHandle,
+    ) -> Result<(), ActorProcessingErr> {
+        running.abort();
+        Ok(())
     }
 }
 
@@ -489,7 +648,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_shipper_run_that_panics_is_started_again_and_one_that_keeps_panicking_stops_for_good() {
+    async fn a_failed_adapter_actor_is_started_again_and_one_that_keeps_failing_is_given_up_on() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = open_outbox(dir.path());
         for _ in 0..5 {
@@ -498,17 +657,26 @@ mod tests {
         let sink = Arc::new(PanickySink { failing: 1, calls: AtomicUsize::new(0), delivered: Mutex::default() });
         let stats = Arc::new(ShipperStats::default());
         let (stop, stop_rx) = watch::channel(false);
-        let shipper = tokio::spawn(supervised(outbox.clone(), sink.clone(), limits(64, 4), stats.clone(), stop_rx));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while outbox.stats().depth.load(Ordering::Relaxed) > 0 {
-            assert!(Instant::now() < deadline, "nothing shipped after the failed run");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let args = |sink: Arc<PanickySink>, stats: &Arc<ShipperStats>, stop: watch::Receiver<bool>| ShipperArgs {
+            outbox: outbox.clone(),
+            sink,
+            limits: limits(64, 4),
+            stats: stats.clone(),
+            stop,
+        };
+        let shipper = spawn(args(sink.clone(), &stats, stop_rx)).await.unwrap();
+        until("the events shipped after the failed run", || outbox.stats().depth.load(Ordering::Relaxed) == 0).await;
         assert_eq!(*sink.delivered.lock().unwrap(), vec![0, 1, 2, 3, 4]);
         assert_eq!(stats.restarts.load(Ordering::Relaxed), 1);
         assert!(!stats.failed.load(Ordering::Relaxed));
+        // The supervisor and the sink's adapter are actors under the chain's name.
+        let supervisor = format!("custos/{}/audit", outbox.chain());
+        assert!(ractor::registry::where_is(supervisor.clone()).is_some());
+        assert!(ractor::registry::where_is(format!("{supervisor}/panicky")).is_some());
         stop.send(true).unwrap();
-        shipper.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), shipper).await.expect("shipping stopped").unwrap();
+        assert!(ractor::registry::where_is(supervisor.clone()).is_none());
+        assert!(ractor::registry::where_is(format!("{supervisor}/panicky")).is_none());
 
         // A sink that always panics: the supervisor gives up after its bound and says so; the
         // events stay in the outbox.
@@ -517,15 +685,33 @@ mod tests {
         outbox.record(record()).await.unwrap();
         let stats = Arc::new(ShipperStats::default());
         let (_stop, stop_rx) = watch::channel(false);
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            supervised(outbox.clone(), sink, limits(64, 4), stats.clone(), stop_rx),
-        )
-        .await
-        .expect("the supervisor gave up");
+        let shipper = spawn(args(sink, &stats, stop_rx)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), shipper).await.expect("the supervisor gave up").unwrap();
         assert!(stats.failed.load(Ordering::Relaxed));
         assert!(stats.last_error().is_some_and(|e| e.contains("a bug in the sink")), "{:?}", stats.last_error());
         assert_eq!(stats.restarts.load(Ordering::Relaxed), MAX_RESTARTS as u64);
+        assert_eq!(outbox.stats().depth.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stop_while_the_adapter_waits_to_start_again_ends_shipping_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open_outbox(dir.path());
+        outbox.record(record()).await.unwrap();
+        let sink =
+            Arc::new(PanickySink { failing: usize::MAX, calls: AtomicUsize::new(0), delivered: Mutex::default() });
+        let stats = Arc::new(ShipperStats::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let mut limits = limits(64, 4);
+        limits.backoff_min = Duration::from_secs(600);
+        limits.backoff_max = Duration::from_secs(600);
+        let shipper = spawn(ShipperArgs { outbox: outbox.clone(), sink, limits, stats: stats.clone(), stop: stop_rx })
+            .await
+            .unwrap();
+        until("the first failure", || stats.restarts.load(Ordering::Relaxed) == 1).await;
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), shipper).await.expect("no ten-minute wait").unwrap();
+        assert!(!stats.failed.load(Ordering::Relaxed));
         assert_eq!(outbox.stats().depth.load(Ordering::Relaxed), 1);
     }
 

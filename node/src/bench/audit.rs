@@ -167,7 +167,8 @@ async fn pipeline(brokers: &str, duration: Duration, recorders: usize) -> Result
             stop_grace: Duration::from_secs(5),
         },
         sink: SinkChoice::Other(sink.clone()),
-    })?;
+    })
+    .await?;
     // Warm up: topic creation and connections are not part of the figures.
     audit.record(record(0)).await?;
     wait_drained(&audit, Duration::from_secs(60)).await?;
