@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use custos_actors::audit::chain::{Anchor, Cut};
+use custos_actors::audit::chain::{Anchor, Cut, Verifier};
 use custos_actors::audit::shipper::ShipperLimits;
 use custos_actors::audit::sink::kafka::{KafkaSinkConfig, TopicLayout};
 use custos_actors::audit::sink::local::LocalLogLimits;
@@ -147,13 +147,14 @@ impl StreamSource {
 /// Reads a whole stream (a tenant id, or `_cluster`) and checks its chains, each from its
 /// anchor if one is given. A stream whose oldest entries retention removed is checked from
 /// what it retains; a Kafka partition that starts after offset 0 while the configured
-/// retention keeps everything is a finding. Blocking.
+/// retention keeps everything is a finding. A stream with redeliveries far behind their
+/// originals is read twice (see [`Verifier`]). Blocking.
 pub fn verify(
     source: &StreamSource,
     stream: &str,
     anchors: Vec<Anchor>,
 ) -> Result<custos_actors::audit::chain::Report, NodeError> {
-    let mut verifier = custos_actors::audit::chain::Verifier::new(stream);
+    let mut verifier = Verifier::new(stream);
     for anchor in anchors {
         verifier.anchor(anchor);
     }
@@ -167,27 +168,34 @@ pub fn verify(
                 LocalLogLimits { segment_bytes: u64::MAX, retention: Duration::MAX, max_bytes_per_tenant: u64::MAX },
             )
             .map_err(|e| NodeError::Audit(e.to_string()))?;
-            let first = log
-                .for_each_raw(stream, |line| verifier.push_raw(line))
-                .map_err(|e| NodeError::Audit(e.to_string()))?;
-            if first > 0 {
+            let read = |verifier: &mut Verifier| {
+                log.for_each_raw(stream, |line| verifier.push_raw(line)).map_err(|e| NodeError::Audit(e.to_string()))
+            };
+            if read(&mut verifier)? > 0 {
                 // A node's log holds its own chains one after another.
                 verifier.after_retention(Cut::Sequential);
             }
+            if verifier.needs_rereading() {
+                verifier.reread();
+                read(&mut verifier)?;
+            }
         }
         StreamSource::Kafka(config) => {
-            let low = custos_actors::audit::sink::kafka::read_tenant(
-                config,
-                stream,
-                Duration::from_secs(30),
-                |_, payload| verifier.push_raw(payload),
-            )
-            .map_err(|e| NodeError::Audit(e.to_string()))?;
-            match low {
+            let read = |verifier: &mut Verifier| {
+                custos_actors::audit::sink::kafka::read_tenant(config, stream, Duration::from_secs(30), |_, payload| {
+                    verifier.push_raw(payload)
+                })
+                .map_err(|e| NodeError::Audit(e.to_string()))
+            };
+            match read(&mut verifier)? {
                 0 => {}
                 // Nothing expires: something else removed the partition's first records.
                 low if config.retention_ms < 0 => verifier.truncated(low as u64),
                 _ => verifier.after_retention(Cut::Interleaved),
+            }
+            if verifier.needs_rereading() {
+                verifier.reread();
+                read(&mut verifier)?;
             }
         }
     }

@@ -16,7 +16,7 @@
 //! removed its start ([`Cut`]); only an anchor can then tell a removal by retention from one
 //! by anyone else.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write as _;
 
 use serde::Serialize;
@@ -210,6 +210,10 @@ pub enum Finding {
     /// The stream starts after entry `first` although its retention keeps every entry: entries
     /// were removed.
     Truncated { first: u64 },
+    /// A redelivery too far behind its original to compare at once, whose original the second
+    /// read did not find (the stream no longer started where it did: retention removed events
+    /// meanwhile), or that was never read again.
+    Unverified { chain: String, seq: u64 },
 }
 
 /// Where retention may have cut a chain's start off.
@@ -271,40 +275,229 @@ pub struct Report {
     /// Redeliveries of an identical event (at-least-once shipping); not a finding.
     pub duplicates: u64,
     pub chains: Vec<ChainSummary>,
+    /// At most [`Bounds::max_findings`]; `more_findings` counts the rest.
     pub findings: Vec<Finding>,
+    pub more_findings: u64,
 }
 
 impl Report {
     pub fn is_clean(&self) -> bool {
-        self.findings.is_empty()
+        self.findings.is_empty() && self.more_findings == 0
     }
 }
+
+/// What the [`Verifier`] keeps in memory, however long the stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Settled events whose hashes each chain keeps, to compare redeliveries with at once.
+    pub window: usize,
+    /// Events a chain keeps past a gap, waiting for the gap to fill; past that, the gap's
+    /// first part is given up as missing.
+    pub max_ahead: usize,
+    /// Redeliveries too far behind to compare at once, compared on a second read; more are
+    /// counted as unverified findings.
+    pub max_late: usize,
+    /// Findings a report lists; more are only counted.
+    pub max_findings: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds { window: 1 << 16, max_ahead: 1 << 16, max_late: 1 << 20, max_findings: 100_000 }
+    }
+}
+
+const GENESIS_HASH: [u8; 32] = [0; 32];
 
 struct Seen {
     hash: [u8; 32],
     prev: [u8; 32],
 }
 
-#[derive(Default)]
+/// The listed findings and the count of those past their bound.
+struct Findings {
+    bound: usize,
+    listed: Vec<Finding>,
+    more: u64,
+}
+
+impl Findings {
+    fn new(bound: usize) -> Findings {
+        Findings { bound, listed: Vec::new(), more: 0 }
+    }
+
+    fn push(&mut self, finding: Finding) {
+        if self.listed.len() < self.bound {
+            self.listed.push(finding);
+        } else {
+            self.more += 1;
+        }
+    }
+}
+
+/// One chain as read so far. Every seq below `next` is settled — seen, with its link to the
+/// one before checked, or given up as missing — and only the last `window` of their hashes
+/// are kept; seen events above a gap wait in `ahead`.
 struct ChainState {
-    seen: BTreeMap<u64, Seen>,
+    bounds: Bounds,
+    next: u64,
+    /// Hash of the settled event `next - 1`, when it was seen.
+    head: Option<[u8; 32]>,
+    /// Hashes of the settled seqs just below `next`, oldest first; `None` for a missing one.
+    recent: VecDeque<Option<[u8; 32]>>,
+    ahead: BTreeMap<u64, Seen>,
+    /// Ranges given up as missing, in order (at most `max_findings`).
+    gaps: Vec<(u64, u64)>,
+    /// Missing ranges and broken links, in seq order: reported at the end, when a missing
+    /// start of a chain retention may have cut is left out.
+    findings: Findings,
+    /// Lowest and highest seq seen, and the hash of the highest when it came.
+    first: Option<u64>,
     max_seq: u64,
     last_hash_hex: String,
+    /// Distinct seqs seen.
+    distinct: u64,
+}
+
+impl ChainState {
+    fn new(bounds: Bounds) -> Self {
+        ChainState {
+            bounds,
+            next: 1,
+            head: None,
+            recent: VecDeque::new(),
+            ahead: BTreeMap::new(),
+            gaps: Vec::new(),
+            findings: Findings::new(bounds.max_findings),
+            first: None,
+            max_seq: 0,
+            last_hash_hex: String::new(),
+            distinct: 0,
+        }
+    }
+}
+
+/// What an earlier sighting says about a seq already settled.
+enum Earlier {
+    /// Seen, with this hash.
+    Seen([u8; 32]),
+    /// Given up as missing.
+    Missing,
+    /// Settled too long ago to remember.
+    Forgotten,
+}
+
+impl ChainState {
+    fn earlier(&self, seq: u64) -> Earlier {
+        let window_start = self.next - self.recent.len() as u64;
+        if seq >= window_start {
+            return match self.recent[(seq - window_start) as usize] {
+                Some(hash) => Earlier::Seen(hash),
+                None => Earlier::Missing,
+            };
+        }
+        let after = self.gaps.partition_point(|&(from, _)| from <= seq);
+        match after.checked_sub(1).map(|i| self.gaps[i]) {
+            Some((_, to)) if seq <= to => Earlier::Missing,
+            _ => Earlier::Forgotten,
+        }
+    }
+
+    fn remember(&mut self, hash: Option<[u8; 32]>) {
+        if self.recent.len() >= self.bounds.window {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(hash);
+    }
+
+    /// Settles what `ahead` holds from `next` on; with `force` (the stream has ended) or with
+    /// `ahead` past its bound, a gap before the lowest held seq is given up as missing.
+    fn settle(&mut self, chain: &str, force: bool) {
+        while let Some(&seq) = self.ahead.keys().next() {
+            if seq != self.next {
+                if !force && self.ahead.len() <= self.bounds.max_ahead {
+                    return;
+                }
+                let (from, to) = (self.next, seq - 1);
+                self.findings.push(Finding::Missing { chain: chain.to_string(), from, to });
+                if self.gaps.len() < self.bounds.max_findings {
+                    self.gaps.push((from, to));
+                }
+                if to - from + 1 >= self.bounds.window as u64 {
+                    self.recent.clear();
+                } else {
+                    (from..=to).for_each(|_| self.remember(None));
+                }
+                self.head = None;
+                self.next = seq;
+            }
+            let seen = self.ahead.remove(&seq).expect("the lowest key is held");
+            let link_ok = match self.head {
+                Some(head) => seen.prev == head,
+                None if seq == 1 => seen.prev == GENESIS_HASH,
+                // The one before is missing (reported): nothing to compare with.
+                None => true,
+            };
+            if !link_ok {
+                self.findings.push(Finding::BrokenLink { chain: chain.to_string(), seq });
+            }
+            self.remember(Some(seen.hash));
+            self.head = Some(seen.hash);
+            self.next = seq + 1;
+        }
+    }
+}
+
+/// What an anchor's chain showed at the anchor's place: the hash of the event there and the
+/// `chainprev` of the one after.
+#[derive(Default)]
+struct AnchorSeen {
+    hash: Option<[u8; 32]>,
+    prev_after: Option<[u8; 32]>,
+}
+
+/// A place in a chain: (chain, seq).
+type Place = (String, u64);
+
+/// A redelivery whose original was settled too long ago to compare at once.
+struct Late {
+    chain: String,
+    seq: u64,
+    hash: [u8; 32],
+    intact: bool,
 }
 
 /// Reads one tenant's events in stream order and reports what is wrong with its chains.
-/// Memory grows with the number of distinct events (about 80 bytes each).
+///
+/// Memory is bounded ([`Bounds`]): per chain, the hashes of the last `window` settled events
+/// and at most `max_ahead` events past a gap; at most `max_late` redeliveries too far behind
+/// their originals to compare at once. When there were any ([`Verifier::needs_rereading`]),
+/// the stream is read once more after [`Verifier::reread`] to find their originals. The
+/// findings are those of keeping every event, except for an event that comes more than
+/// `max_ahead` events late: it is reported as reordered, and its place as missing too.
 pub struct Verifier {
+    bounds: Bounds,
     tenant: String,
     cut: Option<Cut>,
     /// The chain of the tenant's first entry read.
     first_chain: Option<String>,
-    anchors: Vec<Anchor>,
+    anchors: Vec<(Anchor, AnchorSeen)>,
     position: u64,
     events: u64,
     duplicates: u64,
     chains: HashMap<String, ChainState>,
-    findings: Vec<Finding>,
+    findings: Findings,
+    late: Vec<Late>,
+    /// Late redeliveries past `max_late`: never compared.
+    late_dropped: u64,
+    /// On the second read: the first hash seen at each late redelivery's place.
+    originals: Option<HashMap<Place, Option<[u8; 32]>>>,
+    /// The tenant's first event on the first read (chain, seq, hash): the second read finds
+    /// originals only if it starts there too.
+    first_event: Option<(String, u64, String)>,
+    /// Tenant events on the second read, and whether it started elsewhere.
+    reread_events: u64,
+    front_moved: bool,
 }
 
 fn decode_hash(hex_text: &str) -> Option<[u8; 32]> {
@@ -314,7 +507,12 @@ fn decode_hash(hex_text: &str) -> Option<[u8; 32]> {
 
 impl Verifier {
     pub fn new(tenant: impl Into<String>) -> Verifier {
+        Verifier::with_bounds(tenant, Bounds::default())
+    }
+
+    pub fn with_bounds(tenant: impl Into<String>, bounds: Bounds) -> Verifier {
         Verifier {
+            bounds,
             tenant: tenant.into(),
             cut: None,
             first_chain: None,
@@ -323,7 +521,13 @@ impl Verifier {
             events: 0,
             duplicates: 0,
             chains: HashMap::new(),
-            findings: Vec::new(),
+            findings: Findings::new(bounds.max_findings),
+            late: Vec::new(),
+            late_dropped: 0,
+            originals: None,
+            first_event: None,
+            reread_events: 0,
+            front_moved: false,
         }
     }
 
@@ -349,12 +553,29 @@ impl Verifier {
 
     /// Requires a chain to hold, or to continue from, a head seen before.
     pub fn anchor(&mut self, anchor: Anchor) {
-        self.anchors.push(anchor);
+        self.anchors.push((anchor, AnchorSeen::default()));
+    }
+
+    /// Whether the stream must be read again (see the type's docs).
+    pub fn needs_rereading(&self) -> bool {
+        !self.late.is_empty() && self.originals.is_none()
+    }
+
+    /// Starts the second read: every entry of the stream is pushed again, from the start.
+    pub fn reread(&mut self) {
+        let places = self.late.iter().map(|late| ((late.chain.clone(), late.seq), None));
+        self.originals = Some(places.collect());
     }
 
     /// Feeds one raw stream entry; entries of other tenants are skipped. The hash is computed
     /// over the entry as stored, so a field the event type does not know still counts.
     pub fn push_raw(&mut self, bytes: &[u8]) {
+        if self.originals.is_some() {
+            if let Ok(event) = serde_json::from_slice::<AuditEvent>(bytes) {
+                self.recall(&event);
+            }
+            return;
+        }
         self.position += 1;
         let parsed = serde_json::from_slice::<serde_json::Value>(bytes).and_then(|mut value| {
             let computed = value_hash(&mut value);
@@ -379,9 +600,34 @@ impl Verifier {
 
     /// Feeds one parsed event; events of other tenants are skipped.
     pub fn push(&mut self, event: AuditEvent) {
+        if self.originals.is_some() {
+            self.recall(&event);
+            return;
+        }
         self.position += 1;
         let computed = event_hash(&event);
         self.check(event, computed);
+    }
+
+    /// On the second read: keeps the first hash seen at a late redelivery's place. The first
+    /// one seen there is the original only if the stream still starts where it did (retention
+    /// may have removed the original meanwhile, and the redelivery would stand in for it).
+    fn recall(&mut self, event: &AuditEvent) {
+        if event.tenant != self.tenant {
+            return;
+        }
+        self.reread_events += 1;
+        if self.reread_events == 1 {
+            let here = (event.chain.clone(), event.chainseq, event.chainhash.clone());
+            self.front_moved = self.first_event.as_ref() != Some(&here);
+        }
+        if self.front_moved {
+            return;
+        }
+        let originals = self.originals.as_mut().expect("called on the second read");
+        if let Some(original @ None) = originals.get_mut(&(event.chain.clone(), event.chainseq)) {
+            *original = decode_hash(&event.chainhash);
+        }
     }
 
     fn check(&mut self, event: AuditEvent, computed: String) {
@@ -389,62 +635,108 @@ impl Verifier {
             return;
         }
         self.events += 1;
-        if self.first_chain.is_none() {
+        if self.first_event.is_none() {
             self.first_chain = Some(event.chain.clone());
+            self.first_event = Some((event.chain.clone(), event.chainseq, event.chainhash.clone()));
         }
-        if computed != event.chainhash {
+        let intact = computed == event.chainhash;
+        if !intact {
             self.findings.push(Finding::Modified {
                 chain: event.chain.clone(),
                 seq: event.chainseq,
                 id: event.id.clone(),
             });
         }
-        let (Some(hash), Some(prev)) = (decode_hash(&event.chainhash), decode_hash(&event.chainprev)) else {
+        let (Some(hash), Some(prev), 1..) =
+            (decode_hash(&event.chainhash), decode_hash(&event.chainprev), event.chainseq)
+        else {
             self.findings.push(Finding::BrokenLink { chain: event.chain.clone(), seq: event.chainseq });
             return;
         };
         let seq = event.chainseq;
-        let state = self.chains.entry(event.chain.clone()).or_default();
-        if let Some(earlier) = state.seen.get(&seq) {
-            if earlier.hash == hash && computed == event.chainhash {
-                self.duplicates += 1;
-            } else {
-                self.findings.push(Finding::Conflict { chain: event.chain.clone(), seq });
+        let bounds = self.bounds;
+        let state = self.chains.entry(event.chain.clone()).or_insert_with(|| ChainState::new(bounds));
+        let earlier = match state.ahead.get(&seq) {
+            Some(seen) => Some(Earlier::Seen(seen.hash)),
+            None if seq < state.next => Some(state.earlier(seq)),
+            None => None,
+        };
+        match earlier {
+            Some(Earlier::Seen(earlier)) => {
+                if earlier == hash && intact {
+                    self.duplicates += 1;
+                } else {
+                    self.findings.push(Finding::Conflict { chain: event.chain, seq });
+                }
+                return;
             }
-            return;
+            Some(Earlier::Forgotten) => {
+                if self.late.len() < self.bounds.max_late {
+                    self.late.push(Late { chain: event.chain, seq, hash, intact });
+                } else {
+                    self.late_dropped += 1;
+                }
+                return;
+            }
+            // A place given up as missing: the event comes late (below), and stays reported
+            // as missing.
+            Some(Earlier::Missing) | None => {}
         }
+        state.distinct += 1;
+        state.first = Some(state.first.map_or(seq, |first| first.min(seq)));
         if seq < state.max_seq {
             self.findings.push(Finding::Reordered { chain: event.chain.clone(), seq, after: state.max_seq });
         } else {
             state.max_seq = seq;
             state.last_hash_hex = event.chainhash.clone();
         }
-        state.seen.insert(seq, Seen { hash, prev });
+        for (anchor, seen) in self.anchors.iter_mut().filter(|(anchor, _)| anchor.chain == event.chain) {
+            if seq == anchor.seq {
+                seen.hash = Some(hash);
+            } else if seq == anchor.seq + 1 {
+                seen.prev_after = Some(prev);
+            }
+        }
+        if seq >= state.next {
+            state.ahead.insert(seq, Seen { hash, prev });
+            state.settle(&event.chain, false);
+        }
     }
 
-    /// Checks links and gaps once the whole stream has been read.
+    /// Settles every chain once the whole stream has been read (twice when it needed
+    /// rereading) and reports.
     pub fn finish(mut self) -> Report {
-        let genesis = [0u8; 32];
-        let empty = ChainState::default();
-        let mut findings = Vec::new();
-        for anchor in &self.anchors {
+        let mut findings = std::mem::replace(&mut self.findings, Findings::new(0));
+        let originals = self.originals.take().unwrap_or_default();
+        for late in std::mem::take(&mut self.late) {
+            match originals.get(&(late.chain.clone(), late.seq)).copied().flatten() {
+                Some(original) if original == late.hash && late.intact => self.duplicates += 1,
+                Some(_) => findings.push(Finding::Conflict { chain: late.chain, seq: late.seq }),
+                None => findings.push(Finding::Unverified { chain: late.chain, seq: late.seq }),
+            }
+        }
+        findings.more += self.late_dropped;
+        for (name, state) in self.chains.iter_mut() {
+            state.settle(name, true);
+        }
+        let empty = ChainState::new(self.bounds);
+        for (anchor, seen) in &self.anchors {
             let cut = self.may_be_cut(&anchor.chain);
             let state = self.chains.get(&anchor.chain).unwrap_or(&empty);
             let hash = decode_hash(&anchor.hash);
             let chain = anchor.chain.clone();
-            let first = state.seen.keys().next().copied();
-            if let Some(seen) = state.seen.get(&anchor.seq) {
-                if Some(seen.hash) != hash {
+            if let Some(at) = seen.hash {
+                if Some(at) != hash {
                     findings.push(Finding::AnchorMismatch { chain, seq: anchor.seq });
                 }
-            } else if first == Some(anchor.seq + 1) {
-                if Some(state.seen[&(anchor.seq + 1)].prev) != hash {
+            } else if state.first == Some(anchor.seq + 1) {
+                if seen.prev_after != hash {
                     findings.push(Finding::AnchorMismatch { chain, seq: anchor.seq });
                 }
-            } else if let Some(first) = first.filter(|&first| first > anchor.seq + 1 && cut) {
+            } else if let Some(first) = state.first.filter(|&first| first > anchor.seq + 1 && cut) {
                 // Events after the anchor, never verified, are gone.
                 findings.push(Finding::Missing { chain, from: anchor.seq + 1, to: first - 1 });
-            } else if state.max_seq < anchor.seq && (first.is_some() || self.cut.is_none()) {
+            } else if state.max_seq < anchor.seq && (state.first.is_some() || self.cut.is_none()) {
                 // The chain's tail up to the anchor was cut off. (A chain retention removed
                 // entirely leaves nothing to compare.)
                 findings.push(Finding::Missing { chain, from: state.max_seq + 1, to: anchor.seq });
@@ -454,47 +746,34 @@ impl Verifier {
         names.sort();
         let mut chains = Vec::with_capacity(names.len());
         for name in names {
-            let state = &self.chains[&name];
-            // A chain retention may have cut is checked from its first retained event; gaps
-            // after an anchor were reported above.
-            let mut expected = match state.seen.keys().next() {
-                Some(&first) if self.may_be_cut(&name) => first,
-                _ => 1,
-            };
-            let mut previous: Option<(u64, [u8; 32])> = None;
-            for (&seq, seen) in &state.seen {
-                if seq > expected {
-                    findings.push(Finding::Missing { chain: name.clone(), from: expected, to: seq - 1 });
+            let cut = self.may_be_cut(&name);
+            let state = self.chains.remove(&name).expect("a listed chain");
+            for finding in state.findings.listed {
+                // A chain retention may have cut is checked from its first retained event;
+                // gaps after an anchor were reported above.
+                let cut_start =
+                    matches!(finding, Finding::Missing { from: 1, to, .. } if cut && Some(to + 1) == state.first);
+                if !cut_start {
+                    findings.push(finding);
                 }
-                let link_ok = match previous {
-                    Some((prev_seq, prev_hash)) if prev_seq + 1 == seq => seen.prev == prev_hash,
-                    // Nothing to compare with: the previous event is missing (reported above).
-                    Some(_) => true,
-                    None if seq == 1 => seen.prev == genesis,
-                    None => true,
-                };
-                if !link_ok {
-                    findings.push(Finding::BrokenLink { chain: name.clone(), seq });
-                }
-                previous = Some((seq, seen.hash));
-                expected = seq + 1;
             }
+            findings.more += state.findings.more;
             chains.push(ChainSummary {
-                chain: name.clone(),
-                events: state.seen.len() as u64,
-                first_seq: state.seen.keys().next().copied().unwrap_or(0),
+                chain: name,
+                events: state.distinct,
+                first_seq: state.first.unwrap_or(0),
                 last_seq: state.max_seq,
-                last_hash: state.last_hash_hex.clone(),
+                last_hash: state.last_hash_hex,
             });
         }
-        self.findings.extend(findings);
         Report {
             tenant: self.tenant,
             after_retention: self.cut.is_some(),
             events: self.events,
             duplicates: self.duplicates,
             chains,
-            findings: self.findings,
+            findings: findings.listed,
+            more_findings: findings.more,
         }
     }
 }
@@ -842,5 +1121,133 @@ mod tests {
         assert!(matches!(report.findings[0], Finding::Modified { seq: 1, .. }), "{:?}", report.findings);
         assert!(matches!(report.findings[1], Finding::Unreadable { position: 3, .. }), "{:?}", report.findings);
         assert_eq!(report.findings.len(), 2);
+    }
+
+    fn small() -> Bounds {
+        Bounds { window: 4, max_ahead: 4, max_late: 2, max_findings: 3 }
+    }
+
+    fn read(verifier: &mut Verifier, events: &[AuditEvent]) {
+        for event in events {
+            verifier.push_raw(&serde_json::to_vec(event).unwrap());
+        }
+    }
+
+    /// Hashes and events a verifier holds in memory.
+    fn held(verifier: &Verifier) -> usize {
+        verifier.chains.values().map(|c| c.recent.len() + c.ahead.len() + c.gaps.len()).sum::<usize>()
+            + verifier.late.len()
+    }
+
+    #[test]
+    fn a_long_stream_is_held_within_the_bounds() {
+        let events = chain_of("acme", "1/a", 200);
+        let mut verifier = Verifier::with_bounds("acme", small());
+        for event in &events {
+            verifier.push_raw(&serde_json::to_vec(event).unwrap());
+            assert!(held(&verifier) <= 4, "{} held", held(&verifier));
+        }
+        let report = verifier.finish();
+        assert!(report.is_clean(), "{:?}", report.findings);
+        assert_eq!((report.events, report.chains[0].first_seq, report.chains[0].last_seq), (200, 1, 200));
+        assert_eq!(report.chains[0].last_hash, events[199].chainhash);
+
+        // A cut chain longer than the events held past a gap: its start is given up as missing
+        // while reading, and left out in the end because retention may have cut it.
+        let retained = &events[9..];
+        assert_eq!(verify_with(retained, Some(Cut::Sequential), &[]), vec![]);
+        assert_eq!(verify_with(retained, None, &[]), vec![Finding::Missing { chain: "1/a".into(), from: 1, to: 9 }]);
+        let mut verifier = Verifier::with_bounds("acme", small());
+        verifier.after_retention(Cut::Sequential);
+        read(&mut verifier, retained);
+        assert!(held(&verifier) <= 4 + 1, "{} held", held(&verifier));
+        assert!(verifier.finish().is_clean());
+    }
+
+    #[test]
+    fn a_redelivery_far_behind_its_original_is_compared_on_a_second_read() {
+        let events = chain_of("acme", "1/a", 20);
+        let mut forged = events[4].clone();
+        forged.subject = Some("keys/other".into());
+        forged.chainhash = event_hash(&forged);
+        // Seq 3 comes again, identical, and a forged seq 5, both long after the window moved on.
+        let stream: Vec<AuditEvent> = events.iter().cloned().chain([events[2].clone(), forged]).collect();
+
+        let mut verifier = Verifier::with_bounds("acme", small());
+        read(&mut verifier, &stream);
+        assert!(verifier.needs_rereading());
+        verifier.reread();
+        assert!(!verifier.needs_rereading());
+        read(&mut verifier, &stream);
+        let report = verifier.finish();
+        assert_eq!(report.findings, vec![Finding::Conflict { chain: "1/a".into(), seq: 5 }]);
+        assert_eq!((report.events, report.duplicates), (22, 1));
+
+        // Without the second read, or with the originals gone from it, neither is taken for
+        // verified.
+        let unverified = vec![
+            Finding::Unverified { chain: "1/a".into(), seq: 3 },
+            Finding::Unverified { chain: "1/a".into(), seq: 5 },
+        ];
+        let mut verifier = Verifier::with_bounds("acme", small());
+        read(&mut verifier, &stream);
+        assert_eq!(verifier.finish().findings, unverified);
+        let mut verifier = Verifier::with_bounds("acme", small());
+        read(&mut verifier, &stream);
+        verifier.reread();
+        read(&mut verifier, &stream[10..]);
+        assert_eq!(verifier.finish().findings, unverified);
+
+        // The same stream with the default bounds compares both at once.
+        let mut verifier = Verifier::new("acme");
+        read(&mut verifier, &stream);
+        assert!(!verifier.needs_rereading());
+        assert_eq!(verifier.finish().findings, vec![Finding::Conflict { chain: "1/a".into(), seq: 5 }]);
+    }
+
+    #[test]
+    fn an_event_later_than_the_bound_is_reordered_and_its_place_missing() {
+        let events = chain_of("acme", "1/a", 10);
+        let mut stream = events.clone();
+        let late = stream.remove(1);
+        stream.push(late);
+        let mut verifier = Verifier::with_bounds("acme", small());
+        read(&mut verifier, &stream);
+        assert_eq!(
+            verifier.finish().findings,
+            vec![
+                Finding::Reordered { chain: "1/a".into(), seq: 2, after: 10 },
+                Finding::Missing { chain: "1/a".into(), from: 2, to: 2 },
+            ]
+        );
+        // Within the bound it is only reordered, as with every event kept.
+        let mut within = events.clone();
+        let late = within.remove(7);
+        within.push(late);
+        let mut verifier = Verifier::with_bounds("acme", small());
+        read(&mut verifier, &within);
+        assert_eq!(verifier.finish().findings, vec![Finding::Reordered { chain: "1/a".into(), seq: 8, after: 10 }]);
+    }
+
+    #[test]
+    fn findings_past_the_bound_are_counted_and_the_report_is_not_clean() {
+        let mut events = chain_of("acme", "1/a", 10);
+        for event in events.iter_mut().skip(2) {
+            event.data.outcome = Outcome::Denied;
+        }
+        let mut verifier = Verifier::with_bounds("acme", small());
+        read(&mut verifier, &events);
+        let report = verifier.finish();
+        assert_eq!((report.findings.len(), report.more_findings), (3, 5));
+        assert!(!report.is_clean());
+    }
+
+    #[test]
+    fn a_chain_seq_of_zero_is_a_broken_link() {
+        let mut events = chain_of("acme", "1/a", 2);
+        events[0].chainseq = 0;
+        events[0].chainhash = event_hash(&events[0]);
+        let report = verify("acme", &events[..1]);
+        assert_eq!(report.findings, vec![Finding::BrokenLink { chain: "1/a".into(), seq: 0 }]);
     }
 }

@@ -156,6 +156,9 @@ pub async fn run(global: &Global, command: AuditCommand) -> anyhow::Result<ExitC
                     for finding in &report.findings {
                         println!("  FINDING {}", serde_json::to_string(finding)?);
                     }
+                    if report.more_findings > 0 {
+                        println!("  … and {} more findings, not listed", report.more_findings);
+                    }
                     println!("{}", if report.is_clean() { "clean" } else { "NOT CLEAN" });
                 }
             }
