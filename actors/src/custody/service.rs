@@ -140,6 +140,18 @@ impl Custody {
         Ok(self.provider(provider)?.destroy(tenant, root).instrument(span).await?)
     }
 
+    /// Destroys a root provisioned for a tenant id but never stored (its create was refused or
+    /// replayed). Nothing was cached from it, so the tenant's cache stays.
+    pub async fn discard_root(
+        &self,
+        tenant: &TenantId,
+        provider: CoreProviderKind,
+        root: &[u8],
+    ) -> Result<(), CustodyError> {
+        let span = tracing::info_span!("custody.discard_root", provider = provider.as_str());
+        Ok(self.provider(provider)?.destroy(tenant, root).instrument(span).await?)
+    }
+
     /// The tenant KEK, from the cache or unwrapped by the provider.
     pub async fn kek(&self, tenant: &TenantId) -> Result<SecretKey, CustodyError> {
         if let Some(kek) = self.edge.get(tenant, &Slot::Kek) {

@@ -159,32 +159,55 @@ pub async fn create(
     let fresh = matches!(&written, Ok(response) if !response.headers().contains_key("idempotent-replayed"));
     if let (false, Some(provisioned)) = (fresh, provisioned) {
         // In a task of its own: a request cut short (a deadline, a client gone) still cleans up.
-        tokio::spawn(discard_if_deleted(state.clone(), id, provisioned));
+        tokio::spawn(discard_unstored(state.clone(), id, provisioned));
     }
     let mut response = written?;
     response.extensions_mut().insert(note);
     Ok(response)
 }
 
-/// After a create that did not store what it provisioned (refused, or a replay): if the id's
-/// tenant is deleted, provisioning brought back the Vault namespace its deletion shredded, and
-/// nothing would ever shred it again, so it goes now. A live tenant's namespace is the one
-/// provisioning found, and stays. Failures are logged: the namespace is left as it was.
-async fn discard_if_deleted(state: AppState, id: TenantId, (provider, root): (CoreProviderKind, Vec<u8>)) {
-    let deleted = || matches!(state.cluster.reader().tenant(&id), Ok(Some(t)) if t.status == TenantStatus::Deleted);
-    // Deletion is final: a local read that shows it needs no barrier.
-    if !deleted() {
-        if let Err(e) = state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await {
-            tracing::warn!(tenant_id = %id, error = %e, "no read barrier after a refused create; what it provisioned stays");
-            return;
+/// After a create that did not store what it provisioned (refused, or a replay), what it
+/// provisioned goes unless the id's tenant holds it (see [`unstored_root_goes`]). Deletion is
+/// final and a live tenant's provider never changes, so a local read that shows either needs
+/// no barrier. Failures are logged: the root is left as it was.
+async fn discard_unstored(state: AppState, id: TenantId, (provider, root): (CoreProviderKind, Vec<u8>)) {
+    let verdict = || -> Option<bool> {
+        let tenant = state.cluster.reader().tenant(&id).ok()??;
+        let live_provider = match tenant.status {
+            TenantStatus::Deleted => None,
+            _ => Some(state.cluster.reader().custody(&id).ok()??.provider),
+        };
+        Some(unstored_root_goes(live_provider, provider))
+    };
+    let goes = match verdict() {
+        Some(goes) => goes,
+        None => {
+            if let Err(e) = state.cluster.read_barrier(custos_raft::Consistency::Linearizable).await {
+                tracing::warn!(tenant_id = %id, error = %e, "no read barrier after a refused create; what it provisioned stays");
+                return;
+            }
+            // Still no tenant: the write failed without an answer and may yet apply with this
+            // very root, so it stays.
+            verdict().unwrap_or(false)
         }
-        if !deleted() {
-            return;
+    };
+    if goes {
+        if let Err(e) = state.custody.discard_root(&id, provider, &root).await {
+            tracing::warn!(tenant_id = %id, error = %e, "destroying what a refused create provisioned failed");
         }
     }
-    if let Err(e) = state.custody.destroy_root(&id, provider, &root).await {
-        tracing::warn!(tenant_id = %id, error = %e, "destroying what a refused create provisioned for a deleted tenant failed");
-    }
+}
+
+/// Whether a root provisioned for a tenant id whose create stored nothing must be destroyed,
+/// given the provider of the live tenant holding the id (`None`: the tenant is deleted).
+/// - Deleted: provisioning brought back what its deletion shredded (a Vault namespace), and
+///   nothing would ever shred it again.
+/// - Live on another provider (a retried create, with another `key_provider`, on a node that
+///   did not know the tenant yet): nothing uses what was provisioned.
+/// - Live on the same provider: roots are named after their tenant, so provisioning found the
+///   tenant's own, which stays.
+fn unstored_root_goes(live_provider: Option<CoreProviderKind>, provisioned: CoreProviderKind) -> bool {
+    live_provider != Some(provisioned)
 }
 
 pub async fn list(
@@ -342,4 +365,20 @@ pub async fn delete(
     // destroyed there by the leader (`custody::shred_pending`), and every node drops its
     // cached keys when the tenant's actors stop.
     write(&state, &headers, Command::DeleteTenant { id }, StatusCode::OK).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unstored_root_goes_unless_the_live_tenant_uses_that_provider() {
+        use CoreProviderKind::{SealedLocal, Vault};
+        // Deleted: what provisioning brought back goes.
+        assert!(unstored_root_goes(None, Vault));
+        // Live on another provider: the namespace made for the retry is nobody's.
+        assert!(unstored_root_goes(Some(SealedLocal), Vault));
+        // Live on Vault: provisioning found the tenant's own namespace.
+        assert!(!unstored_root_goes(Some(Vault), Vault));
+    }
 }
