@@ -681,7 +681,8 @@ fn sse(item: TailItem) -> Result<axum::response::sse::Event, std::convert::Infal
 /// `GET /v1/tenants/{tenant}/audit/tail`: the tenant's events as they come, over Server-Sent
 /// Events (`event: audit`, `id:` the event id, `data:` the event). From Kafka when that is the
 /// sink (every node's events), otherwise as this node commits them. A reader too slow for the
-/// node's buffer gets `event: lagged` with the number missed and continues.
+/// node's buffer of the tenant's events gets `event: lagged` with the number of them missed
+/// and continues; other tenants' events neither fill that buffer nor wake the reader.
 pub async fn tail(
     caller: Caller,
     State(state): State<AppState>,
@@ -728,24 +729,14 @@ pub async fn tail(
         });
         return Ok(Sse::new(events.map(sse)).keep_alive(keep_alive).into_response());
     }
-    let committed = state.audit.outbox().subscribe();
-    let name = tenant.as_str().to_string();
-    let events = futures::stream::unfold((committed, permit), move |(mut committed, permit)| {
-        let name = name.clone();
-        async move {
-            loop {
-                match committed.recv().await {
-                    Ok(c) if c.tenant == name => {
-                        return Some((TailItem::Event(c.id, c.json.to_vec()), (committed, permit)));
-                    }
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        return Some((TailItem::Lagged(missed), (committed, permit)))
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        }
+    let committed = state.audit.outbox().subscribe(tenant.as_str());
+    let events = futures::stream::unfold((committed, permit), |(mut committed, permit)| async move {
+        let item = match committed.recv().await {
+            Ok(c) => TailItem::Event(c.id, c.json.to_vec()),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => TailItem::Lagged(missed),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((item, (committed, permit)))
     });
     Ok(Sse::new(events.map(sse)).keep_alive(keep_alive).into_response())
 }

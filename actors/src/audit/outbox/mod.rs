@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,8 +32,54 @@ mod log;
 
 pub use log::Cursor;
 
-/// Live subscribers that fall this far behind lose the oldest events (and are told so).
+/// Live subscribers of a stream that fall this far behind lose its oldest events (and are told
+/// so).
 const TAIL_CAPACITY: usize = 4096;
+
+/// Live subscribers, per stream: a stream's channel exists while someone listens to it, so a
+/// busy stream never makes another's subscribers lag, and an event wakes only its own
+/// stream's. Channels nobody listens to any more go when the next subscriber comes, so there
+/// are never more than there are subscribers, plus one.
+#[derive(Default)]
+struct Tails {
+    channels: std::sync::RwLock<HashMap<String, broadcast::Sender<Committed>>>,
+    /// How many channels there are: placing an event looks no further while there are none.
+    open: AtomicUsize,
+}
+
+impl Tails {
+    fn subscribe(&self, stream: &str) -> broadcast::Receiver<Committed> {
+        let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        channels.retain(|_, sender| sender.receiver_count() > 0);
+        let receiver = match channels.get(stream) {
+            Some(sender) => sender.subscribe(),
+            None => {
+                let (sender, receiver) = broadcast::channel(TAIL_CAPACITY);
+                channels.insert(stream.to_string(), sender);
+                receiver
+            }
+        };
+        self.open.store(channels.len(), Ordering::Relaxed);
+        receiver
+    }
+
+    fn listened(&self, stream: &str) -> bool {
+        self.open.load(Ordering::Relaxed) > 0
+            && self
+                .channels
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(stream)
+                .is_some_and(|sender| sender.receiver_count() > 0)
+    }
+
+    fn send(&self, live: Committed) {
+        if let Some(sender) = self.channels.read().unwrap_or_else(|p| p.into_inner()).get(&live.tenant) {
+            // The subscribers may have gone since; a send error only says that.
+            let _ = sender.send(live);
+        }
+    }
+}
 
 /// Bounds of one node's outbox.
 #[derive(Debug, Clone)]
@@ -256,7 +302,7 @@ struct Core {
     limits: OutboxLimits,
     stats: OutboxStats,
     committed: Notify,
-    tail: broadcast::Sender<Committed>,
+    tails: Tails,
     building: Mutex<Building>,
     /// Signalled when a group is ready for an idle committer, or on close.
     ready: Condvar,
@@ -322,7 +368,6 @@ impl Outbox {
         let (log, appender, recovered) = log::Shared::open(dir, new_chain)?;
         let stats = OutboxStats::default();
         stats.depth.store(recovered.next - recovered.shipped, Ordering::Relaxed);
-        let (tail, _) = broadcast::channel(TAIL_CAPACITY);
         let sealer = Sealer::new(&recovered.chain, &format!("custos://node/{node_id}"))
             .map_err(|e| AuditError::Storage(e.to_string()))?;
         let core = Arc::new(Core {
@@ -333,7 +378,7 @@ impl Outbox {
             limits,
             stats,
             committed: Notify::new(),
-            tail,
+            tails: Tails::default(),
             building: Mutex::new(Building {
                 heads: recovered.heads,
                 next: recovered.next,
@@ -469,9 +514,9 @@ impl Outbox {
         self.core.committed.notified().await
     }
 
-    /// Every event placed and committed from now on, all tenants; callers filter by tenant.
-    pub fn subscribe(&self) -> broadcast::Receiver<Committed> {
-        self.core.tail.subscribe()
+    /// Every event of `stream` (a tenant id, or `_cluster`) placed and committed from now on.
+    pub fn subscribe(&self, stream: &str) -> broadcast::Receiver<Committed> {
+        self.core.tails.subscribe(stream)
     }
 
     /// The chain head (sequence, hex hash) of a stream on this node, from durable state.
@@ -608,7 +653,7 @@ impl Core {
         // this one commits) chains onto it; a failed commit resets the heads from the log.
         set_head(&mut group.moved, tenant, new_head);
         group.next = position + 1;
-        let live = (self.tail.receiver_count() > 0).then(|| Committed {
+        let live = self.tails.listened(tenant).then(|| Committed {
             tenant: tenant.to_string(),
             id: sealed.id.clone(),
             json: Arc::from(sealed.json),
@@ -665,8 +710,7 @@ impl Core {
                     self.committed.notify_one();
                     for Waiting { reply, receipt, live } in group.waiting {
                         if let Some(live) = live {
-                            // The subscriber may have gone since; a send error only says that.
-                            let _ = self.tail.send(live);
+                            self.tails.send(live);
                         }
                         if let Some(reply) = reply {
                             let _ = reply.send(Ok(receipt));
@@ -808,6 +852,34 @@ mod tests {
         assert_eq!(outbox.stats().commits.load(Ordering::Relaxed), 2, "the eight gathered into one commit");
         let report = verify(&outbox, "acme");
         assert!(report.is_clean(), "{:?}", report.findings);
+    }
+
+    #[tokio::test]
+    async fn a_tail_sees_only_its_streams_events_and_another_streams_burst_never_makes_it_lag() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = OutboxLimits { max_batch: 1024, queue: 2 * TAIL_CAPACITY, max_depth: 100_000, ..limits() };
+        let outbox = Outbox::open(dir.path(), 1, limits).unwrap();
+        let mut acme = outbox.subscribe("acme");
+        let mut globex = outbox.subscribe("globex");
+        outbox.record(record("acme")).await.unwrap();
+        for _ in 0..TAIL_CAPACITY + 100 {
+            assert!(outbox.record_detached(record("globex")));
+        }
+        // Groups commit in order: once this one is durable, every event before it is too.
+        outbox.record(record("acme")).await.unwrap();
+        for seq in [1, 2] {
+            let event = acme.try_recv().expect("acme's own events, none missed");
+            assert_eq!((event.tenant.as_str(), event.id.ends_with(&format!(".{seq}"))), ("acme", true), "{event:?}");
+        }
+        assert!(matches!(acme.try_recv(), Err(broadcast::error::TryRecvError::Empty)));
+        // The stream with the burst lost its own oldest events, counted as its own.
+        assert_eq!(globex.try_recv().unwrap_err(), broadcast::error::TryRecvError::Lagged(100));
+
+        // A channel nobody listens to any more goes with the next subscriber.
+        drop((acme, globex));
+        let _cluster = outbox.subscribe("_cluster");
+        assert_eq!(outbox.core.tails.channels.read().unwrap().len(), 1);
+        assert!(!outbox.core.tails.listened("acme"));
     }
 
     #[tokio::test]
