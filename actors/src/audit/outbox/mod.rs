@@ -110,21 +110,12 @@ pub struct OutboxLimits {
 /// or a few, is never held back.
 pub const GATHER_MIN: usize = 4;
 
-/// Share of wall-clock time the async runtime's workers must be busy for the node to count as
-/// saturated.
+/// Share of wall-clock time the async runtime's workers must be busy (not parked) for the
+/// node to count as saturated.
 const SATURATED_BUSY: f64 = 0.9;
-
-/// Share of the machine's CPU time that must be busy for the node to count as saturated. Lower
-/// than the runtime's: requests that all wait for one `fdatasync` leave the CPUs idle for its
-/// length, on a machine otherwise saturated.
-const MACHINE_SATURATED_BUSY: f64 = 0.8;
 
 /// How often the committer samples the runtime's busy time.
 const SATURATION_SAMPLE: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// How often it samples the machine's: the kernel counts CPU time in ticks of 10 ms, so a
-/// shorter window would say little.
-const MACHINE_SAMPLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Where the committer learns whether the node's CPU is the bottleneck.
 #[derive(Clone)]
@@ -132,9 +123,7 @@ pub enum Saturation {
     /// Never: groups that requests wait for are always committed at once.
     Never,
     /// When this runtime's workers were busy at least [`SATURATED_BUSY`] of the time since the
-    /// last sample (they never park while runnable tasks queue), or the machine's CPUs
-    /// [`MACHINE_SATURATED_BUSY`] (Linux: from `/proc/stat`), whoever kept them busy: the node's requests queue for the
-    /// CPU then too, whether behind its own work or behind other processes on the machine.
+    /// last sample (they never park while runnable tasks queue).
     Runtime(tokio::runtime::Handle),
     /// Always: the outbox's own tests.
     #[cfg(test)]
@@ -157,52 +146,12 @@ struct SaturationGauge {
     source: Saturation,
     /// When the busy time was last read, and its sum over the workers then.
     last: Option<(Instant, std::time::Duration)>,
-    /// The machine's last sample: when, its CPU time then (busy and in all, clock ticks), and
-    /// whether it was saturated since the one before.
-    machine: Option<(Instant, u64, u64)>,
-    machine_saturated: bool,
     saturated: bool,
-}
-
-/// The machine's CPU time so far over every CPU, busy and in all, in clock ticks, from the
-/// first line of `/proc/stat` (`cpu user nice system idle iowait irq softirq steal …`). Idle
-/// and I/O-wait time count as free; guest time is already inside user time. `None` off Linux.
-fn machine_cpu_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    machine_cpu_ticks_of(stat.lines().next()?)
-}
-
-fn machine_cpu_ticks_of(line: &str) -> Option<(u64, u64)> {
-    let mut fields = line.split_whitespace();
-    if fields.next()? != "cpu" {
-        return None;
-    }
-    let ticks: Vec<u64> = fields.take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
-    let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else { return None };
-    let busy = user + nice + system + irq + softirq + steal;
-    Some((busy, busy + idle + iowait))
 }
 
 impl SaturationGauge {
     fn new(source: Saturation) -> Self {
-        SaturationGauge { source, last: None, machine: None, machine_saturated: false, saturated: false }
-    }
-
-    /// Whether the machine's CPUs were busy at least [`MACHINE_SATURATED_BUSY`] of the time between
-    /// its last two samples.
-    fn machine_saturated(&mut self, now: Instant) -> bool {
-        if self.machine.is_some_and(|(at, ..)| now.duration_since(at) < MACHINE_SAMPLE) {
-            return self.machine_saturated;
-        }
-        let Some((busy, total)) = machine_cpu_ticks() else { return false };
-        self.machine_saturated = match self.machine {
-            Some((_, busy_before, total_before)) if total > total_before => {
-                busy.saturating_sub(busy_before) as f64 >= MACHINE_SATURATED_BUSY * (total - total_before) as f64
-            }
-            _ => false,
-        };
-        self.machine = Some((now, busy, total));
-        self.machine_saturated
+        SaturationGauge { source, last: None, saturated: false }
     }
 
     fn saturated(&mut self) -> bool {
@@ -219,10 +168,9 @@ impl SaturationGauge {
         let metrics = handle.metrics();
         let workers = metrics.num_workers();
         let busy: std::time::Duration = (0..workers).map(|w| metrics.worker_total_busy_duration(w)).sum();
-        let machine = self.machine_saturated(now);
         if let Some((at, before)) = self.last {
             let capacity = now.duration_since(at).as_secs_f64() * workers as f64;
-            self.saturated = machine || busy.saturating_sub(before).as_secs_f64() >= SATURATED_BUSY * capacity;
+            self.saturated = busy.saturating_sub(before).as_secs_f64() >= SATURATED_BUSY * capacity;
         }
         self.last = Some((now, busy));
         self.saturated
@@ -757,19 +705,6 @@ mod tests {
             linger: Duration::ZERO,
             gather: Duration::ZERO,
             saturation: Saturation::Never,
-        }
-    }
-
-    #[test]
-    fn the_machines_cpu_time_counts_idle_and_io_wait_as_free() {
-        // user nice system idle iowait irq softirq steal guest guest_nice
-        assert_eq!(machine_cpu_ticks_of("cpu  100 5 50 800 20 3 2 1 7 0"), Some((161, 981)));
-        assert_eq!(machine_cpu_ticks_of("cpu0 100 5 50 800 20 3 2 1 7 0"), None);
-        assert_eq!(machine_cpu_ticks_of("cpu  100 5 50"), None);
-        assert_eq!(machine_cpu_ticks_of("cpu  100 x 50 800 20 3 2 1"), None);
-        if cfg!(target_os = "linux") {
-            let (busy, total) = machine_cpu_ticks().expect("/proc/stat on Linux");
-            assert!(0 < busy && busy < total, "{busy} of {total}");
         }
     }
 
