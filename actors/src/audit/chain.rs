@@ -570,17 +570,19 @@ impl Verifier {
     /// Feeds one raw stream entry; entries of other tenants are skipped. The hash is computed
     /// over the entry as stored, so a field the event type does not know still counts.
     pub fn push_raw(&mut self, bytes: &[u8]) {
+        let parsed = serde_json::from_slice::<serde_json::Value>(bytes).and_then(|mut value| {
+            let computed = value_hash(&mut value);
+            serde_json::from_value::<AuditEvent>(value).map(|event| (event, computed))
+        });
         if self.originals.is_some() {
-            if let Ok(event) = serde_json::from_slice::<AuditEvent>(bytes) {
+            // Read exactly as the first time, so the second read sees the very events the
+            // first did, and the first one at a place is the original the first read settled.
+            if let Ok((event, _)) = parsed {
                 self.recall(&event);
             }
             return;
         }
         self.position += 1;
-        let parsed = serde_json::from_slice::<serde_json::Value>(bytes).and_then(|mut value| {
-            let computed = value_hash(&mut value);
-            serde_json::from_value::<AuditEvent>(value).map(|event| (event, computed))
-        });
         match parsed {
             Ok((event, computed)) => self.check(event, computed),
             Err(error) => {
@@ -1202,6 +1204,29 @@ mod tests {
         let mut verifier = Verifier::new("acme");
         read(&mut verifier, &stream);
         assert!(!verifier.needs_rereading());
+        assert_eq!(verifier.finish().findings, vec![Finding::Conflict { chain: "1/a".into(), seq: 5 }]);
+    }
+
+    #[test]
+    fn the_second_read_takes_each_entry_as_the_first_did() {
+        // The original at seq 5 repeats a key: a JSON object reads it with the last value, as
+        // the first read does, while a direct read into the event type refuses it. A forged
+        // event at its place, far later, must still be compared with it.
+        let events = chain_of("acme", "1/a", 20);
+        let mut lines: Vec<Vec<u8>> = events.iter().map(|e| serde_json::to_vec(e).unwrap()).collect();
+        let original = String::from_utf8(lines[4].clone()).unwrap();
+        lines[4] = original.replacen("\"chainseq\":5", "\"chainseq\":5,\"chainseq\":5", 1).into_bytes();
+        assert_ne!(lines[4], original.as_bytes());
+        let mut forged = events[4].clone();
+        forged.subject = Some("keys/other".into());
+        forged.chainhash = event_hash(&forged);
+        lines.push(serde_json::to_vec(&forged).unwrap());
+
+        let mut verifier = Verifier::with_bounds("acme", small());
+        let read = |verifier: &mut Verifier| lines.iter().for_each(|line| verifier.push_raw(line));
+        read(&mut verifier);
+        verifier.reread();
+        read(&mut verifier);
         assert_eq!(verifier.finish().findings, vec![Finding::Conflict { chain: "1/a".into(), seq: 5 }]);
     }
 
