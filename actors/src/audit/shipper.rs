@@ -20,13 +20,15 @@
 //! what is still unacknowledged then stays in the outbox for the next start.
 //!
 //! It runs in actors ([`spawn`]): the sink's adapter actor ([`SinkAdapter`], named
-//! `custos/<chain>/audit/kafka` or `…/local`) owns one run, under a [`ShipperSupervisor`]
-//! (`custos/<chain>/audit`). A run that panics fails its actor; the supervisor counts and
-//! reports it and starts a fresh one from the outbox's shipped cursor (what the failed run had
+//! `custos/<chain>/audit/kafka` or `…/local`) owns one run, which ends with it however it
+//! ends, under a [`ShipperSupervisor`] (`custos/<chain>/audit`). A run that panics (or an
+//! adapter that ends before a stop) fails its actor; the supervisor counts and reports it and
+//! starts a fresh one from the outbox's shipped cursor (what the failed run had
 //! sent goes again) after a backoff; more than [`MAX_RESTARTS`] failures within
 //! [`RESTART_WINDOW`] leave shipping stopped and say so in status (`shipper_failed`), so a
 //! fault that recurs does not spin. The outbox then fills, and fail-closed requests get 503
-//! `audit_backlog`.
+//! `audit_backlog`. Once the stop signal turns true (or its sender is gone), nothing starts
+//! again: a failure while stopping is reported and shipping ends.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -130,6 +132,9 @@ pub struct SupervisorState {
     args: ShipperArgs,
     policy: RestartPolicy,
     failures: FailureWindow,
+    /// The adapter actor while it runs (ractor lists a child until after its supervisor has
+    /// heard of its end, so the supervisor keeps its own record).
+    child: Option<ractor::ActorId>,
 }
 
 pub enum SupervisorMsg {
@@ -141,12 +146,14 @@ pub enum SupervisorMsg {
 
 impl SupervisorState {
     fn stopping(&self) -> bool {
-        *self.args.stop.borrow()
+        stop_requested(&self.args.stop)
     }
 
-    async fn start_adapter(&self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+    async fn start_adapter(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
         let name = format!("{}/{}", myself.get_name().unwrap_or_default(), self.args.sink.name());
-        ractor::Actor::spawn_linked(Some(name), SinkAdapter, self.args.clone(), myself.get_cell()).await?;
+        let (adapter, _) =
+            ractor::Actor::spawn_linked(Some(name), SinkAdapter, self.args.clone(), myself.get_cell()).await?;
+        self.child = Some(adapter.get_id());
         Ok(())
     }
 }
@@ -178,7 +185,7 @@ impl ractor::Actor for ShipperSupervisor {
             backoff_base: args.limits.backoff_min,
             backoff_max: args.limits.backoff_max,
         };
-        let state = SupervisorState { args, policy, failures: FailureWindow::default() };
+        let mut state = SupervisorState { args, policy, failures: FailureWindow::default(), child: None };
         state.start_adapter(&myself).await?;
         Ok(state)
     }
@@ -194,7 +201,7 @@ impl ractor::Actor for ShipperSupervisor {
             // Stopping: a running adapter ends by itself and is waited for (see
             // `handle_supervisor_evt`); one waiting to start again never does.
             SupervisorMsg::Restart | SupervisorMsg::Stop => {
-                if myself.get_children().is_empty() {
+                if state.child.is_none() {
                     myself.stop(None);
                 }
             }
@@ -208,17 +215,27 @@ impl ractor::Actor for ShipperSupervisor {
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let reason = match event {
-            SupervisionEvent::ActorFailed(_, error) => error.to_string(),
-            SupervisionEvent::ActorTerminated(..) if state.stopping() => {
-                myself.stop(None);
-                return Ok(());
+        let (adapter, failure) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell.get_id(), Some(error.to_string())),
+            // Ending by itself is what a stop asks for; otherwise it is a failure too.
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell.get_id(), (!state.stopping()).then(|| reason.unwrap_or_else(|| "stopped".into())))
             }
-            SupervisionEvent::ActorTerminated(_, _, reason) => reason.unwrap_or_else(|| "stopped".into()),
             _ => return Ok(()),
         };
+        if state.child != Some(adapter) {
+            return Ok(());
+        }
+        state.child = None;
         let stats = &state.args.stats;
-        *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("the shipper failed: {reason}"));
+        if let Some(reason) = &failure {
+            *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("the shipper failed: {reason}"));
+        }
+        let Some(reason) = failure.filter(|_| !state.stopping()) else {
+            // Stopping: nothing starts again; what was not released stays in the outbox.
+            myself.stop(None);
+            return Ok(());
+        };
         let sink = state.args.sink.name();
         match state.failures.record(&state.policy) {
             Verdict::GiveUp => {
@@ -251,19 +268,25 @@ pub enum AdapterMsg {
     Ended(Option<String>),
 }
 
+/// The adapter's run: ends with the actor however the actor ends (killed, a stop, a failure),
+/// so two runs never ship from one outbox.
+pub struct Running(tokio::task::AbortHandle);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl ractor::Actor for SinkAdapter {
     type Msg = AdapterMsg;
-    type State = tokio::task::AbortHandle;
+    type State = Running;
     type Arguments = ShipperArgs;
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<AdapterMsg>,
-        args: ShipperArgs,
-    ) -> Result<tokio::task::AbortHandle, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<AdapterMsg>, args: ShipperArgs) -> Result<Running, ActorProcessingErr> {
         let ShipperArgs { outbox, sink, limits, stats, stop } = args;
         let running = tokio::spawn(run(outbox, sink, limits, stats, stop));
-        let abort = running.abort_handle();
+        let abort = Running(running.abort_handle());
         tokio::spawn(async move {
             let ended = match running.await {
                 Ok(()) => None,
@@ -284,7 +307,7 @@ impl ractor::Actor for SinkAdapter {
         &self,
         myself: ActorRef<AdapterMsg>,
         message: AdapterMsg,
-        _running: &mut tokio::task::AbortHandle,
+        _running: &mut Running,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             AdapterMsg::Ended(None) => myself.stop(None),
@@ -292,17 +315,11 @@ impl ractor::Actor for SinkAdapter {
         }
         Ok(())
     }
+}
 
-    /// Stopped from outside (the runtime or a test killing it), the run goes with it; what it
-    /// had not released stays in the outbox.
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<AdapterMsg>,
-        running: &mut tokio::task::AbortHandle,
-    ) -> Result<(), ActorProcessingErr> {
-        running.abort();
-        Ok(())
-    }
+/// Whether shipping must end: the stop signal turned true, or its sender is gone.
+fn stop_requested(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
 }
 
 /// Runs until `stop` turns true; then waits (up to `stop_grace`) for the batches on their way
@@ -327,7 +344,7 @@ pub async fn run(
     // When a stopping shipper gives up on the batches still on their way.
     let mut stop_by: Option<Instant> = None;
     loop {
-        let stopping = *stop.borrow();
+        let stopping = stop_requested(&stop);
         if stopping {
             let by = *stop_by.get_or_insert_with(|| Instant::now() + limits.stop_grace);
             if !in_flight.is_empty() && Instant::now() >= by {
@@ -759,6 +776,84 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_killed_adapter_takes_its_run_along_and_a_fresh_one_sends_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open_outbox(dir.path());
+        outbox.record(record()).await.unwrap();
+        let sink = Arc::new(GatedSink::default());
+        let stats = Arc::new(ShipperStats::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let args =
+            ShipperArgs { outbox: outbox.clone(), sink: sink.clone(), limits: limits(64, 4), stats, stop: stop_rx };
+        let shipper = spawn(args).await.unwrap();
+        until("the batch is submitted", || sink.submitted().len() == 1).await;
+        let adapter = format!("custos/{}/audit/gated", outbox.chain());
+        ractor::registry::where_is(adapter).expect("the adapter runs").kill();
+        // The killed adapter's run is gone: nothing waits for the batch's answer any more.
+        until("the run ends", || sink.answers.lock().unwrap()[0].as_ref().is_some_and(|a| a.is_closed())).await;
+        // The supervisor starts a fresh adapter, which sends the unreleased batch again.
+        until("the batch is sent again", || sink.submitted() == vec![vec![0], vec![0]]).await;
+        sink.answer(1, Ok(Delivered::Durable));
+        until("the batch is released", || outbox.stats().depth.load(Ordering::Relaxed) == 0).await;
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), shipper).await.expect("shipping stopped").unwrap();
+    }
+
+    /// A sink whose `sync` panics: a failure that comes while the shipper stops.
+    struct SyncPanics;
+
+    #[async_trait::async_trait]
+    impl AuditSink for SyncPanics {
+        fn name(&self) -> &'static str {
+            "sync-panics"
+        }
+
+        async fn deliver(&self, _batch: &[Entry]) -> Result<Delivered, SinkError> {
+            Ok(Delivered::Written)
+        }
+
+        async fn sync(&self) -> Result<(), SinkError> {
+            panic!("a bug in sync")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_while_stopping_or_a_stop_signal_gone_ends_shipping_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open_outbox(dir.path());
+        outbox.record(record()).await.unwrap();
+        let mut limits = limits(64, 4);
+        limits.sync_interval = Duration::from_secs(600);
+        limits.backoff_min = Duration::from_secs(600);
+        limits.backoff_max = Duration::from_secs(600);
+        let stats = Arc::new(ShipperStats::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let args = ShipperArgs {
+            outbox: outbox.clone(),
+            sink: Arc::new(SyncPanics),
+            limits: limits.clone(),
+            stats: stats.clone(),
+            stop: stop_rx,
+        };
+        let shipper = spawn(args).await.unwrap();
+        until("the event is delivered", || stats.batches.load(Ordering::Relaxed) == 1).await;
+        // Stopping syncs what was delivered; the sync panics.
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), shipper).await.expect("no wait for a restart").unwrap();
+        assert!(stats.last_error().is_some_and(|e| e.contains("a bug in sync")), "{:?}", stats.last_error());
+        assert_eq!((stats.restarts.load(Ordering::Relaxed), stats.failed.load(Ordering::Relaxed)), (0, false));
+        assert_eq!(outbox.stats().depth.load(Ordering::Relaxed), 1, "kept for the next start");
+
+        // Dropping the stop signal's sender ends shipping as a stop does.
+        let (stop, stop_rx) = watch::channel(false);
+        let args =
+            ShipperArgs { outbox: outbox.clone(), sink: Arc::new(GatedSink::default()), limits, stats, stop: stop_rx };
+        let shipper = spawn(args).await.unwrap();
+        drop(stop);
+        tokio::time::timeout(Duration::from_secs(5), shipper).await.expect("shipping stopped").unwrap();
     }
 
     #[tokio::test]
