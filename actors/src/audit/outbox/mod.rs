@@ -38,8 +38,8 @@ const TAIL_CAPACITY: usize = 4096;
 
 /// Live subscribers, per stream: a stream's channel exists while someone listens to it, so a
 /// busy stream never makes another's subscribers lag, and an event wakes only its own
-/// stream's. Channels nobody listens to any more go when the next subscriber comes, so there
-/// are never more than there are subscribers, plus one.
+/// stream's. A channel whose subscribers have all gone is dropped by the next event of its
+/// stream or the next subscriber of any.
 #[derive(Default)]
 struct Tails {
     channels: std::sync::RwLock<HashMap<String, broadcast::Sender<Committed>>>,
@@ -64,13 +64,18 @@ impl Tails {
     }
 
     fn listened(&self, stream: &str) -> bool {
-        self.open.load(Ordering::Relaxed) > 0
-            && self
-                .channels
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(stream)
-                .is_some_and(|sender| sender.receiver_count() > 0)
+        if self.open.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let listeners = self.channels.read().unwrap_or_else(|p| p.into_inner()).get(stream).map(|s| s.receiver_count());
+        if listeners == Some(0) {
+            let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
+            if channels.get(stream).is_some_and(|sender| sender.receiver_count() == 0) {
+                channels.remove(stream);
+                self.open.store(channels.len(), Ordering::Relaxed);
+            }
+        }
+        listeners.is_some_and(|n| n > 0)
     }
 
     fn send(&self, live: Committed) {
@@ -810,11 +815,16 @@ mod tests {
         // The stream with the burst lost its own oldest events, counted as its own.
         assert_eq!(globex.try_recv().unwrap_err(), broadcast::error::TryRecvError::Lagged(100));
 
-        // A channel nobody listens to any more goes with the next subscriber.
+        // A channel nobody listens to any more goes with its stream's next event, or the next
+        // subscriber; with none left, placing an event looks no further.
         drop((acme, globex));
-        let _cluster = outbox.subscribe("_cluster");
+        outbox.record(record("acme")).await.unwrap();
         assert_eq!(outbox.core.tails.channels.read().unwrap().len(), 1);
-        assert!(!outbox.core.tails.listened("acme"));
+        let initech = outbox.subscribe("initech");
+        assert_eq!(outbox.core.tails.channels.read().unwrap().keys().collect::<Vec<_>>(), ["initech"]);
+        drop(initech);
+        outbox.record(record("initech")).await.unwrap();
+        assert_eq!(outbox.core.tails.open.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
