@@ -303,7 +303,7 @@ pub struct Bounds {
 
 impl Default for Bounds {
     fn default() -> Self {
-        Bounds { window: 1 << 16, max_ahead: 1 << 16, max_late: 1 << 20, max_findings: 100_000 }
+        Bounds { window: 1 << 16, max_ahead: 1 << 16, max_late: 1 << 18, max_findings: 100_000 }
     }
 }
 
