@@ -479,8 +479,6 @@ pub struct Verifier {
     bounds: Bounds,
     tenant: String,
     cut: Option<Cut>,
-    /// The chain of the tenant's first entry read.
-    first_chain: Option<String>,
     anchors: Vec<(Anchor, AnchorSeen)>,
     position: u64,
     events: u64,
@@ -492,12 +490,12 @@ pub struct Verifier {
     late_dropped: u64,
     /// On the second read: the first hash seen at each late redelivery's place.
     originals: Option<HashMap<Place, Option<[u8; 32]>>>,
-    /// The tenant's first event on the first read (chain, seq, hash): the second read finds
-    /// originals only if it starts there too.
+    /// The tenant's first event on the first read (chain, seq, hash): its chain is the one
+    /// retention may have cut in a sequential stream, and the second read finds originals only
+    /// if it starts there too.
     first_event: Option<(String, u64, String)>,
-    /// Tenant events on the second read, and whether it started elsewhere.
-    reread_events: u64,
-    front_moved: bool,
+    /// Whether the second read started elsewhere (known from its first event of the tenant).
+    front_moved: Option<bool>,
 }
 
 fn decode_hash(hex_text: &str) -> Option<[u8; 32]> {
@@ -515,7 +513,6 @@ impl Verifier {
             bounds,
             tenant: tenant.into(),
             cut: None,
-            first_chain: None,
             anchors: Vec::new(),
             position: 0,
             events: 0,
@@ -526,8 +523,7 @@ impl Verifier {
             late_dropped: 0,
             originals: None,
             first_event: None,
-            reread_events: 0,
-            front_moved: false,
+            front_moved: None,
         }
     }
 
@@ -547,7 +543,7 @@ impl Verifier {
         match self.cut {
             None => false,
             Some(Cut::Interleaved) => true,
-            Some(Cut::Sequential) => self.first_chain.as_deref() == Some(chain),
+            Some(Cut::Sequential) => self.first_event.as_ref().is_some_and(|(first, ..)| first == chain),
         }
     }
 
@@ -618,12 +614,13 @@ impl Verifier {
         if event.tenant != self.tenant {
             return;
         }
-        self.reread_events += 1;
-        if self.reread_events == 1 {
-            let here = (event.chain.clone(), event.chainseq, event.chainhash.clone());
-            self.front_moved = self.first_event.as_ref() != Some(&here);
-        }
-        if self.front_moved {
+        let first = &self.first_event;
+        let moved = *self.front_moved.get_or_insert_with(|| {
+            first.as_ref().is_none_or(|(chain, seq, hash)| {
+                (chain, *seq, hash) != (&event.chain, event.chainseq, &event.chainhash)
+            })
+        });
+        if moved {
             return;
         }
         let originals = self.originals.as_mut().expect("called on the second read");
@@ -638,7 +635,6 @@ impl Verifier {
         }
         self.events += 1;
         if self.first_event.is_none() {
-            self.first_chain = Some(event.chain.clone());
             self.first_event = Some((event.chain.clone(), event.chainseq, event.chainhash.clone()));
         }
         let intact = computed == event.chainhash;
